@@ -1,0 +1,60 @@
+/*
+ * A deterministic syscall workload for tracerd's tests and benchmarks.
+ *
+ *   syscall_loop OP COUNT [OP COUNT ...]
+ *
+ * makes exactly COUNT calls of each OP, in order, through syscall(2) so libc adds nothing:
+ *   getppid        getppid()
+ *   getpid         getpid()
+ *   openat-missing openat(AT_FDCWD, "/nonexistent/tracerd-workload", O_RDONLY), which fails
+ *   write-null     write() of 1 byte to /dev/null (opened once, before the loop)
+ *
+ * It is linked statically so it runs in any container image. Exit status 0 on success,
+ * 2 on bad usage, 1 if a call that must succeed fails.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static int run(const char *op, long count) {
+    if (strcmp(op, "getppid") == 0) {
+        for (long i = 0; i < count; i++) syscall(SYS_getppid);
+    } else if (strcmp(op, "getpid") == 0) {
+        for (long i = 0; i < count; i++) syscall(SYS_getpid);
+    } else if (strcmp(op, "openat-missing") == 0) {
+        for (long i = 0; i < count; i++)
+            syscall(SYS_openat, AT_FDCWD, "/nonexistent/tracerd-workload", O_RDONLY);
+    } else if (strcmp(op, "write-null") == 0) {
+        int fd = (int)syscall(SYS_openat, AT_FDCWD, "/dev/null", O_WRONLY);
+        if (fd < 0) return 1;
+        for (long i = 0; i < count; i++)
+            if (syscall(SYS_write, fd, "x", 1) != 1) return 1;
+        syscall(SYS_close, fd);
+    } else {
+        fprintf(stderr, "syscall_loop: unknown op %s\n", op);
+        return 2;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3 || argc % 2 == 0) {
+        fprintf(stderr, "usage: syscall_loop OP COUNT [OP COUNT ...]\n");
+        return 2;
+    }
+    for (int i = 1; i + 1 < argc; i += 2) {
+        char *end;
+        long count = strtol(argv[i + 1], &end, 10);
+        if (*end != '\0' || count < 0) {
+            fprintf(stderr, "syscall_loop: bad count %s\n", argv[i + 1]);
+            return 2;
+        }
+        int status = run(argv[i], count);
+        if (status != 0) return status;
+    }
+    return 0;
+}

@@ -1,0 +1,178 @@
+//! The daemon's data directory: an exclusive lock, so two daemons never share one, and the
+//! SQLite database with its schema migrations.
+use std::{
+    fs::{self, File},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use rusqlite::Connection;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+/// Append only: a released migration never changes.
+const MIGRATIONS: &[&str] = &[
+    // 1: every start of the daemon, so operators (and restart recovery) can see restarts.
+    "CREATE TABLE daemon_starts (
+        started_at TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        version TEXT NOT NULL
+    );",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("creating data directory {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data directory {path} is in use by another tracerd (it holds {path}/tracerd.lock)")]
+    Locked { path: PathBuf },
+    #[error("opening the database {path}: {source}")]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the database {path} has schema version {found}, newer than this tracerd knows ({known}); \
+         run a newer tracerd or use another --data-dir"
+    )]
+    TooNew { path: PathBuf, found: usize, known: usize },
+}
+
+/// An open, locked data directory.
+pub struct DataDir {
+    path: PathBuf,
+    db: Connection,
+    // Held for the process's lifetime; the kernel releases the flock when the process dies,
+    // so a crashed daemon never leaves a stale lock behind.
+    _lock: File,
+}
+
+impl DataDir {
+    pub fn open(path: &Path) -> Result<Self, DataDirError> {
+        let create_error = |source| DataDirError::Create {
+            path: path.to_owned(),
+            source,
+        };
+        fs::create_dir_all(path).map_err(create_error)?;
+        let lock = File::create(path.join("tracerd.lock")).map_err(create_error)?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(DataDirError::Locked {
+                path: path.to_owned(),
+            });
+        }
+        let db_path = path.join("tracerd.db");
+        let database_error = |source| DataDirError::Database {
+            path: db_path.clone(),
+            source,
+        };
+        let mut db = Connection::open(&db_path).map_err(database_error)?;
+        db.pragma_update(None, "journal_mode", "WAL").map_err(database_error)?;
+        db.pragma_update(None, "synchronous", "NORMAL").map_err(database_error)?;
+        migrate(&mut db, &db_path)?;
+        db.execute(
+            "INSERT INTO daemon_starts (started_at, pid, version) VALUES (strftime('%Y-%m-%dT%H:%M:%fZ'), ?1, ?2)",
+            (std::process::id(), env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(database_error)?;
+        Ok(Self {
+            path: path.to_owned(),
+            db,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn db(&self) -> &Connection {
+        &self.db
+    }
+}
+
+fn migrate(db: &mut Connection, db_path: &Path) -> Result<(), DataDirError> {
+    let database_error = |source| DataDirError::Database {
+        path: db_path.to_owned(),
+        source,
+    };
+    let applied: usize = db
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(database_error)?;
+    if applied > MIGRATIONS.len() {
+        return Err(DataDirError::TooNew {
+            path: db_path.to_owned(),
+            found: applied,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = db.transaction().map_err(database_error)?;
+        tx.execute_batch(migration).map_err(database_error)?;
+        tx.pragma_update(None, "user_version", index + 1)
+            .map_err(database_error)?;
+        tx.commit().map_err(database_error)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tracerd-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn opens_migrates_and_records_the_start() {
+        let dir = temp_dir("data-dir-open");
+        let data = DataDir::open(&dir).unwrap();
+        let version: usize = data
+            .db()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        let starts: i64 = data
+            .db()
+            .query_row("SELECT count(*) FROM daemon_starts", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(starts, 1);
+        drop(data);
+        // Reopening migrates nothing and records a second start.
+        let data = DataDir::open(&dir).unwrap();
+        let starts: i64 = data
+            .db()
+            .query_row("SELECT count(*) FROM daemon_starts", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(starts, 2);
+        drop(data);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_daemon_on_the_same_directory_is_refused() {
+        let dir = temp_dir("data-dir-lock");
+        let _first = DataDir::open(&dir).unwrap();
+        let second = DataDir::open(&dir);
+        assert!(matches!(second, Err(DataDirError::Locked { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_from_a_newer_tracerd_is_refused() {
+        let dir = temp_dir("data-dir-newer");
+        fs::create_dir_all(&dir).unwrap();
+        let db = Connection::open(dir.join("tracerd.db")).unwrap();
+        db.pragma_update(None, "user_version", MIGRATIONS.len() + 1).unwrap();
+        drop(db);
+        assert!(matches!(DataDir::open(&dir), Err(DataDirError::TooNew { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
