@@ -1,1 +1,54 @@
-pub fn x(){}
+//! The harness for tracerd's end-to-end tests: test cgroups, the deterministic workload, the
+//! real daemon binary, and a look at what the kernel has loaded.
+//!
+//! Every test here is privileged (root: eBPF, cgroups, tracefs, Docker). A test that cannot
+//! get what it needs fails with the reason; it never skips.
+pub mod cgroup;
+pub mod daemon;
+pub mod workload;
+
+/// Fails the calling test unless it runs as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "tracerd's end-to-end tests need root (eBPF, cgroups, tracefs, Docker); run `cargo xtask test` as root"
+    );
+}
+
+/// Kernel ids of the tracerd programs loaded right now, from the kernel's own list.
+pub fn loaded_tracerd_programs() -> Vec<u32> {
+    let names: Vec<&str> = tracer_daemon::ebpf::PROGRAMS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| info.name_as_str().is_some_and(|name| names.contains(&name)))
+        .map(|info| info.id())
+        .collect()
+}
+
+/// Waits (up to 2 s) until none of `ids` is loaded, and fails the test otherwise. The kernel
+/// frees a program after its last link and file descriptor close, on a workqueue: the
+/// process being gone does not mean the id is gone yet.
+pub fn assert_programs_unloaded(ids: &[u32]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let loaded = loaded_tracerd_programs();
+        let lingering: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|id| loaded.contains(id))
+            .collect();
+        if lingering.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tracerd programs {lingering:?} are still loaded 2s after the daemon stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

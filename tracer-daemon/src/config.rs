@@ -2,7 +2,11 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "tracerd", version, about = "Per-node syscall tracing daemon for containers")]
+#[command(
+    name = "tracerd",
+    version,
+    about = "Per-node syscall tracing daemon for containers"
+)]
 pub struct Config {
     /// Address and port the REST API listens on.
     #[arg(long, env = "TRACERD_LISTEN", default_value = "127.0.0.1:8080")]
@@ -21,7 +25,11 @@ pub struct Config {
 
     /// Trace this cgroup (an absolute path under the cgroup2 mount) from start-up; may be
     /// given more than once. Sessions, the API for this, come in a later release.
-    #[arg(long = "trace-cgroup", env = "TRACERD_TRACE_CGROUPS", value_delimiter = ',')]
+    #[arg(
+        long = "trace-cgroup",
+        env = "TRACERD_TRACE_CGROUPS",
+        value_delimiter = ','
+    )]
     pub trace_cgroups: Vec<PathBuf>,
 
     /// How often the per-cgroup record counts are logged, in seconds (0: never).
@@ -33,7 +41,9 @@ fn parse_ring_bytes(text: &str) -> Result<u32, String> {
     let bytes: u32 = text.parse().map_err(|err| format!("{err}"))?;
     let page = 4096;
     if bytes < page || !bytes.is_power_of_two() {
-        return Err(format!("{bytes} is not a power of two of at least {page} bytes"));
+        return Err(format!(
+            "{bytes} is not a power of two of at least {page} bytes"
+        ));
     }
     Ok(bytes)
 }

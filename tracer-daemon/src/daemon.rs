@@ -22,7 +22,10 @@ use crate::{
 const STARTUP_SESSIONS: tracer_common::SessionMask = 1;
 
 /// Runs the daemon until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let data_dir = DataDir::open(&config.data_dir)?;
     tracing::info!(data_dir = %data_dir.path().display(), "data directory ready");
 
@@ -31,7 +34,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     })?;
     tracing::info!(program_ids = ?backend.program_ids(), "eBPF programs attached to sys_enter and sys_exit");
     for path in &config.trace_cgroups {
-        let cgroup = Cgroup::from_path(path).with_context(|| format!("--trace-cgroup {}", path.display()))?;
+        let cgroup = Cgroup::from_path(path)
+            .with_context(|| format!("--trace-cgroup {}", path.display()))?;
         backend.trace_cgroup(cgroup.id, STARTUP_SESSIONS)?;
         tracing::info!(cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "tracing cgroup");
     }
@@ -64,7 +68,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     log_counts(&lock(&state.tally));
     // The last reference to the backend goes here: its drop detaches both programs.
-    let backend = Arc::try_unwrap(state.backend).map_err(|_| anyhow::anyhow!("backend still shared at shutdown"))?;
+    let backend = Arc::try_unwrap(state.backend)
+        .map_err(|_| anyhow::anyhow!("backend still shared at shutdown"))?;
     drop(backend);
     tracing::info!("tracerd stopped; eBPF programs detached");
     drop(data_dir);

@@ -39,7 +39,11 @@ pub enum DataDirError {
         "the database {path} has schema version {found}, newer than this tracerd knows ({known}); \
          run a newer tracerd or use another --data-dir"
     )]
-    TooNew { path: PathBuf, found: usize, known: usize },
+    TooNew {
+        path: PathBuf,
+        found: usize,
+        known: usize,
+    },
 }
 
 /// An open, locked data directory.
@@ -71,8 +75,10 @@ impl DataDir {
             source,
         };
         let mut db = Connection::open(&db_path).map_err(database_error)?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(database_error)?;
-        db.pragma_update(None, "synchronous", "NORMAL").map_err(database_error)?;
+        db.pragma_update(None, "journal_mode", "WAL")
+            .map_err(database_error)?;
+        db.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(database_error)?;
         migrate(&mut db, &db_path)?;
         db.execute(
             "INSERT INTO daemon_starts (started_at, pid, version) VALUES (strftime('%Y-%m-%dT%H:%M:%fZ'), ?1, ?2)",
@@ -170,9 +176,13 @@ mod tests {
         let dir = temp_dir("data-dir-newer");
         fs::create_dir_all(&dir).unwrap();
         let db = Connection::open(dir.join("tracerd.db")).unwrap();
-        db.pragma_update(None, "user_version", MIGRATIONS.len() + 1).unwrap();
+        db.pragma_update(None, "user_version", MIGRATIONS.len() + 1)
+            .unwrap();
         drop(db);
-        assert!(matches!(DataDir::open(&dir), Err(DataDirError::TooNew { .. })));
+        assert!(matches!(
+            DataDir::open(&dir),
+            Err(DataDirError::TooNew { .. })
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

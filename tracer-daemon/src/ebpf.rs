@@ -18,7 +18,8 @@ use tracer_common::{counter, SessionMask, SyscallRecord};
 static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 /// Program name in the object → the raw tracepoint it attaches to.
-pub const PROGRAMS: [(&str, &str); 2] = [("tracerd_enter", "sys_enter"), ("tracerd_exit", "sys_exit")];
+pub const PROGRAMS: [(&str, &str); 2] =
+    [("tracerd_enter", "sys_enter"), ("tracerd_exit", "sys_exit")];
 
 /// The oldest kernel with everything the programs use: BPF ring buffers arrived in 5.8
 /// (raw tracepoints in 4.17, `bpf_get_current_cgroup_id` in 4.18).
@@ -139,7 +140,11 @@ impl EbpfBackend {
     }
 
     /// Starts (or changes) tracing of a cgroup for the sessions in `sessions`.
-    pub fn trace_cgroup(&mut self, cgroup_id: u64, sessions: SessionMask) -> Result<(), FilterError> {
+    pub fn trace_cgroup(
+        &mut self,
+        cgroup_id: u64,
+        sessions: SessionMask,
+    ) -> Result<(), FilterError> {
         self.traced_cgroups.insert(cgroup_id, sessions, 0)?;
         Ok(())
     }
@@ -162,7 +167,9 @@ impl EbpfBackend {
         // SAFETY: the RingBuf owns its map's file descriptor, which stays open and the same
         // for as long as the RingBuf lives, and the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
-        Ok(RecordRing { ring: ring.map_err(io::Error::from)? })
+        Ok(RecordRing {
+            ring: ring.map_err(io::Error::from)?,
+        })
     }
 
     /// The kernel's counters, summed over CPUs.
@@ -212,7 +219,10 @@ impl RecordRing {
                     handle(&record);
                     handled += 1;
                 }
-                None => tracing::warn!(len = item.len(), "ignoring a ring buffer item of the wrong size"),
+                None => tracing::warn!(
+                    len = item.len(),
+                    "ignoring a ring buffer item of the wrong size"
+                ),
             }
         }
         // tokio clears readiness only if no new edge arrived since it was observed, so a
@@ -264,7 +274,10 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> Option<LoadError> {
 /// Kernel lockdown refuses some BPF helpers even to root; say so when it is on.
 fn lockdown_hint() -> String {
     let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
-    match lockdown.split_whitespace().find(|mode| mode.starts_with('[')) {
+    match lockdown
+        .split_whitespace()
+        .find(|mode| mode.starts_with('['))
+    {
         Some(mode) if mode != "[none]" => format!(" (kernel lockdown is {mode})"),
         _ => String::new(),
     }
@@ -286,7 +299,10 @@ mod tests {
     #[test]
     fn classifies_permission_and_missing_syscall_errors() {
         let eperm = io::Error::from_raw_os_error(libc::EPERM);
-        assert!(matches!(classify(&eperm), Some(LoadError::NotPermitted { .. })));
+        assert!(matches!(
+            classify(&eperm),
+            Some(LoadError::NotPermitted { .. })
+        ));
         let enosys = io::Error::from_raw_os_error(libc::ENOSYS);
         assert!(matches!(classify(&enosys), Some(LoadError::BpfUnavailable)));
         let einval = io::Error::from_raw_os_error(libc::EINVAL);

@@ -41,5 +41,7 @@ async fn tally(State(state): State<AppState>) -> Json<Value> {
 /// Locks a mutex, recovering from poisoning: a panicking holder cannot leave these values
 /// half-updated in a way that matters more than keeping the API up.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

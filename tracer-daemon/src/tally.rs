@@ -43,7 +43,8 @@ impl CgroupTally {
                 syscalls: by_nr
                     .iter()
                     .map(|(&nr, &count)| {
-                        let name = syscall_name(nr).map_or_else(|| format!("nr:{nr}"), str::to_owned);
+                        let name =
+                            syscall_name(nr).map_or_else(|| format!("nr:{nr}"), str::to_owned);
                         (name, count)
                     })
                     .collect(),

@@ -25,8 +25,7 @@ use tracer_common::{
 
 /// cgroup id → the sessions tracing that cgroup. Userspace owns it.
 #[map]
-static TRACED_CGROUPS: HashMap<u64, SessionMask> =
-    HashMap::with_max_entries(MAX_TRACED_CGROUPS, 0);
+static TRACED_CGROUPS: HashMap<u64, SessionMask> = HashMap::with_max_entries(MAX_TRACED_CGROUPS, 0);
 
 /// thread id → the traced syscall it is inside of.
 #[map]

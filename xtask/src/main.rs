@@ -1,1 +1,122 @@
-fn main(){}
+//! Developer and CI tasks: `cargo xtask setup | build-ebpf | run | test | bench`.
+//!
+//! Every command that needs the machine prepared runs `setup` first, which is idempotent and
+//! quick when there is nothing to do, so `cargo xtask test` works on a fresh machine.
+mod cmd;
+mod setup;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run, test and benchmark tracerd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install and start everything tracerd and its tests need (idempotent).
+    Setup,
+    /// Build the eBPF programs (through tracer-daemon's build script) and print the object's path.
+    BuildEbpf,
+    /// Build tracerd (release) and run it in the foreground; extra arguments go to tracerd.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build and run every test, privileged ones included; extra arguments go to the test
+    /// binaries (e.g. a test name filter).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf => {
+            setup::run()?;
+            build_ebpf()
+        }
+        Command::Run { args } => {
+            setup::run()?;
+            run_daemon(&args)
+        }
+        Command::Test { args } => {
+            setup::run()?;
+            test(&args)
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Builds the eBPF object exactly as every daemon build does (aya-build, from build.rs).
+fn build_ebpf() -> Result<()> {
+    cmd::cargo(&["build", "--package", "tracer-daemon", "--lib"])?;
+    let object = find_ebpf_object("debug")?;
+    println!("eBPF object: {}", object.display());
+    Ok(())
+}
+
+fn find_ebpf_object(profile: &str) -> Result<PathBuf> {
+    let build_dir = workspace_root().join("target").join(profile).join("build");
+    let newest = std::fs::read_dir(&build_dir)?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("tracer-daemon-")
+        })
+        .map(|entry| entry.path().join("out").join("tracer"))
+        .filter(|object| object.exists())
+        .max_by_key(|object| object.metadata().and_then(|m| m.modified()).ok());
+    newest.ok_or_else(|| anyhow::anyhow!("no eBPF object under {}", build_dir.display()))
+}
+
+fn run_daemon(args: &[String]) -> Result<()> {
+    cmd::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tracer-daemon",
+        "--bin",
+        "tracerd",
+    ])?;
+    let tracerd = workspace_root().join("target/release/tracerd");
+    println!(
+        "starting {} {} (Ctrl-C stops it)",
+        tracerd.display(),
+        args.join(" ")
+    );
+    cmd::exec(&tracerd, args)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // The end-to-end tests drive the real binary: build it first, then tell them where it is.
+    cmd::cargo(&["build", "--package", "tracer-daemon", "--bin", "tracerd"])?;
+    let tracerd = workspace_root().join("target/debug/tracerd");
+    // The default members: everything but tracer-ebpf, which only builds for the BPF target.
+    let mut test_args = vec!["test", "--", "--test-threads=1"];
+    test_args.extend(args.iter().map(String::as_str));
+    cmd::cargo_with_env(
+        &test_args,
+        &[
+            ("TRACERD_BIN", tracerd.as_os_str()),
+            ("ROTEL_AGENT", setup::rotel_agent()?.as_os_str()),
+        ],
+    )
+}
