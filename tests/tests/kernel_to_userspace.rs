@@ -54,9 +54,11 @@ fn getppid_calls_in_a_traced_cgroup_are_recorded_exactly_once() {
     assert_eq!(ours["syscalls"]["execve"], 1, "{tally}");
     assert_eq!(ours["syscalls"]["exit_group"], 1, "{tally}");
     // Nothing lost on the way: every matched syscall reached userspace.
-    assert_eq!(tally["kernel"]["dropped_ring_full"], 0, "{tally}");
-    assert_eq!(tally["kernel"]["dropped_inflight_full"], 0, "{tally}");
-    assert_eq!(tally["kernel"]["matched"], ours["total"], "{tally}");
+    let counters = &tally["counters"];
+    assert_eq!(counters["matched"], ours["total"], "{tally}");
+    assert_eq!(counters["delivered"], ours["total"], "{tally}");
+    assert_eq!(counters["dropped_kernel"], 0, "{tally}");
+    assert_eq!(counters["dropped_userspace"], 0, "{tally}");
 }
 
 #[test]

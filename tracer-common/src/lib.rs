@@ -18,22 +18,89 @@ pub const MAX_TRACED_CGROUPS: u32 = 8192;
 /// many traced threads may be inside a syscall at the same moment.
 pub const MAX_INFLIGHT_SYSCALLS: u32 = 32768;
 
+/// Capacity of the per-thread map of path arguments read at entry (path syscalls only).
+pub const MAX_INFLIGHT_PATHS: u32 = 8192;
+
+/// Syscall numbers below this have their own entry in the per-syscall maps; larger ones
+/// (none on x86_64 or aarch64 today) are traced only by sessions that trace every syscall.
+pub const MAX_SYSCALLS: u32 = 1024;
+
+/// Bytes of a path argument kept, including its NUL.
+pub const PATH_MAX_LEN: usize = 256;
+
+/// Capacity of the tgid → sessions map (the `tgids` condition).
+pub const MAX_FILTERED_TGIDS: u32 = 16384;
+
 /// Default size of the ring buffer the kernel writes records to, in bytes (a power of two
 /// and a multiple of the page size, as the kernel requires). The daemon may override it.
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
-/// Indexes of the kernel's per-CPU event counters (the `COUNTERS` map).
+/// Indexes of the kernel's per-CPU event counters (the `COUNTERS` map). Per-session
+/// accounting lives in [`SlotState`]; these are totals over all sessions, per record.
 pub mod counter {
-    /// Syscalls that entered from a traced cgroup.
-    pub const MATCHED: u32 = 0;
-    /// Matched syscalls lost because the in-flight map was full at entry.
+    /// Records written to a ring buffer.
+    pub const WRITTEN: u32 = 0;
+    /// Syscalls lost because the in-flight map was full at entry.
     pub const DROPPED_INFLIGHT_FULL: u32 = 1;
     /// Completed syscalls lost because the ring buffer was full.
     pub const DROPPED_RING_FULL: u32 = 2;
+    /// Path arguments lost because the in-flight path map was full (the record still goes out,
+    /// flagged [`super::record_flags::PATH_LOST`]).
+    pub const PATHS_LOST: u32 = 3;
+    /// Not a total: records this CPU wrote since it last woke the reader.
+    pub const SINCE_WAKEUP: u32 = 4;
     /// Number of counters.
+    pub const COUNT: u32 = 5;
+}
+
+/// Indexes of the `MASKS` map: session masks that apply to every syscall.
+pub mod mask {
+    /// Sessions tracing every syscall (used for numbers at or above `MAX_SYSCALLS`).
+    pub const ALL_SYSCALLS: u32 = 0;
+    /// Sessions that want failed calls only (return value < 0).
+    pub const FAILED_ONLY: u32 = 1;
+    /// Sessions restricted to a set of tgids (see the `TGID_SESSIONS` map).
+    pub const TGID_FILTERED: u32 = 2;
+    /// Number of masks.
     pub const COUNT: u32 = 3;
 }
 
+/// Bits of [`SyscallRecord::flags`].
+pub mod record_flags {
+    /// A path argument follows the record ([`PathRecord`](super::PathRecord)).
+    pub const HAS_PATH: u16 = 1;
+    /// The path was longer than the buffer and was cut.
+    pub const PATH_TRUNCATED: u16 = 2;
+    /// The syscall takes a path, but it could not be kept (map full or unreadable memory).
+    pub const PATH_LOST: u16 = 4;
+}
+
+/// Ring-buffer wake-up policy, in the `RING_CONFIG` map.
+pub mod ring_config {
+    /// Index of how many records a CPU writes between forced wake-ups of the reader (0: let
+    /// the kernel wake it whenever it has caught up, up to once per record). Records between
+    /// wake-ups wait for userspace's periodic flush, which bounds their latency.
+    pub const WAKEUP_EVERY: u32 = 0;
+    /// Index of the output selector: 0 writes to the shared `RECORDS` ring, 1 to this CPU's
+    /// ring in `RECORDS_BY_CPU`.
+    pub const PER_CPU: u32 = 1;
+    /// Number of entries.
+    pub const COUNT: u32 = 2;
+}
+
+/// Per-CPU state of one session slot (the `SLOTS` map). Userspace writes it, on every CPU,
+/// when a session takes the slot; the kernel only adds to the counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SlotState {
+    /// CLOCK_MONOTONIC time the slot's session started. A syscall that entered earlier
+    /// belongs to a previous user of the slot and is not counted or delivered for this one.
+    pub start_ns: u64,
+    /// Records that passed every filter of this session.
+    pub matched: u64,
+    /// Matched records the kernel could not keep or write.
+    pub dropped: u64,
+}
 /// One bit per session slot: bit `i` set means session slot `i` wants this record.
 pub type SessionMask = u64;
 
@@ -74,23 +141,57 @@ pub struct SyscallRecord {
     pub tid: u32,
     /// The syscall number, in the host architecture's numbering.
     pub nr: u32,
-    pub _pad: u32,
+    /// Length of the path that follows, without its NUL (0 when there is none).
+    pub path_len: u16,
+    /// [`record_flags`] bits.
+    pub flags: u16,
     /// The task's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
+}
+
+/// A path argument read at syscall entry, NUL-terminated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PathArg {
+    /// Length without the NUL.
+    pub len: u16,
+    /// [`record_flags::PATH_TRUNCATED`] or 0.
+    pub flags: u16,
+    pub _pad: u32,
+    pub bytes: [u8; PATH_MAX_LEN],
+}
+
+/// A record of a syscall with a path argument: the record, then the path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PathRecord {
+    pub record: SyscallRecord,
+    pub path: [u8; PATH_MAX_LEN],
 }
 
 impl SyscallRecord {
     /// Size of a record on the wire.
     pub const SIZE: usize = core::mem::size_of::<Self>();
 
-    /// Reads a record from the bytes of one ring-buffer item; `None` if the size is wrong
-    /// (a kernel object from another version of this crate).
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != Self::SIZE {
+    /// Views the bytes of one ring-buffer item as a record and its path, without copying.
+    /// `None` if the size is neither a plain nor a path record, or the bytes are misaligned
+    /// (ring buffers align items to 8 bytes, so that means a bug, not bad luck).
+    pub fn view(bytes: &[u8]) -> Option<(&Self, &[u8])> {
+        let with_path = bytes.len() == core::mem::size_of::<PathRecord>();
+        if !(bytes.len() == Self::SIZE || with_path)
+            || bytes.as_ptr().align_offset(core::mem::align_of::<Self>()) != 0
+        {
             return None;
         }
-        // SAFETY: the length is checked and every bit pattern is a valid SyscallRecord.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) })
+        // SAFETY: length and alignment are checked, and every bit pattern is a valid record.
+        let record = unsafe { &*bytes.as_ptr().cast::<Self>() };
+        let path = if with_path && record.flags & record_flags::HAS_PATH != 0 {
+            let len = (record.path_len as usize).min(PATH_MAX_LEN);
+            &bytes[Self::SIZE..Self::SIZE + len]
+        } else {
+            &[]
+        };
+        Some((record, path))
     }
 
     /// The `comm` up to its first NUL.
@@ -109,6 +210,8 @@ mod user {
     // SAFETY: plain old data: repr(C), no pointers, padding spelled out as fields.
     unsafe impl aya::Pod for super::InflightSyscall {}
     unsafe impl aya::Pod for super::SyscallRecord {}
+    unsafe impl aya::Pod for super::SlotState {}
+    unsafe impl aya::Pod for super::PathArg {}
 }
 
 #[cfg(test)]
@@ -126,6 +229,24 @@ mod tests {
     }
 
     #[test]
+    fn views_plain_and_path_records_without_copying() {
+        #[repr(C, align(8))]
+        struct Aligned([u8; core::mem::size_of::<PathRecord>()]);
+        let mut buf = Aligned([0; core::mem::size_of::<PathRecord>()]);
+        let flags_at = 4 * 8 + 6 * 8 + 8 + 3 * 4;
+        buf.0[flags_at..flags_at + 2].copy_from_slice(&4u16.to_ne_bytes()); // path_len
+        buf.0[flags_at + 2..flags_at + 4].copy_from_slice(&record_flags::HAS_PATH.to_ne_bytes());
+        buf.0[SyscallRecord::SIZE..SyscallRecord::SIZE + 5].copy_from_slice(b"/etc\0");
+        let (record, path) = SyscallRecord::view(&buf.0).unwrap();
+        assert_eq!(record.path_len, 4);
+        assert_eq!(path, b"/etc");
+        let (_, path) = SyscallRecord::view(&buf.0[..SyscallRecord::SIZE]).unwrap();
+        assert!(path.is_empty());
+        assert!(SyscallRecord::view(&buf.0[..SyscallRecord::SIZE - 8]).is_none());
+        assert!(SyscallRecord::view(&buf.0[1..SyscallRecord::SIZE + 1]).is_none());
+    }
+
+    #[test]
     fn comm_stops_at_first_nul() {
         let mut comm = [0u8; COMM_LEN];
         comm[..4].copy_from_slice(b"loop");
@@ -139,7 +260,8 @@ mod tests {
             tgid: 0,
             tid: 0,
             nr: 0,
-            _pad: 0,
+            path_len: 0,
+            flags: 0,
             comm,
         };
         assert_eq!(record.comm_bytes(), b"loop");

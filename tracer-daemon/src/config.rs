@@ -18,10 +18,19 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Size of the kernel's record ring buffer in bytes (a power of two, at least a page).
-    /// 8 MiB holds about 70,000 records.
+    /// 8 MiB holds about 65,000 records.
     #[arg(long, env = "TRACERD_RING_BYTES", default_value_t = tracer_common::DEFAULT_RING_BYTES,
           value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
+
+    /// Records a CPU writes before it wakes the reader (0: let the kernel wake it up to once
+    /// per record). Records in between wait at most 10 ms for the reader's periodic flush.
+    #[arg(long, env = "TRACERD_RING_WAKEUP_EVERY", default_value_t = 64)]
+    pub ring_wakeup_every: u64,
+
+    /// One ring buffer per CPU (each `--ring-bytes` large) instead of one shared ring.
+    #[arg(long, env = "TRACERD_PER_CPU_RINGS")]
+    pub per_cpu_rings: bool,
 
     /// Trace this cgroup (an absolute path under the cgroup2 mount) from start-up; may be
     /// given more than once. Sessions, the API for this, come in a later release.

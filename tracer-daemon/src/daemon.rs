@@ -13,13 +13,12 @@ use crate::{
     cgroup::Cgroup,
     config::Config,
     data_dir::DataDir,
-    ebpf::{EbpfBackend, EbpfOptions, RecordRing},
-    http::{self, lock, AppState},
+    ebpf::{EbpfOptions, KernelFilter},
+    engine::{Engine, EngineOptions},
+    http::{self, AppState},
+    lock,
     tally::CgroupTally,
 };
-
-/// The session slot used for cgroups given with `--trace-cgroup`.
-const STARTUP_SESSIONS: tracer_common::SessionMask = 1;
 
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(
@@ -29,26 +28,52 @@ pub async fn run(
     let data_dir = DataDir::open(&config.data_dir)?;
     tracing::info!(data_dir = %data_dir.path().display(), "data directory ready");
 
-    let mut backend = EbpfBackend::load(&EbpfOptions {
-        ring_bytes: config.ring_bytes,
-    })?;
-    tracing::info!(program_ids = ?backend.program_ids(), "eBPF programs attached to sys_enter and sys_exit");
-    for path in &config.trace_cgroups {
-        let cgroup = Cgroup::from_path(path)
-            .with_context(|| format!("--trace-cgroup {}", path.display()))?;
-        backend.trace_cgroup(cgroup.id, STARTUP_SESSIONS)?;
-        tracing::info!(cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "tracing cgroup");
-    }
-    let records = backend.take_records()?;
+    let engine = Arc::new(Engine::start(&EngineOptions {
+        ebpf: EbpfOptions {
+            ring_bytes: config.ring_bytes,
+            wakeup_every: config.ring_wakeup_every,
+            per_cpu_rings: config.per_cpu_rings,
+        },
+        ..EngineOptions::default()
+    })?);
+    tracing::info!(
+        program_ids = ?engine.program_ids(),
+        rings = engine.ring_count(),
+        "eBPF programs attached to sys_enter and sys_exit"
+    );
+
+    let tally = Arc::new(Mutex::new(CgroupTally::default()));
+    let startup_session = if config.trace_cgroups.is_empty() {
+        None
+    } else {
+        let mut cgroups = Vec::new();
+        for path in &config.trace_cgroups {
+            let cgroup = Cgroup::from_path(path)
+                .with_context(|| format!("--trace-cgroup {}", path.display()))?;
+            tracing::info!(cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "tracing cgroup");
+            cgroups.push(cgroup.id);
+        }
+        let (session, mut events) = engine.start_session(&KernelFilter {
+            cgroups,
+            ..KernelFilter::default()
+        })?;
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                lock(&tally).add(&event.record);
+            }
+        });
+        Some(Arc::new(session))
+    };
 
     let state = AppState {
-        backend: Arc::new(Mutex::new(backend)),
-        tally: Arc::new(Mutex::new(CgroupTally::default())),
+        engine: engine.clone(),
+        tally: tally.clone(),
+        startup_session: startup_session.clone(),
     };
-    let drain = tokio::spawn(drain_records(records, state.tally.clone()));
     let logger = (config.tally_interval_secs > 0).then(|| {
         tokio::spawn(log_tally(
-            state.tally.clone(),
+            tally.clone(),
             Duration::from_secs(config.tally_interval_secs),
         ))
     });
@@ -57,39 +82,27 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the API to {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "tracerd is serving");
-    axum::serve(listener, http::router(state.clone()))
+    // The router owns the state; once serving ends, the engine and session are ours alone.
+    axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving the API")?;
 
-    drain.abort();
     if let Some(logger) = logger {
         logger.abort();
     }
-    log_counts(&lock(&state.tally));
-    // The last reference to the backend goes here: its drop detaches both programs.
-    let backend = Arc::try_unwrap(state.backend)
-        .map_err(|_| anyhow::anyhow!("backend still shared at shutdown"))?;
-    drop(backend);
+    if let Some(session) = startup_session.and_then(Arc::into_inner) {
+        let counters = engine.stop_session(session).await?;
+        tracing::info!(?counters, "start-up session stopped");
+    }
+    log_counts(&lock(&tally));
+    // The last reference to the engine goes here: its drop detaches both programs.
+    let engine = Arc::into_inner(engine)
+        .ok_or_else(|| anyhow::anyhow!("engine still shared at shutdown"))?;
+    drop(engine);
     tracing::info!("tracerd stopped; eBPF programs detached");
     drop(data_dir);
     Ok(())
-}
-
-/// Moves records from the kernel ring buffer into the tally, one lock per drained batch.
-async fn drain_records(mut ring: RecordRing, tally: Arc<Mutex<CgroupTally>>) {
-    let mut batch = Vec::with_capacity(4096);
-    loop {
-        if let Err(err) = ring.drain(|record| batch.push(*record)).await {
-            tracing::error!(%err, "reading the record ring buffer failed; retrying");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        let mut tally = lock(&tally);
-        for record in batch.drain(..) {
-            tally.add(&record);
-        }
-    }
 }
 
 async fn log_tally(tally: Arc<Mutex<CgroupTally>>, every: Duration) {

@@ -1,18 +1,24 @@
 //! The eBPF backend: loads and attaches the `raw_tracepoint` programs from `tracer-ebpf`,
-//! owns the cgroup filter map, and hands out the record ring buffer.
+//! programs the kernel's filter maps for session slots, reads the per-slot counters, and
+//! hands out the record ring buffers.
 //!
 //! Every kernel object here is owned by this process's file descriptors and nothing is
 //! pinned, so dropping the backend (stop, shutdown) or the process dying (crash, `kill -9`)
 //! detaches the programs and frees the maps: nothing can linger in the kernel.
-use std::io;
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    io,
+};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{ProgramError, RawTracePoint},
     Ebpf, EbpfLoader,
 };
 use tokio::io::{unix::AsyncFd, Interest};
-use tracer_common::{counter, SessionMask, SyscallRecord};
+use tracer_common::{
+    counter, mask, ring_config, SessionMask, SlotState, SyscallRecord, MAX_SESSIONS, MAX_SYSCALLS,
+};
 
 /// The kernel programs, built by build.rs from `tracer-ebpf`.
 static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -21,9 +27,63 @@ static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 pub const PROGRAMS: [(&str, &str); 2] =
     [("tracerd_enter", "sys_enter"), ("tracerd_exit", "sys_exit")];
 
-/// The oldest kernel with everything the programs use: BPF ring buffers arrived in 5.8
-/// (raw tracepoints in 4.17, `bpf_get_current_cgroup_id` in 4.18).
+/// The oldest kernel with everything the programs use: ring buffers in a map-of-maps arrived
+/// in 5.8-era kernels (raw tracepoints in 4.17, `bpf_get_current_cgroup_id` in 4.18).
 const MIN_KERNEL: (u32, u32) = (5, 8);
+
+/// Syscalls whose argument `index` is a path the kernel reads at entry. Names resolve to
+/// numbers through the host architecture's table; names an architecture lacks (aarch64 has
+/// no `open`, `stat`, `unlink`…) are skipped.
+const PATH_SYSCALLS: &[(&str, usize)] = &[
+    ("open", 0),
+    ("openat", 1),
+    ("openat2", 1),
+    ("creat", 0),
+    ("execve", 0),
+    ("execveat", 1),
+    ("stat", 0),
+    ("lstat", 0),
+    ("newfstatat", 1),
+    ("statx", 1),
+    ("statfs", 0),
+    ("access", 0),
+    ("faccessat", 1),
+    ("faccessat2", 1),
+    ("unlink", 0),
+    ("unlinkat", 1),
+    ("mkdir", 0),
+    ("mkdirat", 1),
+    ("rmdir", 0),
+    ("rename", 0),
+    ("renameat", 1),
+    ("renameat2", 1),
+    ("link", 0),
+    ("linkat", 1),
+    ("symlink", 1),
+    ("symlinkat", 2),
+    ("readlink", 0),
+    ("readlinkat", 1),
+    ("chdir", 0),
+    ("chroot", 0),
+    ("chmod", 0),
+    ("fchmodat", 1),
+    ("fchmodat2", 1),
+    ("chown", 0),
+    ("lchown", 0),
+    ("fchownat", 1),
+    ("truncate", 0),
+    ("mknod", 0),
+    ("mknodat", 1),
+    ("utimensat", 1),
+    ("umount2", 0),
+    ("mount", 1),
+    ("swapon", 0),
+    ("swapoff", 0),
+    ("setxattr", 0),
+    ("getxattr", 0),
+    ("listxattr", 0),
+    ("removexattr", 0),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -57,60 +117,149 @@ pub enum LoadError {
     },
     #[error("the eBPF object has no {0}: tracer-ebpf and tracer-daemon are out of step")]
     Missing(&'static str),
-    #[error("opening map {map}: {source}")]
+    #[error("setting up map {map}: {source}")]
     Map {
         map: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("listing CPUs: {0}")]
+    Cpus(String),
 }
 
+/// An update of the kernel's filter maps failed.
 #[derive(Debug, thiserror::Error)]
-pub enum FilterError {
-    #[error("updating the cgroup filter map: {0}")]
-    Map(#[from] aya::maps::MapError),
+#[error("updating kernel map {map}: {source}")]
+pub struct MapUpdateError {
+    map: &'static str,
+    #[source]
+    source: aya::maps::MapError,
 }
 
 /// Options for loading the backend.
 #[derive(Clone, Debug)]
 pub struct EbpfOptions {
-    /// Size of the record ring buffer in bytes: a power of two, a multiple of the page size.
+    /// Size of each record ring buffer in bytes: a power of two, a multiple of the page size.
     pub ring_bytes: u32,
+    /// Records a CPU writes between forced wake-ups of the reader (0: the kernel's adaptive
+    /// wake-up, up to one per record). The reader's periodic flush bounds the latency of the
+    /// records in between.
+    pub wakeup_every: u64,
+    /// One ring per CPU instead of one shared ring.
+    pub per_cpu_rings: bool,
 }
 
 impl Default for EbpfOptions {
     fn default() -> Self {
         Self {
             ring_bytes: tracer_common::DEFAULT_RING_BYTES,
+            wakeup_every: 64,
+            per_cpu_rings: false,
         }
     }
 }
 
-/// Totals of the kernel's per-CPU counters.
+/// Totals of the kernel's per-CPU counters, over all sessions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelCounters {
-    pub matched: u64,
+    pub written: u64,
     pub dropped_inflight_full: u64,
     pub dropped_ring_full: u64,
+    pub paths_lost: u64,
+}
+
+/// What the kernel counted for one session slot, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCounters {
+    pub matched: u64,
+    pub dropped: u64,
+}
+
+/// The kernel-side filter of one session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelFilter {
+    /// cgroup ids to trace.
+    pub cgroups: Vec<u64>,
+    /// Syscall numbers to record; `None` for all.
+    pub syscalls: Option<Vec<u32>>,
+    /// Only these processes (tgids); `None` for all.
+    pub tgids: Option<Vec<u32>>,
+    /// Only calls that fail (return value < 0).
+    pub failed_only: bool,
 }
 
 /// Loaded and attached programs plus the maps userspace drives.
+///
+/// The backend keeps a userspace mirror of every filter map, so programming a slot is a
+/// read-modify-write of local state followed by map writes, never a read of kernel maps.
 pub struct EbpfBackend {
     // Dropping `ebpf` detaches both programs; keep it alive as long as tracing should run.
     ebpf: Ebpf,
     traced_cgroups: HashMap<MapData, u64, SessionMask>,
+    syscall_sessions: Array<MapData, SessionMask>,
+    masks: Array<MapData, SessionMask>,
+    tgid_sessions: HashMap<MapData, u32, SessionMask>,
+    slots: PerCpuArray<MapData, SlotState>,
     counters: PerCpuArray<MapData, u64>,
-    records: Option<RingBuf<MapData>>,
+    rings: Vec<RingBuf<MapData>>,
+    cpu_count: usize,
+    mirror: FilterMirror,
+}
+
+/// Userspace copy of the filter maps' contents.
+#[derive(Default)]
+struct FilterMirror {
+    cgroups: StdHashMap<u64, SessionMask>,
+    syscalls: Vec<SessionMask>,
+    masks: [SessionMask; mask::COUNT as usize],
+    tgids: StdHashMap<u32, SessionMask>,
 }
 
 impl EbpfBackend {
-    /// Loads the programs, attaches them to `sys_enter` and `sys_exit`, and opens the maps.
+    /// Loads the programs, configures their maps, and attaches them to `sys_enter` and
+    /// `sys_exit`.
     pub fn load(options: &EbpfOptions) -> Result<Self, LoadError> {
         check_kernel_release()?;
+        let cpu_count = aya::util::nr_cpus()
+            .map_err(|(what, err)| LoadError::Cpus(format!("{what}: {err}")))?;
+        let shared_ring_bytes = if options.per_cpu_rings {
+            // The shared ring is unused then; keep it at one page.
+            page_size()
+        } else {
+            options.ring_bytes
+        };
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("RECORDS", options.ring_bytes)
+            .map_max_entries("RECORDS", shared_ring_bytes)
             .load(TRACER_OBJECT)
             .map_err(|err| classify(&err).unwrap_or(LoadError::Object(err)))?;
+
+        let mut path_arg: Array<MapData, u32> = take_map(&mut ebpf, "PATH_ARG")?;
+        for (nr, index) in path_arguments() {
+            path_arg
+                .set(nr, index as u32 + 1, 0)
+                .map_err(|source| LoadError::Map {
+                    map: "PATH_ARG",
+                    source,
+                })?;
+        }
+        let mut ring_config: Array<MapData, u64> = take_map(&mut ebpf, "RING_CONFIG")?;
+        let config_error = |source| LoadError::Map {
+            map: "RING_CONFIG",
+            source,
+        };
+        ring_config
+            .set(ring_config::WAKEUP_EVERY, options.wakeup_every, 0)
+            .map_err(config_error)?;
+        ring_config
+            .set(ring_config::PER_CPU, u64::from(options.per_cpu_rings), 0)
+            .map_err(config_error)?;
+
+        let rings = if options.per_cpu_rings {
+            per_cpu_rings(&mut ebpf, cpu_count, options.ring_bytes)?
+        } else {
+            vec![take_map(&mut ebpf, "RECORDS")?]
+        };
+
         for (program, tracepoint) in PROGRAMS {
             let raw_tracepoint: &mut RawTracePoint = ebpf
                 .program_mut(program)
@@ -128,60 +277,242 @@ impl EbpfBackend {
                 })
             })?;
         }
-        let traced_cgroups = take_map(&mut ebpf, "TRACED_CGROUPS")?;
-        let counters = take_map(&mut ebpf, "COUNTERS")?;
-        let records = take_map(&mut ebpf, "RECORDS")?;
         Ok(Self {
+            traced_cgroups: take_map(&mut ebpf, "TRACED_CGROUPS")?,
+            syscall_sessions: take_map(&mut ebpf, "SYSCALL_SESSIONS")?,
+            masks: take_map(&mut ebpf, "MASKS")?,
+            tgid_sessions: take_map(&mut ebpf, "TGID_SESSIONS")?,
+            slots: take_map(&mut ebpf, "SLOTS")?,
+            counters: take_map(&mut ebpf, "COUNTERS")?,
             ebpf,
-            traced_cgroups,
-            counters,
-            records: Some(records),
+            rings,
+            cpu_count,
+            mirror: FilterMirror {
+                syscalls: vec![0; MAX_SYSCALLS as usize],
+                ..FilterMirror::default()
+            },
         })
     }
 
-    /// Starts (or changes) tracing of a cgroup for the sessions in `sessions`.
-    pub fn trace_cgroup(
+    /// Gives `slot` to a new session: resets its counters, sets its start time to `start_ns`
+    /// (CLOCK_MONOTONIC), and installs its filter. The slot must be clear.
+    pub fn program_slot(
         &mut self,
-        cgroup_id: u64,
-        sessions: SessionMask,
-    ) -> Result<(), FilterError> {
-        self.traced_cgroups.insert(cgroup_id, sessions, 0)?;
+        slot: u32,
+        start_ns: u64,
+        filter: &KernelFilter,
+    ) -> Result<(), MapUpdateError> {
+        assert!(slot < MAX_SESSIONS, "slot {slot} out of range");
+        let bit: SessionMask = 1 << slot;
+        let state = SlotState {
+            start_ns,
+            matched: 0,
+            dropped: 0,
+        };
+        // One value per possible CPU, which is what `cpu_count` counts: cannot fail.
+        let values = PerCpuValues::try_from(vec![state; self.cpu_count])
+            .expect("one SlotState per possible CPU");
+        self.slots
+            .set(slot, values, 0)
+            .map_err(|source| MapUpdateError {
+                map: "SLOTS",
+                source,
+            })?;
+
+        // Conditions first, the cgroups last: the slot starts matching only once complete.
+        if filter.failed_only {
+            self.set_mask(
+                mask::FAILED_ONLY,
+                self.mirror.masks[mask::FAILED_ONLY as usize] | bit,
+            )?;
+        }
+        if let Some(tgids) = &filter.tgids {
+            for &tgid in tgids {
+                let sessions = self.mirror.tgids.get(&tgid).copied().unwrap_or(0) | bit;
+                self.tgid_sessions
+                    .insert(tgid, sessions, 0)
+                    .map_err(|source| MapUpdateError {
+                        map: "TGID_SESSIONS",
+                        source,
+                    })?;
+                self.mirror.tgids.insert(tgid, sessions);
+            }
+            self.set_mask(
+                mask::TGID_FILTERED,
+                self.mirror.masks[mask::TGID_FILTERED as usize] | bit,
+            )?;
+        }
+        match &filter.syscalls {
+            None => {
+                for nr in 0..MAX_SYSCALLS {
+                    self.set_syscall(nr, self.mirror.syscalls[nr as usize] | bit)?;
+                }
+                self.set_mask(
+                    mask::ALL_SYSCALLS,
+                    self.mirror.masks[mask::ALL_SYSCALLS as usize] | bit,
+                )?;
+            }
+            Some(numbers) => {
+                for &nr in numbers.iter().filter(|&&nr| nr < MAX_SYSCALLS) {
+                    self.set_syscall(nr, self.mirror.syscalls[nr as usize] | bit)?;
+                }
+            }
+        }
+        for &cgroup_id in &filter.cgroups {
+            self.add_cgroup(cgroup_id, bit)?;
+        }
         Ok(())
     }
 
-    /// Stops tracing a cgroup. Untracing a cgroup that is not traced is not an error.
-    pub fn untrace_cgroup(&mut self, cgroup_id: u64) -> Result<(), FilterError> {
-        match self.traced_cgroups.remove(&cgroup_id) {
-            Ok(()) => Ok(()),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(err) => Err(err.into()),
+    /// Adds a cgroup to a running slot (a container that appeared).
+    pub fn add_cgroup(
+        &mut self,
+        cgroup_id: u64,
+        slot_bit: SessionMask,
+    ) -> Result<(), MapUpdateError> {
+        let sessions = self.mirror.cgroups.get(&cgroup_id).copied().unwrap_or(0) | slot_bit;
+        self.traced_cgroups
+            .insert(cgroup_id, sessions, 0)
+            .map_err(|source| MapUpdateError {
+                map: "TRACED_CGROUPS",
+                source,
+            })?;
+        self.mirror.cgroups.insert(cgroup_id, sessions);
+        Ok(())
+    }
+
+    /// Removes every trace of `slot` from the filter maps: after this, no new syscall matches
+    /// it. (Syscalls that entered before are excluded from the slot's next user by its start
+    /// time.)
+    pub fn clear_slot(&mut self, slot: u32) -> Result<(), MapUpdateError> {
+        let bit: SessionMask = 1 << slot;
+        // The cgroups first, so the slot stops matching before its conditions go.
+        let cgroups: Vec<(u64, SessionMask)> = self
+            .mirror
+            .cgroups
+            .iter()
+            .filter(|(_, &sessions)| sessions & bit != 0)
+            .map(|(&id, &sessions)| (id, sessions & !bit))
+            .collect();
+        for (cgroup_id, sessions) in cgroups {
+            if sessions == 0 {
+                remove_key(&mut self.traced_cgroups, &cgroup_id, "TRACED_CGROUPS")?;
+                self.mirror.cgroups.remove(&cgroup_id);
+            } else {
+                self.traced_cgroups
+                    .insert(cgroup_id, sessions, 0)
+                    .map_err(|source| MapUpdateError {
+                        map: "TRACED_CGROUPS",
+                        source,
+                    })?;
+                self.mirror.cgroups.insert(cgroup_id, sessions);
+            }
         }
+        for nr in 0..MAX_SYSCALLS {
+            let sessions = self.mirror.syscalls[nr as usize];
+            if sessions & bit != 0 {
+                self.set_syscall(nr, sessions & !bit)?;
+            }
+        }
+        for index in 0..mask::COUNT {
+            let sessions = self.mirror.masks[index as usize];
+            if sessions & bit != 0 {
+                self.set_mask(index, sessions & !bit)?;
+            }
+        }
+        let tgids: Vec<(u32, SessionMask)> = self
+            .mirror
+            .tgids
+            .iter()
+            .filter(|(_, &sessions)| sessions & bit != 0)
+            .map(|(&tgid, &sessions)| (tgid, sessions & !bit))
+            .collect();
+        for (tgid, sessions) in tgids {
+            if sessions == 0 {
+                remove_key(&mut self.tgid_sessions, &tgid, "TGID_SESSIONS")?;
+                self.mirror.tgids.remove(&tgid);
+            } else {
+                self.tgid_sessions
+                    .insert(tgid, sessions, 0)
+                    .map_err(|source| MapUpdateError {
+                        map: "TGID_SESSIONS",
+                        source,
+                    })?;
+                self.mirror.tgids.insert(tgid, sessions);
+            }
+        }
+        Ok(())
     }
 
-    /// The record ring buffer, readable once. Must be called inside a tokio runtime.
-    pub fn take_records(&mut self) -> io::Result<RecordRing> {
-        let ring = self
-            .records
-            .take()
-            .ok_or_else(|| io::Error::other("the record ring buffer was already taken"))?;
-        // SAFETY: the RingBuf owns its map's file descriptor, which stays open and the same
-        // for as long as the RingBuf lives, and the AsyncFd owns the RingBuf.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
-        Ok(RecordRing {
-            ring: ring.map_err(io::Error::from)?,
-        })
+    fn set_syscall(&mut self, nr: u32, sessions: SessionMask) -> Result<(), MapUpdateError> {
+        self.syscall_sessions
+            .set(nr, sessions, 0)
+            .map_err(|source| MapUpdateError {
+                map: "SYSCALL_SESSIONS",
+                source,
+            })?;
+        self.mirror.syscalls[nr as usize] = sessions;
+        Ok(())
     }
 
-    /// The kernel's counters, summed over CPUs.
+    fn set_mask(&mut self, index: u32, sessions: SessionMask) -> Result<(), MapUpdateError> {
+        self.masks
+            .set(index, sessions, 0)
+            .map_err(|source| MapUpdateError {
+                map: "MASKS",
+                source,
+            })?;
+        self.mirror.masks[index as usize] = sessions;
+        Ok(())
+    }
+
+    /// The cgroup ids some session traces, with their session masks (for diagnostics).
+    pub fn traced_cgroups(&self) -> Vec<(u64, SessionMask)> {
+        self.mirror
+            .cgroups
+            .iter()
+            .map(|(&id, &sessions)| (id, sessions))
+            .collect()
+    }
+
+    /// What the kernel counted for `slot`, summed over CPUs.
+    pub fn slot_counters(&self, slot: u32) -> Result<SlotCounters, aya::maps::MapError> {
+        let values = self.slots.get(&slot, 0)?;
+        Ok(values
+            .iter()
+            .fold(SlotCounters::default(), |total, state| SlotCounters {
+                matched: total.matched + state.matched,
+                dropped: total.dropped + state.dropped,
+            }))
+    }
+
+    /// The kernel's totals, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters, aya::maps::MapError> {
         let sum = |index: u32| -> Result<u64, aya::maps::MapError> {
             Ok(self.counters.get(&index, 0)?.iter().sum())
         };
         Ok(KernelCounters {
-            matched: sum(counter::MATCHED)?,
+            written: sum(counter::WRITTEN)?,
             dropped_inflight_full: sum(counter::DROPPED_INFLIGHT_FULL)?,
             dropped_ring_full: sum(counter::DROPPED_RING_FULL)?,
+            paths_lost: sum(counter::PATHS_LOST)?,
         })
+    }
+
+    /// The record ring buffers (one, or one per CPU), readable once. Must be called inside a
+    /// tokio runtime.
+    pub fn take_rings(&mut self) -> io::Result<Vec<RecordRing>> {
+        std::mem::take(&mut self.rings)
+            .into_iter()
+            .map(|ring| {
+                // SAFETY: the RingBuf owns its map's file descriptor, which stays open and the
+                // same for as long as the RingBuf lives, and the AsyncFd owns the RingBuf.
+                let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
+                Ok(RecordRing {
+                    ring: ring.map_err(io::Error::from)?,
+                })
+            })
+            .collect()
     }
 
     /// Kernel ids of the loaded programs (as `bpftool prog show` lists them).
@@ -193,6 +524,63 @@ impl EbpfBackend {
     }
 }
 
+fn remove_key<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, SessionMask>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), MapUpdateError> {
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(MapUpdateError { map: name, source }),
+    }
+}
+
+/// (syscall number, path argument index) on this architecture.
+fn path_arguments() -> impl Iterator<Item = (u32, usize)> {
+    PATH_SYSCALLS.iter().filter_map(|&(name, index)| {
+        let sysno: syscalls::Sysno = name.parse().ok()?;
+        let nr = sysno.id() as u32;
+        (nr < MAX_SYSCALLS).then_some((nr, index))
+    })
+}
+
+/// Syscall numbers that take a path, on this architecture.
+pub fn path_syscalls() -> HashSet<u32> {
+    path_arguments().map(|(nr, _)| nr).collect()
+}
+
+/// Creates one ring per possible CPU and installs them in `RECORDS_BY_CPU`.
+fn per_cpu_rings(
+    ebpf: &mut Ebpf,
+    cpu_count: usize,
+    ring_bytes: u32,
+) -> Result<Vec<RingBuf<MapData>>, LoadError> {
+    let mut outer: ArrayOfMaps<MapData> = take_map(ebpf, "RECORDS_BY_CPU")?;
+    (0..cpu_count as u32)
+        .map(|cpu| {
+            let map_error = |source| LoadError::Map {
+                map: "RECORDS_BY_CPU",
+                source,
+            };
+            let definition = aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+                0,
+                0,
+                ring_bytes,
+                0,
+            );
+            let ring = MapData::create(definition, "tracerd_cpu_ring", None).map_err(map_error)?;
+            outer.set(cpu, &ring, 0).map_err(map_error)?;
+            RingBuf::try_from(Map::RingBuf(ring)).map_err(map_error)
+        })
+        .collect()
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as u32
+}
+
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -201,35 +589,47 @@ where
     T::try_from(map).map_err(|source| LoadError::Map { map: name, source })
 }
 
-/// The record ring buffer, readable from tokio.
+/// One record ring buffer, readable from tokio.
 pub struct RecordRing {
     ring: AsyncFd<RingBuf<MapData>>,
 }
 
 impl RecordRing {
-    /// Waits until records are available, then hands every available record to `handle`.
-    /// Returns how many were handled.
-    pub async fn drain(&mut self, mut handle: impl FnMut(&SyscallRecord)) -> io::Result<usize> {
+    /// Waits until the kernel signals records, then hands every available one to `handle`.
+    pub async fn drain_when_ready(
+        &mut self,
+        handle: impl FnMut(&SyscallRecord, &[u8]),
+    ) -> io::Result<usize> {
         let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut handled = 0;
-        while let Some(item) = ring.next() {
-            match SyscallRecord::decode(&item) {
-                Some(record) => {
-                    handle(&record);
-                    handled += 1;
-                }
-                None => tracing::warn!(
-                    len = item.len(),
-                    "ignoring a ring buffer item of the wrong size"
-                ),
-            }
-        }
+        let handled = drain(guard.get_inner_mut(), handle);
         // tokio clears readiness only if no new edge arrived since it was observed, so a
-        // record committed after the last `next()` still wakes the next `drain`.
+        // record committed after the last `next()` still wakes the next call.
         guard.clear_ready();
         Ok(handled)
     }
+
+    /// Hands every record available now to `handle`, without waiting (the periodic flush:
+    /// records written without a wake-up are picked up here).
+    pub fn drain_now(&mut self, handle: impl FnMut(&SyscallRecord, &[u8])) -> usize {
+        drain(self.ring.get_mut(), handle)
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(&SyscallRecord, &[u8])) -> usize {
+    let mut handled = 0;
+    while let Some(item) = ring.next() {
+        match SyscallRecord::view(&item) {
+            Some((record, path)) => {
+                handle(record, path);
+                handled += 1;
+            }
+            None => tracing::warn!(
+                len = item.len(),
+                "ignoring a ring buffer item of unknown size"
+            ),
+        }
+    }
+    handled
 }
 
 /// Fails early, with a message an operator can act on, on kernels older than `MIN_KERNEL`.
@@ -307,5 +707,18 @@ mod tests {
         assert!(matches!(classify(&enosys), Some(LoadError::BpfUnavailable)));
         let einval = io::Error::from_raw_os_error(libc::EINVAL);
         assert!(classify(&einval).is_none());
+    }
+
+    #[test]
+    fn path_syscalls_resolve_on_this_architecture() {
+        let paths = path_syscalls();
+        let openat = syscalls::Sysno::openat.id() as u32;
+        let execve = syscalls::Sysno::execve.id() as u32;
+        assert!(paths.contains(&openat) && paths.contains(&execve));
+        assert!(!paths.contains(&(syscalls::Sysno::getppid.id() as u32)));
+        let openat_index = path_arguments()
+            .find(|&(nr, _)| nr == openat)
+            .map(|(_, i)| i);
+        assert_eq!(openat_index, Some(1));
     }
 }

@@ -4,13 +4,19 @@ use std::sync::{Arc, Mutex};
 use axum::{extract::State, routing::get, Json, Router};
 use serde_json::{json, Value};
 
-use crate::{ebpf::EbpfBackend, tally::CgroupTally};
+use crate::{
+    engine::{Engine, SessionHandle},
+    lock,
+    tally::CgroupTally,
+};
 
 /// State every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub backend: Arc<Mutex<EbpfBackend>>,
+    pub engine: Arc<Engine>,
     pub tally: Arc<Mutex<CgroupTally>>,
+    /// The session tracing the `--trace-cgroup` cgroups, if any.
+    pub startup_session: Option<Arc<SessionHandle>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -22,26 +28,21 @@ pub fn router(state: AppState) -> Router {
 
 /// Liveness: the daemon answers and its kernel programs are attached.
 async fn healthz(State(state): State<AppState>) -> Json<Value> {
-    let program_ids = lock(&state.backend).program_ids();
     Json(json!({
         "status": "ok",
         "backend": "ebpf",
-        "program_ids": program_ids,
+        "program_ids": state.engine.program_ids(),
     }))
 }
 
-/// What the kernel has sent so far, per traced cgroup and syscall, with the kernel's own
-/// counters: a diagnostic view until sessions carry their own counters.
+/// What the start-up session has received, per cgroup and syscall, with its counters and
+/// the kernel's totals: a diagnostic view until sessions have their own API.
 async fn tally(State(state): State<AppState>) -> Json<Value> {
-    let kernel = lock(&state.backend).counters().ok();
+    let counters = state
+        .startup_session
+        .as_ref()
+        .and_then(|session| state.engine.counters(session).ok());
+    let kernel = state.engine.kernel_counters().ok();
     let cgroups = lock(&state.tally).snapshot();
-    Json(json!({ "kernel": kernel, "cgroups": cgroups }))
-}
-
-/// Locks a mutex, recovering from poisoning: a panicking holder cannot leave these values
-/// half-updated in a way that matters more than keeping the API up.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    Json(json!({ "cgroups": cgroups, "counters": counters, "kernel": kernel }))
 }

@@ -7,5 +7,15 @@ pub mod config;
 pub mod daemon;
 pub mod data_dir;
 pub mod ebpf;
+pub mod engine;
 pub mod http;
 pub mod tally;
+
+/// Locks a mutex, recovering from poisoning: the values behind tracerd's mutexes stay
+/// consistent between statements, so a panicking holder does not justify taking the
+/// daemon down with it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,42 +1,89 @@
 //! Kernel side of tracerd: `raw_tracepoint` programs on `sys_enter` and `sys_exit`.
 //!
-//! A task is traced when its cgroup id is a key of `TRACED_CGROUPS`; every other task pays
-//! that one lookup on entry (and one miss in `INFLIGHT` on exit) and returns. A traced
-//! syscall is kept per thread between entry and exit, and its exit writes one completed
-//! [`SyscallRecord`] to the `RECORDS` ring buffer. Records the kernel could not keep or write
-//! are counted in `COUNTERS`, so userspace can account for every matched syscall.
+//! Filtering is a handful of constant-time lookups, all before any ring-buffer write:
+//!
+//! * entry: `TRACED_CGROUPS[cgroup id]` (the sessions tracing the task's cgroup; a miss ends
+//!   it — all an untraced task pays) `& SYSCALL_SESSIONS[nr]` (the sessions wanting this
+//!   syscall), then the tgid condition for the sessions that have one;
+//! * exit: the failed-only condition, and the slots whose session started after the syscall
+//!   entered are dropped (a slot reused by a new session must not inherit old syscalls).
+//!
+//! A matched syscall is kept per thread between entry and exit; its exit writes one completed
+//! [`SyscallRecord`] (a [`PathRecord`] when the syscall takes a path, read at entry). Every
+//! session counts, per CPU in `SLOTS`, the records that matched it and those the kernel lost.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::pt_regs,
+    bindings::{pt_regs, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    btf_maps::{ArrayOfMaps, RingBuf as BtfRingBuf},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user_str_bytes,
     },
-    macros::{map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    macros::{btf_map, map, raw_tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    counter, InflightSyscall, SessionMask, SyscallRecord, COMM_LEN, DEFAULT_RING_BYTES,
-    MAX_INFLIGHT_SYSCALLS, MAX_TRACED_CGROUPS,
+    counter, mask, record_flags, ring_config, InflightSyscall, PathArg, PathRecord, SessionMask,
+    SlotState, SyscallRecord, COMM_LEN, DEFAULT_RING_BYTES, MAX_FILTERED_TGIDS, MAX_INFLIGHT_PATHS,
+    MAX_INFLIGHT_SYSCALLS, MAX_SESSIONS, MAX_SYSCALLS, MAX_TRACED_CGROUPS, PATH_MAX_LEN,
 };
 
-/// cgroup id → the sessions tracing that cgroup. Userspace owns it.
+/// cgroup id → the sessions tracing that cgroup.
 #[map]
 static TRACED_CGROUPS: HashMap<u64, SessionMask> = HashMap::with_max_entries(MAX_TRACED_CGROUPS, 0);
+
+/// syscall number → the sessions that want it.
+#[map]
+static SYSCALL_SESSIONS: Array<SessionMask> = Array::with_max_entries(MAX_SYSCALLS, 0);
+
+/// Masks that apply to every syscall, indexed by `tracer_common::mask`.
+#[map]
+static MASKS: Array<SessionMask> = Array::with_max_entries(mask::COUNT, 0);
+
+/// tgid → the sessions with a tgid condition that admit it.
+#[map]
+static TGID_SESSIONS: HashMap<u32, SessionMask> = HashMap::with_max_entries(MAX_FILTERED_TGIDS, 0);
+
+/// syscall number → 1 + the index of its path argument (0: it takes no path). Userspace
+/// fills it at load from the syscall table of the host architecture.
+#[map]
+static PATH_ARG: Array<u32> = Array::with_max_entries(MAX_SYSCALLS, 0);
+
+/// Per-session state and counters, per CPU.
+#[map]
+static SLOTS: PerCpuArray<SlotState> = PerCpuArray::with_max_entries(MAX_SESSIONS, 0);
 
 /// thread id → the traced syscall it is inside of.
 #[map]
 static INFLIGHT: HashMap<u32, InflightSyscall> =
     HashMap::with_max_entries(MAX_INFLIGHT_SYSCALLS, 0);
 
-/// Completed syscalls for userspace. Userspace may resize it at load time.
+/// thread id → the path argument of the traced syscall it is inside of.
+#[map]
+static INFLIGHT_PATHS: HashMap<u32, PathArg> = HashMap::with_max_entries(MAX_INFLIGHT_PATHS, 0);
+
+/// Room to read a path into before it goes into `INFLIGHT_PATHS` (too big for the stack).
+#[map]
+static PATH_SCRATCH: PerCpuArray<PathArg> = PerCpuArray::with_max_entries(1, 0);
+
+/// Completed syscalls for userspace, one ring shared by all CPUs.
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// Per-CPU event counters, indexed by the constants in `tracer_common::counter`.
+/// The per-CPU alternative: one ring per CPU, created and inserted by userspace.
+#[btf_map]
+static RECORDS_BY_CPU: ArrayOfMaps<BtfRingBuf<u8, { DEFAULT_RING_BYTES as usize }>, 1024> =
+    ArrayOfMaps::new();
+
+/// Wake-up policy and output selection, indexed by `tracer_common::ring_config`.
+#[map]
+static RING_CONFIG: Array<u64> = Array::with_max_entries(ring_config::COUNT, 0);
+
+/// Totals, per CPU, indexed by `tracer_common::counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
@@ -62,14 +109,28 @@ pub fn tracerd_exit(ctx: RawTracePointContext) -> i32 {
 
 fn try_enter(ctx: &RawTracePointContext) {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: the value is copied out at once; userspace may change it concurrently, and
-    // either the old or the new mask is a correct answer for this syscall.
-    let Some(&sessions) = (unsafe { TRACED_CGROUPS.get(&cgroup_id) }) else {
+    // SAFETY: copied out at once; a concurrent update gives the old or the new mask, and
+    // either is a correct answer for this syscall.
+    let Some(&cgroup_sessions) = (unsafe { TRACED_CGROUPS.get(&cgroup_id) }) else {
         return;
     };
     // raw_tracepoint sys_enter: args are (struct pt_regs *regs, long id).
-    let regs: *const pt_regs = ctx.arg(0);
     let nr: u64 = ctx.arg(1);
+    let mut sessions = cgroup_sessions & syscall_sessions(nr);
+    if sessions == 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid_filtered = mask_of(mask::TGID_FILTERED);
+    if sessions & tgid_filtered != 0 {
+        let tgid = (pid_tgid >> 32) as u32;
+        let admitted = unsafe { TGID_SESSIONS.get(&tgid) }.copied().unwrap_or(0);
+        sessions &= !tgid_filtered | admitted;
+        if sessions == 0 {
+            return;
+        }
+    }
+    let regs: *const pt_regs = ctx.arg(0);
     let inflight = InflightSyscall {
         enter_ns: unsafe { bpf_ktime_get_ns() },
         sessions,
@@ -77,15 +138,19 @@ fn try_enter(ctx: &RawTracePointContext) {
         nr: nr as u32,
         _pad: 0,
     };
-    bump(counter::MATCHED);
+    let tid = pid_tgid as u32;
     if NO_RETURN_SYSCALLS.contains(&nr) {
-        emit(&inflight, cgroup_id, 0, inflight.enter_ns);
+        // Never fails (it never returns), so failed-only sessions do not want it.
+        let sessions = sessions & !mask_of(mask::FAILED_ONLY);
+        emit(&inflight, sessions, cgroup_id, 0, inflight.enter_ns, None);
         return;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
     if INFLIGHT.insert(&tid, &inflight, 0).is_err() {
         bump(counter::DROPPED_INFLIGHT_FULL);
+        count_dropped(count_matched(sessions, inflight.enter_ns));
+        return;
     }
+    keep_path_argument(nr, &inflight.args, tid);
 }
 
 fn try_exit(ctx: &RawTracePointContext) {
@@ -98,34 +163,255 @@ fn try_exit(ctx: &RawTracePointContext) {
     let _ = INFLIGHT.remove(&tid);
     // raw_tracepoint sys_exit: args are (struct pt_regs *regs, long ret).
     let ret: i64 = ctx.arg(1);
+    let mut sessions = inflight.sessions;
+    if ret >= 0 {
+        sessions &= !mask_of(mask::FAILED_ONLY);
+    }
+    let path = if path_arg_index(inflight.nr as u64).is_some() {
+        let path = INFLIGHT_PATHS.get_ptr(&tid);
+        let _ = INFLIGHT_PATHS.remove(&tid);
+        Some(path)
+    } else {
+        None
+    };
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    emit(&inflight, cgroup_id, ret, unsafe { bpf_ktime_get_ns() });
+    emit(
+        &inflight,
+        sessions,
+        cgroup_id,
+        ret,
+        unsafe { bpf_ktime_get_ns() },
+        path,
+    );
 }
 
-fn emit(inflight: &InflightSyscall, cgroup_id: u64, ret: i64, exit_ns: u64) {
-    let Some(mut entry) = RECORDS.reserve::<SyscallRecord>(0) else {
-        bump(counter::DROPPED_RING_FULL);
+/// Writes one record for `sessions`, counting it as matched (and, if it cannot be written,
+/// dropped) for each of them that is still current. `path` is `Some` for syscalls that take a path: the kept
+/// argument, or `None` inside if it was lost. Inlined: BPF calls take at most five arguments.
+#[inline(always)]
+fn emit(
+    inflight: &InflightSyscall,
+    sessions: SessionMask,
+    cgroup_id: u64,
+    ret: i64,
+    exit_ns: u64,
+    path: Option<Option<*const PathArg>>,
+) {
+    let sessions = count_matched(sessions, inflight.enter_ns);
+    if sessions == 0 {
         return;
-    };
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
-    entry.write(SyscallRecord {
+    let mut record = SyscallRecord {
         enter_ns: inflight.enter_ns,
         duration_ns: exit_ns.saturating_sub(inflight.enter_ns),
         cgroup_id,
-        sessions: inflight.sessions,
+        sessions,
         args: inflight.args,
         ret,
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         nr: inflight.nr,
-        _pad: 0,
+        path_len: 0,
+        flags: 0,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-    });
-    entry.submit(0);
+    };
+    let written = match path {
+        None => write_record(&record),
+        Some(None) => {
+            bump(counter::PATHS_LOST);
+            record.flags = record_flags::PATH_LOST;
+            write_record(&record)
+        }
+        Some(Some(path)) => {
+            // SAFETY: a pointer to a map value, valid for this program run even though the
+            // entry was removed (hash map elements are freed after an RCU grace period).
+            let path = unsafe { &*path };
+            record.flags = record_flags::HAS_PATH | path.flags;
+            record.path_len = path.len;
+            write_path_record(&record, &path.bytes)
+        }
+    };
+    if written {
+        bump(counter::WRITTEN);
+    } else {
+        bump(counter::DROPPED_RING_FULL);
+        count_dropped(sessions);
+    }
+}
+
+fn write_record(record: &SyscallRecord) -> bool {
+    let flags = wakeup_flags();
+    let entry = if per_cpu_output() {
+        per_cpu_ring().and_then(|ring| ring.reserve_untyped::<SyscallRecord>(0))
+    } else {
+        RECORDS.reserve::<SyscallRecord>(0)
+    };
+    let Some(mut entry) = entry else {
+        return false;
+    };
+    entry.write(*record);
+    entry.submit(flags);
+    true
+}
+
+fn write_path_record(record: &SyscallRecord, path: &[u8; PATH_MAX_LEN]) -> bool {
+    let flags = wakeup_flags();
+    let entry = if per_cpu_output() {
+        per_cpu_ring().and_then(|ring| ring.reserve_untyped::<PathRecord>(0))
+    } else {
+        RECORDS.reserve::<PathRecord>(0)
+    };
+    let Some(mut entry) = entry else {
+        return false;
+    };
+    // SAFETY: writing both fields initialises the whole (padding-free) struct.
+    unsafe {
+        let out = entry.as_mut_ptr();
+        (*out).record = *record;
+        (*out).path = *path;
+    }
+    entry.submit(flags);
+    true
+}
+
+/// Batches wake-ups: every `WAKEUP_EVERY`-th record of a CPU wakes the reader, the others
+/// are left for its periodic flush. With `WAKEUP_EVERY` at 0 the kernel decides (it wakes
+/// the reader whenever the reader had caught up: up to once per record).
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let every = RING_CONFIG
+        .get(ring_config::WAKEUP_EVERY)
+        .copied()
+        .unwrap_or(0);
+    if every == 0 {
+        return 0;
+    }
+    let Some(since) = COUNTERS.get_ptr_mut(counter::SINCE_WAKEUP) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU slot; raw tracepoint programs do not nest on one CPU.
+    unsafe {
+        *since += 1;
+        if *since >= every {
+            *since = 0;
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        }
+    }
+}
+
+#[inline(always)]
+fn per_cpu_output() -> bool {
+    RING_CONFIG.get(ring_config::PER_CPU).copied().unwrap_or(0) != 0
+}
+
+#[inline(always)]
+fn per_cpu_ring() -> Option<&'static BtfRingBuf<u8, { DEFAULT_RING_BYTES as usize }>> {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    RECORDS_BY_CPU.get(cpu)
+}
+
+/// Counts a matched record for each session in `sessions` whose slot was started before
+/// `enter_ns`, and returns those sessions. A slot started later belongs to a new session
+/// that must not inherit syscalls of the slot's previous user.
+#[inline(always)]
+fn count_matched(sessions: SessionMask, enter_ns: u64) -> SessionMask {
+    let mut current = sessions;
+    let mut rest = sessions;
+    for _ in 0..MAX_SESSIONS {
+        if rest == 0 {
+            break;
+        }
+        let slot = rest.trailing_zeros();
+        rest &= rest - 1;
+        match SLOTS.get_ptr_mut(slot) {
+            // SAFETY: a per-CPU value; raw tracepoint programs do not nest on one CPU.
+            Some(state) if unsafe { (*state).start_ns } <= enter_ns => unsafe {
+                (*state).matched += 1;
+            },
+            _ => current &= !(1u64 << slot),
+        }
+    }
+    current
+}
+
+/// Counts a drop for each session in `sessions` (already counted as matched).
+#[inline(always)]
+fn count_dropped(sessions: SessionMask) {
+    let mut rest = sessions;
+    for _ in 0..MAX_SESSIONS {
+        if rest == 0 {
+            break;
+        }
+        let slot = rest.trailing_zeros();
+        rest &= rest - 1;
+        if let Some(state) = SLOTS.get_ptr_mut(slot) {
+            // SAFETY: as in count_matched.
+            unsafe { (*state).dropped += 1 };
+        }
+    }
+}
+
+#[inline(always)]
+fn syscall_sessions(nr: u64) -> SessionMask {
+    if nr < MAX_SYSCALLS as u64 {
+        SYSCALL_SESSIONS.get(nr as u32).copied().unwrap_or(0)
+    } else {
+        mask_of(mask::ALL_SYSCALLS)
+    }
+}
+
+#[inline(always)]
+fn mask_of(index: u32) -> SessionMask {
+    MASKS.get(index).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn path_arg_index(nr: u64) -> Option<usize> {
+    if nr >= MAX_SYSCALLS as u64 {
+        return None;
+    }
+    match PATH_ARG.get(nr as u32).copied().unwrap_or(0) {
+        0 => None,
+        index => Some(index as usize - 1),
+    }
+}
+
+/// For a syscall that takes a path, reads the path from user memory now (by exit it may have
+/// changed, and after `execve` the memory is gone) and keeps it for the exit.
+#[inline(always)]
+fn keep_path_argument(nr: u64, args: &[u64; 6], tid: u32) {
+    let Some(index) = path_arg_index(nr) else {
+        return;
+    };
+    let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch slot is ours for this program run.
+    let scratch = unsafe { &mut *scratch };
+    let Some(&user_ptr) = args.get(index) else {
+        return;
+    };
+    let user_ptr = user_ptr as *const u8;
+    let len = match unsafe { bpf_probe_read_user_str_bytes(user_ptr, &mut scratch.bytes) } {
+        Ok(bytes) => bytes.len(),
+        // Unreadable memory (a bad pointer the syscall will reject with EFAULT): no path.
+        Err(_) => return,
+    };
+    scratch.len = len as u16;
+    scratch.flags = if len >= PATH_MAX_LEN - 1 {
+        record_flags::PATH_TRUNCATED
+    } else {
+        0
+    };
+    let _ = INFLIGHT_PATHS.insert(&tid, scratch, 0);
 }
 
 /// The six syscall argument registers, in the syscall calling convention (which on x86_64
 /// differs from the function one: the fourth argument is in r10, not rcx).
+#[inline(always)]
 fn syscall_args(regs: *const pt_regs) -> [u64; 6] {
     // SAFETY: `regs` is the kernel's pt_regs for this syscall; a failed read yields zeros.
     let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
@@ -148,6 +434,7 @@ fn syscall_args(regs: *const pt_regs) -> [u64; 6] {
     }
 }
 
+#[inline(always)]
 fn bump(index: u32) {
     if let Some(count) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot, and raw tracepoint programs do not nest on one CPU.
