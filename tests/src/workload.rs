@@ -2,7 +2,7 @@
 use std::{
     os::unix::process::CommandExt as _,
     path::Path,
-    process::{Command, ExitStatus},
+    process::{Child, Command, ExitStatus, Stdio},
 };
 
 use crate::cgroup::TestCgroup;
@@ -33,6 +33,13 @@ pub fn run(args: &[&str]) -> (u32, ExitStatus) {
 /// Runs the workload to completion inside `cgroup`. It joins the cgroup between fork and
 /// exec, so everything from its `execve` on happens inside.
 pub fn run_in(cgroup: &TestCgroup, args: &[&str]) -> (u32, ExitStatus) {
+    let mut child = spawn_in(cgroup, args);
+    let pid = child.id();
+    (pid, child.wait().expect("waiting for the workload"))
+}
+
+/// Starts the workload inside `cgroup` with a piped stdin (for `pause-stdin`).
+pub fn spawn_in(cgroup: &TestCgroup, args: &[&str]) -> Child {
     let procs = std::ffi::CString::new(
         cgroup
             .path()
@@ -42,7 +49,7 @@ pub fn run_in(cgroup: &TestCgroup, args: &[&str]) -> (u32, ExitStatus) {
     )
     .expect("cgroup path has no NUL");
     let mut command = Command::new(path());
-    command.args(args);
+    command.args(args).stdin(Stdio::piped());
     // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -60,9 +67,19 @@ pub fn run_in(cgroup: &TestCgroup, args: &[&str]) -> (u32, ExitStatus) {
             Ok(())
         });
     }
-    let mut child = command
+    command
         .spawn()
-        .expect("starting the workload in its cgroup");
-    let pid = child.id();
-    (pid, child.wait().expect("waiting for the workload"))
+        .expect("starting the workload in its cgroup")
+}
+
+/// Lets a workload blocked in `pause-stdin 1` go on, and waits for it.
+pub fn resume_and_wait(mut child: Child) -> ExitStatus {
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(b"x")
+        .expect("resuming the workload");
+    child.wait().expect("waiting for the workload")
 }

@@ -8,6 +8,9 @@
  *   getpid         getpid()
  *   openat-missing openat(AT_FDCWD, "/nonexistent/tracerd-workload", O_RDONLY), which fails
  *   write-null     write() of 1 byte to /dev/null (opened once, before the loop)
+ *   openat-long    openat() of a missing path 300 bytes long (longer than tracerd keeps)
+ *   pause-stdin    read() COUNT bytes from standard input, one at a time (lets a test learn
+ *                  the pid before the measured work starts)
  *
  * It is linked statically so it runs in any container image. Exit status 0 on success,
  * 2 on bad usage, 1 if a call that must succeed fails.
@@ -34,6 +37,16 @@ static int run(const char *op, long count) {
         for (long i = 0; i < count; i++)
             if (syscall(SYS_write, fd, "x", 1) != 1) return 1;
         syscall(SYS_close, fd);
+    } else if (strcmp(op, "openat-long") == 0) {
+        char path[301];
+        memset(path, 'a', sizeof path - 1);
+        memcpy(path, "/nonexistent/", 13);
+        path[sizeof path - 1] = '\0';
+        for (long i = 0; i < count; i++) syscall(SYS_openat, AT_FDCWD, path, O_RDONLY);
+    } else if (strcmp(op, "pause-stdin") == 0) {
+        char byte;
+        for (long i = 0; i < count; i++)
+            if (syscall(SYS_read, 0, &byte, 1) != 1) return 1;
     } else {
         fprintf(stderr, "syscall_loop: unknown op %s\n", op);
         return 2;

@@ -216,8 +216,8 @@ struct FilterMirror {
 }
 
 impl EbpfBackend {
-    /// Loads the programs, configures their maps, and attaches them to `sys_enter` and
-    /// `sys_exit`.
+    /// Loads the programs, attaches them to `sys_enter` and `sys_exit`, and configures their
+    /// maps.
     pub fn load(options: &EbpfOptions) -> Result<Self, LoadError> {
         check_kernel_release()?;
         let cpu_count = aya::util::nr_cpus()
@@ -233,33 +233,9 @@ impl EbpfBackend {
             .load(TRACER_OBJECT)
             .map_err(|err| classify(&err).unwrap_or(LoadError::Object(err)))?;
 
-        let mut path_arg: Array<MapData, u32> = take_map(&mut ebpf, "PATH_ARG")?;
-        for (nr, index) in path_arguments() {
-            path_arg
-                .set(nr, index as u32 + 1, 0)
-                .map_err(|source| LoadError::Map {
-                    map: "PATH_ARG",
-                    source,
-                })?;
-        }
-        let mut ring_config: Array<MapData, u64> = take_map(&mut ebpf, "RING_CONFIG")?;
-        let config_error = |source| LoadError::Map {
-            map: "RING_CONFIG",
-            source,
-        };
-        ring_config
-            .set(ring_config::WAKEUP_EVERY, options.wakeup_every, 0)
-            .map_err(config_error)?;
-        ring_config
-            .set(ring_config::PER_CPU, u64::from(options.per_cpu_rings), 0)
-            .map_err(config_error)?;
-
-        let rings = if options.per_cpu_rings {
-            per_cpu_rings(&mut ebpf, cpu_count, options.ring_bytes)?
-        } else {
-            vec![take_map(&mut ebpf, "RECORDS")?]
-        };
-
+        // Load and attach while the object still owns every map: the programs refer to them by
+        // file descriptor. Nothing matches until a session is programmed, so configuring the
+        // maps afterwards loses nothing.
         for (program, tracepoint) in PROGRAMS {
             let raw_tracepoint: &mut RawTracePoint = ebpf
                 .program_mut(program)
@@ -277,6 +253,34 @@ impl EbpfBackend {
                 })
             })?;
         }
+        let mut path_arg: Array<MapData, u32> = take_map(&mut ebpf, "PATH_ARG")?;
+        for (nr, index) in path_arguments() {
+            path_arg
+                .set(nr, index as u32 + 1, 0)
+                .map_err(|source| LoadError::Map {
+                    map: "PATH_ARG",
+                    source,
+                })?;
+        }
+        let rings = if options.per_cpu_rings {
+            per_cpu_rings(&mut ebpf, cpu_count, options.ring_bytes)?
+        } else {
+            vec![take_map(&mut ebpf, "RECORDS")?]
+        };
+
+        // The output is switched only once the rings it selects exist.
+        let mut ring_config: Array<MapData, u64> = take_map(&mut ebpf, "RING_CONFIG")?;
+        let config_error = |source| LoadError::Map {
+            map: "RING_CONFIG",
+            source,
+        };
+        ring_config
+            .set(ring_config::WAKEUP_EVERY, options.wakeup_every, 0)
+            .map_err(config_error)?;
+        ring_config
+            .set(ring_config::PER_CPU, u64::from(options.per_cpu_rings), 0)
+            .map_err(config_error)?;
+
         Ok(Self {
             traced_cgroups: take_map(&mut ebpf, "TRACED_CGROUPS")?,
             syscall_sessions: take_map(&mut ebpf, "SYSCALL_SESSIONS")?,

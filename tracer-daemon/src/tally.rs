@@ -70,7 +70,8 @@ mod tests {
             tgid: 1,
             tid: 1,
             nr,
-            _pad: 0,
+            path_len: 0,
+            flags: 0,
             comm: [0; COMM_LEN],
         }
     }
