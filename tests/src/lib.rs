@@ -3,6 +3,7 @@
 //!
 //! Every test here is privileged (root: eBPF, cgroups, tracefs, Docker). A test that cannot
 //! get what it needs fails with the reason; it never skips.
+pub mod bench;
 pub mod cgroup;
 pub mod daemon;
 pub mod workload;

@@ -40,6 +40,17 @@ pub fn run_in(cgroup: &TestCgroup, args: &[&str]) -> (u32, ExitStatus) {
 
 /// Starts the workload inside `cgroup` with a piped stdin (for `pause-stdin`).
 pub fn spawn_in(cgroup: &TestCgroup, args: &[&str]) -> Child {
+    let mut command = Command::new(path());
+    command.args(args).stdin(Stdio::piped());
+    join_before_exec(&mut command, cgroup);
+    command
+        .spawn()
+        .expect("starting the workload in its cgroup")
+}
+
+/// Makes `command`'s process join `cgroup` between fork and exec, so everything from its
+/// `execve` on happens inside.
+pub fn join_before_exec(command: &mut Command, cgroup: &TestCgroup) {
     let procs = std::ffi::CString::new(
         cgroup
             .path()
@@ -48,8 +59,6 @@ pub fn spawn_in(cgroup: &TestCgroup, args: &[&str]) -> Child {
             .into_encoded_bytes(),
     )
     .expect("cgroup path has no NUL");
-    let mut command = Command::new(path());
-    command.args(args).stdin(Stdio::piped());
     // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -67,9 +76,6 @@ pub fn spawn_in(cgroup: &TestCgroup, args: &[&str]) -> Child {
             Ok(())
         });
     }
-    command
-        .spawn()
-        .expect("starting the workload in its cgroup")
 }
 
 /// Lets a workload blocked in `pause-stdin 1` go on, and waits for it.

@@ -14,13 +14,6 @@ pub const MAX_SESSIONS: u32 = 64;
 /// Capacity of the cgroup-id → sessions map: distinct cgroups traced at once.
 pub const MAX_TRACED_CGROUPS: u32 = 8192;
 
-/// Capacity of the per-thread map that holds a syscall between its entry and its exit: how
-/// many traced threads may be inside a syscall at the same moment.
-pub const MAX_INFLIGHT_SYSCALLS: u32 = 32768;
-
-/// Capacity of the per-thread map of path arguments read at entry (path syscalls only).
-pub const MAX_INFLIGHT_PATHS: u32 = 8192;
-
 /// Syscall numbers below this have their own entry in the per-syscall maps; larger ones
 /// (none on x86_64 or aarch64 today) are traced only by sessions that trace every syscall.
 pub const MAX_SYSCALLS: u32 = 1024;
@@ -40,12 +33,13 @@ pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 pub mod counter {
     /// Records written to a ring buffer.
     pub const WRITTEN: u32 = 0;
-    /// Syscalls lost because the in-flight map was full at entry.
+    /// Syscalls lost because no in-flight storage could be had for the thread at entry
+    /// (the kernel could not allocate it).
     pub const DROPPED_INFLIGHT_FULL: u32 = 1;
     /// Completed syscalls lost because the ring buffer was full.
     pub const DROPPED_RING_FULL: u32 = 2;
-    /// Path arguments lost because the in-flight path map was full (the record still goes out,
-    /// flagged [`super::record_flags::PATH_LOST`]).
+    /// Path arguments lost because no storage could be had for them (the record still goes
+    /// out, flagged [`super::record_flags::PATH_LOST`]).
     pub const PATHS_LOST: u32 = 3;
     /// Not a total: records this CPU wrote since it last woke the reader.
     pub const SINCE_WAKEUP: u32 = 4;
@@ -116,7 +110,9 @@ pub struct InflightSyscall {
     pub args: [u64; 6],
     /// The syscall number.
     pub nr: u32,
-    pub _pad: u32,
+    /// 1 between a traced entry and its exit. The storage stays with the thread for its next
+    /// syscall, so this, not the storage's existence, says whether a syscall is in flight.
+    pub active: u32,
 }
 
 /// One completed syscall, as written to the ring buffer by `sys_exit`.
@@ -157,7 +153,9 @@ pub struct PathArg {
     pub len: u16,
     /// [`record_flags::PATH_TRUNCATED`] or 0.
     pub flags: u16,
-    pub _pad: u32,
+    /// The syscall number the path was read for (0 after it was used), so a path is only
+    /// ever attached to the syscall it belongs to.
+    pub nr: u32,
     pub bytes: [u8; PATH_MAX_LEN],
 }
 

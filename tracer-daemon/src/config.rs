@@ -23,10 +23,11 @@ pub struct Config {
           value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
 
-    /// Records a CPU writes before it wakes the reader (0: let the kernel wake it up to once
-    /// per record). Records in between wait at most 10 ms for the reader's periodic flush.
-    #[arg(long, env = "TRACERD_RING_WAKEUP_EVERY", default_value_t = 64)]
-    pub ring_wakeup_every: u64,
+    /// Records a CPU writes before it wakes the reader (default: an eighth of the ring's
+    /// worth; 0 lets the kernel wake it up to once per record). Records in between wait at
+    /// most 10 ms for the reader's periodic flush.
+    #[arg(long, env = "TRACERD_RING_WAKEUP_EVERY")]
+    pub ring_wakeup_every: Option<u64>,
 
     /// One ring buffer per CPU (each `--ring-bytes` large) instead of one shared ring.
     #[arg(long, env = "TRACERD_PER_CPU_RINGS")]

@@ -8,19 +8,23 @@
 //! * exit: the failed-only condition, and the slots whose session started after the syscall
 //!   entered are dropped (a slot reused by a new session must not inherit old syscalls).
 //!
-//! A matched syscall is kept per thread between entry and exit; its exit writes one completed
+//! A matched syscall is kept on its thread (task storage) between entry and exit; its exit
+//! writes one completed
 //! [`SyscallRecord`] (a [`PathRecord`] when the syscall takes a path, read at entry). Every
 //! session counts, per CPU in `SLOTS`, the records that matched it and those the kernel lost.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{pt_regs, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        bpf_map_type, pt_regs, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE,
+        BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     btf_maps::{ArrayOfMaps, RingBuf as BtfRingBuf},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_str_bytes,
+        bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user_str_bytes, bpf_task_storage_get,
     },
     macros::{btf_map, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -28,8 +32,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     counter, mask, record_flags, ring_config, InflightSyscall, PathArg, PathRecord, SessionMask,
-    SlotState, SyscallRecord, COMM_LEN, DEFAULT_RING_BYTES, MAX_FILTERED_TGIDS, MAX_INFLIGHT_PATHS,
-    MAX_INFLIGHT_SYSCALLS, MAX_SESSIONS, MAX_SYSCALLS, MAX_TRACED_CGROUPS, PATH_MAX_LEN,
+    SlotState, SyscallRecord, COMM_LEN, DEFAULT_RING_BYTES, MAX_FILTERED_TGIDS, MAX_SESSIONS,
+    MAX_SYSCALLS, MAX_TRACED_CGROUPS, PATH_MAX_LEN,
 };
 
 /// cgroup id → the sessions tracing that cgroup.
@@ -57,18 +61,63 @@ static PATH_ARG: Array<u32> = Array::with_max_entries(MAX_SYSCALLS, 0);
 #[map]
 static SLOTS: PerCpuArray<SlotState> = PerCpuArray::with_max_entries(MAX_SESSIONS, 0);
 
-/// thread id → the traced syscall it is inside of.
-#[map]
-static INFLIGHT: HashMap<u32, InflightSyscall> =
-    HashMap::with_max_entries(MAX_INFLIGHT_SYSCALLS, 0);
+/// The traced syscall a thread is inside of, stored on the thread itself.
+#[btf_map]
+static INFLIGHT: TaskStorage<InflightSyscall> = TaskStorage::new();
 
-/// thread id → the path argument of the traced syscall it is inside of.
-#[map]
-static INFLIGHT_PATHS: HashMap<u32, PathArg> = HashMap::with_max_entries(MAX_INFLIGHT_PATHS, 0);
+/// The path argument of the traced syscall a thread is inside of, stored on the thread.
+#[btf_map]
+static INFLIGHT_PATHS: TaskStorage<PathArg> = TaskStorage::new();
 
-/// Room to read a path into before it goes into `INFLIGHT_PATHS` (too big for the stack).
-#[map]
-static PATH_SCRATCH: PerCpuArray<PathArg> = PerCpuArray::with_max_entries(1, 0);
+/// Task-local storage (`BPF_MAP_TYPE_TASK_STORAGE`, Linux 5.11+): a value that lives on the
+/// `task_struct`, found without hashing or locking and freed with the task. It replaced a
+/// hash map keyed by thread id, whose insert, lookup and delete were a quarter of the traced
+/// path's cost. aya-ebpf 0.2 has no wrapper for it, so this is the BTF map definition the
+/// loader reads (the same layout as aya-ebpf's own `btf_maps`), with `get` over the helpers.
+#[repr(C)]
+struct TaskStorage<T> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are placeholders the loader reads from BTF; they are never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The current task's value; with `create`, zero-initialised storage is made if the task
+    /// has none (null if the kernel cannot allocate it).
+    #[inline(always)]
+    fn current(&self, create: bool) -> *mut T {
+        let flags = if create {
+            BPF_LOCAL_STORAGE_GET_F_CREATE as u64
+        } else {
+            0
+        };
+        // SAFETY: the map pointer is this map's definition; the task is the current one.
+        unsafe {
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                bpf_get_current_task_btf().cast(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        }
+        .cast()
+    }
+}
 
 /// Completed syscalls for userspace, one ring shared by all CPUs.
 #[map]
@@ -136,31 +185,34 @@ fn try_enter(ctx: &RawTracePointContext) {
         sessions,
         args: syscall_args(regs),
         nr: nr as u32,
-        _pad: 0,
+        active: 1,
     };
-    let tid = pid_tgid as u32;
     if NO_RETURN_SYSCALLS.contains(&nr) {
         // Never fails (it never returns), so failed-only sessions do not want it.
         let sessions = sessions & !mask_of(mask::FAILED_ONLY);
         emit(&inflight, sessions, cgroup_id, 0, inflight.enter_ns, None);
         return;
     }
-    if INFLIGHT.insert(&tid, &inflight, 0).is_err() {
+    let slot = INFLIGHT.current(true);
+    if slot.is_null() {
         bump(counter::DROPPED_INFLIGHT_FULL);
         count_dropped(count_matched(sessions, inflight.enter_ns));
         return;
     }
-    keep_path_argument(nr, &inflight.args, tid);
+    // SAFETY: the current task's own storage; only this task's syscalls touch it.
+    unsafe { *slot = inflight };
+    keep_path_argument(nr, &inflight.args);
 }
 
 fn try_exit(ctx: &RawTracePointContext) {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(inflight) = INFLIGHT.get_ptr(&tid) else {
+    let slot = INFLIGHT.current(false);
+    // SAFETY: the current task's own storage, checked for null.
+    if slot.is_null() || unsafe { (*slot).active } == 0 {
         return;
-    };
-    // SAFETY: the pointer came from a successful lookup; copy before removing the entry.
-    let inflight = unsafe { *inflight };
-    let _ = INFLIGHT.remove(&tid);
+    }
+    // SAFETY: as above; copy it out, then mark the thread as out of its syscall.
+    let inflight = unsafe { *slot };
+    unsafe { (*slot).active = 0 };
     // raw_tracepoint sys_exit: args are (struct pt_regs *regs, long ret).
     let ret: i64 = ctx.arg(1);
     let mut sessions = inflight.sessions;
@@ -168,9 +220,14 @@ fn try_exit(ctx: &RawTracePointContext) {
         sessions &= !mask_of(mask::FAILED_ONLY);
     }
     let path = if path_arg_index(inflight.nr as u64).is_some() {
-        let path = INFLIGHT_PATHS.get_ptr(&tid);
-        let _ = INFLIGHT_PATHS.remove(&tid);
-        Some(path)
+        let path = INFLIGHT_PATHS.current(false);
+        // SAFETY: the current task's own storage, checked for null. A path kept for another
+        // syscall (one whose exit never came) does not count for this one.
+        let kept = !path.is_null() && unsafe { (*path).nr } == inflight.nr;
+        if kept {
+            unsafe { (*path).nr = 0 };
+        }
+        Some(kept.then_some(path.cast_const()))
     } else {
         None
     };
@@ -224,8 +281,7 @@ fn emit(
             write_record(&record)
         }
         Some(Some(path)) => {
-            // SAFETY: a pointer to a map value, valid for this program run even though the
-            // entry was removed (hash map elements are freed after an RCU grace period).
+            // SAFETY: the current task's storage, valid for this program run.
             let path = unsafe { &*path };
             record.flags = record_flags::HAS_PATH | path.flags;
             record.path_len = path.len;
@@ -380,33 +436,37 @@ fn path_arg_index(nr: u64) -> Option<usize> {
 }
 
 /// For a syscall that takes a path, reads the path from user memory now (by exit it may have
-/// changed, and after `execve` the memory is gone) and keeps it for the exit.
+/// changed, and after `execve` the memory is gone) into the thread's storage for the exit.
 #[inline(always)]
-fn keep_path_argument(nr: u64, args: &[u64; 6], tid: u32) {
+fn keep_path_argument(nr: u64, args: &[u64; 6]) {
     let Some(index) = path_arg_index(nr) else {
         return;
     };
-    let Some(scratch) = PATH_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: the per-CPU scratch slot is ours for this program run.
-    let scratch = unsafe { &mut *scratch };
     let Some(&user_ptr) = args.get(index) else {
         return;
     };
-    let user_ptr = user_ptr as *const u8;
-    let len = match unsafe { bpf_probe_read_user_str_bytes(user_ptr, &mut scratch.bytes) } {
+    let path = INFLIGHT_PATHS.current(true);
+    if path.is_null() {
+        return;
+    }
+    // SAFETY: the current task's own storage.
+    let path = unsafe { &mut *path };
+    let len = match unsafe { bpf_probe_read_user_str_bytes(user_ptr as *const u8, &mut path.bytes) }
+    {
         Ok(bytes) => bytes.len(),
         // Unreadable memory (a bad pointer the syscall will reject with EFAULT): no path.
-        Err(_) => return,
+        Err(_) => {
+            path.nr = 0;
+            return;
+        }
     };
-    scratch.len = len as u16;
-    scratch.flags = if len >= PATH_MAX_LEN - 1 {
+    path.len = len as u16;
+    path.flags = if len >= PATH_MAX_LEN - 1 {
         record_flags::PATH_TRUNCATED
     } else {
         0
     };
-    let _ = INFLIGHT_PATHS.insert(&tid, scratch, 0);
+    path.nr = nr as u32;
 }
 
 /// The six syscall argument registers, in the syscall calling convention (which on x86_64

@@ -2,6 +2,7 @@
 //!
 //! Every command that needs the machine prepared runs `setup` first, which is idempotent and
 //! quick when there is nothing to do, so `cargo xtask test` works on a fresh machine.
+mod bench;
 mod cmd;
 mod setup;
 
@@ -28,6 +29,11 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run a benchmark and write its table to docs/benchmarks.md.
+    Bench {
+        #[command(subcommand)]
+        benchmark: bench::Benchmark,
+    },
     /// Build and run every test, privileged ones included; extra arguments go to the test
     /// binaries (e.g. a test name filter).
     Test {
@@ -51,6 +57,10 @@ fn main() -> Result<()> {
         Command::Test { args } => {
             setup::run()?;
             test(&args)
+        }
+        Command::Bench { benchmark } => {
+            setup::run()?;
+            bench::run(benchmark)
         }
     }
 }
