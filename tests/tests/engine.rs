@@ -215,15 +215,23 @@ async fn path_arguments_are_read_in_the_kernel_and_long_ones_flagged_truncated()
         })
         .unwrap();
 
-    assert!(
-        workload::run_in(&cgroup, &["openat-missing", "3", "openat-long", "2"])
-            .1
-            .success()
-    );
+    assert!(workload::run_in(
+        &cgroup,
+        &[
+            "openat-missing",
+            "3",
+            "openat-long",
+            "2",
+            "openat-null",
+            "1"
+        ]
+    )
+    .1
+    .success());
     engine.flush().await;
 
     let events = received(&mut events);
-    assert_eq!(by_name(&events), counts(&[("execve", 1), ("openat", 5)]));
+    assert_eq!(by_name(&events), counts(&[("execve", 1), ("openat", 6)]));
     let execve = events
         .iter()
         .find(|e| e.record.nr == workload::nr("execve"))
@@ -241,7 +249,16 @@ async fn path_arguments_are_read_in_the_kernel_and_long_ones_flagged_truncated()
         assert_eq!(short.path.as_deref(), Some(MISSING));
         assert!(!short.path_truncated());
     }
-    for long in &openat[3..] {
+    // A NULL path pointer: no path, flagged unreadable, not counted as a lost path.
+    let null = openat[5];
+    assert_eq!(null.path, None);
+    assert_ne!(
+        null.record.flags & tracer_common::record_flags::PATH_UNREADABLE,
+        0
+    );
+    assert_eq!(null.record.ret, -i64::from(libc::EFAULT));
+    assert_eq!(engine.kernel_counters().unwrap().paths_lost, 0);
+    for long in &openat[3..5] {
         let path = long.path.as_deref().unwrap();
         assert!(long.path_truncated(), "{path}");
         assert_eq!(path.len(), tracer_common::PATH_MAX_LEN - 1);
@@ -326,25 +343,26 @@ async fn a_stopped_session_frees_its_slot_and_the_next_user_sees_none_of_its_fil
     assert_eq!(counters.delivered, events.len() as u64);
 }
 
-#[tokio::test]
-async fn per_cpu_rings_give_the_same_exact_counts() {
+/// Both ring layouts deliver the same exact counts, with records from both CPUs.
+async fn exact_counts_with_rings(per_cpu_rings: bool) {
     require_root();
     let engine = engine(EngineOptions {
         ebpf: EbpfOptions {
-            per_cpu_rings: true,
+            per_cpu_rings,
             ..EbpfOptions::default()
         },
         ..EngineOptions::default()
     });
-    assert!(engine.ring_count() >= 1);
-    let cgroup = TestCgroup::create("per-cpu");
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(engine.ring_count(), if per_cpu_rings { cpus } else { 1 });
+    let cgroup = TestCgroup::create("rings");
     let (session, mut events) = engine
         .start_session(&KernelFilter {
             syscalls: syscalls(&["getppid", "openat"]),
             ..only_cgroup(&cgroup)
         })
         .unwrap();
-    // Two processes at once, so both CPUs' rings carry records.
+    // Two processes at once, so both CPUs write records.
     let first = workload::spawn_in(
         &cgroup,
         &[
@@ -385,4 +403,14 @@ async fn per_cpu_rings_give_the_same_exact_counts() {
         (counters.matched, counters.delivered, counters.dropped()),
         (10_020, 10_020, 0)
     );
+}
+
+#[tokio::test]
+async fn per_cpu_rings_give_exact_counts() {
+    exact_counts_with_rings(true).await;
+}
+
+#[tokio::test]
+async fn a_shared_ring_gives_the_same_exact_counts() {
+    exact_counts_with_rings(false).await;
 }

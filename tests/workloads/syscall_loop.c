@@ -9,6 +9,8 @@
  *   openat-missing openat(AT_FDCWD, "/nonexistent/tracerd-workload", O_RDONLY), which fails
  *   write-null     write() of 1 byte to /dev/null (opened once, before the loop)
  *   openat-long    openat() of a missing path 300 bytes long (longer than tracerd keeps)
+ *   openat-null    openat() with a NULL path, which fails with EFAULT
+ *   slow-getppid   getppid() then a 5 ms nanosleep(), COUNT times (a low, steady rate)
  *   pause-stdin    read() COUNT bytes from standard input, one at a time (lets a test learn
  *                  the pid before the measured work starts)
  *
@@ -48,6 +50,14 @@ static int run(const char *op, long count) {
         memcpy(path, "/nonexistent/", 13);
         path[sizeof path - 1] = '\0';
         for (long i = 0; i < count; i++) syscall(SYS_openat, AT_FDCWD, path, O_RDONLY);
+    } else if (strcmp(op, "openat-null") == 0) {
+        for (long i = 0; i < count; i++) syscall(SYS_openat, AT_FDCWD, NULL, O_RDONLY);
+    } else if (strcmp(op, "slow-getppid") == 0) {
+        struct timespec pause = {0, 5 * 1000 * 1000};
+        for (long i = 0; i < count; i++) {
+            syscall(SYS_getppid);
+            syscall(SYS_nanosleep, &pause, NULL);
+        }
     } else if (strcmp(op, "pause-stdin") == 0) {
         char byte;
         for (long i = 0; i < count; i++)

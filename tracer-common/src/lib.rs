@@ -65,8 +65,11 @@ pub mod record_flags {
     pub const HAS_PATH: u16 = 1;
     /// The path was longer than the buffer and was cut.
     pub const PATH_TRUNCATED: u16 = 2;
-    /// The syscall takes a path, but it could not be kept (map full or unreadable memory).
+    /// The syscall takes a path, but no storage could be had to keep it.
     pub const PATH_LOST: u16 = 4;
+    /// The path pointer could not be read (NULL or bad: the syscall itself fails with EFAULT
+    /// or takes no path then); the record carries an empty path.
+    pub const PATH_UNREADABLE: u16 = 8;
 }
 
 /// Ring-buffer wake-up policy, in the `RING_CONFIG` map.
@@ -104,6 +107,8 @@ pub type SessionMask = u64;
 pub struct InflightSyscall {
     /// `bpf_ktime_get_ns()` at entry (CLOCK_MONOTONIC).
     pub enter_ns: u64,
+    /// The task's cgroup id at entry.
+    pub cgroup_id: u64,
     /// The sessions that matched at entry.
     pub sessions: SessionMask,
     /// The six raw argument registers at entry.
@@ -222,7 +227,7 @@ mod tests {
         assert_eq!(SyscallRecord::SIZE, 4 * 8 + 6 * 8 + 8 + 4 * 4 + COMM_LEN);
         assert_eq!(
             core::mem::size_of::<InflightSyscall>(),
-            2 * 8 + 6 * 8 + 2 * 4
+            3 * 8 + 6 * 8 + 2 * 4
         );
     }
 

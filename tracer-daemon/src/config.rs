@@ -17,8 +17,8 @@ pub struct Config {
     #[arg(long, env = "TRACERD_DATA_DIR", default_value = "/var/lib/tracerd")]
     pub data_dir: PathBuf,
 
-    /// Size of the kernel's record ring buffer in bytes (a power of two, at least a page).
-    /// 8 MiB holds about 65,000 records.
+    /// Size of each of the kernel's record ring buffers (one per CPU) in bytes: a power of
+    /// two, at least a page. 8 MiB holds about 65,000 records.
     #[arg(long, env = "TRACERD_RING_BYTES", default_value_t = tracer_common::DEFAULT_RING_BYTES,
           value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
@@ -29,9 +29,9 @@ pub struct Config {
     #[arg(long, env = "TRACERD_RING_WAKEUP_EVERY")]
     pub ring_wakeup_every: Option<u64>,
 
-    /// One ring buffer per CPU (each `--ring-bytes` large) instead of one shared ring.
-    #[arg(long, env = "TRACERD_PER_CPU_RINGS")]
-    pub per_cpu_rings: bool,
+    /// One ring buffer shared by all CPUs instead of one per CPU (each `--ring-bytes`).
+    #[arg(long, env = "TRACERD_SHARED_RING")]
+    pub shared_ring: bool,
 
     /// Trace this cgroup (an absolute path under the cgroup2 mount) from start-up; may be
     /// given more than once. Sessions, the API for this, come in a later release.

@@ -32,7 +32,7 @@ pub async fn run(
         ebpf: EbpfOptions {
             ring_bytes: config.ring_bytes,
             wakeup_every: config.ring_wakeup_every,
-            per_cpu_rings: config.per_cpu_rings,
+            per_cpu_rings: !config.shared_ring,
         },
         ..EngineOptions::default()
     })?);

@@ -146,7 +146,7 @@ pub struct EbpfOptions {
     /// picks [`auto_wakeup_every`]. The reader's periodic flush bounds the latency of the
     /// records in between.
     pub wakeup_every: Option<u64>,
-    /// One ring per CPU instead of one shared ring.
+    /// One ring per CPU (the default), or one ring shared by all CPUs.
     pub per_cpu_rings: bool,
 }
 
@@ -155,7 +155,7 @@ impl Default for EbpfOptions {
         Self {
             ring_bytes: tracer_common::DEFAULT_RING_BYTES,
             wakeup_every: None,
-            per_cpu_rings: false,
+            per_cpu_rings: true,
         }
     }
 }

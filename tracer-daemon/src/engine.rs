@@ -47,7 +47,8 @@ pub struct Event {
 
 impl Event {
     fn new(record: &SyscallRecord, path: &[u8]) -> Self {
-        let path = (record.flags & record_flags::HAS_PATH != 0)
+        let readable = record_flags::HAS_PATH | record_flags::PATH_UNREADABLE;
+        let path = (record.flags & readable == record_flags::HAS_PATH)
             .then(|| String::from_utf8_lossy(path).into_owned().into_boxed_str());
         Self {
             record: *record,

@@ -22,9 +22,10 @@ use aya_ebpf::{
     },
     btf_maps::{ArrayOfMaps, RingBuf as BtfRingBuf},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user_str_bytes, bpf_task_storage_get,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user_str_bytes, bpf_task_storage_get,
+        generated::bpf_get_current_comm as bpf_get_current_comm_raw,
     },
     macros::{btf_map, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -182,6 +183,7 @@ fn try_enter(ctx: &RawTracePointContext) {
     let regs: *const pt_regs = ctx.arg(0);
     let inflight = InflightSyscall {
         enter_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id,
         sessions,
         args: syscall_args(regs),
         nr: nr as u32,
@@ -190,7 +192,7 @@ fn try_enter(ctx: &RawTracePointContext) {
     if NO_RETURN_SYSCALLS.contains(&nr) {
         // Never fails (it never returns), so failed-only sessions do not want it.
         let sessions = sessions & !mask_of(mask::FAILED_ONLY);
-        emit(&inflight, sessions, cgroup_id, 0, inflight.enter_ns, None);
+        emit(&inflight, sessions, 0, inflight.enter_ns, None);
         return;
     }
     let slot = INFLIGHT.current(true);
@@ -231,11 +233,9 @@ fn try_exit(ctx: &RawTracePointContext) {
     } else {
         None
     };
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     emit(
         &inflight,
         sessions,
-        cgroup_id,
         ret,
         unsafe { bpf_ktime_get_ns() },
         path,
@@ -243,13 +243,12 @@ fn try_exit(ctx: &RawTracePointContext) {
 }
 
 /// Writes one record for `sessions`, counting it as matched (and, if it cannot be written,
-/// dropped) for each of them that is still current. `path` is `Some` for syscalls that take a path: the kept
-/// argument, or `None` inside if it was lost. Inlined: BPF calls take at most five arguments.
+/// dropped) for each of them that is still current. `path` is `Some` for syscalls that take
+/// a path: the kept argument, or `None` inside if it was lost.
 #[inline(always)]
 fn emit(
     inflight: &InflightSyscall,
     sessions: SessionMask,
-    cgroup_id: u64,
     ret: i64,
     exit_ns: u64,
     path: Option<Option<*const PathArg>>,
@@ -258,35 +257,43 @@ fn emit(
     if sessions == 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let mut record = SyscallRecord {
-        enter_ns: inflight.enter_ns,
-        duration_ns: exit_ns.saturating_sub(inflight.enter_ns),
-        cgroup_id,
-        sessions,
-        args: inflight.args,
-        ret,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        nr: inflight.nr,
-        path_len: 0,
-        flags: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-    };
+    // Records are built in place in the ring: no copy through the stack.
     let written = match path {
-        None => write_record(&record),
+        None => write_to_ring::<SyscallRecord>(|out| {
+            fill_record(out, inflight, sessions, ret, exit_ns, 0, 0)
+        }),
         Some(None) => {
             bump(counter::PATHS_LOST);
-            record.flags = record_flags::PATH_LOST;
-            write_record(&record)
+            write_to_ring::<SyscallRecord>(|out| {
+                fill_record(
+                    out,
+                    inflight,
+                    sessions,
+                    ret,
+                    exit_ns,
+                    record_flags::PATH_LOST,
+                    0,
+                )
+            })
         }
-        Some(Some(path)) => {
-            // SAFETY: the current task's storage, valid for this program run.
-            let path = unsafe { &*path };
-            record.flags = record_flags::HAS_PATH | path.flags;
-            record.path_len = path.len;
-            write_path_record(&record, &path.bytes)
-        }
+        Some(Some(path)) => write_to_ring::<PathRecord>(|out| {
+            // SAFETY: the current task's storage, valid for this program run; `out` is a
+            // reserved ring slot of the right size.
+            unsafe {
+                let path = &*path;
+                let flags = record_flags::HAS_PATH | path.flags;
+                fill_record(
+                    &raw mut (*out).record,
+                    inflight,
+                    sessions,
+                    ret,
+                    exit_ns,
+                    flags,
+                    path.len,
+                );
+                (*out).path = path.bytes;
+            }
+        }),
     };
     if written {
         bump(counter::WRITTEN);
@@ -296,37 +303,50 @@ fn emit(
     }
 }
 
-fn write_record(record: &SyscallRecord) -> bool {
-    let flags = wakeup_flags();
-    let entry = if per_cpu_output() {
-        per_cpu_ring().and_then(|ring| ring.reserve_untyped::<SyscallRecord>(0))
-    } else {
-        RECORDS.reserve::<SyscallRecord>(0)
-    };
-    let Some(mut entry) = entry else {
-        return false;
-    };
-    entry.write(*record);
-    entry.submit(flags);
-    true
+/// Writes every field of a record at `out`.
+#[inline(always)]
+fn fill_record(
+    out: *mut SyscallRecord,
+    inflight: &InflightSyscall,
+    sessions: SessionMask,
+    ret: i64,
+    exit_ns: u64,
+    flags: u16,
+    path_len: u16,
+) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: `out` is a reserved ring slot for a SyscallRecord; every field is written.
+    unsafe {
+        (*out).enter_ns = inflight.enter_ns;
+        (*out).duration_ns = exit_ns.saturating_sub(inflight.enter_ns);
+        (*out).cgroup_id = inflight.cgroup_id;
+        (*out).sessions = sessions;
+        (*out).args = inflight.args;
+        (*out).ret = ret;
+        (*out).tgid = (pid_tgid >> 32) as u32;
+        (*out).tid = pid_tgid as u32;
+        (*out).nr = inflight.nr;
+        (*out).path_len = path_len;
+        (*out).flags = flags;
+        // The helper writes the comm (NUL-padded) in place; on failure it zeroes it.
+        bpf_get_current_comm_raw((&raw mut (*out).comm).cast(), COMM_LEN as u32);
+    }
 }
 
-fn write_path_record(record: &SyscallRecord, path: &[u8; PATH_MAX_LEN]) -> bool {
+/// Reserves a `T` in the selected ring, lets `fill` write it, and submits it. False if the
+/// ring was full.
+#[inline(always)]
+fn write_to_ring<T: 'static>(fill: impl FnOnce(*mut T)) -> bool {
     let flags = wakeup_flags();
     let entry = if per_cpu_output() {
-        per_cpu_ring().and_then(|ring| ring.reserve_untyped::<PathRecord>(0))
+        per_cpu_ring().and_then(|ring| ring.reserve_untyped::<T>(0))
     } else {
-        RECORDS.reserve::<PathRecord>(0)
+        RECORDS.reserve::<T>(0)
     };
     let Some(mut entry) = entry else {
         return false;
     };
-    // SAFETY: writing both fields initialises the whole (padding-free) struct.
-    unsafe {
-        let out = entry.as_mut_ptr();
-        (*out).record = *record;
-        (*out).path = *path;
-    }
+    fill(entry.as_mut_ptr());
     entry.submit(flags);
     true
 }
@@ -451,21 +471,22 @@ fn keep_path_argument(nr: u64, args: &[u64; 6]) {
     }
     // SAFETY: the current task's own storage.
     let path = unsafe { &mut *path };
-    let len = match unsafe { bpf_probe_read_user_str_bytes(user_ptr as *const u8, &mut path.bytes) }
-    {
-        Ok(bytes) => bytes.len(),
-        // Unreadable memory (a bad pointer the syscall will reject with EFAULT): no path.
-        Err(_) => {
-            path.nr = 0;
-            return;
+    match unsafe { bpf_probe_read_user_str_bytes(user_ptr as *const u8, &mut path.bytes) } {
+        Ok(bytes) => {
+            let len = bytes.len();
+            path.len = len as u16;
+            path.flags = if len >= PATH_MAX_LEN - 1 {
+                record_flags::PATH_TRUNCATED
+            } else {
+                0
+            };
         }
-    };
-    path.len = len as u16;
-    path.flags = if len >= PATH_MAX_LEN - 1 {
-        record_flags::PATH_TRUNCATED
-    } else {
-        0
-    };
+        // NULL or a bad pointer (the syscall rejects it with EFAULT, or takes no path then).
+        Err(_) => {
+            path.len = 0;
+            path.flags = record_flags::PATH_UNREADABLE;
+        }
+    }
     path.nr = nr as u32;
 }
 

@@ -6,14 +6,14 @@
 //! tracer's start-up is counted. Medians over several runs; ratios to the untraced loop.
 use std::{
     process::{Command, Stdio},
-    sync::atomic::Ordering,
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use serde_json::{json, Value};
 use tracer_daemon::{
     ebpf::{auto_wakeup_every, EbpfOptions, KernelFilter},
-    engine::{Engine, EngineOptions},
+    engine::{monotonic_ns, Engine, EngineOptions},
 };
 use tracer_tests::{
     bench::{
@@ -31,6 +31,11 @@ const RUNS: usize = 5;
 const CALLS_PER_CORE: u64 = 2_000_000;
 /// strace is ~200× slower: fewer calls keep its run short.
 const STRACE_CALLS: u64 = 20_000;
+/// Calls of the low-rate phase (one every 5 ms).
+const LOW_RATE_CALLS: u64 = 100;
+
+/// The pid of the low-rate workload, for the consumer to pick its events out.
+static LOW_RATE_TGID: AtomicU32 = AtomicU32::new(0);
 
 struct Design {
     name: String,
@@ -45,7 +50,10 @@ fn main() {
     let untraced = ns_per_call(RUNS, || getppid_loop(CALLS), CALLS);
     println!("untraced: {untraced:.1} ns/call");
 
-    let auto = auto_wakeup_every(EbpfOptions::default().ring_bytes);
+    let ring_bytes = EbpfOptions::default().ring_bytes;
+    let auto = auto_wakeup_every(ring_bytes);
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u32;
+    let shared_bytes = (ring_bytes * cpus).next_power_of_two();
     let designs = [
         Design {
             name: "shared ring, kernel wake-ups".into(),
@@ -63,16 +71,23 @@ fn main() {
                 ..EbpfOptions::default()
             },
         },
+        // The same total capacity as the per-CPU rings, so the two differ only in layout.
         Design {
-            name: format!("shared ring, wake-up every {auto} records (default)"),
+            name: format!(
+                "shared ring of {} MiB, wake-up every {auto} records",
+                shared_bytes >> 20
+            ),
             options: EbpfOptions {
-                wakeup_every: None,
+                ring_bytes: shared_bytes,
+                wakeup_every: Some(auto),
                 per_cpu_rings: false,
-                ..EbpfOptions::default()
             },
         },
         Design {
-            name: format!("per-CPU rings, wake-up every {auto} records"),
+            name: format!(
+                "per-CPU rings of {} MiB, wake-up every {auto} records (default)",
+                ring_bytes >> 20
+            ),
             options: EbpfOptions {
                 wakeup_every: None,
                 per_cpu_rings: true,
@@ -84,7 +99,12 @@ fn main() {
         .iter()
         .map(|design| measure_design(&runtime, design, untraced))
         .collect();
-    let peers = vec![strace(untraced), bpftrace(untraced), ftrace(untraced)];
+    let peers = vec![
+        tracepoint_floor(untraced),
+        strace(untraced),
+        bpftrace(untraced),
+        ftrace(untraced),
+    ];
 
     let results = json!({
         "machine": machine(),
@@ -129,13 +149,41 @@ fn measure_design(runtime: &tokio::runtime::Runtime, design: &Design, untraced: 
             ..KernelFilter::default()
         })
         .expect("a session");
+    let getppid = workload::nr("getppid");
     let consumer = runtime.spawn(async move {
         let mut received = 0u64;
-        while events.recv().await.is_some() {
+        // Delivery latency of the low-rate phase's getppid calls: from the syscall's exit
+        // to the consumer having it.
+        let mut latencies_ms = Vec::new();
+        while let Some(event) = events.recv().await {
             received += 1;
+            if event.record.nr == getppid
+                && event.record.tgid == LOW_RATE_TGID.load(Ordering::Relaxed)
+            {
+                let exit_ns = event.record.enter_ns + event.record.duration_ns;
+                latencies_ms.push(monotonic_ns().saturating_sub(exit_ns) as f64 / 1e6);
+            }
         }
-        received
+        (received, latencies_ms)
     });
+
+    // 0. Delivery latency at a low rate (one call every 5 ms), bounded by the periodic flush.
+    let mut low_rate = workload::spawn_in(
+        &cgroup,
+        &[
+            "pause-stdin",
+            "1",
+            "slow-getppid",
+            &LOW_RATE_CALLS.to_string(),
+        ],
+    );
+    LOW_RATE_TGID.store(low_rate.id(), Ordering::Relaxed);
+    {
+        use std::io::Write as _;
+        low_rate.stdin.take().unwrap().write_all(b"x").unwrap();
+    }
+    assert!(low_rate.wait().unwrap().success());
+    runtime.block_on(engine.flush());
 
     // 1. A process outside the traced cgroup while the programs are attached.
     let attached = ns_per_call(RUNS, || getppid_loop(CALLS), CALLS);
@@ -175,11 +223,18 @@ fn measure_design(runtime: &tokio::runtime::Runtime, design: &Design, untraced: 
         .block_on(engine.stop_session(session))
         .expect("stopping");
     drop(engine);
-    let received = runtime.block_on(consumer).expect("consumer");
+    let (received, mut latencies_ms) = runtime.block_on(consumer).expect("consumer");
     assert_eq!(
         received, final_counters.delivered,
         "the consumer got what was delivered"
     );
+    assert_eq!(
+        latencies_ms.len() as u64,
+        LOW_RATE_CALLS,
+        "every low-rate call was delivered"
+    );
+    let latency_max_ms = latencies_ms.iter().copied().fold(0.0, f64::max);
+    let latency_p50_ms = median(&mut latencies_ms);
 
     let result = json!({
         "design": design.name,
@@ -188,6 +243,8 @@ fn measure_design(runtime: &tokio::runtime::Runtime, design: &Design, untraced: 
         "traced_ns_per_call": traced,
         "traced_ratio": traced / untraced,
         "traced_dropped": dropped_before,
+        "low_rate_latency_p50_ms": latency_p50_ms,
+        "low_rate_latency_max_ms": latency_max_ms,
         "userspace_ns_per_event": userspace_ns,
         "all_cores": cores,
         "all_cores_events_per_sec": burst_matched as f64 / wall.as_secs_f64(),
@@ -233,6 +290,48 @@ fn peer(
     });
     println!("{name}: {result}");
     result
+}
+
+/// What any tracer on `sys_enter` and `sys_exit` costs a process it does not trace: bpftrace
+/// programs on both tracepoints whose filter is never true, and an untraced loop beside them.
+/// Attaching sets the syscall-tracepoint work flag on every task, which sends every syscall
+/// through the slow entry and exit paths, whatever the program does.
+fn tracepoint_floor(untraced: f64) -> Value {
+    let mut bpftrace = Command::new("bpftrace")
+        .args([
+            "-e",
+            "tracepoint:raw_syscalls:sys_enter /pid == 0/ {} tracepoint:raw_syscalls:sys_exit /pid == 0/ {}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running bpftrace");
+    // bpftrace prints "Attaching 2 probes..." once it is attached.
+    {
+        use std::io::BufRead as _;
+        let stdout = bpftrace.stdout.take().expect("bpftrace stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        assert!(
+            lines
+                .next()
+                .is_some_and(|line| line.is_ok_and(|l| l.contains("Attaching"))),
+            "bpftrace did not attach"
+        );
+        // Keep the pipe open (and drained) while measuring.
+        std::thread::spawn(move || for _ in lines {});
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let floor = ns_per_call(RUNS, || getppid_loop(CALLS), CALLS);
+    let _ = bpftrace.kill();
+    let _ = bpftrace.wait();
+    peer(
+        "floor: empty programs on sys_enter + sys_exit, untraced process",
+        floor,
+        untraced,
+        0,
+        0,
+        "the kernel's cost of syscall tracepoints, paid by every process",
+    )
 }
 
 /// strace -f, writing every call to a file: synchronous, so it never loses one.
@@ -384,6 +483,7 @@ fn count_lines(path: &std::path::Path, matches: impl Fn(&str) -> bool) -> u64 {
 
 fn markdown(results: &Value) -> String {
     let untraced = results["untraced_ns_per_call"].as_f64().unwrap();
+    let floor = results["peers"][0]["ns_per_call"].as_f64().unwrap();
     let mut out = String::new();
     out.push_str(&format!(
         "## Ring buffer: `cargo xtask bench ringbuf`\n\n{}. A static loop of {} `getppid` calls, \
@@ -392,20 +492,30 @@ fn markdown(results: &Value) -> String {
         CALLS,
         RUNS
     ));
+    out.push_str(&format!(
+        "Any program on `sys_enter` and `sys_exit` sends every syscall on the machine through the \
+         kernel's slow syscall paths: with empty programs attached (the *floor* row below) an \
+         untraced call takes **{floor:.0} ns**. Ratios are given to the untraced loop and to \
+         that floor.\n\n"
+    ));
     out.push_str(
-        "| tracerd design | untraced, programs attached | traced, every call delivered | dropped | userspace ns/event | all cores: events/s | all cores: dropped |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| tracerd design | untraced, programs attached | traced, every call delivered | dropped | userspace ns/event | latency at 200 calls/s (p50 / max) | all cores: events/s | all cores: dropped |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for design in results["ebpf"].as_array().unwrap() {
+        let attached = design["attached_untraced_ns_per_call"].as_f64().unwrap();
+        let traced = design["traced_ns_per_call"].as_f64().unwrap();
         out.push_str(&format!(
-            "| {} | {:.0} ns ({:.2}×) | {:.0} ns ({:.2}×) | {} | {:.0} | {:.2} M | {} |\n",
+            "| {} | {attached:.0} ns ({:.2}× untraced, {:.2}× floor) | {traced:.0} ns ({:.2}× untraced, {:.2}× floor) | {} | {:.0} | {:.1} / {:.1} ms | {:.2} M | {} |\n",
             design["design"].as_str().unwrap(),
-            design["attached_untraced_ns_per_call"].as_f64().unwrap(),
-            design["attached_ratio"].as_f64().unwrap(),
-            design["traced_ns_per_call"].as_f64().unwrap(),
-            design["traced_ratio"].as_f64().unwrap(),
+            attached / untraced,
+            attached / floor,
+            traced / untraced,
+            traced / floor,
             design["traced_dropped"],
             design["userspace_ns_per_event"].as_f64().unwrap(),
+            design["low_rate_latency_p50_ms"].as_f64().unwrap(),
+            design["low_rate_latency_max_ms"].as_f64().unwrap(),
             design["all_cores_events_per_sec"].as_f64().unwrap() / 1e6,
             design["all_cores_dropped"],
         ));
