@@ -747,4 +747,12 @@ mod tests {
             .map(|(_, i)| i);
         assert_eq!(openat_index, Some(1));
     }
+
+    #[test]
+    fn automatic_wakeups_leave_most_of_the_ring_free() {
+        // 8 MiB of 384-byte slots (a path record and its header) is 21,845; an eighth of it.
+        assert_eq!(auto_wakeup_every(8 << 20), 2730);
+        // A one-page ring still wakes the reader, on every record.
+        assert_eq!(auto_wakeup_every(4096), 1);
+    }
 }
