@@ -414,3 +414,56 @@ async fn per_cpu_rings_give_exact_counts() {
 async fn a_shared_ring_gives_the_same_exact_counts() {
     exact_counts_with_rings(false).await;
 }
+
+// Multi-threaded, so the drain task keeps the kernel ring moving while the workload runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_consumer_costs_only_its_own_session() {
+    require_root();
+    // Fewer records than one ring holds: even a starved drain task cannot cause kernel drops.
+    const CALLS: u64 = 50_000;
+    const BLOCKED_QUEUE: usize = 16;
+    let engine = engine(EngineOptions::default());
+    let cgroup = Arc::new(TestCgroup::create("blocked"));
+    let getppid_only = KernelFilter {
+        syscalls: syscalls(&["getppid"]),
+        ..only_cgroup(&cgroup)
+    };
+    // One consumer never reads; the other has room for everything, so whatever it misses
+    // could only be the blocked session's doing.
+    let (blocked, _never_read) = engine
+        .start_session_with_queue(&getppid_only, BLOCKED_QUEUE)
+        .unwrap();
+    let (healthy, mut events) = engine
+        .start_session_with_queue(&getppid_only, CALLS as usize)
+        .unwrap();
+
+    let workload_cgroup = cgroup.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        workload::run_in(&workload_cgroup, &["getppid", &CALLS.to_string()]).1
+    })
+    .await
+    .unwrap();
+    assert!(status.success());
+    engine.flush().await;
+
+    let blocked = engine.stop_session(blocked).await.unwrap();
+    let healthy = engine.stop_session(healthy).await.unwrap();
+    // The blocked session filled its queue and counted every record after that as its drop...
+    assert_eq!(
+        (blocked.matched, blocked.delivered),
+        (CALLS, BLOCKED_QUEUE as u64),
+        "{blocked:?}"
+    );
+    assert_eq!(
+        blocked.dropped_userspace,
+        CALLS - BLOCKED_QUEUE as u64,
+        "{blocked:?}"
+    );
+    // ...and the other session on the same cgroup got every record.
+    assert_eq!(
+        (healthy.matched, healthy.delivered, healthy.dropped()),
+        (CALLS, CALLS, 0),
+        "{healthy:?}"
+    );
+    assert_eq!(received(&mut events).len() as u64, CALLS);
+}

@@ -133,7 +133,7 @@ impl SessionHandle {
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     pub ebpf: EbpfOptions,
-    /// Capacity of each session's channel, in records.
+    /// Default capacity of each session's channel, in records.
     pub session_queue: usize,
 }
 
@@ -191,15 +191,25 @@ impl Engine {
         })
     }
 
-    /// Starts tracing for a new session; its records arrive on the returned receiver.
+    /// Starts tracing for a new session; its records arrive on the returned receiver, which
+    /// holds up to the engine's default `session_queue` records.
     pub fn start_session(
         &self,
         filter: &KernelFilter,
     ) -> Result<(SessionHandle, mpsc::Receiver<Arc<Event>>), EngineError> {
+        self.start_session_with_queue(filter, self.session_queue)
+    }
+
+    /// [`Engine::start_session`] with a queue of `queue` records (at least 1) for this session.
+    pub fn start_session_with_queue(
+        &self,
+        filter: &KernelFilter,
+        queue: usize,
+    ) -> Result<(SessionHandle, mpsc::Receiver<Arc<Event>>), EngineError> {
         let slot = lock(&self.free_slots)
             .pop()
             .ok_or(EngineError::NoFreeSlot)?;
-        let (sender, receiver) = mpsc::channel(self.session_queue);
+        let (sender, receiver) = mpsc::channel(queue.max(1));
         let counters = Arc::new(DeliveryCounters::default());
         // Route first: a record of this slot must never find nobody to go to.
         self.routes.write().unwrap_or_else(|e| e.into_inner())[slot as usize] = Some(Route {
