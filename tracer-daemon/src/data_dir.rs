@@ -17,6 +17,33 @@ const MIGRATIONS: &[&str] = &[
         pid INTEGER NOT NULL,
         version TEXT NOT NULL
     );",
+    // 2: sessions. `request` is the create request exactly as received; `duplicate_key` is
+    // the canonical target and filter, to refuse a second running copy.
+    "CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        request TEXT NOT NULL,
+        target_text TEXT NOT NULL,
+        duplicate_key TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        started_at TEXT,
+        stopped_at TEXT,
+        runs INTEGER NOT NULL DEFAULT 0,
+        backend_in_use TEXT,
+        backend_reason TEXT,
+        finished_reason TEXT,
+        error TEXT,
+        matched INTEGER NOT NULL DEFAULT 0,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        dropped INTEGER NOT NULL DEFAULT 0,
+        exported INTEGER NOT NULL DEFAULT 0,
+        evicted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX sessions_by_tenant ON sessions (tenant, created_at, id);
+    CREATE INDEX sessions_by_status ON sessions (status);",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +76,7 @@ pub enum DataDirError {
 /// An open, locked data directory.
 pub struct DataDir {
     path: PathBuf,
-    db: Connection,
+    db: Option<Connection>,
     // Held for the process's lifetime; the kernel releases the flock when the process dies,
     // so a crashed daemon never leaves a stale lock behind.
     _lock: File,
@@ -87,7 +114,7 @@ impl DataDir {
         .map_err(database_error)?;
         Ok(Self {
             path: path.to_owned(),
-            db,
+            db: Some(db),
             _lock: lock,
         })
     }
@@ -96,8 +123,14 @@ impl DataDir {
         &self.path
     }
 
-    pub fn db(&self) -> &Connection {
-        &self.db
+    /// The database connection, for the store to own (once).
+    pub fn take_db(&mut self) -> Option<Connection> {
+        self.db.take()
+    }
+
+    /// Where a session's recorded events live.
+    pub fn session_dir(&self, id: &uuid::Uuid) -> PathBuf {
+        self.path.join("sessions").join(id.to_string())
     }
 }
 
@@ -139,22 +172,22 @@ mod tests {
     #[test]
     fn opens_migrates_and_records_the_start() {
         let dir = temp_dir("data-dir-open");
-        let data = DataDir::open(&dir).unwrap();
-        let version: usize = data
-            .db()
+        let mut data = DataDir::open(&dir).unwrap();
+        let db = data.take_db().unwrap();
+        let version: usize = db
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len());
-        let starts: i64 = data
-            .db()
+        let starts: i64 = db
             .query_row("SELECT count(*) FROM daemon_starts", [], |row| row.get(0))
             .unwrap();
         assert_eq!(starts, 1);
-        drop(data);
+        drop((db, data));
         // Reopening migrates nothing and records a second start.
-        let data = DataDir::open(&dir).unwrap();
+        let mut data = DataDir::open(&dir).unwrap();
         let starts: i64 = data
-            .db()
+            .take_db()
+            .unwrap()
             .query_row("SELECT count(*) FROM daemon_starts", [], |row| row.get(0))
             .unwrap();
         assert_eq!(starts, 2);

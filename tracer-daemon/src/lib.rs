@@ -9,6 +9,8 @@ pub mod data_dir;
 pub mod ebpf;
 pub mod engine;
 pub mod http;
+pub mod session;
+pub mod store;
 pub mod tally;
 
 /// Locks a mutex, recovering from poisoning: the values behind tracerd's mutexes stay

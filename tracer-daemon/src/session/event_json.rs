@@ -1,0 +1,160 @@
+//! Events as JSON: the one shape every sink shows (event log, downloads, live streams).
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{engine::Event, tally::syscall_name};
+
+/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time: the offset between
+/// CLOCK_REALTIME and CLOCK_MONOTONIC, sampled once (per run), so all of a run's events
+/// share one conversion and keep their order.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        // Sample realtime between two monotonic readings and use their midpoint.
+        let before = clock_ns(libc::CLOCK_MONOTONIC);
+        let realtime = clock_ns(libc::CLOCK_REALTIME);
+        let after = clock_ns(libc::CLOCK_MONOTONIC);
+        let monotonic = before + (after - before) / 2;
+        Self {
+            offset_ns: realtime - monotonic,
+        }
+    }
+
+    /// Nanoseconds since the Unix epoch for a CLOCK_MONOTONIC reading.
+    pub fn unix_ns(&self, monotonic_ns: u64) -> i128 {
+        monotonic_ns as i128 + self.offset_ns
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    now.tv_sec as i128 * 1_000_000_000 + now.tv_nsec as i128
+}
+
+/// One event as JSON (see docs/api.md for the fields).
+#[derive(Serialize)]
+struct EventJson<'a> {
+    ts: String,
+    ts_unix_ns: i128,
+    syscall: &'a str,
+    nr: u32,
+    pid: u32,
+    tid: u32,
+    comm: std::borrow::Cow<'a, str>,
+    args: [u64; 6],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    path_truncated: bool,
+    ret: i64,
+    duration_ns: u64,
+    session: &'a Uuid,
+    cgroup_id: u64,
+}
+
+/// Appends `event` as one JSON line to `out`.
+pub fn write_line(event: &Event, session: &Uuid, clock: &WallClock, out: &mut Vec<u8>) {
+    let record = &event.record;
+    let unix_ns = clock.unix_ns(record.enter_ns);
+    let ts = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+        .map(crate::session::model::rfc3339)
+        .unwrap_or_default();
+    let number;
+    let syscall = match syscall_name(record.nr) {
+        Some(name) => name,
+        None => {
+            number = format!("nr:{}", record.nr);
+            &number
+        }
+    };
+    let json = EventJson {
+        ts,
+        ts_unix_ns: unix_ns,
+        syscall,
+        nr: record.nr,
+        pid: record.tgid,
+        tid: record.tid,
+        comm: String::from_utf8_lossy(record.comm_bytes()),
+        args: record.args,
+        path: event.path.as_deref(),
+        path_truncated: event.path_truncated(),
+        ret: record.ret,
+        duration_ns: record.duration_ns,
+        session,
+        cgroup_id: record.cgroup_id,
+    };
+    // Serialising plain fields into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, &json).expect("serialising an event");
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{SyscallRecord, COMM_LEN};
+
+    use super::*;
+
+    #[test]
+    fn an_event_has_every_documented_field() {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..3].copy_from_slice(b"cat");
+        let event = Event {
+            record: SyscallRecord {
+                enter_ns: 1_000,
+                duration_ns: 250,
+                cgroup_id: 7,
+                sessions: 1,
+                args: [1, 2, 3, 4, 5, 6],
+                ret: -2,
+                tgid: 10,
+                tid: 11,
+                nr: syscalls::Sysno::openat.id() as u32,
+                path_len: 4,
+                flags: tracer_common::record_flags::HAS_PATH,
+                comm,
+            },
+            path: Some("/etc".into()),
+        };
+        let session = Uuid::nil();
+        let clock = WallClock {
+            offset_ns: 1_700_000_000_000_000_000,
+        };
+        let mut out = Vec::new();
+        write_line(&event, &session, &clock, &mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["ts"], "2023-11-14T22:13:20.000001Z");
+        assert_eq!(json["ts_unix_ns"], 1_700_000_000_000_001_000i64);
+        assert_eq!(json["syscall"], "openat");
+        assert_eq!(json["pid"], 10);
+        assert_eq!(json["tid"], 11);
+        assert_eq!(json["comm"], "cat");
+        assert_eq!(json["args"], serde_json::json!([1, 2, 3, 4, 5, 6]));
+        assert_eq!(json["path"], "/etc");
+        assert!(json.get("path_truncated").is_none());
+        assert_eq!(json["ret"], -2);
+        assert_eq!(json["duration_ns"], 250);
+        assert_eq!(json["session"], "00000000-0000-0000-0000-000000000000");
+        assert_eq!(json["cgroup_id"], 7);
+    }
+
+    #[test]
+    fn the_wall_clock_is_close_to_the_system_clock() {
+        let clock = WallClock::now();
+        let unix = clock.unix_ns(crate::engine::monotonic_ns());
+        let system = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128;
+        assert!((unix - system).abs() < 50_000_000, "{unix} vs {system}");
+    }
+}

@@ -1,0 +1,609 @@
+//! The session manager: the one owner of sessions' lifecycles.
+//!
+//! A running session has an engine slot (its kernel filter), a writer that turns its events
+//! into event-log lines on the blocking pool, and a watcher for its TTL and its targets.
+//! Counters are cumulative over runs: `base` (previous runs, from the store) plus the current
+//! run's. Lifecycle changes are serialised by one lock; reads never take it.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Weak,
+    },
+    time::Duration,
+};
+
+use tokio::{sync::Mutex, task::JoinHandle};
+use uuid::Uuid;
+
+use super::{
+    event_json::{self, WallClock},
+    eventlog::EventLogWriter,
+    model::{default_name, now_rfc3339, Counters, Session, Status},
+    spec::{BackendChoice, CreateSession, InvalidField, SessionSpec, Target},
+};
+use crate::{
+    cgroup::Cgroup,
+    ebpf::KernelFilter,
+    engine::{Engine, EngineError, Event, SessionHandle},
+    lock,
+    store::{ListQuery, SessionRow, Store, StoreError},
+};
+
+/// Who is asking: a tenant, and whether it is an admin (sees and does everything).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: String,
+    pub admin: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("no session {0}")]
+    NotFound(Uuid),
+    #[error("the session is {}: it cannot be {action}", current.as_str())]
+    InvalidTransition {
+        current: Status,
+        action: &'static str,
+    },
+    #[error("session {name} ({id}) already traces the same target with the same filter")]
+    Duplicate { id: Uuid, name: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("target: {0}")]
+    TargetUnavailable(String),
+    #[error("{0}")]
+    BackendUnavailable(String),
+    #[error("all kernel session slots are in use: stop a session first")]
+    NoCapacity,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the engine: {0}")]
+    Engine(EngineError),
+    #[error("the event log: {0}")]
+    EventLog(#[from] std::io::Error),
+}
+
+impl From<EngineError> for ManagerError {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::NoFreeSlot => ManagerError::NoCapacity,
+            other => ManagerError::Engine(other),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ManagerOptions {
+    /// Where sessions' event logs go (`<dir>/<id>/`).
+    pub sessions_dir: PathBuf,
+    /// Size cap of one session's event log, in compressed bytes.
+    pub event_log_cap_bytes: u64,
+}
+
+/// What the writer of a run has done so far.
+#[derive(Debug, Default)]
+struct RunProgress {
+    written: AtomicU64,
+    over_limit: AtomicU64,
+    evicted: AtomicU64,
+}
+
+/// A session that is running now.
+struct Run {
+    handle: SessionHandle,
+    /// Counters of the session's previous runs.
+    base: Counters,
+    progress: Arc<RunProgress>,
+    writer: JoinHandle<std::io::Result<()>>,
+    watcher: JoinHandle<()>,
+}
+
+pub struct SessionManager {
+    engine: Arc<Engine>,
+    store: Store,
+    options: ManagerOptions,
+    /// Running sessions. Held only briefly, never across an await.
+    runs: std::sync::Mutex<HashMap<Uuid, Run>>,
+    /// Serialises lifecycle changes (start, stop, finish, delete, recovery); reads of
+    /// sessions and counters do not take it.
+    lifecycle: Mutex<()>,
+    /// Lets tasks of a run (its watcher, its writer) end it.
+    this: Weak<SessionManager>,
+}
+
+impl SessionManager {
+    pub fn new(engine: Arc<Engine>, store: Store, options: ManagerOptions) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            engine,
+            store,
+            options,
+            runs: std::sync::Mutex::new(HashMap::new()),
+            lifecycle: Mutex::new(()),
+            this: this.clone(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    fn session_dir(&self, id: Uuid) -> PathBuf {
+        self.options.sessions_dir.join(id.to_string())
+    }
+
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        request: CreateSession,
+    ) -> Result<Session, ManagerError> {
+        let spec = request.validate()?;
+        let tenant = match &request.tenant {
+            Some(tenant) if !principal.admin && *tenant != principal.tenant => {
+                return Err(ManagerError::Forbidden(format!(
+                    "only an admin may create sessions for another tenant ({tenant})"
+                )))
+            }
+            Some(tenant) => tenant.clone(),
+            None => principal.tenant.clone(),
+        };
+        if !principal.admin {
+            return Err(ManagerError::Forbidden(
+                "cgroup and pid targets need the admin role: a tenant may trace only the containers it owns".into(),
+            ));
+        }
+        check_backend(&spec)?;
+        // The target must exist now; it is resolved again at every start.
+        resolve_filter(&spec)?;
+        let now = time::OffsetDateTime::now_utc();
+        let created_at = crate::session::model::rfc3339(now);
+        let row = SessionRow {
+            id: Uuid::new_v4(),
+            tenant,
+            name: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(&spec.target, now)),
+            status: Status::Created,
+            duplicate_key: spec.duplicate_key(),
+            request,
+            created_at: created_at.clone(),
+            updated_at: created_at,
+            started_at: None,
+            stopped_at: None,
+            runs: 0,
+            backend_in_use: None,
+            backend_reason: None,
+            finished_reason: None,
+            error: None,
+            counters: Counters::default(),
+        };
+        self.store.insert(row.clone()).await?;
+        tracing::info!(session = %row.id, name = %row.name, tenant = %row.tenant, "session created");
+        Ok(row.to_resource(None))
+    }
+
+    /// The session, if `principal` may see it.
+    async fn visible(&self, principal: &Principal, id: Uuid) -> Result<SessionRow, ManagerError> {
+        match self.store.get(id).await? {
+            Some(row) if principal.admin || row.tenant == principal.tenant => Ok(row),
+            // Another tenant's session does not exist, as far as this caller knows.
+            _ => Err(ManagerError::NotFound(id)),
+        }
+    }
+
+    pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<Session, ManagerError> {
+        let row = self.visible(principal, id).await?;
+        let live = self.live_counters(id).await;
+        Ok(row.to_resource(live))
+    }
+
+    /// A page of sessions and whether more follow.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        mut query: ListQuery,
+    ) -> Result<(Vec<Session>, bool), ManagerError> {
+        if !principal.admin {
+            query.tenant = Some(principal.tenant.clone());
+        }
+        let (rows, more) = self.store.list(query).await?;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for row in rows {
+            let live = if row.status == Status::Running {
+                self.live_counters(row.id).await
+            } else {
+                None
+            };
+            sessions.push(row.to_resource(live));
+        }
+        Ok((sessions, more))
+    }
+
+    /// The directory of a session's event log, if `principal` may read it.
+    pub async fn events_dir(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<PathBuf, ManagerError> {
+        self.visible(principal, id).await?;
+        Ok(self.session_dir(id))
+    }
+
+    pub async fn start(&self, principal: &Principal, id: Uuid) -> Result<Session, ManagerError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        let row = self.visible(principal, id).await?;
+        if !row.status.can_start() {
+            return Err(ManagerError::InvalidTransition {
+                current: row.status,
+                action: "started",
+            });
+        }
+        if let Some((other, name)) = self
+            .store
+            .running_duplicate(row.tenant.clone(), row.duplicate_key.clone(), id)
+            .await?
+        {
+            return Err(ManagerError::Duplicate { id: other, name });
+        }
+        let row = self.begin_run(row).await?;
+        Ok(row.to_resource(None))
+    }
+
+    /// Starts a run of a session that may run (the caller checked), recording the outcome:
+    /// running, or failed with the reason when its target is gone.
+    async fn begin_run(&self, mut row: SessionRow) -> Result<SessionRow, ManagerError> {
+        let spec = row.request.validate()?;
+        let filter = match resolve_filter(&spec) {
+            Ok(filter) => filter,
+            Err(err) => {
+                row.status = Status::Failed;
+                row.error = Some(err.to_string());
+                row.updated_at = now_rfc3339();
+                self.store.save(row.clone()).await?;
+                tracing::warn!(session = %row.id, %err, "session failed to start");
+                return Err(err);
+            }
+        };
+        let log =
+            EventLogWriter::open(&self.session_dir(row.id), self.options.event_log_cap_bytes)?;
+        let (handle, events) = self.engine.start_session(&filter)?;
+        let progress = Arc::new(RunProgress::default());
+        let writer = tokio::task::spawn_blocking({
+            let progress = progress.clone();
+            let manager = self.this.clone();
+            let runtime = tokio::runtime::Handle::current();
+            let id = row.id;
+            let max_events = spec
+                .max_events
+                .map(|max| max.saturating_sub(row.counters.delivered));
+            move || write_events(id, events, log, progress, max_events, manager, runtime)
+        });
+        let watcher = tokio::spawn(watch(
+            row.id,
+            spec.ttl,
+            spec.target.clone(),
+            self.this.clone(),
+        ));
+        let now = now_rfc3339();
+        row.status = Status::Running;
+        row.runs += 1;
+        row.started_at = Some(now.clone());
+        row.stopped_at = None;
+        row.updated_at = now;
+        row.error = None;
+        row.finished_reason = None;
+        row.backend_in_use = Some("ebpf".into());
+        row.backend_reason = Some(match spec.backend {
+            BackendChoice::Ebpf => "requested".into(),
+            _ => "eBPF programs are loaded and attached".into(),
+        });
+        lock(&self.runs).insert(
+            row.id,
+            Run {
+                handle,
+                base: row.counters,
+                progress,
+                writer,
+                watcher,
+            },
+        );
+        self.store.save(row.clone()).await?;
+        tracing::info!(session = %row.id, run = row.runs, "session running");
+        Ok(row)
+    }
+
+    pub async fn stop(&self, principal: &Principal, id: Uuid) -> Result<Session, ManagerError> {
+        let row = self.visible(principal, id).await?;
+        if !row.status.can_stop() {
+            return Err(ManagerError::InvalidTransition {
+                current: row.status,
+                action: "stopped",
+            });
+        }
+        let row = self.end_run(id, Some((Status::Stopped, None))).await?;
+        Ok(row.to_resource(None))
+    }
+
+    /// Ends the run of `id`, if it has one, and records `outcome` (a status and a reason);
+    /// with no outcome the status stays `running` (shutdown: it resumes at the next start).
+    async fn end_run(
+        &self,
+        id: Uuid,
+        outcome: Option<(Status, Option<String>)>,
+    ) -> Result<SessionRow, ManagerError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        let run = lock(&self.runs).remove(&id);
+        let mut row = self
+            .store
+            .get(id)
+            .await?
+            .ok_or(ManagerError::NotFound(id))?;
+        if row.status != Status::Running {
+            // Someone else ended it first (a stop racing a TTL, say).
+            return Ok(row);
+        }
+        if let Some(run) = run {
+            run.watcher.abort();
+            let kernel = self.engine.stop_session(run.handle).await?;
+            // The engine dropped the session's channel: the writer ends once it has written
+            // everything that was delivered.
+            match run.writer.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::error!(session = %id, %err, "writing the event log failed")
+                }
+                Err(err) => tracing::error!(session = %id, %err, "the event-log writer died"),
+            }
+            row.counters = run.base + run_counters(&kernel, &run.progress);
+        }
+        let now = now_rfc3339();
+        row.updated_at = now.clone();
+        match outcome {
+            Some((status, reason)) => {
+                row.status = status;
+                row.stopped_at = Some(now);
+                match status {
+                    Status::Failed => row.error = reason,
+                    _ => row.finished_reason = reason,
+                }
+            }
+            None => {}
+        }
+        self.store.save(row.clone()).await?;
+        tracing::info!(session = %id, status = row.status.as_str(), counters = ?row.counters, "session run ended");
+        Ok(row)
+    }
+
+    pub async fn delete(&self, principal: &Principal, id: Uuid) -> Result<(), ManagerError> {
+        let row = self.visible(principal, id).await?;
+        if row.status == Status::Running {
+            self.end_run(id, Some((Status::Stopped, None))).await?;
+        }
+        let _lifecycle = self.lifecycle.lock().await;
+        self.store.delete(id).await?;
+        match tokio::fs::remove_dir_all(self.session_dir(id)).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err.into()),
+        }
+        tracing::info!(session = %id, "session deleted");
+        Ok(())
+    }
+
+    /// Counters of a running session now (`None` if it is not running here).
+    async fn live_counters(&self, id: Uuid) -> Option<Counters> {
+        let runs = lock(&self.runs);
+        let run = runs.get(&id)?;
+        let kernel = self.engine.counters(&run.handle).ok()?;
+        Some(run.base + run_counters(&kernel, &run.progress))
+    }
+
+    /// Counters of every running session, for persistence and metrics.
+    pub async fn running_counters(&self) -> Vec<(Uuid, Counters)> {
+        let runs = lock(&self.runs);
+        runs.iter()
+            .filter_map(|(id, run)| {
+                let kernel = self.engine.counters(&run.handle).ok()?;
+                Some((*id, run.base + run_counters(&kernel, &run.progress)))
+            })
+            .collect()
+    }
+
+    /// Saves running sessions' counters (called every few hundred milliseconds, so a crash
+    /// loses at most that much of them; the events themselves are on disk already).
+    pub async fn persist_counters(&self) -> Result<(), StoreError> {
+        let counters = self.running_counters().await;
+        self.store.save_counters(counters).await
+    }
+
+    /// Restarts every session that was running when the daemon last stopped or died.
+    /// Returns how many run again and how many failed (their target is gone).
+    pub async fn recover(&self) -> Result<(usize, usize), ManagerError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        let (mut resumed, mut failed) = (0, 0);
+        for row in self.store.with_status(Status::Running).await? {
+            let id = row.id;
+            match self.begin_run(row).await {
+                Ok(_) => resumed += 1,
+                Err(ManagerError::TargetUnavailable(_)) => failed += 1,
+                Err(err) => {
+                    failed += 1;
+                    tracing::error!(session = %id, %err, "could not resume the session");
+                    if let Ok(Some(mut row)) = self.store.get(id).await {
+                        row.status = Status::Failed;
+                        row.error = Some(format!("could not resume after a restart: {err}"));
+                        row.updated_at = now_rfc3339();
+                        self.store.save(row).await?;
+                    }
+                }
+            }
+        }
+        Ok((resumed, failed))
+    }
+
+    /// Ends every run, leaving their sessions `running` so the next start resumes them.
+    pub async fn shutdown(&self) {
+        let ids: Vec<Uuid> = lock(&self.runs).keys().copied().collect();
+        for id in ids {
+            if let Err(err) = self.end_run(id, None).await {
+                tracing::error!(session = %id, %err, "ending the run at shutdown failed");
+            }
+        }
+    }
+
+    /// Called by a run's own tasks when its TTL, its event limit or its targets end it.
+    async fn finish(&self, id: Uuid, reason: &'static str) {
+        tracing::info!(session = %id, reason, "session finished");
+        if let Err(err) = self
+            .end_run(id, Some((Status::Finished, Some(reason.into()))))
+            .await
+        {
+            tracing::error!(session = %id, %err, "finishing the session failed");
+        }
+    }
+}
+
+/// The current run's share of a session's counters.
+fn run_counters(kernel: &crate::engine::SessionCounters, progress: &RunProgress) -> Counters {
+    let over_limit = progress.over_limit.load(Ordering::Relaxed);
+    Counters {
+        matched: kernel.matched,
+        delivered: progress.written.load(Ordering::Relaxed),
+        dropped: kernel.dropped_kernel + kernel.dropped_userspace + over_limit,
+        exported: 0,
+        evicted: progress.evicted.load(Ordering::Relaxed),
+    }
+}
+
+fn check_backend(spec: &SessionSpec) -> Result<(), ManagerError> {
+    match spec.backend {
+        BackendChoice::Auto | BackendChoice::Ebpf => Ok(()),
+        BackendChoice::Ftrace => Err(ManagerError::BackendUnavailable(
+            "the ftrace backend is not available in this release; use \"auto\" or \"ebpf\"".into(),
+        )),
+    }
+}
+
+/// The kernel filter for a session's target and conditions, resolved now.
+fn resolve_filter(spec: &SessionSpec) -> Result<KernelFilter, ManagerError> {
+    let (cgroups, tgids) = match &spec.target {
+        Target::Cgroup(path) => {
+            let cgroup = Cgroup::from_path(Path::new(path))
+                .map_err(|err| ManagerError::TargetUnavailable(err.to_string()))?;
+            (vec![cgroup.id], spec.conditions.tgids.clone())
+        }
+        Target::Pids(pids) => {
+            let mut cgroups = Vec::new();
+            for &pid in pids {
+                let cgroup = Cgroup::of_pid(pid).map_err(|_| {
+                    ManagerError::TargetUnavailable(format!("process {pid} does not exist"))
+                })?;
+                if !cgroups.contains(&cgroup.id) {
+                    cgroups.push(cgroup.id);
+                }
+            }
+            (cgroups, Some(pids.clone()))
+        }
+    };
+    Ok(KernelFilter {
+        cgroups,
+        syscalls: spec.syscalls.clone(),
+        tgids,
+        failed_only: spec.conditions.failed_only,
+    })
+}
+
+/// Whether every target of a session is gone for good.
+fn targets_gone(target: &Target) -> bool {
+    match target {
+        Target::Cgroup(path) => !Path::new(path).exists(),
+        Target::Pids(pids) => pids
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+    }
+}
+
+/// Ends a run when its TTL passes or its targets are gone.
+async fn watch(id: Uuid, ttl: Option<Duration>, target: Target, manager: Weak<SessionManager>) {
+    let deadline = ttl.map(|ttl| tokio::time::Instant::now() + ttl);
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        let reason = tokio::select! {
+            _ = sleep_until(deadline) => "ttl",
+            _ = check.tick() => {
+                if !targets_gone(&target) {
+                    continue;
+                }
+                "targets_gone"
+            }
+        };
+        // Ending the run aborts this task: do it from another one.
+        if let Some(manager) = manager.upgrade() {
+            tokio::spawn(async move { manager.finish(id, reason).await });
+        }
+        return;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a run's events to its log until the engine closes the channel (the run ended).
+/// Runs on the blocking pool: it does file I/O.
+fn write_events(
+    id: Uuid,
+    mut events: tokio::sync::mpsc::Receiver<Arc<Event>>,
+    mut log: EventLogWriter,
+    progress: Arc<RunProgress>,
+    max_events: Option<u64>,
+    manager: Weak<SessionManager>,
+    runtime: tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    let clock = WallClock::now();
+    let mut lines = Vec::with_capacity(1 << 20);
+    let mut written = 0u64;
+    let mut limit_reported = false;
+    while let Some(first) = events.blocking_recv() {
+        lines.clear();
+        let mut batch = 0u64;
+        let mut over_limit = 0u64;
+        let mut next = Some(first);
+        while let Some(event) = next {
+            if max_events.is_some_and(|max| written + batch >= max) {
+                over_limit += 1;
+            } else {
+                event_json::write_line(&event, &id, &clock, &mut lines);
+                batch += 1;
+            }
+            next = if lines.len() < (1 << 20) {
+                events.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let evicted = log.append(&lines, batch)?;
+        written += batch;
+        progress.written.fetch_add(batch, Ordering::Relaxed);
+        progress.over_limit.fetch_add(over_limit, Ordering::Relaxed);
+        progress.evicted.fetch_add(evicted, Ordering::Relaxed);
+        if !limit_reported && max_events.is_some_and(|max| written >= max) {
+            limit_reported = true;
+            if let Some(manager) = manager.upgrade() {
+                runtime.spawn(async move { manager.finish(id, "max_events").await });
+            }
+        }
+    }
+    log.finish()
+}

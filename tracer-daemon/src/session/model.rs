@@ -1,0 +1,178 @@
+//! The session resource as the API shows it, and its state machine.
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::spec::{BackendChoice, Conditions, Limits, Target};
+
+/// Where a session is in its life.
+///
+/// `created → running ⇄ stopped`; `running → finished` (TTL, max_events, targets gone) or
+/// `failed` (with a reason). `finished` and `failed` are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Stopped,
+    Finished,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Created,
+        Status::Running,
+        Status::Stopped,
+        Status::Finished,
+        Status::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Finished => "finished",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+
+    /// Whether `start` is allowed from here.
+    pub fn can_start(self) -> bool {
+        matches!(self, Status::Created | Status::Stopped)
+    }
+
+    /// Whether `stop` is allowed from here.
+    pub fn can_stop(self) -> bool {
+        self == Status::Running
+    }
+}
+
+/// A session's counters, over all its runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Counters {
+    /// Syscalls that passed every filter of the session (counted in the kernel).
+    pub matched: u64,
+    /// Events recorded in the session's event log.
+    pub delivered: u64,
+    /// Matched events not recorded: lost in the kernel (ring full), behind a slow consumer,
+    /// or past `limits.max_events`. `delivered + dropped == matched`.
+    pub dropped: u64,
+    /// Events exported as OpenTelemetry spans.
+    pub exported: u64,
+    /// Recorded events removed from the event log to keep it under its size cap (oldest
+    /// first).
+    pub evicted: u64,
+}
+
+impl std::ops::Add for Counters {
+    type Output = Counters;
+
+    fn add(self, other: Counters) -> Counters {
+        Counters {
+            matched: self.matched + other.matched,
+            delivered: self.delivered + other.delivered,
+            dropped: self.dropped + other.dropped,
+            exported: self.exported + other.exported,
+            evicted: self.evicted + other.evicted,
+        }
+    }
+}
+
+/// A tracing session, as `GET /v1/sessions/{id}` returns it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    pub id: Uuid,
+    pub name: String,
+    pub tenant: String,
+    pub target: Target,
+    /// Syscall names recorded; absent for all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<Vec<String>>,
+    pub conditions: Conditions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The backend asked for.
+    pub backend: BackendChoice,
+    /// The backend in use in the current or last run, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_in_use: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_reason: Option<String>,
+    pub limits: Limits,
+    pub status: Status,
+    /// Why the session finished (`ttl`, `max_events`, `targets_gone`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_reason: Option<String>,
+    /// Why the session failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How many times it has been started.
+    pub runs: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+    pub counters: Counters,
+}
+
+/// Now, as RFC 3339 UTC with nanoseconds.
+pub fn now_rfc3339() -> String {
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+pub fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+/// The default name of a session: `<target>.<yyyymmddhhmm>`.
+pub fn default_name(target: &Target, at: time::OffsetDateTime) -> String {
+    format!(
+        "{}.{:04}{:02}{:02}{:02}{:02}",
+        target.short_name(),
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_created_and_stopped_sessions_start_and_only_running_ones_stop() {
+        let startable: Vec<Status> = Status::ALL.into_iter().filter(|s| s.can_start()).collect();
+        assert_eq!(startable, [Status::Created, Status::Stopped]);
+        let stoppable: Vec<Status> = Status::ALL.into_iter().filter(|s| s.can_stop()).collect();
+        assert_eq!(stoppable, [Status::Running]);
+        for status in Status::ALL {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+        }
+    }
+
+    #[test]
+    fn default_names_read_target_dot_minute() {
+        let at = time::Date::from_calendar_date(2026, time::Month::November, 22)
+            .unwrap()
+            .with_hms(9, 5, 0)
+            .unwrap()
+            .assume_utc();
+        assert_eq!(
+            default_name(&Target::Cgroup("/sys/fs/cgroup/web".into()), at),
+            "web.202611220905"
+        );
+    }
+}

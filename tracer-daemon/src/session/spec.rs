@@ -1,0 +1,433 @@
+//! What a user asks for when creating a session, and its validation.
+//!
+//! [`CreateSession`] is the request body as received (unknown fields are refused);
+//! [`CreateSession::validate`] turns it into a [`SessionSpec`]: syscall names resolved to
+//! numbers, durations parsed, names and labels checked. Every problem names the field.
+use std::{collections::BTreeSet, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The body of `POST /v1/sessions`.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// A readable name; default `<target>.<yyyymmddhhmm>`. Letters, digits, `.`, `_`, `-`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What to trace.
+    pub target: Target,
+    /// Syscall names to record; absent for all.
+    #[serde(default)]
+    pub syscalls: Option<Vec<String>>,
+    #[serde(default)]
+    pub conditions: Conditions,
+    /// A free string carried into every exported span, to find the session in a tracing
+    /// backend.
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub backend: BackendChoice,
+    #[serde(default)]
+    pub limits: Limits,
+    /// The tenant the session belongs to; only an admin may set it (default: the caller's).
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// What a session traces.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Target {
+    /// A cgroup v2 directory (absolute path under the cgroup2 mount).
+    Cgroup(String),
+    /// Processes by pid (their threads; not the children they start later).
+    Pids(Vec<u32>),
+}
+
+impl Target {
+    /// A short form for default session names: the cgroup's last component, or `pids-<first>`.
+    pub fn short_name(&self) -> String {
+        match self {
+            Target::Cgroup(path) => path
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .filter(|last| !last.is_empty())
+                .unwrap_or("root")
+                .to_owned(),
+            Target::Pids(pids) => format!("pids-{}", pids.first().copied().unwrap_or(0)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Conditions {
+    /// Only these processes (tgids).
+    #[serde(default)]
+    pub tgids: Option<Vec<u32>>,
+    /// Only calls that fail (return value < 0).
+    #[serde(default)]
+    pub failed_only: bool,
+}
+
+/// Which backend a session asks for.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Ebpf,
+    Ftrace,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Stop after this long running (e.g. `"30s"`, `"5m"`); the session finishes.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Stop after this many delivered events; the session finishes.
+    #[serde(default)]
+    pub max_events: Option<u64>,
+}
+
+/// A validated request, ready to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionSpec {
+    pub name: Option<String>,
+    pub target: Target,
+    /// Syscall numbers, sorted; `None` for all.
+    pub syscalls: Option<Vec<u32>>,
+    pub conditions: Conditions,
+    pub label: Option<String>,
+    pub backend: BackendChoice,
+    pub ttl: Option<Duration>,
+    pub max_events: Option<u64>,
+}
+
+impl SessionSpec {
+    /// What makes two sessions duplicates of each other (same target and filter), as a
+    /// canonical string.
+    pub fn duplicate_key(&self) -> String {
+        let mut tgids = self.conditions.tgids.clone();
+        if let Some(tgids) = &mut tgids {
+            tgids.sort_unstable();
+            tgids.dedup();
+        }
+        let mut target = self.target.clone();
+        if let Target::Pids(pids) = &mut target {
+            pids.sort_unstable();
+            pids.dedup();
+        }
+        serde_json::json!({
+            "target": target,
+            "syscalls": self.syscalls,
+            "tgids": tgids,
+            "failed_only": self.conditions.failed_only,
+        })
+        .to_string()
+    }
+}
+
+/// A request that cannot be accepted, naming the field at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> InvalidField {
+    InvalidField {
+        field,
+        message: message.into(),
+    }
+}
+
+const MAX_NAME_LEN: usize = 128;
+const MAX_LABEL_LEN: usize = 256;
+const MAX_LIST_LEN: usize = 4096;
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl CreateSession {
+    pub fn validate(&self) -> Result<SessionSpec, InvalidField> {
+        if let Some(name) = &self.name {
+            validate_name(name)?;
+        }
+        match &self.target {
+            Target::Cgroup(path) => {
+                if !path.starts_with('/') {
+                    return Err(invalid("target.cgroup", "must be an absolute path"));
+                }
+                if path.split('/').any(|part| part == "..") {
+                    return Err(invalid("target.cgroup", "must not contain `..`"));
+                }
+            }
+            Target::Pids(pids) => {
+                if pids.is_empty() {
+                    return Err(invalid("target.pids", "must name at least one pid"));
+                }
+                if pids.len() > MAX_LIST_LEN {
+                    return Err(invalid(
+                        "target.pids",
+                        format!("at most {MAX_LIST_LEN} pids"),
+                    ));
+                }
+                if pids.contains(&0) {
+                    return Err(invalid("target.pids", "0 is not a process id"));
+                }
+                if self.conditions.tgids.is_some() {
+                    return Err(invalid(
+                        "conditions.tgids",
+                        "a pids target already selects processes; give one or the other",
+                    ));
+                }
+            }
+        }
+        let syscalls = match &self.syscalls {
+            None => None,
+            Some(names) => Some(resolve_syscalls(names)?),
+        };
+        if let Some(tgids) = &self.conditions.tgids {
+            if tgids.is_empty() {
+                return Err(invalid(
+                    "conditions.tgids",
+                    "must name at least one tgid (or be left out)",
+                ));
+            }
+            if tgids.len() > MAX_LIST_LEN {
+                return Err(invalid(
+                    "conditions.tgids",
+                    format!("at most {MAX_LIST_LEN} tgids"),
+                ));
+            }
+        }
+        if let Some(label) = &self.label {
+            if label.chars().count() > MAX_LABEL_LEN {
+                return Err(invalid(
+                    "label",
+                    format!("at most {MAX_LABEL_LEN} characters"),
+                ));
+            }
+            if label.chars().any(char::is_control) {
+                return Err(invalid("label", "must not contain control characters"));
+            }
+        }
+        let ttl = match &self.limits.ttl {
+            None => None,
+            Some(text) => {
+                let ttl = humantime::parse_duration(text).map_err(|err| {
+                    invalid(
+                        "limits.ttl",
+                        format!("`{text}` is not a duration like \"30s\" or \"5m\": {err}"),
+                    )
+                })?;
+                if ttl.is_zero() || ttl > MAX_TTL {
+                    return Err(invalid(
+                        "limits.ttl",
+                        "must be more than 0 and at most 30 days",
+                    ));
+                }
+                Some(ttl)
+            }
+        };
+        if self.limits.max_events == Some(0) {
+            return Err(invalid("limits.max_events", "must be at least 1"));
+        }
+        if let Some(tenant) = &self.tenant {
+            validate_tenant(tenant)?;
+        }
+        Ok(SessionSpec {
+            name: self.name.clone(),
+            target: self.target.clone(),
+            syscalls,
+            conditions: self.conditions.clone(),
+            label: self.label.clone(),
+            backend: self.backend,
+            ttl,
+            max_events: self.limits.max_events,
+        })
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), InvalidField> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            "name",
+            format!("must be 1 to {MAX_NAME_LEN} characters"),
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(invalid(
+            "name",
+            "may contain only letters, digits, `.`, `_` and `-`",
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_tenant(tenant: &str) -> Result<(), InvalidField> {
+    if tenant.is_empty()
+        || tenant.len() > 64
+        || !tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(invalid(
+            "tenant",
+            "must be 1 to 64 letters, digits, `.`, `_` or `-`",
+        ));
+    }
+    Ok(())
+}
+
+/// Syscall names → sorted, deduplicated numbers on this architecture.
+fn resolve_syscalls(names: &[String]) -> Result<Vec<u32>, InvalidField> {
+    if names.is_empty() {
+        return Err(invalid(
+            "syscalls",
+            "must name at least one syscall (or be left out for all)",
+        ));
+    }
+    if names.len() > MAX_LIST_LEN {
+        return Err(invalid("syscalls", format!("at most {MAX_LIST_LEN} names")));
+    }
+    let mut numbers = BTreeSet::new();
+    for name in names {
+        let sysno: syscalls::Sysno = name.parse().map_err(|_| {
+            invalid(
+                "syscalls",
+                format!("unknown syscall `{name}` on this architecture"),
+            )
+        })?;
+        numbers.insert(sysno.id() as u32);
+    }
+    Ok(numbers.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> Result<CreateSession, serde_json::Error> {
+        serde_json::from_value(json)
+    }
+
+    #[test]
+    fn a_minimal_request_is_valid() {
+        let spec = request(serde_json::json!({"target": {"cgroup": "/sys/fs/cgroup/x"}}))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(spec.target, Target::Cgroup("/sys/fs/cgroup/x".into()));
+        assert_eq!(spec.syscalls, None);
+        assert_eq!(spec.backend, BackendChoice::Auto);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_every_level() {
+        assert!(request(serde_json::json!({"target": {"cgroup": "/x"}, "colour": 1})).is_err());
+        assert!(
+            request(serde_json::json!({"target": {"cgroup": "/x"}, "conditions": {"x": 1}}))
+                .is_err()
+        );
+        assert!(request(serde_json::json!({"target": {"container": "web"}})).is_err());
+    }
+
+    #[test]
+    fn syscall_names_resolve_sorted_and_deduplicated() {
+        let spec = request(
+            serde_json::json!({"target": {"pids": [1]}, "syscalls": ["write", "openat", "write"]}),
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let mut expected = vec![
+            syscalls::Sysno::write.id() as u32,
+            syscalls::Sysno::openat.id() as u32,
+        ];
+        expected.sort_unstable();
+        assert_eq!(spec.syscalls, Some(expected));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (
+                serde_json::json!({"target": {"pids": [1]}, "syscalls": ["nosuchcall"]}),
+                "syscalls",
+            ),
+            (serde_json::json!({"target": {"pids": []}}), "target.pids"),
+            (
+                serde_json::json!({"target": {"cgroup": "relative/path"}}),
+                "target.cgroup",
+            ),
+            (
+                serde_json::json!({"target": {"cgroup": "/a/../b"}}),
+                "target.cgroup",
+            ),
+            (
+                serde_json::json!({"target": {"pids": [1]}, "name": "has space"}),
+                "name",
+            ),
+            (
+                serde_json::json!({"target": {"pids": [1]}, "limits": {"ttl": "soon"}}),
+                "limits.ttl",
+            ),
+            (
+                serde_json::json!({"target": {"pids": [1]}, "limits": {"max_events": 0}}),
+                "limits.max_events",
+            ),
+            (
+                serde_json::json!({"target": {"pids": [1]}, "conditions": {"tgids": [2]}}),
+                "conditions.tgids",
+            ),
+            (
+                serde_json::json!({"target": {"pids": [1]}, "label": "a\u{7}b"}),
+                "label",
+            ),
+            (
+                serde_json::json!({"target": {"pids": [1]}, "tenant": "no spaces"}),
+                "tenant",
+            ),
+        ];
+        for (json, field) in cases {
+            let err = request(json.clone()).unwrap().validate().unwrap_err();
+            assert_eq!(err.field, field, "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn duplicates_ignore_order_of_pids_and_tgids() {
+        let a = request(serde_json::json!({"target": {"pids": [2, 1]}}))
+            .unwrap()
+            .validate()
+            .unwrap();
+        let b = request(serde_json::json!({"target": {"pids": [1, 2, 2]}, "label": "other"}))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(a.duplicate_key(), b.duplicate_key());
+        let c = request(
+            serde_json::json!({"target": {"pids": [1, 2]}, "conditions": {"failed_only": true}}),
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_ne!(a.duplicate_key(), c.duplicate_key());
+    }
+
+    #[test]
+    fn default_names_come_from_the_target() {
+        assert_eq!(
+            Target::Cgroup("/sys/fs/cgroup/web/".into()).short_name(),
+            "web"
+        );
+        assert_eq!(Target::Pids(vec![42, 7]).short_name(), "pids-42");
+    }
+}

@@ -1,0 +1,375 @@
+//! SQLite storage of sessions. One connection behind a mutex, used from tokio through
+//! `spawn_blocking` so a query never blocks the async runtime's threads.
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use uuid::Uuid;
+
+use crate::{
+    lock,
+    session::{
+        model::{Counters, Session, Status},
+        spec::{CreateSession, Target},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("encoding a create request: {0}")]
+    Request(#[from] serde_json::Error),
+    #[error("the database task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A session as stored: the request as received plus everything that changes.
+#[derive(Clone, Debug)]
+pub struct SessionRow {
+    pub id: Uuid,
+    pub tenant: String,
+    pub name: String,
+    pub status: Status,
+    pub request: CreateSession,
+    pub duplicate_key: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub stopped_at: Option<String>,
+    pub runs: u32,
+    pub backend_in_use: Option<String>,
+    pub backend_reason: Option<String>,
+    pub finished_reason: Option<String>,
+    pub error: Option<String>,
+    pub counters: Counters,
+}
+
+impl SessionRow {
+    /// The resource, with `counters` in place of the stored ones when the session runs.
+    pub fn to_resource(&self, counters: Option<Counters>) -> Session {
+        Session {
+            id: self.id,
+            name: self.name.clone(),
+            tenant: self.tenant.clone(),
+            target: self.request.target.clone(),
+            syscalls: self.request.syscalls.clone(),
+            conditions: self.request.conditions.clone(),
+            label: self.request.label.clone(),
+            backend: self.request.backend,
+            backend_in_use: self.backend_in_use.clone(),
+            backend_reason: self.backend_reason.clone(),
+            limits: self.request.limits.clone(),
+            status: self.status,
+            finished_reason: self.finished_reason.clone(),
+            error: self.error.clone(),
+            runs: self.runs,
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+            started_at: self.started_at.clone(),
+            stopped_at: self.stopped_at.clone(),
+            counters: counters.unwrap_or(self.counters),
+        }
+    }
+}
+
+/// The text `GET /v1/sessions?target=` matches against: the cgroup path or the pids.
+fn target_text(target: &Target) -> String {
+    match target {
+        Target::Cgroup(path) => path.clone(),
+        Target::Pids(pids) => pids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
+const COLUMNS: &str = "id, tenant, name, status, request, duplicate_key, created_at, updated_at, \
+    started_at, stopped_at, runs, backend_in_use, backend_reason, finished_reason, error, \
+    matched, delivered, dropped, exported, evicted";
+
+fn conversion_error(
+    column: usize,
+    err: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, err.into())
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
+    let id: String = row.get(0)?;
+    let status: String = row.get(3)?;
+    let request: String = row.get(4)?;
+    Ok(SessionRow {
+        id: Uuid::parse_str(&id).map_err(|err| conversion_error(0, err))?,
+        tenant: row.get(1)?,
+        name: row.get(2)?,
+        status: Status::parse(&status)
+            .ok_or_else(|| conversion_error(3, format!("unknown status {status}")))?,
+        request: serde_json::from_str(&request).map_err(|err| conversion_error(4, err))?,
+        duplicate_key: row.get(5)?,
+        created_at: row.get(6)?,
+        updated_at: row.get(7)?,
+        started_at: row.get(8)?,
+        stopped_at: row.get(9)?,
+        runs: row.get(10)?,
+        backend_in_use: row.get(11)?,
+        backend_reason: row.get(12)?,
+        finished_reason: row.get(13)?,
+        error: row.get(14)?,
+        counters: Counters {
+            matched: row.get::<_, i64>(15)? as u64,
+            delivered: row.get::<_, i64>(16)? as u64,
+            dropped: row.get::<_, i64>(17)? as u64,
+            exported: row.get::<_, i64>(18)? as u64,
+            evicted: row.get::<_, i64>(19)? as u64,
+        },
+    })
+}
+
+/// What `GET /v1/sessions` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Only this tenant's sessions; `None` for all (admin).
+    pub tenant: Option<String>,
+    pub status: Option<Status>,
+    pub name: Option<String>,
+    /// Matches a cgroup path or a pid within the target.
+    pub target: Option<String>,
+    pub limit: u32,
+    /// Continue after this session (a page token).
+    pub after: Option<Uuid>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    pub fn new(db: Connection) -> Self {
+        Self {
+            db: Arc::new(Mutex::new(db)),
+        }
+    }
+
+    /// Runs `query` on the connection on a blocking thread.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || query(&lock(&db))).await?
+    }
+
+    pub async fn insert(&self, session: SessionRow) -> Result<(), StoreError> {
+        let request = serde_json::to_string(&session.request)?;
+        self.with_db(move |db| {
+            db.execute(
+                &format!("INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
+                params![
+                    session.id.to_string(),
+                    session.tenant,
+                    session.name,
+                    session.status.as_str(),
+                    request,
+                    session.duplicate_key,
+                    session.created_at,
+                    session.updated_at,
+                    session.started_at,
+                    session.stopped_at,
+                    session.runs,
+                    session.backend_in_use,
+                    session.backend_reason,
+                    session.finished_reason,
+                    session.error,
+                    session.counters.matched as i64,
+                    session.counters.delivered as i64,
+                    session.counters.dropped as i64,
+                    session.counters.exported as i64,
+                    session.counters.evicted as i64,
+                    target_text(&session.request.target),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes every field that changes over a session's life.
+    pub async fn save(&self, session: SessionRow) -> Result<(), StoreError> {
+        self.with_db(move |db| {
+            db.execute(
+                "UPDATE sessions SET status = ?2, updated_at = ?3, started_at = ?4, stopped_at = ?5, runs = ?6, \
+                 backend_in_use = ?7, backend_reason = ?8, finished_reason = ?9, error = ?10, \
+                 matched = ?11, delivered = ?12, dropped = ?13, exported = ?14, evicted = ?15 WHERE id = ?1",
+                params![
+                    session.id.to_string(),
+                    session.status.as_str(),
+                    session.updated_at,
+                    session.started_at,
+                    session.stopped_at,
+                    session.runs,
+                    session.backend_in_use,
+                    session.backend_reason,
+                    session.finished_reason,
+                    session.error,
+                    session.counters.matched as i64,
+                    session.counters.delivered as i64,
+                    session.counters.dropped as i64,
+                    session.counters.exported as i64,
+                    session.counters.evicted as i64,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Saves the counters of several running sessions in one transaction.
+    pub async fn save_counters(&self, counters: Vec<(Uuid, Counters)>) -> Result<(), StoreError> {
+        if counters.is_empty() {
+            return Ok(());
+        }
+        self.with_db(move |db| {
+            let tx = db.unchecked_transaction()?;
+            {
+                let mut update = tx.prepare_cached(
+                    "UPDATE sessions SET matched = ?2, delivered = ?3, dropped = ?4, exported = ?5, evicted = ?6 WHERE id = ?1",
+                )?;
+                for (id, c) in counters {
+                    update.execute(params![
+                        id.to_string(),
+                        c.matched as i64,
+                        c.delivered as i64,
+                        c.dropped as i64,
+                        c.exported as i64,
+                        c.evicted as i64
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<SessionRow>, StoreError> {
+        self.with_db(move |db| {
+            Ok(db
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1"))?
+                .query_row([id.to_string()], from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    pub async fn delete(&self, id: Uuid) -> Result<(), StoreError> {
+        self.with_db(move |db| {
+            db.execute("DELETE FROM sessions WHERE id = ?1", [id.to_string()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A page of sessions in creation order, and whether more follow.
+    pub async fn list(&self, query: ListQuery) -> Result<(Vec<SessionRow>, bool), StoreError> {
+        self.with_db(move |db| {
+            let mut sql = format!("SELECT {COLUMNS} FROM sessions WHERE 1 = 1");
+            let mut values: Vec<String> = Vec::new();
+            let mut bind = |sql: &mut String, clause: &str, value: String| {
+                values.push(value);
+                sql.push_str(&clause.replace('?', &format!("?{}", values.len())));
+            };
+            if let Some(tenant) = query.tenant {
+                bind(&mut sql, " AND tenant = ?", tenant);
+            }
+            if let Some(status) = query.status {
+                bind(&mut sql, " AND status = ?", status.as_str().to_owned());
+            }
+            if let Some(name) = query.name {
+                bind(&mut sql, " AND name = ?", name);
+            }
+            if let Some(target) = query.target {
+                // The whole cgroup path, or one pid of the comma-separated list (both `?` are
+                // the same bound value).
+                bind(
+                    &mut sql,
+                    " AND (target_text = ? OR ',' || target_text || ',' LIKE '%,' || ? || ',%')",
+                    target,
+                );
+            }
+            if let Some(after) = query.after {
+                let key = after.to_string();
+                values.push(key);
+                let n = values.len();
+                sql.push_str(&format!(
+                    " AND (created_at, id) > (SELECT created_at, id FROM sessions WHERE id = ?{n})"
+                ));
+            }
+            sql.push_str(&format!(
+                " ORDER BY created_at, id LIMIT {}",
+                query.limit + 1
+            ));
+            let mut statement = db.prepare_cached(&sql)?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(values.iter()), from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut sessions = rows;
+            let more = sessions.len() > query.limit as usize;
+            sessions.truncate(query.limit as usize);
+            Ok((sessions, more))
+        })
+        .await
+    }
+
+    /// A running session of `tenant` with this duplicate key, other than `except`.
+    pub async fn running_duplicate(
+        &self,
+        tenant: String,
+        duplicate_key: String,
+        except: Uuid,
+    ) -> Result<Option<(Uuid, String)>, StoreError> {
+        self.with_db(move |db| {
+            let found = db
+                .prepare_cached(
+                    "SELECT id, name FROM sessions WHERE tenant = ?1 AND duplicate_key = ?2 AND status = 'running' AND id != ?3 LIMIT 1",
+                )?
+                .query_row(params![tenant, duplicate_key, except.to_string()], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .optional()?;
+            Ok(found.and_then(|(id, name)| Uuid::parse_str(&id).ok().map(|id| (id, name))))
+        })
+        .await
+    }
+
+    /// Every session with `status`.
+    pub async fn with_status(&self, status: Status) -> Result<Vec<SessionRow>, StoreError> {
+        self.with_db(move |db| {
+            Ok(db
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM sessions WHERE status = ?1 ORDER BY created_at"
+                ))?
+                .query_map([status.as_str()], from_row)?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// How many sessions there are in each status.
+    pub async fn count_by_status(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        self.with_db(move |db| {
+            let counts = db
+                .prepare_cached("SELECT status, count(*) FROM sessions GROUP BY status")?
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(counts
+                .into_iter()
+                .filter_map(|(status, count)| Status::parse(&status).map(|s| (s, count as u64)))
+                .collect())
+        })
+        .await
+    }
+}
