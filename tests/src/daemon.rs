@@ -1,7 +1,7 @@
 //! The real `tracerd` binary, started for one test with its own data directory and port.
 use std::{
     net::TcpListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
@@ -30,9 +30,12 @@ pub fn binary() -> PathBuf {
 
 pub struct Daemon {
     child: Child,
+    port: u16,
+    args: Vec<String>,
     base_url: String,
     data_dir: PathBuf,
     log_path: PathBuf,
+    agent: ureq::Agent,
 }
 
 impl Daemon {
@@ -45,27 +48,33 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).expect("test data dir");
         let log_path = data_dir.join("tracerd.log");
-        let log = std::fs::File::create(&log_path).expect("daemon log file");
-        let child = Command::new(binary())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("starting tracerd");
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        let child = spawn(port, &data_dir, &args, &log_path);
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
         let mut daemon = Self {
             child,
+            port,
+            args,
             base_url: format!("http://127.0.0.1:{port}"),
             data_dir,
             log_path,
+            agent,
         };
         daemon.wait_healthy(Duration::from_secs(15));
         daemon
+    }
+
+    /// Stops the daemon with `signal` (if it still runs) and starts it again with the same
+    /// data directory, port and arguments; waits until `/healthz` answers.
+    pub fn restart_after(&mut self, signal: i32) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop_with(signal, Duration::from_secs(10));
+        }
+        self.child = spawn(self.port, &self.data_dir, &self.args, &self.log_path);
+        self.wait_healthy(Duration::from_secs(15));
     }
 
     fn wait_healthy(&mut self, within: Duration) {
@@ -77,10 +86,11 @@ impl Daemon {
                     self.log()
                 );
             }
-            if ureq::get(&self.url("/healthz")).call().is_ok() {
+            if matches!(self.agent.get(&self.url("/healthz")).call(), Ok(response) if response.status() == 200)
+            {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
             "tracerd did not answer /healthz within {within:?}; its log:\n{}",
@@ -92,12 +102,86 @@ impl Daemon {
         format!("{}{path}", self.base_url)
     }
 
-    /// GETs `path` and parses the JSON body; panics (with the daemon's log) on any failure.
+    /// GETs `path` and parses the JSON body; panics (with the daemon's log) unless it is a 200.
     pub fn get(&self, path: &str) -> Value {
-        match ureq::get(&self.url(path)).call() {
-            Ok(mut response) => response.body_mut().read_json().expect("a JSON body"),
-            Err(err) => panic!("GET {path} failed: {err}; tracerd's log:\n{}", self.log()),
+        let (status, body) = self.call("GET", path, None, None);
+        assert_eq!(
+            status,
+            200,
+            "GET {path}: {body}; tracerd's log:\n{}",
+            self.log()
+        );
+        body
+    }
+
+    /// The body of a 200 GET as text (for NDJSON and metrics).
+    pub fn get_text(&self, path: &str) -> String {
+        let mut response = self
+            .agent
+            .get(&self.url(path))
+            .call()
+            .unwrap_or_else(|err| panic!("GET {path} failed: {err}"));
+        assert_eq!(response.status().as_u16(), 200, "GET {path}");
+        response.body_mut().read_to_string().expect("a body")
+    }
+
+    /// Sends a request and returns the status and the JSON body (`Null` if there is none).
+    /// `body` is sent as JSON; `token` as a bearer token.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let text = body.map(Value::to_string);
+        self.call_raw(
+            method,
+            path,
+            text.as_deref(),
+            Some("application/json"),
+            token,
+        )
+    }
+
+    /// [`Daemon::call`] with a raw body and content type.
+    pub fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        content_type: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
         }
+        if let (Some(content_type), Some(_)) = (content_type, body) {
+            request = request.header("Content-Type", content_type);
+        }
+        let request = request
+            .body(body.unwrap_or("").to_owned())
+            .expect("a request");
+        let mut response = self.agent.run(request).unwrap_or_else(|err| {
+            panic!(
+                "{method} {path} failed: {err}; tracerd's log:\n{}",
+                self.log()
+            )
+        });
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .expect("a response body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
     }
 
     pub fn pid(&self) -> u32 {
@@ -135,6 +219,26 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+fn spawn(port: u16, data_dir: &Path, args: &[String], log_path: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("daemon log file");
+    Command::new(binary())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("starting tracerd")
 }
 
 /// A loopback port nothing listens on right now.

@@ -42,9 +42,108 @@ pub struct Config {
     )]
     pub trace_cgroups: Vec<PathBuf>,
 
+    /// Bearer tokens and the tenants they stand for (a TOML file; see docs/api.md). Without
+    /// it every caller is the admin, and tracerd listens on loopback addresses only.
+    #[arg(long, env = "TRACERD_TOKENS")]
+    pub tokens: Option<PathBuf>,
+
+    /// Size cap of each session's recorded events on disk, in compressed bytes; past it
+    /// the oldest events are removed (and counted as `evicted`).
+    #[arg(long, env = "TRACERD_EVENT_LOG_CAP_BYTES", default_value_t = 256 << 20)]
+    pub event_log_cap_bytes: u64,
+
+    /// A TOML file of settings, keyed by the long flag names (`listen = "…"`,
+    /// `data-dir = "…"`). Flags and environment variables take precedence over it.
+    #[arg(long, env = "TRACERD_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// How often the per-cgroup record counts are logged, in seconds (0: never).
     #[arg(long, env = "TRACERD_TALLY_INTERVAL_SECS", default_value_t = 10)]
     pub tally_interval_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("{path}: unknown setting `{key}` (settings are the long flag names, e.g. `data-dir`)")]
+    UnknownKey { path: String, key: String },
+    #[error("{path}: `{key}` must be a string, number or boolean")]
+    BadValue { path: String, key: String },
+}
+
+impl Config {
+    /// Parses flags and environment variables, with the settings of `--config` (or
+    /// `TRACERD_CONFIG`) beneath them. Call before starting any thread: a file's settings
+    /// become environment variables of this process.
+    pub fn load() -> Result<Self, ConfigFileError> {
+        use clap::{CommandFactory as _, Parser as _};
+        let first = Self::parse();
+        let Some(path) = first.config.clone() else {
+            return Ok(first);
+        };
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigFileError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|source| ConfigFileError::Parse {
+                path: name.clone(),
+                source,
+            })?;
+        let command = Self::command();
+        for (key, value) in table {
+            let argument = command
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(key.as_str()))
+                .filter(|arg| arg.get_long() != Some("config"))
+                .ok_or_else(|| ConfigFileError::UnknownKey {
+                    path: name.clone(),
+                    key: key.clone(),
+                })?;
+            let Some(env) = argument.get_env() else {
+                return Err(ConfigFileError::UnknownKey {
+                    path: name.clone(),
+                    key,
+                });
+            };
+            let value = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(number) => number.to_string(),
+                toml::Value::Boolean(flag) => flag.to_string(),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|item| {
+                        item.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| item.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => {
+                    return Err(ConfigFileError::BadValue {
+                        path: name.clone(),
+                        key,
+                    })
+                }
+            };
+            // Below flags and the environment: only fill what neither set.
+            if std::env::var_os(env).is_none() {
+                // SAFETY: called at start-up, before any other thread exists.
+                unsafe { std::env::set_var(env, value) };
+            }
+        }
+        Ok(Self::parse())
+    }
 }
 
 fn parse_ring_bytes(text: &str) -> Result<u32, String> {

@@ -1,12 +1,12 @@
-//! The daemon's lifetime: open the data directory, load the kernel programs, drain records,
-//! serve the API, and take everything down again on shutdown.
+//! The daemon's lifetime: open the data directory, load the kernel programs, resume the
+//! sessions that were running, serve the API, and take everything down again on shutdown.
 use std::{
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{atomic::AtomicBool, Arc, Mutex},
     time::Duration,
 };
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -15,17 +15,36 @@ use crate::{
     data_dir::DataDir,
     ebpf::{EbpfOptions, KernelFilter},
     engine::{Engine, EngineOptions},
-    http::{self, AppState},
+    http::{self, auth::Auth, AppState},
     lock,
+    session::manager::{ManagerOptions, SessionManager},
+    store::Store,
     tally::CgroupTally,
 };
+
+/// How often running sessions' counters are saved: a crash loses at most this much of them.
+const PERSIST_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let data_dir = DataDir::open(&config.data_dir)?;
+    let auth = match &config.tokens {
+        Some(path) => Auth::load(path)?,
+        None if !config.listen.ip().is_loopback() => bail!(
+            "refusing to listen on {} without --tokens: without bearer tokens every caller is an \
+             admin, so tracerd only listens on loopback addresses",
+            config.listen
+        ),
+        None => Auth::Open,
+    };
+    let mut data_dir = DataDir::open(&config.data_dir)?;
+    let store = Store::new(
+        data_dir
+            .take_db()
+            .context("the data directory's database")?,
+    );
     tracing::info!(data_dir = %data_dir.path().display(), "data directory ready");
 
     let engine = Arc::new(Engine::start(&EngineOptions {
@@ -41,36 +60,17 @@ pub async fn run(
         rings = engine.ring_count(),
         "eBPF programs attached to sys_enter and sys_exit"
     );
+    let manager = SessionManager::new(
+        engine.clone(),
+        store,
+        ManagerOptions {
+            sessions_dir: data_dir.path().join("sessions"),
+            event_log_cap_bytes: config.event_log_cap_bytes,
+        },
+    );
 
     let tally = Arc::new(Mutex::new(CgroupTally::default()));
-    let startup_session = if config.trace_cgroups.is_empty() {
-        None
-    } else {
-        let mut cgroups = Vec::new();
-        for path in &config.trace_cgroups {
-            let cgroup = Cgroup::from_path(path)
-                .with_context(|| format!("--trace-cgroup {}", path.display()))?;
-            tracing::info!(cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "tracing cgroup");
-            cgroups.push(cgroup.id);
-        }
-        let (session, mut events) = engine.start_session(&KernelFilter {
-            cgroups,
-            ..KernelFilter::default()
-        })?;
-        let tally = tally.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                lock(&tally).add(&event.record);
-            }
-        });
-        Some(Arc::new(session))
-    };
-
-    let state = AppState {
-        engine: engine.clone(),
-        tally: tally.clone(),
-        startup_session: startup_session.clone(),
-    };
+    let startup_session = start_cgroup_tally(&engine, &config, &tally)?;
     let logger = (config.tally_interval_secs > 0).then(|| {
         tokio::spawn(log_tally(
             tally.clone(),
@@ -78,31 +78,101 @@ pub async fn run(
         ))
     });
 
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        engine: engine.clone(),
+        manager: manager.clone(),
+        auth,
+        ready: ready.clone(),
+        tally: tally.clone(),
+        startup_session: startup_session.clone(),
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the API to {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "tracerd is serving");
-    // The router owns the state; once serving ends, the engine and session are ours alone.
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
+    // The router owns its state; once serving ends, the engine and manager are ours alone.
+    let serve = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown);
+    let server = tokio::spawn(async move { serve.await });
+
+    // Serving already, so /readyz can say recovery is under way.
+    let (resumed, failed) = manager.recover().await?;
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(
+        resumed,
+        failed,
+        "sessions that were running are resumed; ready"
+    );
+    let persister = tokio::spawn({
+        let manager = manager.clone();
+        async move {
+            let mut every = tokio::time::interval(PERSIST_INTERVAL);
+            loop {
+                every.tick().await;
+                if let Err(err) = manager.persist_counters().await {
+                    tracing::error!(%err, "saving session counters failed");
+                }
+            }
+        }
+    });
+
+    server
         .await
+        .context("the API server task")?
         .context("serving the API")?;
 
+    persister.abort();
+    let _ = persister.await;
     if let Some(logger) = logger {
         logger.abort();
     }
+    // Running sessions stay `running` in the store: the next start resumes them.
+    manager.shutdown().await;
+    drop(manager);
     if let Some(session) = startup_session.and_then(Arc::into_inner) {
         let counters = engine.stop_session(session).await?;
         tracing::info!(?counters, "start-up session stopped");
     }
     log_counts(&lock(&tally));
-    // The last reference to the engine goes here: its drop detaches both programs.
-    let engine = Arc::into_inner(engine)
-        .ok_or_else(|| anyhow::anyhow!("engine still shared at shutdown"))?;
-    drop(engine);
+    match Arc::into_inner(engine) {
+        // The last reference: dropping it detaches both programs.
+        Some(engine) => drop(engine),
+        None => tracing::warn!(
+            "the engine is still referenced at shutdown; its programs detach as the process exits"
+        ),
+    }
     tracing::info!("tracerd stopped; eBPF programs detached");
     drop(data_dir);
     Ok(())
+}
+
+/// The session for `--trace-cgroup`: counts per cgroup and syscall, in the tally.
+fn start_cgroup_tally(
+    engine: &Engine,
+    config: &Config,
+    tally: &Arc<Mutex<CgroupTally>>,
+) -> anyhow::Result<Option<Arc<crate::engine::SessionHandle>>> {
+    if config.trace_cgroups.is_empty() {
+        return Ok(None);
+    }
+    let mut cgroups = Vec::new();
+    for path in &config.trace_cgroups {
+        let cgroup = Cgroup::from_path(path)
+            .with_context(|| format!("--trace-cgroup {}", path.display()))?;
+        tracing::info!(cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "tracing cgroup");
+        cgroups.push(cgroup.id);
+    }
+    let (session, mut events) = engine.start_session(&KernelFilter {
+        cgroups,
+        ..KernelFilter::default()
+    })?;
+    let tally = tally.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            lock(&tally).add(&event.record);
+        }
+    });
+    Ok(Some(Arc::new(session)))
 }
 
 async fn log_tally(tally: Arc<Mutex<CgroupTally>>, every: Duration) {

@@ -9,6 +9,7 @@ pub mod data_dir;
 pub mod ebpf;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod session;
 pub mod store;
 pub mod tally;

@@ -1,20 +1,33 @@
 use std::io::IsTerminal as _;
 
-use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tracer_daemon::{config::Config, daemon};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let config = Config::parse();
-    match daemon::run(config, shutdown_signal()).await {
+    // Before the runtime starts threads: a config file's settings become environment variables.
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!("{err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("starting the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(config, shutdown_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");

@@ -17,8 +17,6 @@ use crate::{
 pub enum StoreError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("encoding a create request: {0}")]
-    Request(#[from] serde_json::Error),
     #[error("the database task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -30,7 +28,10 @@ pub struct SessionRow {
     pub tenant: String,
     pub name: String,
     pub status: Status,
+    /// The create request, parsed from `request_text`.
     pub request: CreateSession,
+    /// The create request exactly as received.
+    pub request_text: String,
     pub duplicate_key: String,
     pub created_at: String,
     pub updated_at: String,
@@ -106,6 +107,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
         status: Status::parse(&status)
             .ok_or_else(|| conversion_error(3, format!("unknown status {status}")))?,
         request: serde_json::from_str(&request).map_err(|err| conversion_error(4, err))?,
+        request_text: request,
         duplicate_key: row.get(5)?,
         created_at: row.get(6)?,
         updated_at: row.get(7)?,
@@ -162,7 +164,6 @@ impl Store {
     }
 
     pub async fn insert(&self, session: SessionRow) -> Result<(), StoreError> {
-        let request = serde_json::to_string(&session.request)?;
         self.with_db(move |db| {
             db.execute(
                 &format!("INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
@@ -171,7 +172,7 @@ impl Store {
                     session.tenant,
                     session.name,
                     session.status.as_str(),
-                    request,
+                    session.request_text,
                     session.duplicate_key,
                     session.created_at,
                     session.updated_at,

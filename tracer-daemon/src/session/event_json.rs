@@ -132,7 +132,7 @@ mod tests {
         write_line(&event, &session, &clock, &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(json["ts"], "2023-11-14T22:13:20.000001Z");
+        assert_eq!(json["ts"], "2023-11-14T22:13:20.000001000Z");
         assert_eq!(json["ts_unix_ns"], 1_700_000_000_000_001_000i64);
         assert_eq!(json["syscall"], "openat");
         assert_eq!(json["pid"], 10);

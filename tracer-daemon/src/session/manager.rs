@@ -139,10 +139,13 @@ impl SessionManager {
         self.options.sessions_dir.join(id.to_string())
     }
 
+    /// Creates a session from `request`; `request_text` is the request as received, kept
+    /// verbatim with the session.
     pub async fn create(
         &self,
         principal: &Principal,
         request: CreateSession,
+        request_text: String,
     ) -> Result<Session, ManagerError> {
         let spec = request.validate()?;
         let tenant = match &request.tenant {
@@ -174,6 +177,7 @@ impl SessionManager {
             status: Status::Created,
             duplicate_key: spec.duplicate_key(),
             request,
+            request_text,
             created_at: created_at.clone(),
             updated_at: created_at,
             started_at: None,
@@ -366,16 +370,13 @@ impl SessionManager {
         }
         let now = now_rfc3339();
         row.updated_at = now.clone();
-        match outcome {
-            Some((status, reason)) => {
-                row.status = status;
-                row.stopped_at = Some(now);
-                match status {
-                    Status::Failed => row.error = reason,
-                    _ => row.finished_reason = reason,
-                }
+        if let Some((status, reason)) = outcome {
+            row.status = status;
+            row.stopped_at = Some(now);
+            match status {
+                Status::Failed => row.error = reason,
+                _ => row.finished_reason = reason,
             }
-            None => {}
         }
         self.store.save(row.clone()).await?;
         tracing::info!(session = %id, status = row.status.as_str(), counters = ?row.counters, "session run ended");

@@ -130,9 +130,21 @@ pub fn now_rfc3339() -> String {
     rfc3339(time::OffsetDateTime::now_utc())
 }
 
+/// RFC 3339 in UTC with all nine digits of nanoseconds (`2026-11-22T09:05:00.000000001Z`):
+/// fixed width, so timestamps sort as text, and written by hand because `time`'s formatter
+/// trims trailing zeros.
 pub fn rfc3339(at: time::OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.nanosecond()
+    )
 }
 
 /// The default name of a session: `<target>.<yyyymmddhhmm>`.
@@ -161,6 +173,13 @@ mod tests {
         for status in Status::ALL {
             assert_eq!(Status::parse(status.as_str()), Some(status));
         }
+    }
+
+    #[test]
+    fn timestamps_keep_all_nine_digits() {
+        let at =
+            time::OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_120_000_000).unwrap();
+        assert_eq!(rfc3339(at), "2023-11-14T22:13:20.120000000Z");
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Target {
 #[serde(deny_unknown_fields)]
 pub struct Conditions {
     /// Only these processes (tgids).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tgids: Option<Vec<u32>>,
     /// Only calls that fail (return value < 0).
     #[serde(default)]
@@ -86,10 +86,10 @@ pub enum BackendChoice {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Stop after this long running (e.g. `"30s"`, `"5m"`); the session finishes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
     /// Stop after this many delivered events; the session finishes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_events: Option<u64>,
 }
 

@@ -1,0 +1,206 @@
+//! Who is calling: bearer tokens mapped to tenants (and the admin role) by a token file.
+//! Without a token file every caller is the admin of tenant `default`, and the daemon
+//! listens on loopback only (`daemon.rs` refuses any other address).
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use serde::Deserialize;
+
+use super::{error::ApiError, AppState};
+use crate::session::{manager::Principal, spec::validate_tenant};
+
+/// The token file (TOML):
+///
+/// ```toml
+/// [[token]]
+/// token = "a-long-random-secret"
+/// tenant = "team-a"
+///
+/// [[token]]
+/// token = "another-secret"
+/// tenant = "ops"
+/// admin = true
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    #[serde(default)]
+    token: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    token: String,
+    tenant: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// How callers are identified.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    /// No token file: every caller is the admin of tenant `default`.
+    Open,
+    /// Bearer token → principal.
+    Tokens(Arc<HashMap<String, Principal>>),
+}
+
+impl Auth {
+    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        let file: TokenFile = toml::from_str(&text).map_err(|source| TokenFileError::Parse {
+            path: name.clone(),
+            source,
+        })?;
+        let invalid = |message: String| TokenFileError::Invalid {
+            path: name.clone(),
+            message,
+        };
+        if file.token.is_empty() {
+            return Err(invalid("no [[token]] entries".into()));
+        }
+        let mut tokens = HashMap::new();
+        for entry in file.token {
+            if entry.token.len() < 16 {
+                return Err(invalid(format!(
+                    "the token of tenant {} is shorter than 16 characters",
+                    entry.tenant
+                )));
+            }
+            validate_tenant(&entry.tenant).map_err(|err| invalid(err.to_string()))?;
+            let principal = Principal {
+                tenant: entry.tenant,
+                admin: entry.admin,
+            };
+            if tokens.insert(entry.token, principal).is_some() {
+                return Err(invalid("the same token appears twice".into()));
+            }
+        }
+        Ok(Auth::Tokens(Arc::new(tokens)))
+    }
+
+    fn principal(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
+        match self {
+            Auth::Open => Ok(Principal {
+                tenant: "default".into(),
+                admin: true,
+            }),
+            Auth::Tokens(tokens) => {
+                let token = authorization
+                    .and_then(|value| value.strip_prefix("Bearer "))
+                    .ok_or_else(|| {
+                        ApiError::unauthorized("send `Authorization: Bearer <token>`")
+                    })?;
+                tokens
+                    .get(token.trim())
+                    .cloned()
+                    .ok_or_else(|| ApiError::unauthorized("unknown token"))
+            }
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let authorization = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        state.auth.principal(authorization)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("tracerd-tokens-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn tokens_map_to_tenants_and_roles() {
+        let path = write(
+            "ok",
+            "[[token]]\ntoken = \"aaaaaaaaaaaaaaaa\"\ntenant = \"team-a\"\n\n[[token]]\ntoken = \"bbbbbbbbbbbbbbbb\"\ntenant = \"ops\"\nadmin = true\n",
+        );
+        let auth = Auth::load(&path).unwrap();
+        let a = auth.principal(Some("Bearer aaaaaaaaaaaaaaaa")).unwrap();
+        assert_eq!(
+            a,
+            Principal {
+                tenant: "team-a".into(),
+                admin: false
+            }
+        );
+        assert!(
+            auth.principal(Some("Bearer bbbbbbbbbbbbbbbb"))
+                .unwrap()
+                .admin
+        );
+        assert!(auth.principal(Some("Bearer nope")).is_err());
+        assert!(auth.principal(None).is_err());
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn weak_or_malformed_token_files_are_refused() {
+        for (name, text) in [
+            ("short", "[[token]]\ntoken = \"short\"\ntenant = \"a\"\n"),
+            ("empty", ""),
+            (
+                "unknown",
+                "[[token]]\ntoken = \"aaaaaaaaaaaaaaaa\"\ntenant = \"a\"\nrole = \"x\"\n",
+            ),
+            (
+                "tenant",
+                "[[token]]\ntoken = \"aaaaaaaaaaaaaaaa\"\ntenant = \"a b\"\n",
+            ),
+        ] {
+            let path = write(name, text);
+            assert!(Auth::load(&path).is_err(), "{name}");
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn without_a_token_file_everyone_is_the_default_admin() {
+        let principal = Auth::Open.principal(None).unwrap();
+        assert_eq!(
+            principal,
+            Principal {
+                tenant: "default".into(),
+                admin: true
+            }
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! The REST API: shared state, the router, and the operational endpoints.
+pub mod auth;
+pub mod error;
+mod sessions;
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex,
+};
+
+use axum::{
+    extract::{DefaultBodyLimit, State},
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Json, Router,
+};
+use serde_json::{json, Value};
+use utoipa::OpenApi;
+
+use self::{auth::Auth, error::ApiError};
+use crate::{
+    engine::{Engine, SessionHandle},
+    lock, metrics,
+    session::manager::SessionManager,
+    tally::CgroupTally,
+};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 << 10;
+
+/// State every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub manager: Arc<SessionManager>,
+    pub auth: Auth,
+    /// Set once recovery of running sessions is done.
+    pub ready: Arc<AtomicBool>,
+    pub tally: Arc<Mutex<CgroupTally>>,
+    /// The session tracing the `--trace-cgroup` cgroups, if any.
+    pub startup_session: Option<Arc<SessionHandle>>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tracerd", description = "Per-node syscall tracing daemon for containers"),
+    paths(
+        sessions::create,
+        sessions::list,
+        sessions::read,
+        sessions::start,
+        sessions::stop,
+        sessions::put_status,
+        sessions::delete,
+        sessions::events,
+    ),
+    tags((name = "sessions", description = "Tracing sessions"))
+)]
+struct ApiDoc;
+
+/// The OpenAPI 3 document, generated from the handlers and types.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(sessions::router())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/tally", get(tally))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// Liveness: the daemon answers and its kernel programs are attached.
+async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "backend": "ebpf",
+        "program_ids": state.engine.program_ids(),
+    }))
+}
+
+/// Readiness: sessions that were running before a restart run again.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, Json(json!({ "status": "ready" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "starting", "message": "resuming sessions that were running" })),
+        )
+    }
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    Json(openapi())
+}
+
+async fn prometheus(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let text = metrics::render(&state.manager, &state.engine)
+        .await
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                err.to_string(),
+            )
+        })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    ))
+}
+
+/// What the start-up session has received, per cgroup and syscall, with its counters and
+/// the kernel's totals.
+async fn tally(State(state): State<AppState>) -> Json<Value> {
+    let counters = state
+        .startup_session
+        .as_ref()
+        .and_then(|session| state.engine.counters(session).ok());
+    let kernel = state.engine.kernel_counters().ok();
+    let cgroups = lock(&state.tally).snapshot();
+    Json(json!({ "cgroups": cgroups, "counters": counters, "kernel": kernel }))
+}

@@ -1,0 +1,280 @@
+//! `/v1/sessions`: create, list, read, start, stop, delete, and download events.
+use std::convert::Infallible;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{
+    error::{ApiError, ApiJson, ApiJsonVerbatim, ApiQuery, SessionId},
+    AppState,
+};
+use crate::{
+    session::{
+        eventlog::{read_events, EventFilter},
+        manager::Principal,
+        model::{Session, Status},
+        spec::CreateSession,
+    },
+    store::ListQuery,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sessions", post(create).get(list))
+        .route(
+            "/v1/sessions/{id}",
+            get(read).put(put_status).delete(delete),
+        )
+        .route("/v1/sessions/{id}/start", post(start))
+        .route("/v1/sessions/{id}/stop", post(stop))
+        .route("/v1/sessions/{id}/events", get(events))
+}
+
+/// Create a session. Creating never starts tracing.
+#[utoipa::path(post, path = "/v1/sessions", request_body = CreateSession, tag = "sessions",
+    responses((status = 201, body = Session), (status = 400), (status = 403), (status = 422)))]
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    request: ApiJsonVerbatim<CreateSession>,
+) -> Result<(StatusCode, Json<Session>), ApiError> {
+    let session = state
+        .manager
+        .create(&principal, request.value, request.text)
+        .await?;
+    Ok((StatusCode::CREATED, Json(session)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// Only sessions in this status.
+    status: Option<Status>,
+    /// Only sessions with this name.
+    name: Option<String>,
+    /// Only sessions whose target is this cgroup path or includes this pid.
+    target: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// The `next_page_token` of the previous page.
+    page_token: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct SessionList {
+    sessions: Vec<Session>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<Uuid>,
+}
+
+/// List sessions (the caller's own; an admin sees all), oldest first.
+#[utoipa::path(get, path = "/v1/sessions", params(ListParams), tag = "sessions",
+    responses((status = 200, body = SessionList), (status = 400)))]
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<SessionList>, ApiError> {
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be from 1 to 1000",
+        ));
+    }
+    let query = ListQuery {
+        tenant: None,
+        status: params.status,
+        name: params.name,
+        target: params.target,
+        limit,
+        after: params.page_token,
+    };
+    let (sessions, more) = state.manager.list(&principal, query).await?;
+    let next_page_token = if more {
+        sessions.last().map(|s| s.id)
+    } else {
+        None
+    };
+    Ok(Json(SessionList {
+        sessions,
+        next_page_token,
+    }))
+}
+
+/// A session with its live counters.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = Uuid, Path, description = "session id")),
+    responses((status = 200, body = Session), (status = 400), (status = 404)))]
+async fn read(
+    State(state): State<AppState>,
+    principal: Principal,
+    SessionId(id): SessionId,
+) -> Result<Json<Session>, ApiError> {
+    Ok(Json(state.manager.get(&principal, id).await?))
+}
+
+/// Start a run: `created` or `stopped` → `running`.
+#[utoipa::path(post, path = "/v1/sessions/{id}/start", tag = "sessions",
+    params(("id" = Uuid, Path, description = "session id")),
+    responses((status = 200, body = Session), (status = 404), (status = 409), (status = 422), (status = 503)))]
+async fn start(
+    State(state): State<AppState>,
+    principal: Principal,
+    SessionId(id): SessionId,
+) -> Result<Json<Session>, ApiError> {
+    Ok(Json(state.manager.start(&principal, id).await?))
+}
+
+/// Stop the run: `running` → `stopped`.
+#[utoipa::path(post, path = "/v1/sessions/{id}/stop", tag = "sessions",
+    params(("id" = Uuid, Path, description = "session id")),
+    responses((status = 200, body = Session), (status = 404), (status = 409)))]
+async fn stop(
+    State(state): State<AppState>,
+    principal: Principal,
+    SessionId(id): SessionId,
+) -> Result<Json<Session>, ApiError> {
+    Ok(Json(state.manager.stop(&principal, id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct StatusChange {
+    /// `running` or `stopped`.
+    status: Status,
+}
+
+/// Start or stop, spelled as a status change.
+#[utoipa::path(put, path = "/v1/sessions/{id}", request_body = StatusChange, tag = "sessions",
+    params(("id" = Uuid, Path, description = "session id")),
+    responses((status = 200, body = Session), (status = 404), (status = 409), (status = 422)))]
+async fn put_status(
+    State(state): State<AppState>,
+    principal: Principal,
+    SessionId(id): SessionId,
+    ApiJson(change): ApiJson<StatusChange>,
+) -> Result<Json<Session>, ApiError> {
+    let session = match change.status {
+        Status::Running => state.manager.start(&principal, id).await?,
+        Status::Stopped => state.manager.stop(&principal, id).await?,
+        other => {
+            return Err(ApiError::unprocessable(
+                "invalid_field",
+                format!(
+                    "status can be set to `running` or `stopped`, not `{}`",
+                    other.as_str()
+                ),
+            ))
+        }
+    };
+    Ok(Json(session))
+}
+
+/// Delete a session: stops it if it runs, releases its kernel objects, removes it and its
+/// recorded events.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = Uuid, Path, description = "session id")),
+    responses((status = 204), (status = 404)))]
+async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    SessionId(id): SessionId,
+) -> Result<StatusCode, ApiError> {
+    state.manager.delete(&principal, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct EventParams {
+    /// Only events at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Only events before this time (RFC 3339).
+    until: Option<String>,
+    /// Only these syscalls, comma-separated names.
+    syscall: Option<String>,
+}
+
+fn parse_time(field: &'static str, text: &str) -> Result<i128, ApiError> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|at| at.unix_timestamp_nanos())
+        .map_err(|err| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("{field}: `{text}` is not an RFC 3339 time: {err}"),
+            )
+        })
+}
+
+/// The recorded events as NDJSON, oldest first, streamed; works while the session runs.
+#[utoipa::path(get, path = "/v1/sessions/{id}/events", params(("id" = Uuid, Path, description = "session id"), EventParams),
+    tag = "sessions",
+    responses((status = 200, content_type = "application/x-ndjson", description = "one JSON event per line"),
+              (status = 400), (status = 404)))]
+async fn events(
+    State(state): State<AppState>,
+    principal: Principal,
+    SessionId(id): SessionId,
+    ApiQuery(params): ApiQuery<EventParams>,
+) -> Result<Response, ApiError> {
+    let filter = EventFilter {
+        since_unix_ns: params
+            .since
+            .as_deref()
+            .map(|t| parse_time("since", t))
+            .transpose()?,
+        until_unix_ns: params
+            .until
+            .as_deref()
+            .map(|t| parse_time("until", t))
+            .transpose()?,
+        syscalls: params.syscall.map(|names| {
+            names
+                .split(',')
+                .map(|name| name.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect()
+        }),
+    };
+    let dir = state.manager.events_dir(&principal, id).await?;
+    let (chunks, body) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(8);
+    tokio::task::spawn_blocking(move || {
+        // Lines go out in chunks of about 64 KiB; a client that hangs up ends the reading.
+        let mut chunk = Vec::with_capacity(80 << 10);
+        let result = read_events(&dir, &filter, |line| {
+            chunk.extend_from_slice(line);
+            chunk.push(b'\n');
+            if chunk.len() < 64 << 10 {
+                return true;
+            }
+            chunks
+                .blocking_send(Ok(Bytes::from(std::mem::take(&mut chunk))))
+                .is_ok()
+        });
+        if let Err(err) = result {
+            tracing::error!(session = %id, %err, "reading the event log failed");
+        }
+        if !chunk.is_empty() {
+            let _ = chunks.blocking_send(Ok(Bytes::from(chunk)));
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(body);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

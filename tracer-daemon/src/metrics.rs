@@ -1,0 +1,146 @@
+//! Prometheus metrics, gathered at scrape time from the store, the session manager and the
+//! engine (so nothing is counted twice and nothing goes stale).
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{engine::Engine, session::manager::SessionManager, store::StoreError};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabel {
+    session: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("encoding metrics: {0}")]
+    Encode(#[from] std::fmt::Error),
+}
+
+fn counter_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<SessionLabel, Counter> {
+    let family = Family::<SessionLabel, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let counter = Counter::<u64>::default();
+    counter.inc_by(value);
+    registry.register(name, help, counter);
+}
+
+pub async fn render(manager: &SessionManager, engine: &Engine) -> Result<String, MetricsError> {
+    let mut registry = Registry::with_prefix("tracerd");
+
+    let sessions = Family::<StatusLabel, Gauge>::default();
+    registry.register("sessions", "Sessions by status", sessions.clone());
+    let counts = manager.store().count_by_status().await?;
+    for status in crate::session::model::Status::ALL {
+        let count = counts
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n);
+        sessions
+            .get_or_create(&StatusLabel {
+                status: status.as_str(),
+            })
+            .set(count as i64);
+    }
+
+    let matched = counter_family(
+        &mut registry,
+        "session_matched",
+        "Syscalls that passed a running session's filters",
+    );
+    let delivered = counter_family(
+        &mut registry,
+        "session_delivered",
+        "Events recorded for a running session",
+    );
+    let dropped = counter_family(
+        &mut registry,
+        "session_dropped",
+        "Matched events a running session did not record",
+    );
+    let exported = counter_family(
+        &mut registry,
+        "session_exported",
+        "Events of a running session exported as spans",
+    );
+    for (id, counters) in manager.running_counters().await {
+        let label = SessionLabel {
+            session: id.to_string(),
+        };
+        matched.get_or_create(&label).inc_by(counters.matched);
+        delivered.get_or_create(&label).inc_by(counters.delivered);
+        dropped.get_or_create(&label).inc_by(counters.dropped);
+        exported.get_or_create(&label).inc_by(counters.exported);
+    }
+
+    if let Ok(kernel) = engine.kernel_counters() {
+        counter(
+            &mut registry,
+            "ring_records_written",
+            "Records the kernel wrote to the ring buffers",
+            kernel.written,
+        );
+        counter(
+            &mut registry,
+            "ring_dropped_full",
+            "Records lost because a ring buffer was full",
+            kernel.dropped_ring_full,
+        );
+        counter(
+            &mut registry,
+            "inflight_dropped",
+            "Syscalls lost for want of in-flight storage",
+            kernel.dropped_inflight_full,
+        );
+        counter(
+            &mut registry,
+            "paths_lost",
+            "Path arguments that could not be kept",
+            kernel.paths_lost,
+        );
+    }
+    let drain = engine.drain_stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    counter(
+        &mut registry,
+        "drain_records",
+        "Records read from the ring buffers",
+        drain.records.load(Relaxed),
+    );
+    counter(
+        &mut registry,
+        "drain_passes",
+        "Drain passes that found records",
+        drain.passes.load(Relaxed),
+    );
+    counter(
+        &mut registry,
+        "drain_busy_nanoseconds",
+        "Time spent reading and fanning out records",
+        drain.busy_ns.load(Relaxed),
+    );
+    let rings = Gauge::<i64>::default();
+    rings.set(engine.ring_count() as i64);
+    registry.register("rings", "Ring buffers (one per CPU, or one shared)", rings);
+
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}
