@@ -49,7 +49,7 @@ pub mod counter {
 
 /// Indexes of the `MASKS` map: session masks that apply to every syscall.
 pub mod mask {
-    /// Sessions tracing every syscall (used for numbers at or above `MAX_SYSCALLS`).
+    /// Sessions tracing every syscall.
     pub const ALL_SYSCALLS: u32 = 0;
     /// Sessions that want failed calls only (return value < 0).
     pub const FAILED_ONLY: u32 = 1;

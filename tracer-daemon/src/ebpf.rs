@@ -370,9 +370,6 @@ impl EbpfBackend {
         }
         match &filter.syscalls {
             None => {
-                for nr in 0..MAX_SYSCALLS {
-                    self.set_syscall(nr, self.mirror.syscalls[nr as usize] | bit)?;
-                }
                 self.set_mask(
                     mask::ALL_SYSCALLS,
                     self.mirror.masks[mask::ALL_SYSCALLS as usize] | bit,

@@ -323,27 +323,6 @@ impl Store {
         .await
     }
 
-    /// A running session of `tenant` with this duplicate key, other than `except`.
-    pub async fn running_duplicate(
-        &self,
-        tenant: String,
-        duplicate_key: String,
-        except: Uuid,
-    ) -> Result<Option<(Uuid, String)>, StoreError> {
-        self.with_db(move |db| {
-            let found = db
-                .prepare_cached(
-                    "SELECT id, name FROM sessions WHERE tenant = ?1 AND duplicate_key = ?2 AND status = 'running' AND id != ?3 LIMIT 1",
-                )?
-                .query_row(params![tenant, duplicate_key, except.to_string()], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })
-                .optional()?;
-            Ok(found.and_then(|(id, name)| Uuid::parse_str(&id).ok().map(|id| (id, name))))
-        })
-        .await
-    }
-
     /// Every session with `status`.
     pub async fn with_status(&self, status: Status) -> Result<Vec<SessionRow>, StoreError> {
         self.with_db(move |db| {

@@ -41,7 +41,8 @@ use tracer_common::{
 #[map]
 static TRACED_CGROUPS: HashMap<u64, SessionMask> = HashMap::with_max_entries(MAX_TRACED_CGROUPS, 0);
 
-/// syscall number → the sessions that want it.
+/// syscall number → the sessions that chose it (sessions tracing every syscall are in
+/// `MASKS[ALL_SYSCALLS]` instead).
 #[map]
 static SYSCALL_SESSIONS: Array<SessionMask> = Array::with_max_entries(MAX_SYSCALLS, 0);
 
@@ -430,13 +431,17 @@ fn count_dropped(sessions: SessionMask) {
     }
 }
 
+/// The sessions that want syscall `nr`: those that chose it, and those that trace every
+/// syscall (kept in one mask, so starting such a session is one map write, not one per
+/// syscall number).
 #[inline(always)]
 fn syscall_sessions(nr: u64) -> SessionMask {
-    if nr < MAX_SYSCALLS as u64 {
+    let chosen = if nr < MAX_SYSCALLS as u64 {
         SYSCALL_SESSIONS.get(nr as u32).copied().unwrap_or(0)
     } else {
-        mask_of(mask::ALL_SYSCALLS)
-    }
+        0
+    };
+    chosen | mask_of(mask::ALL_SYSCALLS)
 }
 
 #[inline(always)]

@@ -108,9 +108,12 @@ pub struct SessionManager {
     options: ManagerOptions,
     /// Running sessions. Held only briefly, never across an await.
     runs: std::sync::Mutex<HashMap<Uuid, Run>>,
-    /// Serialises lifecycle changes (start, stop, finish, delete, recovery); reads of
-    /// sessions and counters do not take it.
-    lifecycle: Mutex<()>,
+    /// Serialises lifecycle changes (start, stop, finish, delete) of one session; other
+    /// sessions and reads do not wait for it.
+    op_locks: std::sync::Mutex<HashMap<Uuid, Arc<Mutex<()>>>>,
+    /// (tenant, target and filter) of every running session → that session: claimed and
+    /// checked in one step, so two starts of duplicates cannot both succeed.
+    running_keys: std::sync::Mutex<HashMap<(String, String), (Uuid, String)>>,
     /// Lets tasks of a run (its watcher, its writer) end it.
     this: Weak<SessionManager>,
 }
@@ -122,7 +125,8 @@ impl SessionManager {
             store,
             options,
             runs: std::sync::Mutex::new(HashMap::new()),
-            lifecycle: Mutex::new(()),
+            op_locks: std::sync::Mutex::new(HashMap::new()),
+            running_keys: std::sync::Mutex::new(HashMap::new()),
             this: this.clone(),
         })
     }
@@ -242,7 +246,8 @@ impl SessionManager {
     }
 
     pub async fn start(&self, principal: &Principal, id: Uuid) -> Result<Session, ManagerError> {
-        let _lifecycle = self.lifecycle.lock().await;
+        let op = self.op_lock(id);
+        let _op = op.lock().await;
         let row = self.visible(principal, id).await?;
         if !row.status.can_start() {
             return Err(ManagerError::InvalidTransition {
@@ -250,15 +255,40 @@ impl SessionManager {
                 action: "started",
             });
         }
-        if let Some((other, name)) = self
-            .store
-            .running_duplicate(row.tenant.clone(), row.duplicate_key.clone(), id)
-            .await?
-        {
-            return Err(ManagerError::Duplicate { id: other, name });
+        self.claim_key(&row)?;
+        match self.begin_run(row).await {
+            Ok(row) => Ok(row.to_resource(None)),
+            Err(err) => {
+                self.release_key(id);
+                Err(err)
+            }
         }
-        let row = self.begin_run(row).await?;
-        Ok(row.to_resource(None))
+    }
+
+    /// The lock that serialises lifecycle changes of session `id`.
+    fn op_lock(&self, id: Uuid) -> Arc<Mutex<()>> {
+        lock(&self.op_locks).entry(id).or_default().clone()
+    }
+
+    /// Claims the session's (tenant, target and filter) as running, unless another session
+    /// holds it.
+    fn claim_key(&self, row: &SessionRow) -> Result<(), ManagerError> {
+        let mut keys = lock(&self.running_keys);
+        let key = (row.tenant.clone(), row.duplicate_key.clone());
+        match keys.get(&key) {
+            Some((other, name)) if *other != row.id => Err(ManagerError::Duplicate {
+                id: *other,
+                name: name.clone(),
+            }),
+            _ => {
+                keys.insert(key, (row.id, row.name.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    fn release_key(&self, id: Uuid) {
+        lock(&self.running_keys).retain(|_, (holder, _)| *holder != id);
     }
 
     /// Starts a run of a session that may run (the caller checked), recording the outcome:
@@ -343,7 +373,8 @@ impl SessionManager {
         id: Uuid,
         outcome: Option<(Status, Option<String>)>,
     ) -> Result<SessionRow, ManagerError> {
-        let _lifecycle = self.lifecycle.lock().await;
+        let op = self.op_lock(id);
+        let _op = op.lock().await;
         let run = lock(&self.runs).remove(&id);
         let mut row = self
             .store
@@ -367,6 +398,7 @@ impl SessionManager {
                 Err(err) => tracing::error!(session = %id, %err, "the event-log writer died"),
             }
             row.counters = run.base + run_counters(&kernel, &run.progress);
+            self.release_key(id);
         }
         let now = now_rfc3339();
         row.updated_at = now.clone();
@@ -388,8 +420,10 @@ impl SessionManager {
         if row.status == Status::Running {
             self.end_run(id, Some((Status::Stopped, None))).await?;
         }
-        let _lifecycle = self.lifecycle.lock().await;
+        let op = self.op_lock(id);
+        let _op = op.lock().await;
         self.store.delete(id).await?;
+        lock(&self.op_locks).remove(&id);
         match tokio::fs::remove_dir_all(self.session_dir(id)).await {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -428,11 +462,19 @@ impl SessionManager {
     /// Restarts every session that was running when the daemon last stopped or died.
     /// Returns how many run again and how many failed (their target is gone).
     pub async fn recover(&self) -> Result<(usize, usize), ManagerError> {
-        let _lifecycle = self.lifecycle.lock().await;
         let (mut resumed, mut failed) = (0, 0);
         for row in self.store.with_status(Status::Running).await? {
             let id = row.id;
-            match self.begin_run(row).await {
+            let op = self.op_lock(id);
+            let _op = op.lock().await;
+            let started = match self.claim_key(&row) {
+                Ok(()) => self.begin_run(row).await,
+                Err(err) => Err(err),
+            };
+            if started.is_err() {
+                self.release_key(id);
+            }
+            match started {
                 Ok(_) => resumed += 1,
                 Err(ManagerError::TargetUnavailable(_)) => failed += 1,
                 Err(err) => {
