@@ -33,10 +33,17 @@ fn read(path: &Path) -> Result<String, CgroupError> {
     })
 }
 
-/// The mount point of the cgroup2 hierarchy, from `/proc/self/mountinfo`.
+/// The mount point of the cgroup2 hierarchy, from `/proc/self/mountinfo`. Looked up once:
+/// a host does not move its cgroup2 mount under a running daemon, and every session start
+/// needs it.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    static MOUNT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(mount) = MOUNT.get() {
+        return Ok(mount.clone());
+    }
     let mountinfo = read(Path::new("/proc/self/mountinfo"))?;
-    find_cgroup2_mount(&mountinfo).ok_or(CgroupError::NoCgroup2Mount)
+    let mount = find_cgroup2_mount(&mountinfo).ok_or(CgroupError::NoCgroup2Mount)?;
+    Ok(MOUNT.get_or_init(|| mount).clone())
 }
 
 /// Parses mountinfo text (proc(5)): `id parent major:minor root mount-point options

@@ -44,7 +44,7 @@ pub async fn run(
         data_dir
             .take_db()
             .context("the data directory's database")?,
-    );
+    )?;
     tracing::info!(data_dir = %data_dir.path().display(), "data directory ready");
 
     let engine = Arc::new(Engine::start(&EngineOptions {

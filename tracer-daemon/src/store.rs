@@ -1,8 +1,16 @@
 //! SQLite storage of sessions. One connection behind a mutex, used from tokio through
 //! `spawn_blocking` so a query never blocks the async runtime's threads.
-use std::sync::{Arc, Mutex};
+//!
+//! Every session row is also kept in memory, written through: this daemon is the only user
+//! of its data directory (it holds the directory's lock), so reads of one session (the
+//! hottest request) never leave the async worker or touch SQLite. Writes go to SQLite first
+//! and to the cache only once committed.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, Row};
 use uuid::Uuid;
 
 use crate::{
@@ -19,6 +27,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the database task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("writing to the database: {0}")]
+    Write(String),
 }
 
 /// A session as stored: the request as received plus everything that changes.
@@ -142,134 +152,109 @@ pub struct ListQuery {
     pub after: Option<Uuid>,
 }
 
+/// A change to the sessions table.
+enum Write {
+    Insert(Box<SessionRow>),
+    Save(Box<SessionRow>),
+    SaveCounters(Vec<(Uuid, Counters)>),
+    Delete(Uuid),
+}
+
+struct WriteRequest {
+    write: Write,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Mutex<Connection>>,
+    /// For listing and recovery; the writer thread owns the other connection.
+    reader: Arc<Mutex<Connection>>,
+    writes: tokio::sync::mpsc::UnboundedSender<WriteRequest>,
+    cache: Arc<RwLock<HashMap<Uuid, SessionRow>>>,
 }
 
 impl Store {
-    pub fn new(db: Connection) -> Self {
-        Self {
-            db: Arc::new(Mutex::new(db)),
-        }
+    /// Opens the store on `db` (the writer's connection; a second one is opened for reads),
+    /// loading every session into memory.
+    pub fn new(db: Connection) -> Result<Self, StoreError> {
+        let rows = db
+            .prepare(&format!("SELECT {COLUMNS} FROM sessions"))?
+            .query_map([], from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let cache: Arc<RwLock<HashMap<Uuid, SessionRow>>> = Arc::new(RwLock::new(
+            rows.into_iter().map(|row| (row.id, row)).collect(),
+        ));
+        let reader = match db.path() {
+            Some(path) if !path.is_empty() => Connection::open(path)?,
+            // An in-memory database has one connection only.
+            _ => Connection::open_in_memory()?,
+        };
+        let (writes, requests) = tokio::sync::mpsc::unbounded_channel();
+        let writer_cache = cache.clone();
+        std::thread::Builder::new()
+            .name("tracerd-store".into())
+            .spawn(move || write_batches(db, requests, &writer_cache))
+            .map_err(|err| {
+                StoreError::Write(format!("starting the store's writer thread: {err}"))
+            })?;
+        Ok(Self {
+            reader: Arc::new(Mutex::new(reader)),
+            writes,
+            cache,
+        })
     }
 
-    /// Runs `query` on the connection on a blocking thread.
+    fn cached(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Uuid, SessionRow>> {
+        self.cache
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs a read on the reader connection on a blocking thread.
     async fn with_db<T: Send + 'static>(
         &self,
         query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
+        let db = self.reader.clone();
         tokio::task::spawn_blocking(move || query(&lock(&db))).await?
     }
 
+    /// Hands a change to the writer thread and waits until it is committed.
+    async fn write(&self, write: Write) -> Result<(), StoreError> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(WriteRequest { write, done })
+            .map_err(|_| StoreError::Write("the store's writer has stopped".into()))?;
+        committed
+            .await
+            .map_err(|_| StoreError::Write("the store's writer has stopped".into()))?
+            .map_err(StoreError::Write)
+    }
+
     pub async fn insert(&self, session: SessionRow) -> Result<(), StoreError> {
-        self.with_db(move |db| {
-            db.execute(
-                &format!("INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
-                params![
-                    session.id.to_string(),
-                    session.tenant,
-                    session.name,
-                    session.status.as_str(),
-                    session.request_text,
-                    session.duplicate_key,
-                    session.created_at,
-                    session.updated_at,
-                    session.started_at,
-                    session.stopped_at,
-                    session.runs,
-                    session.backend_in_use,
-                    session.backend_reason,
-                    session.finished_reason,
-                    session.error,
-                    session.counters.matched as i64,
-                    session.counters.delivered as i64,
-                    session.counters.dropped as i64,
-                    session.counters.exported as i64,
-                    session.counters.evicted as i64,
-                    target_text(&session.request.target),
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(Write::Insert(Box::new(session))).await
     }
 
     /// Writes every field that changes over a session's life.
     pub async fn save(&self, session: SessionRow) -> Result<(), StoreError> {
-        self.with_db(move |db| {
-            db.execute(
-                "UPDATE sessions SET status = ?2, updated_at = ?3, started_at = ?4, stopped_at = ?5, runs = ?6, \
-                 backend_in_use = ?7, backend_reason = ?8, finished_reason = ?9, error = ?10, \
-                 matched = ?11, delivered = ?12, dropped = ?13, exported = ?14, evicted = ?15 WHERE id = ?1",
-                params![
-                    session.id.to_string(),
-                    session.status.as_str(),
-                    session.updated_at,
-                    session.started_at,
-                    session.stopped_at,
-                    session.runs,
-                    session.backend_in_use,
-                    session.backend_reason,
-                    session.finished_reason,
-                    session.error,
-                    session.counters.matched as i64,
-                    session.counters.delivered as i64,
-                    session.counters.dropped as i64,
-                    session.counters.exported as i64,
-                    session.counters.evicted as i64,
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(Write::Save(Box::new(session))).await
     }
 
-    /// Saves the counters of several running sessions in one transaction.
+    /// Saves the counters of several running sessions.
     pub async fn save_counters(&self, counters: Vec<(Uuid, Counters)>) -> Result<(), StoreError> {
         if counters.is_empty() {
             return Ok(());
         }
-        self.with_db(move |db| {
-            let tx = db.unchecked_transaction()?;
-            {
-                let mut update = tx.prepare_cached(
-                    "UPDATE sessions SET matched = ?2, delivered = ?3, dropped = ?4, exported = ?5, evicted = ?6 WHERE id = ?1",
-                )?;
-                for (id, c) in counters {
-                    update.execute(params![
-                        id.to_string(),
-                        c.matched as i64,
-                        c.delivered as i64,
-                        c.dropped as i64,
-                        c.exported as i64,
-                        c.evicted as i64
-                    ])?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        self.write(Write::SaveCounters(counters)).await
     }
 
+    /// The session, from memory.
     pub async fn get(&self, id: Uuid) -> Result<Option<SessionRow>, StoreError> {
-        self.with_db(move |db| {
-            Ok(db
-                .prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1"))?
-                .query_row([id.to_string()], from_row)
-                .optional()?)
-        })
-        .await
+        Ok(self.cached().get(&id).cloned())
     }
 
     pub async fn delete(&self, id: Uuid) -> Result<(), StoreError> {
-        self.with_db(move |db| {
-            db.execute("DELETE FROM sessions WHERE id = ?1", [id.to_string()])?;
-            Ok(())
-        })
-        .await
+        self.write(Write::Delete(id)).await
     }
 
     /// A page of sessions in creation order, and whether more follow.
@@ -338,18 +323,166 @@ impl Store {
 
     /// How many sessions there are in each status.
     pub async fn count_by_status(&self) -> Result<Vec<(Status, u64)>, StoreError> {
-        self.with_db(move |db| {
-            let counts = db
-                .prepare_cached("SELECT status, count(*) FROM sessions GROUP BY status")?
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(counts
-                .into_iter()
-                .filter_map(|(status, count)| Status::parse(&status).map(|s| (s, count as u64)))
-                .collect())
-        })
-        .await
+        let mut counts: HashMap<Status, u64> = HashMap::new();
+        for row in self.cached().values() {
+            *counts.entry(row.status).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+}
+
+/// The writer thread: applies every change queued at that moment in one transaction (group
+/// commit), each in its own savepoint so one failure does not undo the others, then updates
+/// the cache and answers each caller.
+fn write_batches(
+    mut db: Connection,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<WriteRequest>,
+    cache: &RwLock<HashMap<Uuid, SessionRow>>,
+) {
+    const MAX_BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while requests
+        .blocking_recv()
+        .map(|first| batch.push(first))
+        .is_some()
+    {
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let results = apply_batch(&mut db, &batch);
+        let committed = results.is_ok();
+        let mut cache = cache
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outcomes = results.unwrap_or_else(|err| vec![Err(err); batch.len()]);
+        for (request, outcome) in batch.drain(..).zip(outcomes) {
+            if committed && outcome.is_ok() {
+                update_cache(&mut cache, request.write);
+            }
+            let _ = request.done.send(outcome);
+        }
+    }
+}
+
+/// One transaction for the batch; the outcome of each change, or the error that lost them
+/// all (the commit failed).
+fn apply_batch(
+    db: &mut Connection,
+    batch: &[WriteRequest],
+) -> Result<Vec<Result<(), String>>, String> {
+    let mut tx = db.transaction().map_err(|err| err.to_string())?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for request in batch {
+        let mut savepoint = tx.savepoint().map_err(|err| err.to_string())?;
+        match apply(&savepoint, &request.write) {
+            Ok(()) => {
+                savepoint.commit().map_err(|err| err.to_string())?;
+                outcomes.push(Ok(()));
+            }
+            Err(err) => {
+                savepoint.rollback().map_err(|err| err.to_string())?;
+                outcomes.push(Err(err.to_string()));
+            }
+        }
+    }
+    tx.commit().map_err(|err| err.to_string())?;
+    Ok(outcomes)
+}
+
+fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
+    match write {
+        Write::Insert(session) => {
+            db.prepare_cached(&format!(
+                "INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+            ))?
+            .execute(params![
+                session.id.to_string(),
+                session.tenant,
+                session.name,
+                session.status.as_str(),
+                session.request_text,
+                session.duplicate_key,
+                session.created_at,
+                session.updated_at,
+                session.started_at,
+                session.stopped_at,
+                session.runs,
+                session.backend_in_use,
+                session.backend_reason,
+                session.finished_reason,
+                session.error,
+                session.counters.matched as i64,
+                session.counters.delivered as i64,
+                session.counters.dropped as i64,
+                session.counters.exported as i64,
+                session.counters.evicted as i64,
+                target_text(&session.request.target),
+            ])?;
+        }
+        Write::Save(session) => {
+            db.prepare_cached(
+                "UPDATE sessions SET status = ?2, updated_at = ?3, started_at = ?4, stopped_at = ?5, runs = ?6, \
+                 backend_in_use = ?7, backend_reason = ?8, finished_reason = ?9, error = ?10, \
+                 matched = ?11, delivered = ?12, dropped = ?13, exported = ?14, evicted = ?15 WHERE id = ?1",
+            )?
+            .execute(params![
+                session.id.to_string(),
+                session.status.as_str(),
+                session.updated_at,
+                session.started_at,
+                session.stopped_at,
+                session.runs,
+                session.backend_in_use,
+                session.backend_reason,
+                session.finished_reason,
+                session.error,
+                session.counters.matched as i64,
+                session.counters.delivered as i64,
+                session.counters.dropped as i64,
+                session.counters.exported as i64,
+                session.counters.evicted as i64,
+            ])?;
+        }
+        Write::SaveCounters(counters) => {
+            let mut update = db.prepare_cached(
+                "UPDATE sessions SET matched = ?2, delivered = ?3, dropped = ?4, exported = ?5, evicted = ?6 WHERE id = ?1",
+            )?;
+            for (id, c) in counters {
+                update.execute(params![
+                    id.to_string(),
+                    c.matched as i64,
+                    c.delivered as i64,
+                    c.dropped as i64,
+                    c.exported as i64,
+                    c.evicted as i64
+                ])?;
+            }
+        }
+        Write::Delete(id) => {
+            db.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                .execute([id.to_string()])?;
+        }
+    }
+    Ok(())
+}
+
+fn update_cache(cache: &mut HashMap<Uuid, SessionRow>, write: Write) {
+    match write {
+        Write::Insert(session) | Write::Save(session) => {
+            cache.insert(session.id, *session);
+        }
+        Write::SaveCounters(counters) => {
+            for (id, counters) in counters {
+                if let Some(row) = cache.get_mut(&id) {
+                    row.counters = counters;
+                }
+            }
+        }
+        Write::Delete(id) => {
+            cache.remove(&id);
+        }
     }
 }

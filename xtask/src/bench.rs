@@ -3,25 +3,49 @@
 //! docs/benchmarks.md.
 use anyhow::Result;
 
-use crate::cmd;
+use crate::{cmd, workspace_root};
 
 #[derive(Clone, Copy, Debug, clap::Subcommand)]
 pub enum Benchmark {
     /// Syscall tracing cost and throughput per ring-buffer design, next to strace, bpftrace
     /// and ftrace.
     Ringbuf,
+    /// Latency of the sessions API under 100 concurrent clients with 10,000 stored sessions.
+    Api,
 }
 
 pub fn run(benchmark: Benchmark) -> Result<()> {
-    let binary = match benchmark {
-        Benchmark::Ringbuf => "bench_ringbuf",
-    };
-    cmd::cargo(&[
-        "run",
-        "--release",
-        "--package",
-        "tracer-tests",
-        "--bin",
-        binary,
-    ])
+    match benchmark {
+        Benchmark::Ringbuf => cmd::cargo(&[
+            "run",
+            "--release",
+            "--package",
+            "tracer-tests",
+            "--bin",
+            "bench_ringbuf",
+        ]),
+        Benchmark::Api => {
+            // The daemon under test is the release build.
+            cmd::cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "tracer-daemon",
+                "--bin",
+                "tracerd",
+            ])?;
+            let tracerd = workspace_root().join("target/release/tracerd");
+            cmd::cargo_with_env(
+                &[
+                    "run",
+                    "--release",
+                    "--package",
+                    "tracer-tests",
+                    "--bin",
+                    "bench_api",
+                ],
+                &[("TRACERD_BIN", tracerd.as_os_str())],
+            )
+        }
+    }
 }
