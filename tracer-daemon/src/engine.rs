@@ -59,6 +59,12 @@ impl Event {
     pub fn path_truncated(&self) -> bool {
         self.record.flags & record_flags::PATH_TRUNCATED != 0
     }
+
+    /// The syscall takes a path, but it could be read neither at entry nor at exit (NULL, a
+    /// bad pointer, or memory that was not resident), or could not be kept.
+    pub fn path_unavailable(&self) -> bool {
+        self.record.flags & (record_flags::PATH_UNREADABLE | record_flags::PATH_LOST) != 0
+    }
 }
 
 /// Counters of one session.

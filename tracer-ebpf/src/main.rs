@@ -143,6 +143,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 const NO_RETURN_SYSCALLS: [u64; 2] = [60 /* exit */, 231 /* exit_group */];
 #[cfg(bpf_target_arch = "aarch64")]
 const NO_RETURN_SYSCALLS: [u64; 2] = [93 /* exit */, 94 /* exit_group */];
+// execve and execveat replace the caller's memory: a path pointer is not read again at exit.
+#[cfg(bpf_target_arch = "x86_64")]
+const EXEC_SYSCALLS: [u32; 2] = [59 /* execve */, 322 /* execveat */];
+#[cfg(bpf_target_arch = "aarch64")]
+const EXEC_SYSCALLS: [u32; 2] = [221 /* execve */, 281 /* execveat */];
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
 compile_error!("tracer-ebpf supports x86_64 and aarch64 hosts");
 
@@ -228,7 +233,16 @@ fn try_exit(ctx: &RawTracePointContext) {
         // syscall (one whose exit never came) does not count for this one.
         let kept = !path.is_null() && unsafe { (*path).nr } == inflight.nr;
         if kept {
-            unsafe { (*path).nr = 0 };
+            // SAFETY: as above.
+            let path = unsafe { &mut *path };
+            path.nr = 0;
+            // A path in a page that was not resident could not be read at entry (a
+            // tracepoint cannot take page faults); the syscall has faulted it in since.
+            if path.flags & record_flags::PATH_UNREADABLE != 0
+                && !EXEC_SYSCALLS.contains(&inflight.nr)
+            {
+                read_path(path, &inflight.args, inflight.nr as u64);
+            }
         }
         Some(kept.then_some(path.cast_const()))
     } else {
@@ -461,21 +475,30 @@ fn path_arg_index(nr: u64) -> Option<usize> {
 }
 
 /// For a syscall that takes a path, reads the path from user memory now (by exit it may have
-/// changed, and after `execve` the memory is gone) into the thread's storage for the exit.
+/// changed, and after `execve` the memory is gone) into the thread's storage for the exit;
+/// a path that cannot be read now is tried again at exit.
 #[inline(always)]
 fn keep_path_argument(nr: u64, args: &[u64; 6]) {
-    let Some(index) = path_arg_index(nr) else {
+    if path_arg_index(nr).is_none() {
         return;
-    };
-    let Some(&user_ptr) = args.get(index) else {
-        return;
-    };
+    }
     let path = INFLIGHT_PATHS.current(true);
     if path.is_null() {
         return;
     }
     // SAFETY: the current task's own storage.
     let path = unsafe { &mut *path };
+    read_path(path, args, nr);
+    path.nr = nr as u32;
+}
+
+/// Reads the path argument of syscall `nr` from user memory into `path`, or flags it
+/// unreadable.
+#[inline(always)]
+fn read_path(path: &mut PathArg, args: &[u64; 6], nr: u64) {
+    let user_ptr = path_arg_index(nr)
+        .and_then(|index| args.get(index).copied())
+        .unwrap_or(0);
     match unsafe { bpf_probe_read_user_str_bytes(user_ptr as *const u8, &mut path.bytes) } {
         Ok(bytes) => {
             let len = bytes.len();
@@ -486,13 +509,12 @@ fn keep_path_argument(nr: u64, args: &[u64; 6]) {
                 0
             };
         }
-        // NULL or a bad pointer (the syscall rejects it with EFAULT, or takes no path then).
+        // NULL, a bad pointer (the syscall rejects it with EFAULT), or a page not resident.
         Err(_) => {
             path.len = 0;
             path.flags = record_flags::PATH_UNREADABLE;
         }
     }
-    path.nr = nr as u32;
 }
 
 /// The six syscall argument registers, in the syscall calling convention (which on x86_64

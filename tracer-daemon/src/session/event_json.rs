@@ -55,6 +55,8 @@ struct EventJson<'a> {
     path: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     path_truncated: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    path_unavailable: bool,
     ret: i64,
     duration_ns: u64,
     session: &'a Uuid,
@@ -87,6 +89,7 @@ pub fn write_line(event: &Event, session: &Uuid, clock: &WallClock, out: &mut Ve
         args: record.args,
         path: event.path.as_deref(),
         path_truncated: event.path_truncated(),
+        path_unavailable: event.path_unavailable(),
         ret: record.ret,
         duration_ns: record.duration_ns,
         session,
@@ -141,6 +144,7 @@ mod tests {
         assert_eq!(json["args"], serde_json::json!([1, 2, 3, 4, 5, 6]));
         assert_eq!(json["path"], "/etc");
         assert!(json.get("path_truncated").is_none());
+        assert!(json.get("path_unavailable").is_none());
         assert_eq!(json["ret"], -2);
         assert_eq!(json["duration_ns"], 250);
         assert_eq!(json["session"], "00000000-0000-0000-0000-000000000000");
