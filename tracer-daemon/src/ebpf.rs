@@ -355,13 +355,13 @@ impl EbpfBackend {
         if let Some(tgids) = &filter.tgids {
             for &tgid in tgids {
                 let sessions = self.mirror.tgids.get(&tgid).copied().unwrap_or(0) | bit;
-                self.tgid_sessions
-                    .insert(tgid, sessions, 0)
-                    .map_err(|source| MapUpdateError {
-                        map: "TGID_SESSIONS",
-                        source,
-                    })?;
-                self.mirror.tgids.insert(tgid, sessions);
+                set_sessions(
+                    &mut self.tgid_sessions,
+                    &mut self.mirror.tgids,
+                    tgid,
+                    sessions,
+                    "TGID_SESSIONS",
+                )?;
             }
             self.set_mask(
                 mask::TGID_FILTERED,
@@ -394,14 +394,13 @@ impl EbpfBackend {
         slot_bit: SessionMask,
     ) -> Result<(), MapUpdateError> {
         let sessions = self.mirror.cgroups.get(&cgroup_id).copied().unwrap_or(0) | slot_bit;
-        self.traced_cgroups
-            .insert(cgroup_id, sessions, 0)
-            .map_err(|source| MapUpdateError {
-                map: "TRACED_CGROUPS",
-                source,
-            })?;
-        self.mirror.cgroups.insert(cgroup_id, sessions);
-        Ok(())
+        set_sessions(
+            &mut self.traced_cgroups,
+            &mut self.mirror.cgroups,
+            cgroup_id,
+            sessions,
+            "TRACED_CGROUPS",
+        )
     }
 
     /// Removes every trace of `slot` from the filter maps: after this, no new syscall matches
@@ -410,27 +409,12 @@ impl EbpfBackend {
     pub fn clear_slot(&mut self, slot: u32) -> Result<(), MapUpdateError> {
         let bit: SessionMask = 1 << slot;
         // The cgroups first, so the slot stops matching before its conditions go.
-        let cgroups: Vec<(u64, SessionMask)> = self
-            .mirror
-            .cgroups
-            .iter()
-            .filter(|(_, &sessions)| sessions & bit != 0)
-            .map(|(&id, &sessions)| (id, sessions & !bit))
-            .collect();
-        for (cgroup_id, sessions) in cgroups {
-            if sessions == 0 {
-                remove_key(&mut self.traced_cgroups, &cgroup_id, "TRACED_CGROUPS")?;
-                self.mirror.cgroups.remove(&cgroup_id);
-            } else {
-                self.traced_cgroups
-                    .insert(cgroup_id, sessions, 0)
-                    .map_err(|source| MapUpdateError {
-                        map: "TRACED_CGROUPS",
-                        source,
-                    })?;
-                self.mirror.cgroups.insert(cgroup_id, sessions);
-            }
-        }
+        clear_bit(
+            &mut self.traced_cgroups,
+            &mut self.mirror.cgroups,
+            bit,
+            "TRACED_CGROUPS",
+        )?;
         for nr in 0..MAX_SYSCALLS {
             let sessions = self.mirror.syscalls[nr as usize];
             if sessions & bit != 0 {
@@ -443,27 +427,12 @@ impl EbpfBackend {
                 self.set_mask(index, sessions & !bit)?;
             }
         }
-        let tgids: Vec<(u32, SessionMask)> = self
-            .mirror
-            .tgids
-            .iter()
-            .filter(|(_, &sessions)| sessions & bit != 0)
-            .map(|(&tgid, &sessions)| (tgid, sessions & !bit))
-            .collect();
-        for (tgid, sessions) in tgids {
-            if sessions == 0 {
-                remove_key(&mut self.tgid_sessions, &tgid, "TGID_SESSIONS")?;
-                self.mirror.tgids.remove(&tgid);
-            } else {
-                self.tgid_sessions
-                    .insert(tgid, sessions, 0)
-                    .map_err(|source| MapUpdateError {
-                        map: "TGID_SESSIONS",
-                        source,
-                    })?;
-                self.mirror.tgids.insert(tgid, sessions);
-            }
-        }
+        clear_bit(
+            &mut self.tgid_sessions,
+            &mut self.mirror.tgids,
+            bit,
+            "TGID_SESSIONS",
+        )?;
         Ok(())
     }
 
@@ -547,15 +516,44 @@ impl EbpfBackend {
     }
 }
 
-fn remove_key<K: aya::Pod>(
+/// Sets `key`'s sessions in a kernel hash map and its mirror; no sessions removes the key.
+fn set_sessions<K: aya::Pod + Eq + std::hash::Hash>(
     map: &mut HashMap<MapData, K, SessionMask>,
-    key: &K,
+    mirror: &mut StdHashMap<K, SessionMask>,
+    key: K,
+    sessions: SessionMask,
     name: &'static str,
 ) -> Result<(), MapUpdateError> {
-    match map.remove(key) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(source) => Err(MapUpdateError { map: name, source }),
+    if sessions == 0 {
+        match map.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(MapUpdateError { map: name, source }),
+        }
+        mirror.remove(&key);
+    } else {
+        map.insert(key, sessions, 0)
+            .map_err(|source| MapUpdateError { map: name, source })?;
+        mirror.insert(key, sessions);
     }
+    Ok(())
+}
+
+/// Removes one session bit from every key of a kernel hash map and its mirror.
+fn clear_bit<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut HashMap<MapData, K, SessionMask>,
+    mirror: &mut StdHashMap<K, SessionMask>,
+    bit: SessionMask,
+    name: &'static str,
+) -> Result<(), MapUpdateError> {
+    let holders: Vec<(K, SessionMask)> = mirror
+        .iter()
+        .filter(|(_, &sessions)| sessions & bit != 0)
+        .map(|(&key, &sessions)| (key, sessions & !bit))
+        .collect();
+    for (key, sessions) in holders {
+        set_sessions(map, mirror, key, sessions, name)?;
+    }
+    Ok(())
 }
 
 /// (syscall number, path argument index) on this architecture.

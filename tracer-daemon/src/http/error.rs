@@ -51,6 +51,17 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
+    fn body_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the body is larger than the limit of {} bytes",
+                super::MAX_BODY_BYTES
+            ),
+        )
+    }
+
     fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error answering a request");
         Self::new(
@@ -132,14 +143,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "send the body as JSON with `Content-Type: application/json`",
         ),
         JsonRejection::BytesRejection(err) if err.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "the body is larger than the limit of {} bytes",
-                    super::MAX_BODY_BYTES
-                ),
-            )
+            ApiError::body_too_large()
         }
         other => ApiError::bad_request("bad_body", other.body_text()),
     }
@@ -177,14 +181,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJsonVerbatim<T> 
             .await
             .map_err(|err| {
                 if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
-                        format!(
-                            "the body is larger than the limit of {} bytes",
-                            super::MAX_BODY_BYTES
-                        ),
-                    )
+                    ApiError::body_too_large()
                 } else {
                     ApiError::bad_request("bad_body", err.body_text())
                 }
