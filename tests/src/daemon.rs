@@ -116,9 +116,16 @@ impl Daemon {
 
     /// The body of a 200 GET as text (for NDJSON and metrics).
     pub fn get_text(&self, path: &str) -> String {
-        let mut response = self
-            .agent
-            .get(&self.url(path))
+        self.get_text_as(path, None)
+    }
+
+    /// [`Daemon::get_text`] with a bearer token.
+    pub fn get_text_as(&self, path: &str, token: Option<&str>) -> String {
+        let mut request = self.agent.get(&self.url(path));
+        if let Some(token) = token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request
             .call()
             .unwrap_or_else(|err| panic!("GET {path} failed: {err}"));
         assert_eq!(response.status().as_u16(), 200, "GET {path}");

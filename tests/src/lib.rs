@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod cgroup;
 pub mod daemon;
+pub mod docker;
 pub mod workload;
 
 /// Fails the calling test unless it runs as root.

@@ -52,6 +52,19 @@ pub struct Config {
     #[arg(long, env = "TRACERD_EVENT_LOG_CAP_BYTES", default_value_t = 256 << 20)]
     pub event_log_cap_bytes: u64,
 
+    /// The Docker engine's API socket, for container targets.
+    #[arg(
+        long,
+        env = "TRACERD_DOCKER_SOCKET",
+        default_value = "/var/run/docker.sock"
+    )]
+    pub docker_socket: PathBuf,
+
+    /// The container label that names the tenant owning a container: a tenant may trace
+    /// only containers carrying it with its name.
+    #[arg(long, env = "TRACERD_OWNER_LABEL", default_value = "tracerd.tenant")]
+    pub owner_label: String,
+
     /// A TOML file of settings, keyed by the long flag names (`listen = "…"`,
     /// `data-dir = "…"`). Flags and environment variables take precedence over it.
     #[arg(long, env = "TRACERD_CONFIG")]

@@ -13,6 +13,7 @@ use crate::{
     cgroup::Cgroup,
     config::Config,
     data_dir::DataDir,
+    docker::DockerClient,
     ebpf::{EbpfOptions, KernelFilter},
     engine::{Engine, EngineOptions},
     http::{self, auth::Auth, AppState},
@@ -62,10 +63,12 @@ pub async fn run(
     );
     let manager = SessionManager::new(
         engine.clone(),
+        DockerClient::new(&config.docker_socket),
         store,
         ManagerOptions {
             sessions_dir: data_dir.path().join("sessions"),
             event_log_cap_bytes: config.event_log_cap_bytes,
+            owner_label: config.owner_label.clone(),
         },
     );
 

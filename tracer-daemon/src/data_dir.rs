@@ -44,6 +44,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sessions_by_tenant ON sessions (tenant, created_at, id);
     CREATE INDEX sessions_by_status ON sessions (status);",
+    // 3: sessions created by a tenant see only the containers that tenant owns.
+    "ALTER TABLE sessions ADD COLUMN restricted INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod data_dir;
+pub mod docker;
 pub mod ebpf;
 pub mod engine;
 pub mod http;

@@ -53,6 +53,8 @@ pub struct SessionRow {
     pub finished_reason: Option<String>,
     pub error: Option<String>,
     pub counters: Counters,
+    /// Created by a tenant (not an admin): it sees only containers its tenant owns.
+    pub restricted: bool,
 }
 
 impl SessionRow {
@@ -85,19 +87,22 @@ impl SessionRow {
 
 /// The text `GET /v1/sessions?target=` matches against: the cgroup path or the pids.
 fn target_text(target: &Target) -> String {
-    match target {
-        Target::Cgroup(path) => path.clone(),
-        Target::Pids(pids) => pids
+    if let Some(path) = &target.cgroup {
+        return path.clone();
+    }
+    if let Some(pids) = &target.pids {
+        return pids
             .iter()
             .map(u32::to_string)
             .collect::<Vec<_>>()
-            .join(","),
+            .join(",");
     }
+    target.container.clone().unwrap_or_default()
 }
 
 const COLUMNS: &str = "id, tenant, name, status, request, duplicate_key, created_at, updated_at, \
     started_at, stopped_at, runs, backend_in_use, backend_reason, finished_reason, error, \
-    matched, delivered, dropped, exported, evicted";
+    matched, delivered, dropped, exported, evicted, restricted";
 
 fn conversion_error(
     column: usize,
@@ -135,6 +140,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
             exported: row.get::<_, i64>(18)? as u64,
             evicted: row.get::<_, i64>(19)? as u64,
         },
+        restricted: row.get(20)?,
     })
 }
 
@@ -396,7 +402,7 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
     match write {
         Write::Insert(session) => {
             db.prepare_cached(&format!(
-                "INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+                "INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
             ))?
             .execute(params![
                 session.id.to_string(),
@@ -419,6 +425,7 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
                 session.counters.dropped as i64,
                 session.counters.exported as i64,
                 session.counters.evicted as i64,
+                session.restricted,
                 target_text(&session.request.target),
             ])?;
         }

@@ -101,6 +101,23 @@ impl From<ManagerError> for ApiError {
             ManagerError::TargetUnavailable(_) => {
                 Self::unprocessable("target_unavailable", message)
             }
+            ManagerError::NoMatchingContainer { close, .. } => {
+                let message = if close.is_empty() {
+                    message
+                } else {
+                    format!(
+                        "{message}; running containers with close names: {}",
+                        close.join(", ")
+                    )
+                };
+                Self::unprocessable("no_matching_container", message)
+                    .with(json!({ "close_names": close }))
+            }
+            ManagerError::DockerUnavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "docker_unavailable",
+                message,
+            ),
             ManagerError::BackendUnavailable(_) => {
                 Self::unprocessable("backend_unavailable", message)
             }

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(prometheus))
         .route("/openapi.json", get(openapi_json))
         .route("/v1/tally", get(tally))
+        .route("/v1/containers", get(containers))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -123,6 +124,16 @@ async fn prometheus(State(state): State<AppState>) -> Result<impl IntoResponse, 
         )],
         text,
     ))
+}
+
+/// Running containers the caller may see, with their cgroup ids and the sessions tracing
+/// each.
+async fn containers(
+    State(state): State<AppState>,
+    principal: crate::session::manager::Principal,
+) -> Result<Json<Value>, ApiError> {
+    let containers = state.manager.containers(&principal).await?;
+    Ok(Json(json!({ "containers": containers })))
 }
 
 /// What the start-up session has received, per cgroup and syscall, with its counters and

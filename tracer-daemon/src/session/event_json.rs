@@ -2,6 +2,7 @@
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::manager::ContainerMeta;
 use crate::{engine::Event, tally::syscall_name};
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time: the offset between
@@ -61,10 +62,18 @@ struct EventJson<'a> {
     duration_ns: u64,
     session: &'a Uuid,
     cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a ContainerMeta>,
 }
 
 /// Appends `event` as one JSON line to `out`.
-pub fn write_line(event: &Event, session: &Uuid, clock: &WallClock, out: &mut Vec<u8>) {
+pub fn write_line(
+    event: &Event,
+    session: &Uuid,
+    container: Option<&ContainerMeta>,
+    clock: &WallClock,
+    out: &mut Vec<u8>,
+) {
     let record = &event.record;
     let unix_ns = clock.unix_ns(record.enter_ns);
     let ts = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
@@ -94,6 +103,7 @@ pub fn write_line(event: &Event, session: &Uuid, clock: &WallClock, out: &mut Ve
         duration_ns: record.duration_ns,
         session,
         cgroup_id: record.cgroup_id,
+        container,
     };
     // Serialising plain fields into a Vec cannot fail.
     serde_json::to_writer(&mut *out, &json).expect("serialising an event");
@@ -132,7 +142,12 @@ mod tests {
             offset_ns: 1_700_000_000_000_000_000,
         };
         let mut out = Vec::new();
-        write_line(&event, &session, &clock, &mut out);
+        let container = ContainerMeta {
+            id: "c0ffee".into(),
+            name: "web".into(),
+            image: "shop:1".into(),
+        };
+        write_line(&event, &session, Some(&container), &clock, &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(json["ts"], "2023-11-14T22:13:20.000001000Z");
@@ -149,6 +164,10 @@ mod tests {
         assert_eq!(json["duration_ns"], 250);
         assert_eq!(json["session"], "00000000-0000-0000-0000-000000000000");
         assert_eq!(json["cgroup_id"], 7);
+        assert_eq!(
+            json["container"],
+            serde_json::json!({"id": "c0ffee", "name": "web", "image": "shop:1"})
+        );
     }
 
     #[test]

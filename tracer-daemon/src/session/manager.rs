@@ -21,10 +21,11 @@ use super::{
     event_json::{self, WallClock},
     eventlog::EventLogWriter,
     model::{default_name, now_rfc3339, Counters, Session, Status},
-    spec::{BackendChoice, CreateSession, InvalidField, SessionSpec, Target},
+    spec::{BackendChoice, CreateSession, InvalidField, SessionSpec, TargetKind},
 };
 use crate::{
     cgroup::Cgroup,
+    docker::{self, Container, DockerClient, DockerUnavailable},
     ebpf::KernelFilter,
     engine::{Engine, EngineError, Event, SessionHandle},
     lock,
@@ -55,6 +56,13 @@ pub enum ManagerError {
     Forbidden(String),
     #[error("target: {0}")]
     TargetUnavailable(String),
+    #[error("no running container matches {selector}")]
+    NoMatchingContainer {
+        selector: String,
+        close: Vec<String>,
+    },
+    #[error(transparent)]
+    DockerUnavailable(#[from] DockerUnavailable),
     #[error("{0}")]
     BackendUnavailable(String),
     #[error("all kernel session slots are in use: stop a session first")]
@@ -78,6 +86,8 @@ impl From<EngineError> for ManagerError {
 
 #[derive(Clone, Debug)]
 pub struct ManagerOptions {
+    /// The container label that names a container's owning tenant.
+    pub owner_label: String,
     /// Where sessions' event logs go (`<dir>/<id>/`).
     pub sessions_dir: PathBuf,
     /// Size cap of one session's event log, in compressed bytes.
@@ -95,6 +105,9 @@ struct RunProgress {
 /// A session that is running now.
 struct Run {
     handle: SessionHandle,
+    tenant: String,
+    /// The cgroups this run traces.
+    cgroups: Vec<u64>,
     /// Counters of the session's previous runs.
     base: Counters,
     progress: Arc<RunProgress>,
@@ -104,6 +117,7 @@ struct Run {
 
 pub struct SessionManager {
     engine: Arc<Engine>,
+    docker: DockerClient,
     store: Store,
     options: ManagerOptions,
     /// Running sessions. Held only briefly, never across an await.
@@ -119,9 +133,15 @@ pub struct SessionManager {
 }
 
 impl SessionManager {
-    pub fn new(engine: Arc<Engine>, store: Store, options: ManagerOptions) -> Arc<Self> {
+    pub fn new(
+        engine: Arc<Engine>,
+        docker: DockerClient,
+        store: Store,
+        options: ManagerOptions,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
             engine,
+            docker,
             store,
             options,
             runs: std::sync::Mutex::new(HashMap::new()),
@@ -161,14 +181,15 @@ impl SessionManager {
             Some(tenant) => tenant.clone(),
             None => principal.tenant.clone(),
         };
-        if !principal.admin {
+        let restricted = !principal.admin;
+        if restricted && !matches!(spec.target, TargetKind::Containers(_)) {
             return Err(ManagerError::Forbidden(
                 "cgroup and pid targets need the admin role: a tenant may trace only the containers it owns".into(),
             ));
         }
         check_backend(&spec)?;
         // The target must exist now; it is resolved again at every start.
-        resolve_filter(&spec)?;
+        self.resolve(&spec, &tenant, restricted).await?;
         let now = time::OffsetDateTime::now_utc();
         let created_at = crate::session::model::rfc3339(now);
         let row = SessionRow {
@@ -177,7 +198,7 @@ impl SessionManager {
             name: spec
                 .name
                 .clone()
-                .unwrap_or_else(|| default_name(&spec.target, now)),
+                .unwrap_or_else(|| default_name(&request.target, now)),
             status: Status::Created,
             duplicate_key: spec.duplicate_key(),
             request,
@@ -192,6 +213,7 @@ impl SessionManager {
             finished_reason: None,
             error: None,
             counters: Counters::default(),
+            restricted,
         };
         self.store.insert(row.clone()).await?;
         tracing::info!(session = %row.id, name = %row.name, tenant = %row.tenant, "session created");
@@ -295,8 +317,8 @@ impl SessionManager {
     /// running, or failed with the reason when its target is gone.
     async fn begin_run(&self, mut row: SessionRow) -> Result<SessionRow, ManagerError> {
         let spec = row.request.validate()?;
-        let filter = match resolve_filter(&spec) {
-            Ok(filter) => filter,
+        let resolved = match self.resolve(&spec, &row.tenant, row.restricted).await {
+            Ok(resolved) => resolved,
             Err(err) => {
                 row.status = Status::Failed;
                 row.error = Some(err.to_string());
@@ -308,22 +330,24 @@ impl SessionManager {
         };
         let log =
             EventLogWriter::open(&self.session_dir(row.id), self.options.event_log_cap_bytes)?;
-        let (handle, events) = self.engine.start_session(&filter)?;
+        let (handle, events) = self.engine.start_session(&resolved.filter)?;
         let progress = Arc::new(RunProgress::default());
-        let writer = tokio::task::spawn_blocking({
-            let progress = progress.clone();
-            let manager = self.this.clone();
-            let runtime = tokio::runtime::Handle::current();
-            let id = row.id;
-            let max_events = spec
+        let writer = RunWriter {
+            id: row.id,
+            log,
+            containers: resolved.containers,
+            progress: progress.clone(),
+            max_events: spec
                 .max_events
-                .map(|max| max.saturating_sub(row.counters.delivered));
-            move || write_events(id, events, log, progress, max_events, manager, runtime)
-        });
+                .map(|max| max.saturating_sub(row.counters.delivered)),
+            manager: self.this.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let writer = tokio::task::spawn_blocking(move || writer.run(events));
         let watcher = tokio::spawn(watch(
             row.id,
             spec.ttl,
-            spec.target.clone(),
+            resolved.presence,
             self.this.clone(),
         ));
         let now = now_rfc3339();
@@ -343,6 +367,8 @@ impl SessionManager {
             row.id,
             Run {
                 handle,
+                tenant: row.tenant.clone(),
+                cgroups: resolved.filter.cgroups.clone(),
                 base: row.counters,
                 progress,
                 writer,
@@ -476,7 +502,9 @@ impl SessionManager {
             }
             match started {
                 Ok(_) => resumed += 1,
-                Err(ManagerError::TargetUnavailable(_)) => failed += 1,
+                Err(
+                    ManagerError::TargetUnavailable(_) | ManagerError::NoMatchingContainer { .. },
+                ) => failed += 1,
                 Err(err) => {
                     failed += 1;
                     tracing::error!(session = %id, %err, "could not resume the session");
@@ -535,54 +563,182 @@ fn check_backend(spec: &SessionSpec) -> Result<(), ManagerError> {
     }
 }
 
-/// The kernel filter for a session's target and conditions, resolved now.
-fn resolve_filter(spec: &SessionSpec) -> Result<KernelFilter, ManagerError> {
-    let (cgroups, tgids) = match &spec.target {
-        Target::Cgroup(path) => {
-            let cgroup = Cgroup::from_path(Path::new(path))
-                .map_err(|err| ManagerError::TargetUnavailable(err.to_string()))?;
-            (vec![cgroup.id], spec.conditions.tgids.clone())
-        }
-        Target::Pids(pids) => {
-            let mut cgroups = Vec::new();
-            for &pid in pids {
-                let cgroup = Cgroup::of_pid(pid).map_err(|_| {
-                    ManagerError::TargetUnavailable(format!("process {pid} does not exist"))
-                })?;
-                if !cgroups.contains(&cgroup.id) {
-                    cgroups.push(cgroup.id);
-                }
-            }
-            (cgroups, Some(pids.clone()))
-        }
-    };
-    Ok(KernelFilter {
-        cgroups,
-        syscalls: spec.syscalls.clone(),
-        tgids,
-        failed_only: spec.conditions.failed_only,
-    })
+/// Whether a run's targets still exist.
+enum Presence {
+    /// cgroup directories (a cgroup target, or the containers' cgroups).
+    Cgroups(Vec<std::path::PathBuf>),
+    Pids(Vec<u32>),
 }
 
-/// Whether every target of a session is gone for good.
-fn targets_gone(target: &Target) -> bool {
-    match target {
-        Target::Cgroup(path) => !Path::new(path).exists(),
-        Target::Pids(pids) => pids
-            .iter()
-            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+impl Presence {
+    /// Whether every target is gone for good.
+    fn all_gone(&self) -> bool {
+        match self {
+            Presence::Cgroups(paths) => paths.iter().all(|path| !path.exists()),
+            Presence::Pids(pids) => pids
+                .iter()
+                .all(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+        }
     }
 }
 
-/// Ends a run when its TTL passes or its targets are gone.
-async fn watch(id: Uuid, ttl: Option<Duration>, target: Target, manager: Weak<SessionManager>) {
+/// A target resolved now: the kernel filter, the containers it covers (by cgroup id), and
+/// how to tell when it is gone.
+struct Resolved {
+    filter: KernelFilter,
+    containers: HashMap<u64, ContainerMeta>,
+    presence: Presence,
+}
+
+/// What events say about the container they come from.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ContainerMeta {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+}
+
+impl SessionManager {
+    /// Resolves a session's target and conditions now. `restricted` sessions (created by a
+    /// tenant, not an admin) see only containers whose owner label names their tenant.
+    async fn resolve(
+        &self,
+        spec: &SessionSpec,
+        tenant: &str,
+        restricted: bool,
+    ) -> Result<Resolved, ManagerError> {
+        let filter = |cgroups: Vec<u64>, tgids: Option<Vec<u32>>| KernelFilter {
+            cgroups,
+            syscalls: spec.syscalls.clone(),
+            tgids,
+            failed_only: spec.conditions.failed_only,
+        };
+        match &spec.target {
+            TargetKind::Cgroup(path) => {
+                let cgroup = Cgroup::from_path(Path::new(path))
+                    .map_err(|err| ManagerError::TargetUnavailable(err.to_string()))?;
+                Ok(Resolved {
+                    filter: filter(vec![cgroup.id], spec.conditions.tgids.clone()),
+                    containers: HashMap::new(),
+                    presence: Presence::Cgroups(vec![cgroup.path]),
+                })
+            }
+            TargetKind::Pids(pids) => {
+                let mut cgroups = Vec::new();
+                for &pid in pids {
+                    let cgroup = Cgroup::of_pid(pid).map_err(|_| {
+                        ManagerError::TargetUnavailable(format!("process {pid} does not exist"))
+                    })?;
+                    if !cgroups.contains(&cgroup.id) {
+                        cgroups.push(cgroup.id);
+                    }
+                }
+                Ok(Resolved {
+                    filter: filter(cgroups, Some(pids.clone())),
+                    containers: HashMap::new(),
+                    presence: Presence::Pids(pids.clone()),
+                })
+            }
+            TargetKind::Containers(selector) => {
+                let visible = self.visible_containers(tenant, restricted).await?;
+                let chosen = docker::select(&visible, selector);
+                if chosen.is_empty() {
+                    let close = selector
+                        .container
+                        .as_deref()
+                        .map(|text| docker::close_names(&visible, text))
+                        .unwrap_or_default();
+                    return Err(ManagerError::NoMatchingContainer {
+                        selector: selector.to_string(),
+                        close,
+                    });
+                }
+                let mut cgroups = Vec::new();
+                let mut containers = HashMap::new();
+                let mut paths = Vec::new();
+                for container in chosen {
+                    if !cgroups.contains(&container.cgroup_id) {
+                        cgroups.push(container.cgroup_id);
+                        paths.push(container.cgroup_path.clone());
+                    }
+                    containers.insert(
+                        container.cgroup_id,
+                        ContainerMeta {
+                            id: container.id.clone(),
+                            name: container.name.clone(),
+                            image: container.image.clone(),
+                        },
+                    );
+                }
+                Ok(Resolved {
+                    filter: filter(cgroups, spec.conditions.tgids.clone()),
+                    containers,
+                    presence: Presence::Cgroups(paths),
+                })
+            }
+        }
+    }
+
+    /// Running containers a tenant may see: all of them for an unrestricted caller, else
+    /// those whose owner label names the tenant.
+    async fn visible_containers(
+        &self,
+        tenant: &str,
+        restricted: bool,
+    ) -> Result<Vec<Container>, ManagerError> {
+        let mut containers = self.docker.running().await?;
+        if restricted {
+            containers.retain(|c| {
+                c.labels.get(&self.options.owner_label).map(String::as_str) == Some(tenant)
+            });
+        }
+        Ok(containers)
+    }
+
+    /// Running containers the caller may see, with the running sessions tracing each.
+    pub async fn containers(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<ContainerView>, ManagerError> {
+        let containers = self
+            .visible_containers(&principal.tenant, !principal.admin)
+            .await?;
+        let runs = lock(&self.runs);
+        Ok(containers
+            .into_iter()
+            .map(|container| {
+                let sessions = runs
+                    .iter()
+                    .filter(|(_, run)| principal.admin || run.tenant == principal.tenant)
+                    .filter(|(_, run)| run.cgroups.contains(&container.cgroup_id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                ContainerView {
+                    container,
+                    sessions,
+                }
+            })
+            .collect())
+    }
+}
+
+/// A running container and the sessions tracing it, as `GET /v1/containers` shows it.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ContainerView {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub container: Container,
+    pub sessions: Vec<Uuid>,
+}
+
+async fn watch(id: Uuid, ttl: Option<Duration>, presence: Presence, manager: Weak<SessionManager>) {
     let deadline = ttl.map(|ttl| tokio::time::Instant::now() + ttl);
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
         let reason = tokio::select! {
             _ = sleep_until(deadline) => "ttl",
             _ = check.tick() => {
-                if !targets_gone(&target) {
+                if !presence.all_gone() {
                     continue;
                 }
                 "targets_gone"
@@ -603,50 +759,62 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Writes a run's events to its log until the engine closes the channel (the run ended).
-/// Runs on the blocking pool: it does file I/O.
-fn write_events(
+/// What writes a run's events to its event log.
+struct RunWriter {
     id: Uuid,
-    mut events: tokio::sync::mpsc::Receiver<Arc<Event>>,
-    mut log: EventLogWriter,
+    log: EventLogWriter,
+    /// cgroup id → the container it belongs to, for the events' `container`.
+    containers: HashMap<u64, ContainerMeta>,
     progress: Arc<RunProgress>,
+    /// Events this run may still record (`limits.max_events` less earlier runs' events).
     max_events: Option<u64>,
     manager: Weak<SessionManager>,
     runtime: tokio::runtime::Handle,
-) -> std::io::Result<()> {
-    let clock = WallClock::now();
-    let mut lines = Vec::with_capacity(1 << 20);
-    let mut written = 0u64;
-    let mut limit_reported = false;
-    while let Some(first) = events.blocking_recv() {
-        lines.clear();
-        let mut batch = 0u64;
-        let mut over_limit = 0u64;
-        let mut next = Some(first);
-        while let Some(event) = next {
-            if max_events.is_some_and(|max| written + batch >= max) {
-                over_limit += 1;
-            } else {
-                event_json::write_line(&event, &id, &clock, &mut lines);
-                batch += 1;
+}
+
+impl RunWriter {
+    /// Writes the run's events until the engine closes the channel (the run ended). Runs on
+    /// the blocking pool: it does file I/O.
+    fn run(mut self, mut events: tokio::sync::mpsc::Receiver<Arc<Event>>) -> std::io::Result<()> {
+        let clock = WallClock::now();
+        let mut lines = Vec::with_capacity(1 << 20);
+        let mut written = 0u64;
+        let mut limit_reported = false;
+        while let Some(first) = events.blocking_recv() {
+            lines.clear();
+            let mut batch = 0u64;
+            let mut over_limit = 0u64;
+            let mut next = Some(first);
+            while let Some(event) = next {
+                if self.max_events.is_some_and(|max| written + batch >= max) {
+                    over_limit += 1;
+                } else {
+                    let container = self.containers.get(&event.record.cgroup_id);
+                    event_json::write_line(&event, &self.id, container, &clock, &mut lines);
+                    batch += 1;
+                }
+                next = if lines.len() < (1 << 20) {
+                    events.try_recv().ok()
+                } else {
+                    None
+                };
             }
-            next = if lines.len() < (1 << 20) {
-                events.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        let evicted = log.append(&lines, batch)?;
-        written += batch;
-        progress.written.fetch_add(batch, Ordering::Relaxed);
-        progress.over_limit.fetch_add(over_limit, Ordering::Relaxed);
-        progress.evicted.fetch_add(evicted, Ordering::Relaxed);
-        if !limit_reported && max_events.is_some_and(|max| written >= max) {
-            limit_reported = true;
-            if let Some(manager) = manager.upgrade() {
-                runtime.spawn(async move { manager.finish(id, "max_events").await });
+            let evicted = self.log.append(&lines, batch)?;
+            written += batch;
+            self.progress.written.fetch_add(batch, Ordering::Relaxed);
+            self.progress
+                .over_limit
+                .fetch_add(over_limit, Ordering::Relaxed);
+            self.progress.evicted.fetch_add(evicted, Ordering::Relaxed);
+            if !limit_reported && self.max_events.is_some_and(|max| written >= max) {
+                limit_reported = true;
+                if let Some(manager) = self.manager.upgrade() {
+                    let id = self.id;
+                    self.runtime
+                        .spawn(async move { manager.finish(id, "max_events").await });
+                }
             }
         }
+        self.log.finish()
     }
-    log.finish()
 }

@@ -190,7 +190,13 @@ mod tests {
             .unwrap()
             .assume_utc();
         assert_eq!(
-            default_name(&Target::Cgroup("/sys/fs/cgroup/web".into()), at),
+            default_name(
+                &Target {
+                    cgroup: Some("/sys/fs/cgroup/web".into()),
+                    ..Target::default()
+                },
+                at
+            ),
             "web.202611220905"
         );
     }

@@ -3,7 +3,10 @@
 //! [`CreateSession`] is the request body as received (unknown fields are refused);
 //! [`CreateSession::validate`] turns it into a [`SessionSpec`]: syscall names resolved to
 //! numbers, durations parsed, names and labels checked. Every problem names the field.
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -35,29 +38,129 @@ pub struct CreateSession {
     pub tenant: Option<String>,
 }
 
-/// What a session traces.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum Target {
-    /// A cgroup v2 directory (absolute path under the cgroup2 mount).
-    Cgroup(String),
+/// What a session traces: one of a cgroup, pids, or containers (by name, part of a name,
+/// ID prefix, labels, or a name and labels together).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// A cgroup v2 directory (absolute path under the cgroup2 mount), for containers of any
+    /// runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     /// Processes by pid (their threads; not the children they start later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<Vec<u32>>,
+    /// Running Docker containers by exact name, else ID prefix, else part of a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Running Docker containers carrying all these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A validated target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    Cgroup(String),
     Pids(Vec<u32>),
+    Containers(ContainerSelector),
+}
+
+/// Which running containers a session traces.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ContainerSelector {
+    /// Exact name, else ID prefix, else part of a name.
+    pub container: Option<String>,
+    /// Labels a container must all carry.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl std::fmt::Display for ContainerSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(container) = &self.container {
+            parts.push(format!("container `{container}`"));
+        }
+        if !self.labels.is_empty() {
+            let labels: Vec<String> = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            parts.push(format!("labels {}", labels.join(",")));
+        }
+        f.write_str(&parts.join(" with "))
+    }
 }
 
 impl Target {
-    /// A short form for default session names: the cgroup's last component, or `pids-<first>`.
+    /// A short form for default session names: the cgroup's last component, `pids-<first>`,
+    /// the container selector, or the first label's value.
     pub fn short_name(&self) -> String {
-        match self {
-            Target::Cgroup(path) => path
-                .trim_end_matches('/')
+        let name = if let Some(path) = &self.cgroup {
+            path.trim_end_matches('/')
                 .rsplit('/')
                 .next()
                 .filter(|last| !last.is_empty())
                 .unwrap_or("root")
-                .to_owned(),
-            Target::Pids(pids) => format!("pids-{}", pids.first().copied().unwrap_or(0)),
+                .to_owned()
+        } else if let Some(pids) = &self.pids {
+            format!("pids-{}", pids.first().copied().unwrap_or(0))
+        } else if let Some(container) = &self.container {
+            container.clone()
+        } else {
+            self.labels
+                .as_ref()
+                .and_then(|labels| labels.values().next().cloned())
+                .unwrap_or_else(|| "containers".into())
+        };
+        // Names allow only letters, digits, `.`, `_` and `-`.
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    }
+
+    fn kind(&self) -> Result<TargetKind, InvalidField> {
+        let containers = self.container.is_some() || self.labels.is_some();
+        let kinds = [self.cgroup.is_some(), self.pids.is_some(), containers];
+        match kinds.iter().filter(|&&given| given).count() {
+            0 => return Err(invalid("target", "give one of `cgroup`, `pids`, `container` or `labels`")),
+            1 => {}
+            _ => {
+                return Err(invalid(
+                    "target",
+                    "give one kind of target: `cgroup`, `pids`, or containers (`container` and/or `labels`)",
+                ))
+            }
         }
+        if let Some(path) = &self.cgroup {
+            return Ok(TargetKind::Cgroup(path.clone()));
+        }
+        if let Some(pids) = &self.pids {
+            return Ok(TargetKind::Pids(pids.clone()));
+        }
+        if let Some(container) = &self.container {
+            if container.is_empty() || container.len() > 128 {
+                return Err(invalid("target.container", "must be 1 to 128 characters"));
+            }
+        }
+        let labels = self.labels.clone().unwrap_or_default();
+        if self.labels.is_some() && labels.is_empty() {
+            return Err(invalid(
+                "target.labels",
+                "must name at least one label (or be left out)",
+            ));
+        }
+        Ok(TargetKind::Containers(ContainerSelector {
+            container: self.container.clone(),
+            labels,
+        }))
     }
 }
 
@@ -97,7 +200,7 @@ pub struct Limits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionSpec {
     pub name: Option<String>,
-    pub target: Target,
+    pub target: TargetKind,
     /// Syscall numbers, sorted; `None` for all.
     pub syscalls: Option<Vec<u32>>,
     pub conditions: Conditions,
@@ -116,11 +219,16 @@ impl SessionSpec {
             tgids.sort_unstable();
             tgids.dedup();
         }
-        let mut target = self.target.clone();
-        if let Target::Pids(pids) = &mut target {
-            pids.sort_unstable();
-            pids.dedup();
-        }
+        let target = match &self.target {
+            TargetKind::Cgroup(path) => serde_json::json!({ "cgroup": path }),
+            TargetKind::Pids(pids) => {
+                let mut pids = pids.clone();
+                pids.sort_unstable();
+                pids.dedup();
+                serde_json::json!({ "pids": pids })
+            }
+            TargetKind::Containers(selector) => serde_json::json!({ "containers": selector }),
+        };
         serde_json::json!({
             "target": target,
             "syscalls": self.syscalls,
@@ -156,8 +264,9 @@ impl CreateSession {
         if let Some(name) = &self.name {
             validate_name(name)?;
         }
-        match &self.target {
-            Target::Cgroup(path) => {
+        let target = self.target.kind()?;
+        match &target {
+            TargetKind::Cgroup(path) => {
                 if !path.starts_with('/') {
                     return Err(invalid("target.cgroup", "must be an absolute path"));
                 }
@@ -165,7 +274,7 @@ impl CreateSession {
                     return Err(invalid("target.cgroup", "must not contain `..`"));
                 }
             }
-            Target::Pids(pids) => {
+            TargetKind::Pids(pids) => {
                 if pids.is_empty() {
                     return Err(invalid("target.pids", "must name at least one pid"));
                 }
@@ -185,6 +294,7 @@ impl CreateSession {
                     ));
                 }
             }
+            TargetKind::Containers(_) => {}
         }
         let syscalls = match &self.syscalls {
             None => None,
@@ -241,7 +351,7 @@ impl CreateSession {
         }
         Ok(SessionSpec {
             name: self.name.clone(),
-            target: self.target.clone(),
+            target,
             syscalls,
             conditions: self.conditions.clone(),
             label: self.label.clone(),
@@ -324,7 +434,7 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
-        assert_eq!(spec.target, Target::Cgroup("/sys/fs/cgroup/x".into()));
+        assert_eq!(spec.target, TargetKind::Cgroup("/sys/fs/cgroup/x".into()));
         assert_eq!(spec.syscalls, None);
         assert_eq!(spec.backend, BackendChoice::Auto);
     }
@@ -336,7 +446,9 @@ mod tests {
             request(serde_json::json!({"target": {"cgroup": "/x"}, "conditions": {"x": 1}}))
                 .is_err()
         );
-        assert!(request(serde_json::json!({"target": {"container": "web"}})).is_err());
+        assert!(
+            request(serde_json::json!({"target": {"container": "web", "image": "x"}})).is_err()
+        );
     }
 
     #[test]
@@ -423,11 +535,35 @@ mod tests {
     }
 
     #[test]
+    fn container_selectors_combine_a_name_and_labels() {
+        let spec =
+            request(serde_json::json!({"target": {"container": "web", "labels": {"app": "shop"}}}))
+                .unwrap()
+                .validate()
+                .unwrap();
+        let TargetKind::Containers(selector) = spec.target else {
+            panic!("a container target");
+        };
+        assert_eq!(selector.container.as_deref(), Some("web"));
+        assert_eq!(selector.labels["app"], "shop");
+        assert_eq!(selector.to_string(), "container `web` with labels app=shop");
+    }
+
+    #[test]
     fn default_names_come_from_the_target() {
+        let target = |json| serde_json::from_value::<Target>(json).unwrap().short_name();
         assert_eq!(
-            Target::Cgroup("/sys/fs/cgroup/web/".into()).short_name(),
+            target(serde_json::json!({"cgroup": "/sys/fs/cgroup/web/"})),
             "web"
         );
-        assert_eq!(Target::Pids(vec![42, 7]).short_name(), "pids-42");
+        assert_eq!(target(serde_json::json!({"pids": [42, 7]})), "pids-42");
+        assert_eq!(
+            target(serde_json::json!({"container": "shop/web"})),
+            "shop-web"
+        );
+        assert_eq!(
+            target(serde_json::json!({"labels": {"app": "shop"}})),
+            "shop"
+        );
     }
 }

@@ -1,0 +1,254 @@
+//! Container targets through the real Docker engine: selection by name, part of a name, ID
+//! prefix and label, `docker exec`'d processes, container metadata on events, tenants, and
+//! errors.
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tracer_tests::{daemon::Daemon, docker::TestContainer, require_root};
+
+fn wait_delivered(daemon: &Daemon, id: &str, count: u64, token: Option<&str>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, session) = daemon.call("GET", &format!("/v1/sessions/{id}"), None, token);
+        if session["counters"]["delivered"] == count {
+            return session;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited 10 s for {count} events: {session}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Creates and starts a getppid session on `target`, runs `calls` getppid in the container,
+/// and checks every event: the exact count, and the container on each.
+fn trace_exactly(daemon: &Daemon, target: Value, container: &TestContainer, calls: u64) {
+    let body = json!({"target": target, "syscalls": ["getppid"]});
+    let (status, session) = daemon.call("POST", "/v1/sessions", Some(&body), None);
+    assert_eq!(status, 201, "{target}: {session}");
+    let id = session["id"].as_str().unwrap().to_owned();
+    let (status, started) = daemon.call("POST", &format!("/v1/sessions/{id}/start"), None, None);
+    assert_eq!(status, 200, "{started}");
+    container.exec_workload(&["getppid", &calls.to_string()]);
+    let session = wait_delivered(daemon, &id, calls, None);
+    assert_eq!(session["counters"]["matched"], calls, "{target}: {session}");
+    let events: Vec<Value> = daemon
+        .get_text(&format!("/v1/sessions/{id}/events"))
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len() as u64, calls);
+    for event in &events {
+        assert_eq!(event["comm"], "syscall_loop");
+        assert_eq!(event["container"]["id"], container.id.as_str());
+        assert_eq!(event["container"]["name"], container.name.as_str());
+        assert_eq!(
+            event["container"]["image"],
+            tracer_tests::docker::test_image()
+        );
+    }
+    assert_eq!(
+        daemon
+            .call("DELETE", &format!("/v1/sessions/{id}"), None, None)
+            .0,
+        204
+    );
+}
+
+#[test]
+fn a_container_is_traced_by_name_part_of_a_name_id_prefix_and_label() {
+    require_root();
+    let label = format!("shop-{}", std::process::id());
+    let container = TestContainer::run("shop-web", &[("app", &label)]);
+    let daemon = Daemon::start(&[]);
+    // Each selector on its own, with a different count so no session could be another's.
+    trace_exactly(
+        &daemon,
+        json!({"container": container.name}),
+        &container,
+        1000,
+    );
+    let part = container.name.trim_start_matches("tracerd-test-");
+    trace_exactly(&daemon, json!({"container": part}), &container, 1100);
+    trace_exactly(
+        &daemon,
+        json!({"container": &container.id[..12]}),
+        &container,
+        1200,
+    );
+    trace_exactly(&daemon, json!({"labels": {"app": label}}), &container, 1300);
+    trace_exactly(
+        &daemon,
+        json!({"container": part, "labels": {"app": label}}),
+        &container,
+        1400,
+    );
+}
+
+#[test]
+fn containers_are_listed_with_their_cgroup_and_the_sessions_tracing_them() {
+    require_root();
+    let container = TestContainer::run("listed", &[]);
+    let daemon = Daemon::start(&[]);
+    let body = json!({"target": {"container": container.name}});
+    let (_, session) = daemon.call("POST", "/v1/sessions", Some(&body), None);
+    let id = session["id"].as_str().unwrap();
+    daemon.call("POST", &format!("/v1/sessions/{id}/start"), None, None);
+    let listing = daemon.get("/v1/containers");
+    let ours = listing["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == container.id.as_str())
+        .unwrap_or_else(|| panic!("{} not listed: {listing}", container.name));
+    assert_eq!(ours["name"], container.name.as_str());
+    assert_eq!(ours["image"], tracer_tests::docker::test_image());
+    assert!(ours["cgroup_id"].as_u64().unwrap() > 0);
+    assert_eq!(ours["sessions"], json!([id]));
+}
+
+#[test]
+fn no_matching_container_is_a_422_naming_the_selector_and_close_names() {
+    require_root();
+    let container = TestContainer::run("payments", &[]);
+    let daemon = Daemon::start(&[]);
+    let typo = container.name.replace("payments", "paymnets");
+    let (status, body) = daemon.call(
+        "POST",
+        "/v1/sessions",
+        Some(&json!({"target": {"container": typo}})),
+        None,
+    );
+    assert_eq!(
+        (status, &body["error"]),
+        (422, &json!("no_matching_container")),
+        "{body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains(&typo), "{body}");
+    assert_eq!(body["close_names"][0], container.name.as_str(), "{body}");
+}
+
+#[test]
+fn a_tenant_may_target_only_containers_it_owns() {
+    require_root();
+    let ours = TestContainer::run("team-a-app", &[("tracerd.tenant", "team-a")]);
+    let theirs = TestContainer::run("team-b-app", &[("tracerd.tenant", "team-b")]);
+    let tokens = std::env::temp_dir().join(format!(
+        "tracerd-test-owner-tokens-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &tokens,
+        "[[token]]\ntoken = \"team-a-secret-token\"\ntenant = \"team-a\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&["--tokens", tokens.to_str().unwrap()]);
+    let a = Some("team-a-secret-token");
+
+    let (status, body) = daemon.call(
+        "POST",
+        "/v1/sessions",
+        Some(&json!({"target": {"container": ours.name}})),
+        a,
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        daemon
+            .call("POST", &format!("/v1/sessions/{id}/start"), None, a)
+            .0,
+        200
+    );
+    ours.exec_workload(&["getppid", "250"]);
+    let session = wait_delivered(&daemon, &id, 250 + extra_syscalls(&daemon, &id, a), a);
+    assert_eq!(session["tenant"], "team-a");
+
+    // Another tenant's container is as if it did not exist: no name to be had from it.
+    let (status, body) = daemon.call(
+        "POST",
+        "/v1/sessions",
+        Some(&json!({"target": {"container": theirs.name}})),
+        a,
+    );
+    assert_eq!(
+        (status, &body["error"]),
+        (422, &json!("no_matching_container")),
+        "{body}"
+    );
+    assert!(
+        !body
+            .to_string()
+            .contains(&theirs.name.replace("team-b-app", "")),
+        "{body}"
+    );
+    let (_, listing) = daemon.call("GET", "/v1/containers", None, a);
+    let names: Vec<&str> = listing["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [ours.name.as_str()]);
+    std::fs::remove_file(tokens).unwrap();
+}
+
+/// A session on all syscalls also records the exec's own machinery (runc's init runs in the
+/// container's cgroup before it execs the command): the events say how many of those there
+/// were, so the getppid count can be checked exactly.
+fn extra_syscalls(daemon: &Daemon, id: &str, token: Option<&str>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<Value> = daemon
+            .get_text_as(&format!("/v1/sessions/{id}/events"), token)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        // The workload's exit_group is its last syscall: once it is in, everything is.
+        if lines
+            .iter()
+            .any(|e| e["syscall"] == "exit_group" && e["comm"] == "syscall_loop")
+        {
+            let getppid = lines.iter().filter(|e| e["syscall"] == "getppid").count() as u64;
+            assert_eq!(getppid, 250, "exactly the workload's getppid calls");
+            return lines.len() as u64 - getppid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workload's events did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn without_docker_container_targets_are_a_503_and_cgroup_targets_still_work() {
+    require_root();
+    let daemon = Daemon::start(&["--docker-socket", "/nonexistent/docker.sock"]);
+    let (status, body) = daemon.call(
+        "POST",
+        "/v1/sessions",
+        Some(&json!({"target": {"container": "web"}})),
+        None,
+    );
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("docker_unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/docker.sock"),
+        "{body}"
+    );
+    let cgroup = tracer_tests::cgroup::TestCgroup::create("no-docker");
+    let (status, _) = daemon.call(
+        "POST",
+        "/v1/sessions",
+        Some(&json!({"target": {"cgroup": cgroup.path()}})),
+        None,
+    );
+    assert_eq!(status, 201);
+}

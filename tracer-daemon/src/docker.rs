@@ -1,0 +1,249 @@
+//! Containers through the Docker engine (bollard): which are running, their names, images
+//! and labels, and their cgroups (read from /proc, never guessed from a path layout).
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use crate::{cgroup::Cgroup, session::spec::ContainerSelector};
+
+/// The Docker API version asked for first; the engine's own is used if it is older (Debian's
+/// 20.10 engine speaks 1.41).
+const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("the Docker engine at {socket} cannot be reached: {message}")]
+pub struct DockerUnavailable {
+    pub socket: String,
+    pub message: String,
+}
+
+/// A running container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// Its init process.
+    pub pid: u32,
+    pub cgroup_id: u64,
+    pub cgroup_path: PathBuf,
+}
+
+/// A Docker client, connected on first use (tracerd starts, and serves cgroup and pid
+/// targets, without a Docker engine).
+pub struct DockerClient {
+    socket: PathBuf,
+    client: tokio::sync::Mutex<Option<bollard::Docker>>,
+}
+
+impl DockerClient {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_owned(),
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn unavailable(&self, err: impl std::fmt::Display) -> DockerUnavailable {
+        DockerUnavailable {
+            socket: self.socket.display().to_string(),
+            message: err.to_string(),
+        }
+    }
+
+    async fn client(&self) -> Result<bollard::Docker, DockerUnavailable> {
+        let mut cached = self.client.lock().await;
+        if let Some(client) = cached.as_ref() {
+            return Ok(client.clone());
+        }
+        let socket = self
+            .socket
+            .to_str()
+            .ok_or_else(|| self.unavailable("the socket path is not UTF-8"))?;
+        let client = bollard::Docker::connect_with_socket(socket, 10, &API_VERSION)
+            .map_err(|err| self.unavailable(err))?
+            .negotiate_version()
+            .await
+            .map_err(|err| self.unavailable(err))?;
+        *cached = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Forgets the connection after an error, so the next call connects afresh.
+    async fn reset(&self) {
+        *self.client.lock().await = None;
+    }
+
+    /// Every running container with its cgroup.
+    pub async fn running(&self) -> Result<Vec<Container>, DockerUnavailable> {
+        let client = self.client().await?;
+        let summaries = match client
+            .list_containers(None::<bollard::query_parameters::ListContainersOptions>)
+            .await
+        {
+            Ok(summaries) => summaries,
+            Err(err) => {
+                self.reset().await;
+                return Err(self.unavailable(err));
+            }
+        };
+        let mut containers = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let Some(id) = summary.id else { continue };
+            // The list has no pid: ask for it. A container that exited meanwhile is skipped.
+            let Ok(inspected) = client
+                .inspect_container(
+                    &id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            else {
+                continue;
+            };
+            let Some(pid) = inspected
+                .state
+                .and_then(|state| state.pid)
+                .filter(|&pid| pid > 0)
+            else {
+                continue;
+            };
+            let Ok(cgroup) = Cgroup::of_pid(pid as u32) else {
+                continue;
+            };
+            containers.push(Container {
+                name: inspected
+                    .name
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_owned(),
+                image: summary.image.unwrap_or_default(),
+                labels: summary.labels.unwrap_or_default().into_iter().collect(),
+                pid: pid as u32,
+                cgroup_id: cgroup.id,
+                cgroup_path: cgroup.path,
+                id,
+            });
+        }
+        Ok(containers)
+    }
+}
+
+/// The containers `selector` picks: by exact name if any has it, else by ID prefix, else
+/// by part of a name; and of those, the ones carrying every label.
+pub fn select<'a>(containers: &'a [Container], selector: &ContainerSelector) -> Vec<&'a Container> {
+    let labelled = |container: &&Container| {
+        selector
+            .labels
+            .iter()
+            .all(|(key, value)| container.labels.get(key) == Some(value))
+    };
+    let Some(text) = &selector.container else {
+        return containers.iter().filter(labelled).collect();
+    };
+    let by = |matches: &dyn Fn(&Container) -> bool| -> Vec<&'a Container> {
+        containers
+            .iter()
+            .filter(|c| matches(c))
+            .filter(labelled)
+            .collect()
+    };
+    let exact = by(&|c| c.name == *text);
+    if !exact.is_empty() {
+        return exact;
+    }
+    let by_id = by(&|c| c.id.starts_with(text.as_str()));
+    if !by_id.is_empty() {
+        return by_id;
+    }
+    by(&|c| c.name.contains(text.as_str()))
+}
+
+/// Up to five running containers' names closest to `text`, closest first.
+pub fn close_names(containers: &[Container], text: &str) -> Vec<String> {
+    let mut names: Vec<(usize, &str)> = containers
+        .iter()
+        .map(|c| (strsim::levenshtein(&c.name, text), c.name.as_str()))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .take(5)
+        .map(|(_, name)| name.to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(id: &str, name: &str, labels: &[(&str, &str)]) -> Container {
+        Container {
+            id: id.into(),
+            name: name.into(),
+            image: "img".into(),
+            labels: labels.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
+            pid: 1,
+            cgroup_id: 1,
+            cgroup_path: PathBuf::new(),
+        }
+    }
+
+    fn selector(container: Option<&str>, labels: &[(&str, &str)]) -> ContainerSelector {
+        ContainerSelector {
+            container: container.map(str::to_owned),
+            labels: labels.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
+        }
+    }
+
+    fn names(found: Vec<&Container>) -> Vec<&str> {
+        found.into_iter().map(|c| c.name.as_str()).collect()
+    }
+
+    #[test]
+    fn an_exact_name_wins_over_an_id_prefix_and_a_part_of_a_name() {
+        let all = [
+            container("abc123", "web", &[]),
+            container("def456", "web-2", &[]),
+            container("web999", "db", &[]),
+        ];
+        assert_eq!(names(select(&all, &selector(Some("web"), &[]))), ["web"]);
+        assert_eq!(names(select(&all, &selector(Some("def"), &[]))), ["web-2"]);
+        assert_eq!(names(select(&all, &selector(Some("eb-"), &[]))), ["web-2"]);
+        assert!(select(&all, &selector(Some("cache"), &[])).is_empty());
+    }
+
+    #[test]
+    fn labels_narrow_any_selection() {
+        let all = [
+            container("a1", "shop-web", &[("app", "shop"), ("tier", "web")]),
+            container("a2", "shop-db", &[("app", "shop"), ("tier", "db")]),
+            container("a3", "blog-web", &[("app", "blog"), ("tier", "web")]),
+        ];
+        assert_eq!(
+            names(select(&all, &selector(None, &[("app", "shop")]))),
+            ["shop-web", "shop-db"]
+        );
+        assert_eq!(
+            names(select(&all, &selector(Some("web"), &[("app", "shop")]))),
+            ["shop-web"]
+        );
+        assert!(select(&all, &selector(None, &[("app", "none")])).is_empty());
+    }
+
+    #[test]
+    fn close_names_come_closest_first() {
+        let all = [
+            container("1", "payments", &[]),
+            container("2", "web", &[]),
+            container("3", "webs", &[]),
+        ];
+        assert_eq!(close_names(&all, "wbe"), ["web", "webs", "payments"]);
+    }
+}
