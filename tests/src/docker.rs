@@ -77,6 +77,21 @@ impl TestContainer {
     }
 }
 
+impl TestContainer {
+    /// Runs `docker <verb> <this container>` (restart, kill, …) and checks it succeeded.
+    pub fn docker(&self, verb: &str) {
+        let output = Command::new("docker")
+            .args([verb, &self.id])
+            .output()
+            .expect("running docker");
+        assert!(
+            output.status.success(),
+            "docker {verb} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 impl Drop for TestContainer {
     fn drop(&mut self) {
         let _ = Command::new("docker").args(["rm", "-f", &self.id]).output();

@@ -252,3 +252,125 @@ fn without_docker_container_targets_are_a_503_and_cgroup_targets_still_work() {
     );
     assert_eq!(status, 201);
 }
+
+/// Creates and starts a getppid session on `target`; returns its id.
+fn start_getppid_session(daemon: &Daemon, target: Value) -> String {
+    let (status, session) = daemon.call(
+        "POST",
+        "/v1/sessions",
+        Some(&json!({"target": target, "syscalls": ["getppid"]})),
+        None,
+    );
+    assert_eq!(status, 201, "{session}");
+    let id = session["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        daemon
+            .call("POST", &format!("/v1/sessions/{id}/start"), None, None)
+            .0,
+        200
+    );
+    id
+}
+
+fn wait_status(daemon: &Daemon, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, session) = daemon.call("GET", &format!("/v1/sessions/{id}"), None, None);
+        if session["status"] == status {
+            return session;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited 10 s for {status}: {session}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_container_started_after_the_session_is_traced_when_it_matches() {
+    require_root();
+    // Both names contain `late-<pid>-`, and nothing else running does.
+    let part = format!("late-{}-", std::process::id());
+    let first = TestContainer::run(&format!("{part}a"), &[]);
+    let daemon = Daemon::start(&[]);
+    let id = start_getppid_session(&daemon, json!({"container": part}));
+    first.exec_workload(&["getppid", "100"]);
+    wait_delivered(&daemon, &id, 100, None);
+
+    let second = TestContainer::run(&format!("{part}b"), &[]);
+    // The engine's start event reaches tracerd asynchronously: poll until b's cgroup is in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listing = daemon.get("/v1/containers");
+        let traced = listing["containers"].as_array().unwrap().iter().any(|c| {
+            c["id"] == second.id.as_str()
+                && c["sessions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s == id.as_str())
+        });
+        if traced {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late container was not added: {listing}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    second.exec_workload(&["getppid", "200"]);
+    wait_delivered(&daemon, &id, 300, None);
+    let events: Vec<Value> = daemon
+        .get_text(&format!("/v1/sessions/{id}/events"))
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let from_second = events
+        .iter()
+        .filter(|e| e["container"]["id"] == second.id.as_str())
+        .count();
+    assert_eq!(from_second, 200);
+}
+
+#[test]
+fn a_restarted_container_is_picked_up_again_and_a_removed_one_ends_the_session() {
+    require_root();
+    let container = TestContainer::run("restarted", &[]);
+    let daemon = Daemon::start(&[]);
+    let id = start_getppid_session(&daemon, json!({"container": container.name}));
+    container.exec_workload(&["getppid", "100"]);
+    wait_delivered(&daemon, &id, 100, None);
+
+    // A restart makes a new cgroup for the container; the session follows it.
+    container.docker("restart");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut delivered = 100;
+    while delivered < 300 {
+        // Until the restart is seen, these calls are not traced; retry with a fresh count.
+        container.exec_workload(&["getppid", "200"]);
+        std::thread::sleep(Duration::from_millis(300));
+        let (_, session) = daemon.call("GET", &format!("/v1/sessions/{id}"), None, None);
+        delivered = session["counters"]["delivered"].as_u64().unwrap();
+        assert!(
+            delivered == 100 || delivered == 300,
+            "partial counts after the restart: {session}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the restarted container was not picked up: {session}"
+        );
+    }
+
+    // Killed but not removed: it may start again, so the session goes on.
+    container.docker("kill");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, session) = daemon.call("GET", &format!("/v1/sessions/{id}"), None, None);
+    assert_eq!(session["status"], "running", "{session}");
+    // Removed: gone for good.
+    container.docker("rm");
+    let finished = wait_status(&daemon, &id, "finished");
+    assert_eq!(finished["finished_reason"], "targets_gone");
+    assert_eq!(finished["counters"]["delivered"], 300);
+}

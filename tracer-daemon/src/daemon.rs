@@ -106,6 +106,7 @@ pub async fn run(
         failed,
         "sessions that were running are resumed; ready"
     );
+    let follower = tokio::spawn(manager.clone().follow_containers());
     let persister = tokio::spawn({
         let manager = manager.clone();
         async move {
@@ -126,6 +127,8 @@ pub async fn run(
 
     persister.abort();
     let _ = persister.await;
+    follower.abort();
+    let _ = follower.await;
     if let Some(logger) = logger {
         logger.abort();
     }

@@ -135,6 +135,100 @@ impl DockerClient {
     }
 }
 
+/// A change in a container's life, from the engine's event stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerEvent {
+    Started(String),
+    Died(String),
+    Destroyed(String),
+}
+
+impl DockerClient {
+    /// One running container (`None` if it is not running, or no longer exists).
+    pub async fn inspect(&self, id: &str) -> Result<Option<Container>, DockerUnavailable> {
+        let client = self.client().await?;
+        let inspected = match client
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(inspected) => inspected,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(err) => {
+                self.reset().await;
+                return Err(self.unavailable(err));
+            }
+        };
+        let Some(pid) = inspected
+            .state
+            .as_ref()
+            .and_then(|state| state.pid)
+            .filter(|&pid| pid > 0)
+        else {
+            return Ok(None);
+        };
+        let Ok(cgroup) = Cgroup::of_pid(pid as u32) else {
+            return Ok(None);
+        };
+        let config = inspected.config.unwrap_or_default();
+        Ok(Some(Container {
+            id: inspected.id.unwrap_or_else(|| id.to_owned()),
+            name: inspected
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_owned(),
+            image: config.image.unwrap_or_default(),
+            labels: config.labels.unwrap_or_default().into_iter().collect(),
+            pid: pid as u32,
+            cgroup_id: cgroup.id,
+            cgroup_path: cgroup.path,
+        }))
+    }
+
+    /// The engine's container events from now on. The stream ends (with an error) when the
+    /// engine goes away; the caller subscribes again.
+    pub async fn events(
+        &self,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<ContainerEvent, DockerUnavailable>> + use<>,
+        DockerUnavailable,
+    > {
+        use futures_util::StreamExt as _;
+        let client = self.client().await?;
+        let filters = std::collections::HashMap::from([
+            ("type", vec!["container"]),
+            ("event", vec!["start", "die", "destroy"]),
+        ]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let socket = self.socket.display().to_string();
+        Ok(client.events(Some(options)).filter_map(move |message| {
+            let event = match message {
+                Err(err) => Some(Err(DockerUnavailable {
+                    socket: socket.clone(),
+                    message: err.to_string(),
+                })),
+                Ok(message) => {
+                    let id = message.actor.and_then(|actor| actor.id);
+                    match (message.action.as_deref(), id) {
+                        (Some("start"), Some(id)) => Some(Ok(ContainerEvent::Started(id))),
+                        (Some("die"), Some(id)) => Some(Ok(ContainerEvent::Died(id))),
+                        (Some("destroy"), Some(id)) => Some(Ok(ContainerEvent::Destroyed(id))),
+                        _ => None,
+                    }
+                }
+            };
+            std::future::ready(event)
+        }))
+    }
+}
+
 /// The containers `selector` picks: by exact name if any has it, else by ID prefix, else
 /// by part of a name; and of those, the ones carrying every label.
 pub fn select<'a>(containers: &'a [Container], selector: &ContainerSelector) -> Vec<&'a Container> {

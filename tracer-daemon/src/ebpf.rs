@@ -403,6 +403,22 @@ impl EbpfBackend {
         )
     }
 
+    /// Removes a cgroup from a running slot (a container that exited).
+    pub fn remove_cgroup(
+        &mut self,
+        cgroup_id: u64,
+        slot_bit: SessionMask,
+    ) -> Result<(), MapUpdateError> {
+        let sessions = self.mirror.cgroups.get(&cgroup_id).copied().unwrap_or(0) & !slot_bit;
+        set_sessions(
+            &mut self.traced_cgroups,
+            &mut self.mirror.cgroups,
+            cgroup_id,
+            sessions,
+            "TRACED_CGROUPS",
+        )
+    }
+
     /// Removes every trace of `slot` from the filter maps: after this, no new syscall matches
     /// it. (Syscalls that entered before are excluded from the slot's next user by its start
     /// time.)

@@ -235,6 +235,15 @@ impl Engine {
         Ok(lock(&self.backend).add_cgroup(cgroup_id, 1 << session.slot)?)
     }
 
+    /// Removes a cgroup from a running session.
+    pub fn remove_cgroup(
+        &self,
+        session: &SessionHandle,
+        cgroup_id: u64,
+    ) -> Result<(), EngineError> {
+        Ok(lock(&self.backend).remove_cgroup(cgroup_id, 1 << session.slot)?)
+    }
+
     /// The session's counters now.
     pub fn counters(&self, session: &SessionHandle) -> Result<SessionCounters, EngineError> {
         let kernel = lock(&self.backend).slot_counters(session.slot)?;

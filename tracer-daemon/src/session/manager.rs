@@ -21,11 +21,13 @@ use super::{
     event_json::{self, WallClock},
     eventlog::EventLogWriter,
     model::{default_name, now_rfc3339, Counters, Session, Status},
-    spec::{BackendChoice, CreateSession, InvalidField, SessionSpec, TargetKind},
+    spec::{
+        BackendChoice, ContainerSelector, CreateSession, InvalidField, SessionSpec, TargetKind,
+    },
 };
 use crate::{
     cgroup::Cgroup,
-    docker::{self, Container, DockerClient, DockerUnavailable},
+    docker::{self, Container, ContainerEvent, DockerClient, DockerUnavailable},
     ebpf::KernelFilter,
     engine::{Engine, EngineError, Event, SessionHandle},
     lock,
@@ -108,6 +110,7 @@ struct Run {
     tenant: String,
     /// The cgroups this run traces.
     cgroups: Vec<u64>,
+    follow: Option<Follow>,
     /// Counters of the session's previous runs.
     base: Counters,
     progress: Arc<RunProgress>,
@@ -332,10 +335,17 @@ impl SessionManager {
             EventLogWriter::open(&self.session_dir(row.id), self.options.event_log_cap_bytes)?;
         let (handle, events) = self.engine.start_session(&resolved.filter)?;
         let progress = Arc::new(RunProgress::default());
+        let containers = Arc::new(std::sync::RwLock::new(resolved.containers));
+        let follow = resolved.follow.map(|(selector, traced)| Follow {
+            selector,
+            restricted: row.restricted,
+            containers: containers.clone(),
+            traced,
+        });
         let writer = RunWriter {
             id: row.id,
             log,
-            containers: resolved.containers,
+            containers,
             progress: progress.clone(),
             max_events: spec
                 .max_events
@@ -369,6 +379,7 @@ impl SessionManager {
                 handle,
                 tenant: row.tenant.clone(),
                 cgroups: resolved.filter.cgroups.clone(),
+                follow,
                 base: row.counters,
                 progress,
                 writer,
@@ -565,9 +576,12 @@ fn check_backend(spec: &SessionSpec) -> Result<(), ManagerError> {
 
 /// Whether a run's targets still exist.
 enum Presence {
-    /// cgroup directories (a cgroup target, or the containers' cgroups).
+    /// A cgroup target's directory.
     Cgroups(Vec<std::path::PathBuf>),
     Pids(Vec<u32>),
+    /// Containers: the Docker event stream says when they are gone (a stopped container's
+    /// cgroup vanishes, but it may start again).
+    DockerEvents,
 }
 
 impl Presence {
@@ -578,6 +592,7 @@ impl Presence {
             Presence::Pids(pids) => pids
                 .iter()
                 .all(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+            Presence::DockerEvents => false,
         }
     }
 }
@@ -588,6 +603,19 @@ struct Resolved {
     filter: KernelFilter,
     containers: HashMap<u64, ContainerMeta>,
     presence: Presence,
+    /// For container targets: what following the Docker events needs.
+    follow: Option<(ContainerSelector, HashMap<String, u64>)>,
+}
+
+/// A container run following Docker's events: containers that start and match are added,
+/// those that exit are removed, and the session finishes when all it traced are removed.
+struct Follow {
+    selector: ContainerSelector,
+    restricted: bool,
+    /// cgroup id → container, shared with the run's writer.
+    containers: Arc<std::sync::RwLock<HashMap<u64, ContainerMeta>>>,
+    /// Containers traced by this run (id → cgroup id), until they are removed.
+    traced: HashMap<String, u64>,
 }
 
 /// What events say about the container they come from.
@@ -621,6 +649,7 @@ impl SessionManager {
                     filter: filter(vec![cgroup.id], spec.conditions.tgids.clone()),
                     containers: HashMap::new(),
                     presence: Presence::Cgroups(vec![cgroup.path]),
+                    follow: None,
                 })
             }
             TargetKind::Pids(pids) => {
@@ -637,6 +666,7 @@ impl SessionManager {
                     filter: filter(cgroups, Some(pids.clone())),
                     containers: HashMap::new(),
                     presence: Presence::Pids(pids.clone()),
+                    follow: None,
                 })
             }
             TargetKind::Containers(selector) => {
@@ -655,11 +685,11 @@ impl SessionManager {
                 }
                 let mut cgroups = Vec::new();
                 let mut containers = HashMap::new();
-                let mut paths = Vec::new();
+                let mut traced = HashMap::new();
                 for container in chosen {
+                    traced.insert(container.id.clone(), container.cgroup_id);
                     if !cgroups.contains(&container.cgroup_id) {
                         cgroups.push(container.cgroup_id);
-                        paths.push(container.cgroup_path.clone());
                     }
                     containers.insert(
                         container.cgroup_id,
@@ -673,8 +703,124 @@ impl SessionManager {
                 Ok(Resolved {
                     filter: filter(cgroups, spec.conditions.tgids.clone()),
                     containers,
-                    presence: Presence::Cgroups(paths),
+                    presence: Presence::DockerEvents,
+                    follow: Some((selector.clone(), traced)),
                 })
+            }
+        }
+    }
+
+    /// Follows the Docker engine's container events for as long as the daemon runs,
+    /// subscribing again whenever the engine goes away.
+    pub async fn follow_containers(self: Arc<Self>) {
+        use futures_util::StreamExt as _;
+        loop {
+            match self.docker.events().await {
+                Ok(events) => {
+                    let mut events = std::pin::pin!(events);
+                    while let Some(event) = events.next().await {
+                        match event {
+                            Ok(event) => self.on_container_event(event).await,
+                            Err(err) => {
+                                tracing::warn!(%err, "the Docker event stream ended");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(err) => tracing::debug!(%err, "not following Docker events"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    async fn on_container_event(&self, event: ContainerEvent) {
+        match event {
+            ContainerEvent::Started(id) => {
+                let Ok(Some(container)) = self.docker.inspect(&id).await else {
+                    return;
+                };
+                let mut runs = lock(&self.runs);
+                for (session, run) in runs.iter_mut() {
+                    let Some(follow) = &mut run.follow else {
+                        continue;
+                    };
+                    let owned = !follow.restricted
+                        || container.labels.get(&self.options.owner_label) == Some(&run.tenant);
+                    if !owned
+                        || docker::select(std::slice::from_ref(&container), &follow.selector)
+                            .is_empty()
+                    {
+                        continue;
+                    }
+                    if let Err(err) = self.engine.add_cgroup(&run.handle, container.cgroup_id) {
+                        tracing::error!(%session, %err, "adding a started container failed");
+                        continue;
+                    }
+                    follow
+                        .traced
+                        .insert(container.id.clone(), container.cgroup_id);
+                    follow
+                        .containers
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(
+                            container.cgroup_id,
+                            ContainerMeta {
+                                id: container.id.clone(),
+                                name: container.name.clone(),
+                                image: container.image.clone(),
+                            },
+                        );
+                    run.cgroups.push(container.cgroup_id);
+                    tracing::info!(%session, container = %container.name, "tracing a container that started");
+                }
+            }
+            ContainerEvent::Died(id) => {
+                let mut runs = lock(&self.runs);
+                for (session, run) in runs.iter_mut() {
+                    let Some(cgroup_id) =
+                        run.follow.as_ref().and_then(|f| f.traced.get(&id).copied())
+                    else {
+                        continue;
+                    };
+                    if let Err(err) = self.engine.remove_cgroup(&run.handle, cgroup_id) {
+                        tracing::error!(%session, %err, "removing an exited container failed");
+                    }
+                    run.cgroups.retain(|&cgroup| cgroup != cgroup_id);
+                }
+            }
+            ContainerEvent::Destroyed(id) => {
+                // Sessions that traced this container and now trace no container at all.
+                let emptied: Vec<(Uuid, ContainerSelector, String, bool)> = lock(&self.runs)
+                    .iter_mut()
+                    .filter_map(|(session, run)| {
+                        let follow = run.follow.as_mut()?;
+                        follow.traced.remove(&id)?;
+                        follow.traced.is_empty().then(|| {
+                            (
+                                *session,
+                                follow.selector.clone(),
+                                run.tenant.clone(),
+                                follow.restricted,
+                            )
+                        })
+                    })
+                    .collect();
+                for (session, selector, tenant, restricted) in emptied {
+                    // Gone for good only if no running container matches either.
+                    let still = match self.visible_containers(&tenant, restricted).await {
+                        Ok(visible) => !docker::select(&visible, &selector).is_empty(),
+                        Err(_) => false,
+                    };
+                    if !still {
+                        if let Some(manager) = self.this.upgrade() {
+                            tokio::spawn(
+                                async move { manager.finish(session, "targets_gone").await },
+                            );
+                        }
+                    }
+                }
             }
         }
     }
@@ -763,8 +909,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 struct RunWriter {
     id: Uuid,
     log: EventLogWriter,
-    /// cgroup id → the container it belongs to, for the events' `container`.
-    containers: HashMap<u64, ContainerMeta>,
+    /// cgroup id → the container it belongs to, for the events' `container` (updated as
+    /// containers start and stop).
+    containers: Arc<std::sync::RwLock<HashMap<u64, ContainerMeta>>>,
     progress: Arc<RunProgress>,
     /// Events this run may still record (`limits.max_events` less earlier runs' events).
     max_events: Option<u64>,
@@ -785,11 +932,16 @@ impl RunWriter {
             let mut batch = 0u64;
             let mut over_limit = 0u64;
             let mut next = Some(first);
+            let containers = self
+                .containers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             while let Some(event) = next {
                 if self.max_events.is_some_and(|max| written + batch >= max) {
                     over_limit += 1;
                 } else {
-                    let container = self.containers.get(&event.record.cgroup_id);
+                    let container = containers.get(&event.record.cgroup_id);
                     event_json::write_line(&event, &self.id, container, &clock, &mut lines);
                     batch += 1;
                 }
