@@ -374,3 +374,107 @@ fn a_restarted_container_is_picked_up_again_and_a_removed_one_ends_the_session()
     assert_eq!(finished["finished_reason"], "targets_gone");
     assert_eq!(finished["counters"]["delivered"], 300);
 }
+
+/// Creates and starts a session that launches `command` in the test image.
+fn launch(daemon: &Daemon, command: &[&str], extra: Value) -> String {
+    let mut target =
+        json!({"launch": {"image": tracer_tests::docker::test_image(), "command": command}});
+    if let (Some(launch), Some(extra)) = (target["launch"].as_object_mut(), extra.as_object()) {
+        launch.extend(extra.clone());
+    }
+    let (status, session) = daemon.call(
+        "POST",
+        "/v1/sessions",
+        Some(&json!({"target": target})),
+        None,
+    );
+    assert_eq!(status, 201, "{session}");
+    let id = session["id"].as_str().unwrap().to_owned();
+    let (status, started) = daemon.call("POST", &format!("/v1/sessions/{id}/start"), None, None);
+    assert_eq!(status, 200, "{started}");
+    id
+}
+
+fn container_exists(id: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+#[test]
+fn a_launched_container_is_traced_from_its_first_syscall_and_its_exit_ends_the_session() {
+    require_root();
+    let daemon = Daemon::start(&[]);
+    let id = launch(&daemon, &["/bin/cat", "/etc/hostname"], json!({}));
+    let finished = wait_status(&daemon, &id, "finished");
+    assert_eq!(finished["finished_reason"], "exited", "{finished}");
+    let events: Vec<Value> = daemon
+        .get_text(&format!("/v1/sessions/{id}/events"))
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    // The command's execve, and the file it reads, are there.
+    let execve = events
+        .iter()
+        .find(|e| e["syscall"] == "execve" && e["path"] == "/bin/cat")
+        .unwrap_or_else(|| panic!("no execve of /bin/cat among {} events", events.len()));
+    assert_eq!(execve["ret"], 0);
+    assert!(events
+        .iter()
+        .any(|e| e["syscall"] == "openat" && e["path"] == "/etc/hostname" && e["comm"] == "cat"));
+    let container = execve["container"]["id"].as_str().unwrap().to_owned();
+    assert!(execve["container"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("tracerd-"));
+    assert_eq!(
+        finished["counters"]["matched"],
+        finished["counters"]["delivered"]
+    );
+
+    // Deleting the session removes the container it launched.
+    assert!(container_exists(&container));
+    assert_eq!(
+        daemon
+            .call("DELETE", &format!("/v1/sessions/{id}"), None, None)
+            .0,
+        204
+    );
+    assert!(!container_exists(&container), "{container} still exists");
+}
+
+#[test]
+fn a_launched_container_that_fails_fails_the_session_with_its_code() {
+    require_root();
+    let daemon = Daemon::start(&[]);
+    let id = launch(&daemon, &["/bin/sh", "-c", "exit 3"], json!({}));
+    let failed = wait_status(&daemon, &id, "failed");
+    assert_eq!(
+        failed["error"], "the launched container exited with code 3",
+        "{failed}"
+    );
+    daemon.call("DELETE", &format!("/v1/sessions/{id}"), None, None);
+}
+
+#[test]
+fn a_launch_ttl_kills_the_container_and_finishes_the_session() {
+    require_root();
+    let daemon = Daemon::start(&[]);
+    let id = launch(&daemon, &["/bin/sleep", "600"], json!({"ttl": "1s"}));
+    let finished = wait_status(&daemon, &id, "finished");
+    assert_eq!(finished["finished_reason"], "ttl", "{finished}");
+    let events: Vec<Value> = daemon
+        .get_text(&format!("/v1/sessions/{id}/events?syscall=execve"))
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let container = events[0]["container"]["id"].as_str().unwrap().to_owned();
+    let running = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", &container])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "false");
+    daemon.call("DELETE", &format!("/v1/sessions/{id}"), None, None);
+    assert!(!container_exists(&container));
+}

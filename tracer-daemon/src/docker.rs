@@ -229,6 +229,137 @@ impl DockerClient {
     }
 }
 
+/// The cgroup parent of containers tracerd launches. Under the cgroupfs driver a container's
+/// cgroup is `<parent>/<container id>`, which lets tracerd make it, and trace it, before the
+/// container starts.
+pub const LAUNCH_CGROUP_PARENT: &str = "/tracerd";
+
+/// A container to launch.
+#[derive(Clone, Debug)]
+pub struct LaunchRequest {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl DockerClient {
+    /// Whether the engine lays out cgroups as `<parent>/<id>` (the cgroupfs driver), which
+    /// launching needs.
+    pub async fn uses_cgroupfs(&self) -> Result<bool, DockerUnavailable> {
+        let client = self.client().await?;
+        let info = client.info().await.map_err(|err| self.unavailable(err))?;
+        Ok(matches!(
+            info.cgroup_driver,
+            Some(bollard::models::SystemInfoCgroupDriverEnum::CGROUPFS)
+        ))
+    }
+
+    /// Whether an image exists locally.
+    pub async fn has_image(&self, image: &str) -> Result<bool, DockerUnavailable> {
+        let client = self.client().await?;
+        match client.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(err) => Err(self.unavailable(err)),
+        }
+    }
+
+    /// Creates (does not start) a container under [`LAUNCH_CGROUP_PARENT`]; returns its id.
+    pub async fn create(&self, request: &LaunchRequest) -> Result<String, DockerUnavailable> {
+        let client = self.client().await?;
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(request.image.clone()),
+            cmd: (!request.command.is_empty()).then(|| request.command.clone()),
+            env: Some(
+                request
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
+            labels: Some(request.labels.clone().into_iter().collect()),
+            host_config: Some(bollard::models::HostConfig {
+                cgroup_parent: Some(LAUNCH_CGROUP_PARENT.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = bollard::query_parameters::CreateContainerOptionsBuilder::new()
+            .name(&request.name)
+            .build();
+        let created = client
+            .create_container(Some(options), body)
+            .await
+            .map_err(|err| self.unavailable(err))?;
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), DockerUnavailable> {
+        let client = self.client().await?;
+        client
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(|err| self.unavailable(err))
+    }
+
+    /// Kills a container; one that is not running is not an error.
+    pub async fn kill(&self, id: &str) {
+        if let Ok(client) = self.client().await {
+            let _ = client
+                .kill_container(id, None::<bollard::query_parameters::KillContainerOptions>)
+                .await;
+        }
+    }
+
+    /// Removes a container, running or not; one that does not exist is not an error.
+    pub async fn remove(&self, id: &str) {
+        if let Ok(client) = self.client().await {
+            let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .build();
+            let _ = client.remove_container(id, Some(options)).await;
+        }
+    }
+
+    /// Removes every container (running or not) carrying `key=value`.
+    pub async fn remove_labelled(&self, key: &str, value: &str) -> Result<(), DockerUnavailable> {
+        let client = self.client().await?;
+        let filters = std::collections::HashMap::from([("label", vec![format!("{key}={value}")])]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = client
+            .list_containers(Some(options))
+            .await
+            .map_err(|err| self.unavailable(err))?;
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            self.remove(&id).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until a container exits; its exit code.
+    pub async fn wait(&self, id: &str) -> Result<i64, DockerUnavailable> {
+        use futures_util::StreamExt as _;
+        let client = self.client().await?;
+        let mut waiting = std::pin::pin!(
+            client.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>)
+        );
+        match waiting.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(err)) => Err(self.unavailable(err)),
+            None => Err(self.unavailable("the wait for the container ended without an exit code")),
+        }
+    }
+}
+
 /// The containers `selector` picks: by exact name if any has it, else by ID prefix, else
 /// by part of a name; and of those, the ones carrying every label.
 pub fn select<'a>(containers: &'a [Container], selector: &ContainerSelector) -> Vec<&'a Container> {

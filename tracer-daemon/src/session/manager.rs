@@ -5,7 +5,7 @@
 //! Counters are cumulative over runs: `base` (previous runs, from the store) plus the current
 //! run's. Lifecycle changes are serialised by one lock; reads never take it.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -22,7 +22,8 @@ use super::{
     eventlog::EventLogWriter,
     model::{default_name, now_rfc3339, Counters, Session, Status},
     spec::{
-        BackendChoice, ContainerSelector, CreateSession, InvalidField, SessionSpec, TargetKind,
+        BackendChoice, ContainerSelector, CreateSession, InvalidField, Launch, SessionSpec,
+        TargetKind,
     },
 };
 use crate::{
@@ -33,6 +34,9 @@ use crate::{
     lock,
     store::{ListQuery, SessionRow, Store, StoreError},
 };
+
+/// The label on containers tracerd launches, naming their session.
+pub const LAUNCH_SESSION_LABEL: &str = "tracerd.session";
 
 /// Who is asking: a tenant, and whether it is an admin (sees and does everything).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +115,8 @@ struct Run {
     /// The cgroups this run traces.
     cgroups: Vec<u64>,
     follow: Option<Follow>,
+    /// The container this run launched.
+    launched: Option<String>,
     /// Counters of the session's previous runs.
     base: Counters,
     progress: Arc<RunProgress>,
@@ -120,7 +126,7 @@ struct Run {
 
 pub struct SessionManager {
     engine: Arc<Engine>,
-    docker: DockerClient,
+    docker: Arc<DockerClient>,
     store: Store,
     options: ManagerOptions,
     /// Running sessions. Held only briefly, never across an await.
@@ -144,7 +150,7 @@ impl SessionManager {
     ) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
             engine,
-            docker,
+            docker: Arc::new(docker),
             store,
             options,
             runs: std::sync::Mutex::new(HashMap::new()),
@@ -192,7 +198,13 @@ impl SessionManager {
         }
         check_backend(&spec)?;
         // The target must exist now; it is resolved again at every start.
-        self.resolve(&spec, &tenant, restricted).await?;
+        match &spec.target {
+            TargetKind::Launch(launch) => self.check_launch(launch).await?,
+            _ => {
+                self.resolve(&spec, &tenant, restricted, Uuid::nil(), 0)
+                    .await?;
+            }
+        }
         let now = time::OffsetDateTime::now_utc();
         let created_at = crate::session::model::rfc3339(now);
         let row = SessionRow {
@@ -320,7 +332,10 @@ impl SessionManager {
     /// running, or failed with the reason when its target is gone.
     async fn begin_run(&self, mut row: SessionRow) -> Result<SessionRow, ManagerError> {
         let spec = row.request.validate()?;
-        let resolved = match self.resolve(&spec, &row.tenant, row.restricted).await {
+        let resolved = match self
+            .resolve(&spec, &row.tenant, row.restricted, row.id, row.runs + 1)
+            .await
+        {
             Ok(resolved) => resolved,
             Err(err) => {
                 row.status = Status::Failed;
@@ -334,6 +349,22 @@ impl SessionManager {
         let log =
             EventLogWriter::open(&self.session_dir(row.id), self.options.event_log_cap_bytes)?;
         let (handle, events) = self.engine.start_session(&resolved.filter)?;
+        if let Some(container) = &resolved.launched {
+            // The kernel filter holds the container's cgroup already: its first syscall is
+            // traced.
+            if let Err(err) = self
+                .start_launched(container, &resolved.filter.cgroups)
+                .await
+            {
+                let _ = self.engine.stop_session(handle).await;
+                self.docker.remove(container).await;
+                row.status = Status::Failed;
+                row.error = Some(err.to_string());
+                row.updated_at = now_rfc3339();
+                self.store.save(row.clone()).await?;
+                return Err(err);
+            }
+        }
         let progress = Arc::new(RunProgress::default());
         let containers = Arc::new(std::sync::RwLock::new(resolved.containers));
         let follow = resolved.follow.map(|(selector, traced)| Follow {
@@ -380,6 +411,7 @@ impl SessionManager {
                 tenant: row.tenant.clone(),
                 cgroups: resolved.filter.cgroups.clone(),
                 follow,
+                launched: resolved.launched.clone(),
                 base: row.counters,
                 progress,
                 writer,
@@ -424,6 +456,10 @@ impl SessionManager {
         }
         if let Some(run) = run {
             run.watcher.abort();
+            // Stopping a launched container's session stops the container.
+            if let Some(container) = &run.launched {
+                self.docker.kill(container).await;
+            }
             let kernel = self.engine.stop_session(run.handle).await?;
             // The engine dropped the session's channel: the writer ends once it has written
             // everything that was delivered.
@@ -461,6 +497,18 @@ impl SessionManager {
         let _op = op.lock().await;
         self.store.delete(id).await?;
         lock(&self.op_locks).remove(&id);
+        if matches!(
+            row.request.validate().map(|spec| spec.target),
+            Ok(TargetKind::Launch(_))
+        ) {
+            if let Err(err) = self
+                .docker
+                .remove_labelled(LAUNCH_SESSION_LABEL, &id.to_string())
+                .await
+            {
+                tracing::warn!(session = %id, %err, "removing the session's launched containers failed");
+            }
+        }
         match tokio::fs::remove_dir_all(self.session_dir(id)).await {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -502,6 +550,26 @@ impl SessionManager {
         let (mut resumed, mut failed) = (0, 0);
         for row in self.store.with_status(Status::Running).await? {
             let id = row.id;
+            if matches!(
+                row.request.validate().map(|spec| spec.target),
+                Ok(TargetKind::Launch(_))
+            ) {
+                // Its container ran untraced while tracerd was down: a launch is not re-run.
+                failed += 1;
+                let mut row = row;
+                row.status = Status::Failed;
+                row.error = Some(
+                    "tracerd restarted while the launched container ran; a launch is not run again"
+                        .into(),
+                );
+                row.updated_at = now_rfc3339();
+                self.store.save(row).await?;
+                let _ = self
+                    .docker
+                    .remove_labelled(LAUNCH_SESSION_LABEL, &id.to_string())
+                    .await;
+                continue;
+            }
             let op = self.op_lock(id);
             let _op = op.lock().await;
             let started = match self.claim_key(&row) {
@@ -542,13 +610,10 @@ impl SessionManager {
     }
 
     /// Called by a run's own tasks when its TTL, its event limit or its targets end it.
-    async fn finish(&self, id: Uuid, reason: &'static str) {
-        tracing::info!(session = %id, reason, "session finished");
-        if let Err(err) = self
-            .end_run(id, Some((Status::Finished, Some(reason.into()))))
-            .await
-        {
-            tracing::error!(session = %id, %err, "finishing the session failed");
+    async fn finish(&self, id: Uuid, status: Status, reason: String) {
+        tracing::info!(session = %id, status = status.as_str(), %reason, "session ended by itself");
+        if let Err(err) = self.end_run(id, Some((status, Some(reason)))).await {
+            tracing::error!(session = %id, %err, "ending the session failed");
         }
     }
 }
@@ -582,6 +647,8 @@ enum Presence {
     /// Containers: the Docker event stream says when they are gone (a stopped container's
     /// cgroup vanishes, but it may start again).
     DockerEvents,
+    /// A launched container: its exit ends the run.
+    Launched(String),
 }
 
 impl Presence {
@@ -592,7 +659,7 @@ impl Presence {
             Presence::Pids(pids) => pids
                 .iter()
                 .all(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
-            Presence::DockerEvents => false,
+            Presence::DockerEvents | Presence::Launched(_) => false,
         }
     }
 }
@@ -605,6 +672,8 @@ struct Resolved {
     presence: Presence,
     /// For container targets: what following the Docker events needs.
     follow: Option<(ContainerSelector, HashMap<String, u64>)>,
+    /// For launch targets: the created container, to start once the filter is in place.
+    launched: Option<String>,
 }
 
 /// A container run following Docker's events: containers that start and match are added,
@@ -629,11 +698,14 @@ pub struct ContainerMeta {
 impl SessionManager {
     /// Resolves a session's target and conditions now. `restricted` sessions (created by a
     /// tenant, not an admin) see only containers whose owner label names their tenant.
+    /// `session` and `run` name a launched container.
     async fn resolve(
         &self,
         spec: &SessionSpec,
         tenant: &str,
         restricted: bool,
+        session: Uuid,
+        run: u32,
     ) -> Result<Resolved, ManagerError> {
         let filter = |cgroups: Vec<u64>, tgids: Option<Vec<u32>>| KernelFilter {
             cgroups,
@@ -650,6 +722,7 @@ impl SessionManager {
                     containers: HashMap::new(),
                     presence: Presence::Cgroups(vec![cgroup.path]),
                     follow: None,
+                    launched: None,
                 })
             }
             TargetKind::Pids(pids) => {
@@ -667,6 +740,7 @@ impl SessionManager {
                     containers: HashMap::new(),
                     presence: Presence::Pids(pids.clone()),
                     follow: None,
+                    launched: None,
                 })
             }
             TargetKind::Containers(selector) => {
@@ -705,8 +779,102 @@ impl SessionManager {
                     containers,
                     presence: Presence::DockerEvents,
                     follow: Some((selector.clone(), traced)),
+                    launched: None,
                 })
             }
+            TargetKind::Launch(launch) => {
+                let (container, cgroup) =
+                    self.create_launched(launch, tenant, session, run).await?;
+                let containers = HashMap::from([(cgroup.id, container.clone())]);
+                Ok(Resolved {
+                    filter: filter(vec![cgroup.id], spec.conditions.tgids.clone()),
+                    containers,
+                    presence: Presence::Launched(container.id.clone()),
+                    follow: None,
+                    launched: Some(container.id),
+                })
+            }
+        }
+    }
+
+    /// Whether a container can be launched now: the engine answers, lays out cgroups as
+    /// `<parent>/<id>` (so tracerd can make the cgroup before the container starts), and has
+    /// the image.
+    async fn check_launch(&self, launch: &Launch) -> Result<(), ManagerError> {
+        if !self.docker.uses_cgroupfs().await? {
+            return Err(ManagerError::TargetUnavailable(
+                "launching needs Docker's cgroupfs cgroup driver (the container's cgroup must be \
+                 made, and traced, before it starts)"
+                    .into(),
+            ));
+        }
+        if !self.docker.has_image(&launch.image).await? {
+            return Err(ManagerError::TargetUnavailable(format!(
+                "image {} is not available locally",
+                launch.image
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates the container (not started) and its cgroup.
+    async fn create_launched(
+        &self,
+        launch: &Launch,
+        tenant: &str,
+        session: Uuid,
+        run: u32,
+    ) -> Result<(ContainerMeta, Cgroup), ManagerError> {
+        self.check_launch(launch).await?;
+        // One container per run: `tracerd-<session>-<run>`.
+        let name = format!("tracerd-{}-{}", &session.simple().to_string()[..12], run);
+        let request = docker::LaunchRequest {
+            name: name.clone(),
+            image: launch.image.clone(),
+            command: launch.command.clone(),
+            env: launch.env.clone(),
+            labels: BTreeMap::from([
+                (LAUNCH_SESSION_LABEL.to_owned(), session.to_string()),
+                (self.options.owner_label.clone(), tenant.to_owned()),
+            ]),
+        };
+        let id = self.docker.create(&request).await?;
+        let path = crate::cgroup::cgroup2_mount()
+            .map_err(|err| ManagerError::TargetUnavailable(err.to_string()))?
+            .join(docker::LAUNCH_CGROUP_PARENT.trim_start_matches('/'))
+            .join(&id);
+        let cgroup = std::fs::create_dir_all(&path)
+            .map_err(|err| err.to_string())
+            .and_then(|()| Cgroup::from_path(&path).map_err(|err| err.to_string()));
+        let cgroup = match cgroup {
+            Ok(cgroup) => cgroup,
+            Err(err) => {
+                self.docker.remove(&id).await;
+                return Err(ManagerError::TargetUnavailable(format!(
+                    "making the launched container's cgroup {}: {err}",
+                    path.display()
+                )));
+            }
+        };
+        let meta = ContainerMeta {
+            id: id.clone(),
+            name,
+            image: launch.image.clone(),
+        };
+        Ok((meta, cgroup))
+    }
+
+    /// Starts a launched container and checks it runs in the cgroup made for it.
+    async fn start_launched(&self, id: &str, cgroups: &[u64]) -> Result<(), ManagerError> {
+        self.docker.start(id).await?;
+        match self.docker.inspect(id).await? {
+            Some(container) if cgroups.contains(&container.cgroup_id) => Ok(()),
+            // It ran and exited already: its syscalls were traced; the watcher sees the exit.
+            None => Ok(()),
+            Some(container) => Err(ManagerError::TargetUnavailable(format!(
+                "the launched container runs in {} instead of the cgroup made for it",
+                container.cgroup_path.display()
+            ))),
         }
     }
 
@@ -815,9 +983,11 @@ impl SessionManager {
                     };
                     if !still {
                         if let Some(manager) = self.this.upgrade() {
-                            tokio::spawn(
-                                async move { manager.finish(session, "targets_gone").await },
-                            );
+                            tokio::spawn(async move {
+                                manager
+                                    .finish(session, Status::Finished, "targets_gone".into())
+                                    .await
+                            });
                         }
                     }
                 }
@@ -877,24 +1047,43 @@ pub struct ContainerView {
     pub sessions: Vec<Uuid>,
 }
 
+/// Ends a run when its TTL passes, its targets are gone, or its launched container exits.
 async fn watch(id: Uuid, ttl: Option<Duration>, presence: Presence, manager: Weak<SessionManager>) {
     let deadline = ttl.map(|ttl| tokio::time::Instant::now() + ttl);
-    let mut check = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        let reason = tokio::select! {
-            _ = sleep_until(deadline) => "ttl",
-            _ = check.tick() => {
-                if !presence.all_gone() {
-                    continue;
+    let outcome = match &presence {
+        Presence::Launched(container) => {
+            let Some(docker) = manager.upgrade().map(|manager| manager.docker.clone()) else {
+                return;
+            };
+            tokio::select! {
+                _ = sleep_until(deadline) => {
+                    docker.kill(container).await;
+                    (Status::Finished, "ttl".to_owned())
                 }
-                "targets_gone"
+                exit = docker.wait(container) => match exit {
+                    Ok(0) => (Status::Finished, "exited".to_owned()),
+                    Ok(code) => (Status::Failed, format!("the launched container exited with code {code}")),
+                    Err(err) => (Status::Failed, format!("waiting for the launched container: {err}")),
+                },
             }
-        };
-        // Ending the run aborts this task: do it from another one.
-        if let Some(manager) = manager.upgrade() {
-            tokio::spawn(async move { manager.finish(id, reason).await });
         }
-        return;
+        _ => {
+            let mut check = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = sleep_until(deadline) => break (Status::Finished, "ttl".to_owned()),
+                    _ = check.tick() => {
+                        if presence.all_gone() {
+                            break (Status::Finished, "targets_gone".to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // Ending the run aborts this task: do it from another one.
+    if let Some(manager) = manager.upgrade() {
+        tokio::spawn(async move { manager.finish(id, outcome.0, outcome.1).await });
     }
 }
 
@@ -962,8 +1151,11 @@ impl RunWriter {
                 limit_reported = true;
                 if let Some(manager) = self.manager.upgrade() {
                     let id = self.id;
-                    self.runtime
-                        .spawn(async move { manager.finish(id, "max_events").await });
+                    self.runtime.spawn(async move {
+                        manager
+                            .finish(id, Status::Finished, "max_events".into())
+                            .await
+                    });
                 }
             }
         }

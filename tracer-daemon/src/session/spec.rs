@@ -56,6 +56,25 @@ pub struct Target {
     /// Running Docker containers carrying all these labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// A container tracerd creates and starts itself, traced from its first syscall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<Launch>,
+}
+
+/// A container to launch: `{"image": "…", "command": […], "env": {…}, "ttl": "30s"}`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Launch {
+    /// A local image.
+    pub image: String,
+    /// The command (the image's own when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Kill the container (and finish the session) after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
 }
 
 /// A validated target.
@@ -64,6 +83,7 @@ pub enum TargetKind {
     Cgroup(String),
     Pids(Vec<u32>),
     Containers(ContainerSelector),
+    Launch(Launch),
 }
 
 /// Which running containers a session traces.
@@ -108,6 +128,10 @@ impl Target {
             format!("pids-{}", pids.first().copied().unwrap_or(0))
         } else if let Some(container) = &self.container {
             container.clone()
+        } else if let Some(launch) = &self.launch {
+            // `registry/name:tag` → `name`.
+            let image = launch.image.rsplit('/').next().unwrap_or(&launch.image);
+            image.split([':', '@']).next().unwrap_or(image).to_owned()
         } else {
             self.labels
                 .as_ref()
@@ -128,16 +152,46 @@ impl Target {
 
     fn kind(&self) -> Result<TargetKind, InvalidField> {
         let containers = self.container.is_some() || self.labels.is_some();
-        let kinds = [self.cgroup.is_some(), self.pids.is_some(), containers];
+        let kinds = [
+            self.cgroup.is_some(),
+            self.pids.is_some(),
+            containers,
+            self.launch.is_some(),
+        ];
         match kinds.iter().filter(|&&given| given).count() {
-            0 => return Err(invalid("target", "give one of `cgroup`, `pids`, `container` or `labels`")),
+            0 => return Err(invalid("target", "give one of `cgroup`, `pids`, `container`, `labels` or `launch`")),
             1 => {}
             _ => {
                 return Err(invalid(
                     "target",
-                    "give one kind of target: `cgroup`, `pids`, or containers (`container` and/or `labels`)",
+                    "give one kind of target: `cgroup`, `pids`, `launch`, or containers (`container` and/or `labels`)",
                 ))
             }
+        }
+        if let Some(launch) = &self.launch {
+            if launch.image.is_empty() || launch.image.len() > 256 {
+                return Err(invalid(
+                    "target.launch.image",
+                    "must be 1 to 256 characters",
+                ));
+            }
+            if launch.command.len() > 256 {
+                return Err(invalid("target.launch.command", "at most 256 arguments"));
+            }
+            if launch
+                .env
+                .keys()
+                .any(|key| key.is_empty() || key.contains('='))
+            {
+                return Err(invalid(
+                    "target.launch.env",
+                    "names must be non-empty and without `=`",
+                ));
+            }
+            if let Some(ttl) = &launch.ttl {
+                parse_ttl("target.launch.ttl", ttl)?;
+            }
+            return Ok(TargetKind::Launch(launch.clone()));
         }
         if let Some(path) = &self.cgroup {
             return Ok(TargetKind::Cgroup(path.clone()));
@@ -228,6 +282,8 @@ impl SessionSpec {
                 serde_json::json!({ "pids": pids })
             }
             TargetKind::Containers(selector) => serde_json::json!({ "containers": selector }),
+            // Every launch is a container of its own: never a duplicate.
+            TargetKind::Launch(_) => serde_json::json!({ "launch": uuid::Uuid::new_v4() }),
         };
         serde_json::json!({
             "target": target,
@@ -294,7 +350,7 @@ impl CreateSession {
                     ));
                 }
             }
-            TargetKind::Containers(_) => {}
+            TargetKind::Containers(_) | TargetKind::Launch(_) => {}
         }
         let syscalls = match &self.syscalls {
             None => None,
@@ -325,24 +381,20 @@ impl CreateSession {
                 return Err(invalid("label", "must not contain control characters"));
             }
         }
-        let ttl = match &self.limits.ttl {
-            None => None,
-            Some(text) => {
-                let ttl = humantime::parse_duration(text).map_err(|err| {
-                    invalid(
-                        "limits.ttl",
-                        format!("`{text}` is not a duration like \"30s\" or \"5m\": {err}"),
-                    )
-                })?;
-                if ttl.is_zero() || ttl > MAX_TTL {
-                    return Err(invalid(
-                        "limits.ttl",
-                        "must be more than 0 and at most 30 days",
-                    ));
-                }
-                Some(ttl)
-            }
-        };
+        let mut ttl = self
+            .limits
+            .ttl
+            .as_deref()
+            .map(|text| parse_ttl("limits.ttl", text))
+            .transpose()?;
+        // A launched container's TTL ends the session too; the shorter one wins.
+        if let TargetKind::Launch(Launch {
+            ttl: Some(text), ..
+        }) = &target
+        {
+            let launch_ttl = parse_ttl("target.launch.ttl", text)?;
+            ttl = Some(ttl.map_or(launch_ttl, |ttl| ttl.min(launch_ttl)));
+        }
         if self.limits.max_events == Some(0) {
             return Err(invalid("limits.max_events", "must be at least 1"));
         }
@@ -360,6 +412,19 @@ impl CreateSession {
             max_events: self.limits.max_events,
         })
     }
+}
+
+fn parse_ttl(field: &'static str, text: &str) -> Result<Duration, InvalidField> {
+    let ttl = humantime::parse_duration(text).map_err(|err| {
+        invalid(
+            field,
+            format!("`{text}` is not a duration like \"30s\" or \"5m\": {err}"),
+        )
+    })?;
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(invalid(field, "must be more than 0 and at most 30 days"));
+    }
+    Ok(ttl)
 }
 
 fn validate_name(name: &str) -> Result<(), InvalidField> {
