@@ -191,6 +191,30 @@ impl Daemon {
         (status, json)
     }
 
+    /// Polls `GET /v1/sessions/{id}` until `done` holds (10 s at most); returns the session.
+    pub fn wait_for_session(
+        &self,
+        id: &str,
+        token: Option<&str>,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, session) = self.call("GET", &format!("/v1/sessions/{id}"), None, token);
+            assert_eq!(status, 200, "GET session {id}: {session}");
+            if done(&session) {
+                return session;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 10 s for {what}: {session}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -24,19 +24,7 @@ fn session(daemon: &Daemon, id: &str) -> Value {
 
 /// Polls the session until `done` holds (10 s at most).
 fn wait_for(daemon: &Daemon, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let current = session(daemon, id);
-        if done(&current) {
-            return current;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited 10 s for {what}: {current}\nlog:\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_for_session(id, None, what, done)
 }
 
 fn events(daemon: &Daemon, id: &str, query: &str) -> Vec<Value> {
@@ -810,4 +798,37 @@ fn a_config_file_sets_what_flags_and_the_environment_leave_open() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown setting `no-such-setting`"));
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn lists_page_through_sessions_oldest_first() {
+    require_root();
+    let cgroup = TestCgroup::create("pages");
+    let daemon = Daemon::start(&[]);
+    let ids: Vec<String> = (0..5)
+        .map(|n| {
+            id_of(&create(
+                &daemon,
+                json!({"target": {"cgroup": cgroup.path()}, "name": format!("page-{n}")}),
+            ))
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut query = "/v1/sessions?limit=2".to_owned();
+    loop {
+        let (status, page) = daemon.call("GET", &query, None, None);
+        assert_eq!(status, 200, "{page}");
+        let sessions = page["sessions"].as_array().unwrap();
+        assert!(sessions.len() <= 2);
+        seen.extend(
+            sessions
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_page_token"].as_str() {
+            Some(token) => query = format!("/v1/sessions?limit=2&page_token={token}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every session once, in creation order");
 }

@@ -7,18 +7,9 @@ use serde_json::{json, Value};
 use tracer_tests::{daemon::Daemon, docker::TestContainer, require_root};
 
 fn wait_delivered(daemon: &Daemon, id: &str, count: u64, token: Option<&str>) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, session) = daemon.call("GET", &format!("/v1/sessions/{id}"), None, token);
-        if session["counters"]["delivered"] == count {
-            return session;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited 10 s for {count} events: {session}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_for_session(id, token, &format!("{count} events"), |s| {
+        s["counters"]["delivered"] == count
+    })
 }
 
 /// Creates and starts a getppid session on `target`, runs `calls` getppid in the container,
@@ -273,18 +264,7 @@ fn start_getppid_session(daemon: &Daemon, target: Value) -> String {
 }
 
 fn wait_status(daemon: &Daemon, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, session) = daemon.call("GET", &format!("/v1/sessions/{id}"), None, None);
-        if session["status"] == status {
-            return session;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited 10 s for {status}: {session}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_for_session(id, None, status, |s| s["status"] == status)
 }
 
 #[test]

@@ -474,15 +474,6 @@ impl EbpfBackend {
         Ok(())
     }
 
-    /// The cgroup ids some session traces, with their session masks (for diagnostics).
-    pub fn traced_cgroups(&self) -> Vec<(u64, SessionMask)> {
-        self.mirror
-            .cgroups
-            .iter()
-            .map(|(&id, &sessions)| (id, sessions))
-            .collect()
-    }
-
     /// What the kernel counted for `slot`, summed over CPUs.
     pub fn slot_counters(&self, slot: u32) -> Result<SlotCounters, aya::maps::MapError> {
         let values = self.slots.get(&slot, 0)?;
