@@ -419,6 +419,7 @@ impl SessionManager {
             },
         );
         self.store.save(row.clone()).await?;
+        self.catch_up(row.id).await;
         tracing::info!(session = %row.id, run = row.runs, "session running");
         Ok(row)
     }
@@ -910,38 +911,7 @@ impl SessionManager {
                 };
                 let mut runs = lock(&self.runs);
                 for (session, run) in runs.iter_mut() {
-                    let Some(follow) = &mut run.follow else {
-                        continue;
-                    };
-                    let owned = !follow.restricted
-                        || container.labels.get(&self.options.owner_label) == Some(&run.tenant);
-                    if !owned
-                        || docker::select(std::slice::from_ref(&container), &follow.selector)
-                            .is_empty()
-                    {
-                        continue;
-                    }
-                    if let Err(err) = self.engine.add_cgroup(&run.handle, container.cgroup_id) {
-                        tracing::error!(%session, %err, "adding a started container failed");
-                        continue;
-                    }
-                    follow
-                        .traced
-                        .insert(container.id.clone(), container.cgroup_id);
-                    follow
-                        .containers
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(
-                            container.cgroup_id,
-                            ContainerMeta {
-                                id: container.id.clone(),
-                                name: container.name.clone(),
-                                image: container.image.clone(),
-                            },
-                        );
-                    run.cgroups.push(container.cgroup_id);
-                    tracing::info!(%session, container = %container.name, "tracing a container that started");
+                    self.add_if_matching(*session, run, &container);
                 }
             }
             ContainerEvent::Died(id) => {
@@ -991,6 +961,64 @@ impl SessionManager {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Adds `container` to a following run if it matches the run's selector, its tenant may
+    /// see it, and the run does not trace it yet.
+    fn add_if_matching(&self, session: Uuid, run: &mut Run, container: &Container) {
+        let Some(follow) = &mut run.follow else {
+            return;
+        };
+        let owned = !follow.restricted
+            || container.labels.get(&self.options.owner_label) == Some(&run.tenant);
+        let selected =
+            !docker::select(std::slice::from_ref(container), &follow.selector).is_empty();
+        if !owned || !selected || follow.traced.get(&container.id) == Some(&container.cgroup_id) {
+            return;
+        }
+        if let Err(err) = self.engine.add_cgroup(&run.handle, container.cgroup_id) {
+            tracing::error!(%session, %err, "adding a container to the session failed");
+            return;
+        }
+        follow
+            .traced
+            .insert(container.id.clone(), container.cgroup_id);
+        follow
+            .containers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                container.cgroup_id,
+                ContainerMeta {
+                    id: container.id.clone(),
+                    name: container.name.clone(),
+                    image: container.image.clone(),
+                },
+            );
+        run.cgroups.push(container.cgroup_id);
+        tracing::info!(%session, container = %container.name, "tracing a container that started");
+    }
+
+    /// Adds the matching containers that started between a run's first resolution and its
+    /// registration, which the event stream cannot have delivered to it.
+    async fn catch_up(&self, session: Uuid) {
+        let (tenant, restricted) = match lock(&self.runs).get(&session).and_then(|run| {
+            run.follow
+                .as_ref()
+                .map(|follow| (run.tenant.clone(), follow.restricted))
+        }) {
+            Some(found) => found,
+            None => return,
+        };
+        let Ok(visible) = self.visible_containers(&tenant, restricted).await else {
+            return;
+        };
+        let mut runs = lock(&self.runs);
+        if let Some(run) = runs.get_mut(&session) {
+            for container in &visible {
+                self.add_if_matching(session, run, container);
             }
         }
     }
