@@ -99,6 +99,11 @@ async fn two_sessions_on_one_cgroup_each_get_exactly_their_own_syscalls() {
     {
         assert_eq!(event.record.ret, -i64::from(libc::ENOENT));
         assert_eq!(event.path.as_deref(), Some(MISSING));
+        // openat(AT_FDCWD, path, O_RDONLY, 0644): the flags and the mode (the fourth argument,
+        // in r10 on x86_64) come from the right registers.
+        assert_eq!(event.record.args[0] as i32, libc::AT_FDCWD);
+        assert_eq!(event.record.args[2], libc::O_RDONLY as u64);
+        assert_eq!(event.record.args[3], 0o644);
     }
     let a_counters = engine.stop_session(a).await.unwrap();
     let b_counters = engine.stop_session(b).await.unwrap();

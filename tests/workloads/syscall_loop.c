@@ -6,7 +6,8 @@
  * makes exactly COUNT calls of each OP, in order, through syscall(2) so libc adds nothing:
  *   getppid        getppid()
  *   getpid         getpid()
- *   openat-missing openat(AT_FDCWD, "/nonexistent/tracerd-workload", O_RDONLY), which fails
+ *   openat-missing openat(AT_FDCWD, "/nonexistent/tracerd-workload", O_RDONLY, 0644), which
+ *                  fails (the mode, a fourth argument, lets tests check every argument register)
  *   write-null     write() of 1 byte to /dev/null (opened once, before the loop)
  *   openat-long    openat() of a missing path 300 bytes long (longer than tracerd keeps)
  *   openat-null    openat() with a NULL path, which fails with EFAULT
@@ -37,7 +38,7 @@ static int run(const char *op, long count) {
         for (long i = 0; i < count; i++) syscall(SYS_getpid);
     } else if (strcmp(op, "openat-missing") == 0) {
         for (long i = 0; i < count; i++)
-            syscall(SYS_openat, AT_FDCWD, "/nonexistent/tracerd-workload", O_RDONLY);
+            syscall(SYS_openat, AT_FDCWD, "/nonexistent/tracerd-workload", O_RDONLY, 0644);
     } else if (strcmp(op, "write-null") == 0) {
         int fd = (int)syscall(SYS_openat, AT_FDCWD, "/dev/null", O_WRONLY);
         if (fd < 0) return 1;

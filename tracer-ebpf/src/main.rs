@@ -176,10 +176,9 @@ fn try_enter(ctx: &RawTracePointContext) {
     if sessions == 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     let tgid_filtered = mask_of(mask::TGID_FILTERED);
     if sessions & tgid_filtered != 0 {
-        let tgid = (pid_tgid >> 32) as u32;
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let admitted = unsafe { TGID_SESSIONS.get(&tgid) }.copied().unwrap_or(0);
         sessions &= !tgid_filtered | admitted;
         if sessions == 0 {
@@ -521,24 +520,22 @@ fn read_path(path: &mut PathArg, args: &[u64; 6], nr: u64) {
 /// differs from the function one: the fourth argument is in r10, not rcx).
 #[inline(always)]
 fn syscall_args(regs: *const pt_regs) -> [u64; 6] {
-    // SAFETY: `regs` is the kernel's pt_regs for this syscall; a failed read yields zeros.
-    let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
-        return [0; 6];
-    };
+    // Only the argument registers are copied, not the whole pt_regs: on x86_64 they sit
+    // together from r10 to rdi (r10, r9, r8, ax, cx, dx, si, di).
     #[cfg(bpf_target_arch = "x86_64")]
     {
-        [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9]
+        let first = core::mem::offset_of!(pt_regs, r10);
+        // SAFETY: 64 bytes within the kernel's pt_regs; a failed read yields zeros.
+        let Ok(words) = (unsafe { bpf_probe_read_kernel(regs.byte_add(first).cast::<[u64; 8]>()) })
+        else {
+            return [0; 6];
+        };
+        [words[7], words[6], words[5], words[0], words[2], words[1]]
     }
     #[cfg(bpf_target_arch = "aarch64")]
     {
-        [
-            regs.regs[0],
-            regs.regs[1],
-            regs.regs[2],
-            regs.regs[3],
-            regs.regs[4],
-            regs.regs[5],
-        ]
+        // SAFETY: x0..x5 are the first 48 bytes of the kernel's pt_regs.
+        unsafe { bpf_probe_read_kernel(regs.cast::<[u64; 6]>()) }.unwrap_or([0; 6])
     }
 }
 
