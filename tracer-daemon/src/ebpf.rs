@@ -27,9 +27,10 @@ static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 pub const PROGRAMS: [(&str, &str); 2] =
     [("tracerd_enter", "sys_enter"), ("tracerd_exit", "sys_exit")];
 
-/// The oldest kernel with everything the programs use: ring buffers in a map-of-maps arrived
-/// in 5.8-era kernels (raw tracepoints in 4.17, `bpf_get_current_cgroup_id` in 4.18).
-const MIN_KERNEL: (u32, u32) = (5, 8);
+/// The oldest kernel with everything the programs use: task storage and
+/// `bpf_get_current_task_btf` (5.11; they also need the kernel's BTF), BPF ring buffers in a
+/// map-of-maps (5.8-era), raw tracepoints (4.17), `bpf_get_current_cgroup_id` (4.18).
+const MIN_KERNEL: (u32, u32) = (5, 11);
 
 /// Syscalls whose argument `index` is a path the kernel reads at entry. Names resolve to
 /// numbers through the host architecture's table; names an architecture lacks (aarch64 has
@@ -720,8 +721,8 @@ mod tests {
         assert_eq!(parse_release("6.18.44-fc-v657"), Some((6, 18)));
         assert_eq!(parse_release("5.4.0-150-generic"), Some((5, 4)));
         assert_eq!(parse_release("garbage"), None);
-        assert!(parse_release("5.4.0").unwrap() < MIN_KERNEL);
-        assert!(parse_release("5.8.0").unwrap() >= MIN_KERNEL);
+        assert!(parse_release("5.10.0").unwrap() < MIN_KERNEL);
+        assert!(parse_release("5.11.0").unwrap() >= MIN_KERNEL);
     }
 
     #[test]
