@@ -215,10 +215,6 @@ impl Daemon {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Sends `signal` and waits up to `within` for the daemon to exit.
     pub fn stop_with(&mut self, signal: i32, within: Duration) -> ExitStatus {
         // SAFETY: kill(2) on our own child's pid.

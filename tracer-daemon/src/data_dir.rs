@@ -129,11 +129,6 @@ impl DataDir {
     pub fn take_db(&mut self) -> Option<Connection> {
         self.db.take()
     }
-
-    /// Where a session's recorded events live.
-    pub fn session_dir(&self, id: &uuid::Uuid) -> PathBuf {
-        self.path.join("sessions").join(id.to_string())
-    }
 }
 
 fn migrate(db: &mut Connection, db_path: &Path) -> Result<(), DataDirError> {

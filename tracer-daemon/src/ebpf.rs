@@ -454,25 +454,23 @@ impl EbpfBackend {
     }
 
     fn set_syscall(&mut self, nr: u32, sessions: SessionMask) -> Result<(), MapUpdateError> {
-        self.syscall_sessions
-            .set(nr, sessions, 0)
-            .map_err(|source| MapUpdateError {
-                map: "SYSCALL_SESSIONS",
-                source,
-            })?;
-        self.mirror.syscalls[nr as usize] = sessions;
-        Ok(())
+        set_entry(
+            &mut self.syscall_sessions,
+            &mut self.mirror.syscalls[nr as usize],
+            nr,
+            sessions,
+            "SYSCALL_SESSIONS",
+        )
     }
 
     fn set_mask(&mut self, index: u32, sessions: SessionMask) -> Result<(), MapUpdateError> {
-        self.masks
-            .set(index, sessions, 0)
-            .map_err(|source| MapUpdateError {
-                map: "MASKS",
-                source,
-            })?;
-        self.mirror.masks[index as usize] = sessions;
-        Ok(())
+        set_entry(
+            &mut self.masks,
+            &mut self.mirror.masks[index as usize],
+            index,
+            sessions,
+            "MASKS",
+        )
     }
 
     /// What the kernel counted for `slot`, summed over CPUs.
@@ -522,6 +520,20 @@ impl EbpfBackend {
             .filter_map(|(_, program)| program.info().ok().map(|info| info.id()))
             .collect()
     }
+}
+
+/// Sets entry `index` of a kernel array map and its mirror.
+fn set_entry(
+    map: &mut Array<MapData, SessionMask>,
+    mirror: &mut SessionMask,
+    index: u32,
+    sessions: SessionMask,
+    name: &'static str,
+) -> Result<(), MapUpdateError> {
+    map.set(index, sessions, 0)
+        .map_err(|source| MapUpdateError { map: name, source })?;
+    *mirror = sessions;
+    Ok(())
 }
 
 /// Sets `key`'s sessions in a kernel hash map and its mirror; no sessions removes the key.

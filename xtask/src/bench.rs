@@ -3,7 +3,7 @@
 //! docs/benchmarks.md.
 use anyhow::Result;
 
-use crate::{cmd, workspace_root};
+use crate::{build_tracerd, cmd};
 
 #[derive(Clone, Copy, Debug, clap::Subcommand)]
 pub enum Benchmark {
@@ -26,15 +26,7 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
         ]),
         Benchmark::Api => {
             // The daemon under test is the release build.
-            cmd::cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "tracer-daemon",
-                "--bin",
-                "tracerd",
-            ])?;
-            let tracerd = workspace_root().join("target/release/tracerd");
+            let tracerd = build_tracerd(true)?;
             cmd::cargo_with_env(
                 &[
                     "run",

@@ -97,16 +97,22 @@ fn find_ebpf_object(profile: &str) -> Result<PathBuf> {
     newest.ok_or_else(|| anyhow::anyhow!("no eBPF object under {}", build_dir.display()))
 }
 
+/// Builds the `tracerd` binary (release or debug) and returns its path.
+pub fn build_tracerd(release: bool) -> Result<PathBuf> {
+    let mut args = vec!["build", "--package", "tracer-daemon", "--bin", "tracerd"];
+    if release {
+        args.push("--release");
+    }
+    cmd::cargo(&args)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root()
+        .join("target")
+        .join(profile)
+        .join("tracerd"))
+}
+
 fn run_daemon(args: &[String]) -> Result<()> {
-    cmd::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "tracer-daemon",
-        "--bin",
-        "tracerd",
-    ])?;
-    let tracerd = workspace_root().join("target/release/tracerd");
+    let tracerd = build_tracerd(true)?;
     println!(
         "starting {} {} (Ctrl-C stops it)",
         tracerd.display(),
@@ -117,8 +123,7 @@ fn run_daemon(args: &[String]) -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     // The end-to-end tests drive the real binary: build it first, then tell them where it is.
-    cmd::cargo(&["build", "--package", "tracer-daemon", "--bin", "tracerd"])?;
-    let tracerd = workspace_root().join("target/debug/tracerd");
+    let tracerd = build_tracerd(false)?;
     // The default members: everything but tracer-ebpf, which only builds for the BPF target.
     let mut test_args = vec!["test", "--", "--test-threads=1"];
     test_args.extend(args.iter().map(String::as_str));

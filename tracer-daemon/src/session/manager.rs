@@ -1149,11 +1149,8 @@ impl RunWriter {
             let mut batch = 0u64;
             let mut over_limit = 0u64;
             let mut next = Some(first);
-            let containers = self
-                .containers
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            // Held while this batch is formatted (microseconds); the event follower waits.
+            let containers = self.containers.read().unwrap_or_else(|e| e.into_inner());
             while let Some(event) = next {
                 if self.max_events.is_some_and(|max| written + batch >= max) {
                     over_limit += 1;
@@ -1168,6 +1165,7 @@ impl RunWriter {
                     None
                 };
             }
+            drop(containers);
             let evicted = self.log.append(&lines, batch)?;
             written += batch;
             self.progress.written.fetch_add(batch, Ordering::Relaxed);
