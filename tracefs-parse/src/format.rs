@@ -138,7 +138,9 @@ fn parse_field(line: &str) -> Result<Field, FormatError> {
     }
     // The name is the last word of the declaration, without an array suffix; the type is the
     // rest, with the suffix (`char comm[16]` → `comm`, `char[16]`).
-    let (type_part, name_part) = declaration.rsplit_once(char::is_whitespace).ok_or_else(bad)?;
+    let (type_part, name_part) = declaration
+        .rsplit_once(char::is_whitespace)
+        .ok_or_else(bad)?;
     let (name, array) = match name_part.find('[') {
         Some(bracket) => name_part.split_at(bracket),
         None => (name_part, ""),
@@ -301,8 +303,14 @@ print fmt: \"NR %ld (%lx, %lx, %lx, %lx, %lx, %lx)\", REC->id, REC->args[0]\n";
         record[4..8].copy_from_slice(&(-5i32).to_ne_bytes());
         record[8..16].copy_from_slice(&39i64.to_ne_bytes());
         record[24..32].copy_from_slice(&0xdead_beefu64.to_ne_bytes());
-        assert_eq!(format.field("common_type").unwrap().read_u64(&record), Some(443));
-        assert_eq!(format.field("common_pid").unwrap().read_i64(&record), Some(-5));
+        assert_eq!(
+            format.field("common_type").unwrap().read_u64(&record),
+            Some(443)
+        );
+        assert_eq!(
+            format.field("common_pid").unwrap().read_i64(&record),
+            Some(-5)
+        );
         assert_eq!(format.field("id").unwrap().read_u64(&record), Some(39));
         let args = format.field("args").unwrap();
         assert_eq!(args.read_element(&record, 1, 8), Some(0xdead_beef));

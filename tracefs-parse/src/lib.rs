@@ -16,3 +16,22 @@ pub mod page;
 
 pub use format::{EventFormat, Field, FormatError, PageHeaderLayout};
 pub use page::{Page, PageError, PageEvent};
+
+/// Reads a tracefs description file (`header_page`, an event's `format`) whole.
+///
+/// Use this rather than `std::fs::read_to_string`: the kernel serves `header_page` only to a
+/// read whose buffer holds all of it (it caps what it offers at the first read's size), and
+/// std starts with a 32-byte probe read.
+pub fn read_description(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut text = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buffer)? {
+            0 => break,
+            n => text.extend_from_slice(&buffer[..n]),
+        }
+    }
+    String::from_utf8(text).map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+}

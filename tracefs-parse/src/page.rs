@@ -87,8 +87,8 @@ impl<'a> Page<'a> {
         if page.len() < layout.data_offset {
             return Err(short);
         }
-        let timestamp = read_word(page, layout.timestamp_offset, layout.timestamp_size)
-            .ok_or(short.clone())?;
+        let timestamp =
+            read_word(page, layout.timestamp_offset, layout.timestamp_size).ok_or(short.clone())?;
         let commit = read_word(page, layout.commit_offset, layout.commit_size).ok_or(short)?;
         let size = (commit & COMMIT_MASK) as usize;
         let room = (page.len() - layout.data_offset).min(layout.data_size);
@@ -251,7 +251,10 @@ mod tests {
             &[
                 (header(2, 5), &[1, 2, 3, 4, 5, 6, 7, 8]),
                 // A discarded event: padding with a delta; array[0] counts itself too.
-                (header(TYPE_PADDING, 3), &[8, 0, 0, 0, 0xee, 0xee, 0xee, 0xee]),
+                (
+                    header(TYPE_PADDING, 3),
+                    &[8, 0, 0, 0, 0xee, 0xee, 0xee, 0xee],
+                ),
                 (header(TYPE_TIME_EXTEND, 1), &2u32.to_ne_bytes()),
                 (header(0, 2), &long_payload),
                 (header(TYPE_TIME_STAMP, 9), &1u32.to_ne_bytes()),
@@ -316,7 +319,10 @@ mod tests {
         // An event whose length runs past the commit.
         let bytes = page(0, 0, &[(header(3, 0), &[0; 4])], &[]);
         let events: Vec<_> = Page::parse(&layout(), &bytes).unwrap().events().collect();
-        assert!(matches!(events[..], [Err(PageError::Truncated { offset: 0 })]));
+        assert!(matches!(
+            events[..],
+            [Err(PageError::Truncated { offset: 0 })]
+        ));
         let bytes = page(0, 0, &[(header(0, 0), &2u32.to_ne_bytes())], &[]);
         let events: Vec<_> = Page::parse(&layout(), &bytes).unwrap().events().collect();
         assert!(matches!(events[..], [Err(PageError::BadLength { .. })]));
