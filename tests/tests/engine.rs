@@ -319,11 +319,11 @@ async fn a_stopped_session_frees_its_slot_and_the_next_user_sees_none_of_its_fil
             failed_only: true,
         })
         .unwrap();
-    let old_slot = old.slot();
+    let old_slot = old.slot().expect("an eBPF session");
     engine.stop_session(old).await.unwrap();
 
     let (new, mut events) = engine.start_session(&only_cgroup(&new_cgroup)).unwrap();
-    assert_eq!(new.slot(), old_slot, "the freed slot is reused");
+    assert_eq!(new.slot(), Some(old_slot), "the freed slot is reused");
 
     // The old session's cgroup is no longer traced by anybody.
     assert!(workload::run_in(&old_cgroup, &["getpid", "100"])

@@ -46,6 +46,31 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     Ok(MOUNT.get_or_init(|| mount).clone())
 }
 
+/// Finds the cgroup directory whose id (inode number) is `id`, searching the hierarchy at
+/// `mount` breadth-first (container cgroups sit near the top; hierarchies hold hundreds of
+/// directories, not millions).
+pub fn find_by_id(mount: &Path, id: u64) -> Option<PathBuf> {
+    let mut queue = std::collections::VecDeque::from([mount.to_owned()]);
+    while let Some(dir) = queue.pop_front() {
+        let Ok(metadata) = fs::metadata(&dir) else {
+            continue;
+        };
+        if metadata.ino() == id {
+            return Some(dir);
+        }
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        queue.extend(
+            entries
+                .flatten()
+                .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+                .map(|entry| entry.path()),
+        );
+    }
+    None
+}
+
 /// Parses mountinfo text (proc(5)): `id parent major:minor root mount-point options
 /// [optional fields…] - fstype source super-options`.
 fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {

@@ -33,6 +33,17 @@ pub struct Config {
     #[arg(long, env = "TRACERD_SHARED_RING")]
     pub shared_ring: bool,
 
+    /// Do not load the eBPF programs: every session runs on the ftrace backend (a tracefs
+    /// instance per session).
+    #[arg(long, env = "TRACERD_NO_EBPF")]
+    pub no_ebpf: bool,
+
+    /// Ring-buffer size per CPU, in KiB, of each ftrace session's tracefs instance (a session
+    /// can set its own with `limits.ftrace_buffer_kb`).
+    #[arg(long, env = "TRACERD_FTRACE_BUFFER_KB", default_value_t = crate::ftrace::DEFAULT_BUFFER_KB,
+          value_parser = clap::value_parser!(u32).range(64..=1 << 20))]
+    pub ftrace_buffer_kb: u32,
+
     /// Trace this cgroup (an absolute path under the cgroup2 mount) from start-up; may be
     /// given more than once. Sessions, the API for this, come in a later release.
     #[arg(

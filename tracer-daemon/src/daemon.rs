@@ -54,13 +54,17 @@ pub async fn run(
             wakeup_every: config.ring_wakeup_every,
             per_cpu_rings: !config.shared_ring,
         },
+        use_ebpf: !config.no_ebpf,
+        ftrace_buffer_kb: config.ftrace_buffer_kb,
         ..EngineOptions::default()
     })?);
-    tracing::info!(
-        program_ids = ?engine.program_ids(),
-        rings = engine.ring_count(),
-        "eBPF programs attached to sys_enter and sys_exit"
-    );
+    if engine.ebpf_status().is_ok() {
+        tracing::info!(
+            program_ids = ?engine.program_ids(),
+            rings = engine.ring_count(),
+            "eBPF programs attached to sys_enter and sys_exit"
+        );
+    }
     let manager = SessionManager::new(
         engine.clone(),
         DockerClient::new(&config.docker_socket),
@@ -147,7 +151,7 @@ pub async fn run(
             "the engine is still referenced at shutdown; its programs detach as the process exits"
         ),
     }
-    tracing::info!("tracerd stopped; eBPF programs detached");
+    tracing::info!("tracerd stopped; eBPF programs detached, tracefs instances removed");
     drop(data_dir);
     Ok(())
 }

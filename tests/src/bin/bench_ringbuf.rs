@@ -140,6 +140,7 @@ fn measure_design(runtime: &tokio::runtime::Runtime, design: &Design, untraced: 
         ebpf: design.options.clone(),
         // Deep enough that the consumer below never makes a userspace drop.
         session_queue: 1 << 20,
+        ..EngineOptions::default()
     })
     .expect("loading the engine");
     let cgroup = TestCgroup::create("bench");

@@ -82,12 +82,26 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-/// Liveness: the daemon answers and its kernel programs are attached.
+/// Liveness: the daemon answers; which backends sessions can run on, and why not.
 async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    let status = |result: Result<(), &str>| match result {
+        Ok(()) => json!({ "available": true }),
+        Err(why) => json!({ "available": false, "reason": why }),
+    };
+    let engine = &state.engine;
+    let default_backend = if engine.ebpf_status().is_ok() {
+        "ebpf"
+    } else {
+        "ftrace"
+    };
     Json(json!({
         "status": "ok",
-        "backend": "ebpf",
-        "program_ids": state.engine.program_ids(),
+        "backend": default_backend,
+        "backends": {
+            "ebpf": status(engine.ebpf_status()),
+            "ftrace": status(engine.ftrace_status()),
+        },
+        "program_ids": engine.program_ids(),
     }))
 }
 

@@ -30,7 +30,7 @@ use crate::{
     cgroup::Cgroup,
     docker::{self, Container, ContainerEvent, DockerClient, DockerUnavailable},
     ebpf::KernelFilter,
-    engine::{Engine, EngineError, Event, SessionHandle},
+    engine::{Backend, Engine, EngineError, Event, SessionHandle, SessionOptions},
     lock,
     store::{ListQuery, SessionRow, Store, StoreError},
 };
@@ -85,6 +85,9 @@ impl From<EngineError> for ManagerError {
     fn from(err: EngineError) -> Self {
         match err {
             EngineError::NoFreeSlot => ManagerError::NoCapacity,
+            err @ EngineError::BackendUnavailable { .. } => {
+                ManagerError::BackendUnavailable(err.to_string())
+            }
             other => ManagerError::Engine(other),
         }
     }
@@ -196,7 +199,7 @@ impl SessionManager {
                 "cgroup and pid targets need the admin role: a tenant may trace only the containers it owns".into(),
             ));
         }
-        check_backend(&spec)?;
+        self.check_backend(&spec)?;
         // The target must exist now; it is resolved again at every start.
         match &spec.target {
             TargetKind::Launch(launch) => self.check_launch(launch).await?,
@@ -302,6 +305,18 @@ impl SessionManager {
         }
     }
 
+    /// Refuses a session that asks for a backend this daemon cannot run.
+    fn check_backend(&self, spec: &SessionSpec) -> Result<(), ManagerError> {
+        let (name, status) = match spec.backend {
+            BackendChoice::Auto => return Ok(()),
+            BackendChoice::Ebpf => ("ebpf", self.engine.ebpf_status()),
+            BackendChoice::Ftrace => ("ftrace", self.engine.ftrace_status()),
+        };
+        status.map_err(|why| {
+            ManagerError::BackendUnavailable(format!("the {name} backend is unavailable: {why}"))
+        })
+    }
+
     /// The lock that serialises lifecycle changes of session `id`.
     fn op_lock(&self, id: Uuid) -> Arc<Mutex<()>> {
         lock(&self.op_locks).entry(id).or_default().clone()
@@ -348,7 +363,33 @@ impl SessionManager {
         };
         let log =
             EventLogWriter::open(&self.session_dir(row.id), self.options.event_log_cap_bytes)?;
-        let (handle, events) = self.engine.start_session(&resolved.filter)?;
+        let options = SessionOptions {
+            backend: match spec.backend {
+                BackendChoice::Auto => None,
+                BackendChoice::Ebpf => Some(Backend::Ebpf),
+                BackendChoice::Ftrace => Some(Backend::Ftrace),
+            },
+            name: row.id.to_string(),
+            queue: None,
+            ftrace_buffer_kb: spec.ftrace_buffer_kb,
+        };
+        let (handle, events) = match self.engine.start_session_with(&resolved.filter, &options) {
+            Ok(started) => started,
+            Err(err) => {
+                let err = ManagerError::from(err);
+                if matches!(err, ManagerError::BackendUnavailable(_)) {
+                    row.status = Status::Failed;
+                    row.error = Some(err.to_string());
+                    row.updated_at = now_rfc3339();
+                    self.store.save(row.clone()).await?;
+                }
+                return Err(err);
+            }
+        };
+        let (backend_in_use, backend_reason) = (
+            handle.backend().as_str(),
+            handle.backend_reason().to_owned(),
+        );
         if let Some(container) = &resolved.launched {
             // The kernel filter holds the container's cgroup already: its first syscall is
             // traced.
@@ -399,11 +440,8 @@ impl SessionManager {
         row.updated_at = now;
         row.error = None;
         row.finished_reason = None;
-        row.backend_in_use = Some("ebpf".into());
-        row.backend_reason = Some(match spec.backend {
-            BackendChoice::Ebpf => "requested".into(),
-            _ => "eBPF programs are loaded and attached".into(),
-        });
+        row.backend_in_use = Some(backend_in_use.into());
+        row.backend_reason = Some(backend_reason);
         lock(&self.runs).insert(
             row.id,
             Run {
@@ -628,15 +666,6 @@ fn run_counters(kernel: &crate::engine::SessionCounters, progress: &RunProgress)
         dropped: kernel.dropped_kernel + kernel.dropped_userspace + over_limit,
         exported: 0,
         evicted: progress.evicted.load(Ordering::Relaxed),
-    }
-}
-
-fn check_backend(spec: &SessionSpec) -> Result<(), ManagerError> {
-    match spec.backend {
-        BackendChoice::Auto | BackendChoice::Ebpf => Ok(()),
-        BackendChoice::Ftrace => Err(ManagerError::BackendUnavailable(
-            "the ftrace backend is not available in this release; use \"auto\" or \"ebpf\"".into(),
-        )),
     }
 }
 

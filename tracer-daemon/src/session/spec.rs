@@ -229,6 +229,9 @@ pub struct Conditions {
     pub failed_only: bool,
 }
 
+/// Sizes a session's ftrace ring buffer may have, per CPU, in KiB (64 KiB to 1 GiB).
+pub const FTRACE_BUFFER_KB: std::ops::RangeInclusive<u32> = 64..=1 << 20;
+
 /// Which backend a session asks for.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -248,6 +251,10 @@ pub struct Limits {
     /// Stop after this many delivered events; the session finishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_events: Option<u64>,
+    /// Ring-buffer size per CPU, in KiB, of the session's tracefs instance when it runs on
+    /// the ftrace backend (default: the daemon's `--ftrace-buffer-kb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftrace_buffer_kb: Option<u32>,
 }
 
 /// A validated request, ready to run.
@@ -262,6 +269,7 @@ pub struct SessionSpec {
     pub backend: BackendChoice,
     pub ttl: Option<Duration>,
     pub max_events: Option<u64>,
+    pub ftrace_buffer_kb: Option<u32>,
 }
 
 impl SessionSpec {
@@ -398,6 +406,18 @@ impl CreateSession {
         if self.limits.max_events == Some(0) {
             return Err(invalid("limits.max_events", "must be at least 1"));
         }
+        if let Some(kb) = self.limits.ftrace_buffer_kb {
+            if !FTRACE_BUFFER_KB.contains(&kb) {
+                return Err(invalid(
+                    "limits.ftrace_buffer_kb",
+                    format!(
+                        "must be from {} to {} (KiB per CPU)",
+                        FTRACE_BUFFER_KB.start(),
+                        FTRACE_BUFFER_KB.end()
+                    ),
+                ));
+            }
+        }
         if let Some(tenant) = &self.tenant {
             validate_tenant(tenant)?;
         }
@@ -410,6 +430,7 @@ impl CreateSession {
             backend: self.backend,
             ttl,
             max_events: self.limits.max_events,
+            ftrace_buffer_kb: self.limits.ftrace_buffer_kb,
         })
     }
 }

@@ -1,0 +1,286 @@
+//! Decoding the records tracerd enables, with layouts read from the running kernel's
+//! `format` files (no hard-coded offsets).
+use std::path::Path;
+
+use tracefs_parse::{EventFormat, Field};
+use tracer_common::COMM_LEN;
+
+use super::tracefs::TracefsError;
+
+/// Task name as the kernel keeps it: up to 15 bytes and a NUL.
+pub type Comm = [u8; COMM_LEN];
+
+/// One decoded event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Raw {
+    Enter {
+        tid: u32,
+        nr: i64,
+        args: [u64; 6],
+    },
+    Exit {
+        tid: u32,
+        nr: i64,
+        ret: i64,
+    },
+    /// `tid` (the current task) made a new task: a thread when `CLONE_THREAD` is set.
+    NewTask {
+        tid: u32,
+        child: u32,
+        clone_flags: u64,
+    },
+    /// `tid` ran a new program (`old_tid` is the thread that called exec, when a non-leader
+    /// thread did); `comm` is the name the task has now.
+    Exec {
+        tid: u32,
+        old_tid: u32,
+        comm: Comm,
+    },
+    Rename {
+        tid: u32,
+        comm: Comm,
+    },
+    ProcessExit {
+        tid: u32,
+    },
+    /// `pid` joined cgroup `cgroup_id` of hierarchy `root` (0 is cgroup v2).
+    Attach {
+        root: i64,
+        cgroup_id: u64,
+        pid: u32,
+    },
+}
+
+/// The events an instance of tracerd enables, as `system/event`.
+pub const SYSCALL_ENTER: &str = "raw_syscalls/sys_enter";
+pub const SYSCALL_EXIT: &str = "raw_syscalls/sys_exit";
+/// Events that keep each task's process (tgid) and name current, in the same stream as
+/// its syscalls. Optional: a kernel without them falls back to /proc.
+pub const TASK_EVENTS: [&str; 4] = [
+    "task/task_newtask",
+    "task/task_rename",
+    "sched/sched_process_exec",
+    "sched/sched_process_exit",
+];
+pub const CGROUP_ATTACH: &str = "cgroup/cgroup_attach_task";
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+struct Layout {
+    id: u64,
+    fields: Vec<Field>,
+}
+
+/// Decodes records of the events above by their `common_type`.
+pub struct Decoder {
+    common_type: Field,
+    common_pid: Field,
+    layouts: Vec<(Layout, Kind)>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Enter,
+    Exit,
+    NewTask,
+    Rename,
+    Exec,
+    ProcessExit,
+    Attach,
+}
+
+impl Decoder {
+    /// Reads the formats from tracefs at `root`. The syscall events are required; the task
+    /// and cgroup events are used when the kernel has them.
+    pub fn load(root: &Path) -> Result<Self, TracefsError> {
+        let mut decoder: Option<Decoder> = None;
+        let kinds = [
+            (SYSCALL_ENTER, Kind::Enter, &["id", "args"][..], true),
+            (SYSCALL_EXIT, Kind::Exit, &["id", "ret"], true),
+            (
+                TASK_EVENTS[0],
+                Kind::NewTask,
+                &["pid", "clone_flags"],
+                false,
+            ),
+            (TASK_EVENTS[1], Kind::Rename, &["pid", "newcomm"], false),
+            (
+                TASK_EVENTS[2],
+                Kind::Exec,
+                &["pid", "old_pid", "filename"],
+                false,
+            ),
+            (TASK_EVENTS[3], Kind::ProcessExit, &["pid"], false),
+            (
+                CGROUP_ATTACH,
+                Kind::Attach,
+                &["dst_root", "dst_id", "pid"],
+                false,
+            ),
+        ];
+        for (event, kind, names, required) in kinds {
+            let path = root.join("events").join(event).join("format");
+            let format = match tracefs_parse::read_description(&path) {
+                Ok(text) => EventFormat::parse(&text).map_err(|err| TracefsError::Format {
+                    path: path.clone(),
+                    message: err.to_string(),
+                })?,
+                Err(err) if !required => {
+                    tracing::debug!(%event, %err, "event not available");
+                    continue;
+                }
+                Err(err) => return Err(TracefsError::io("reading", &path, err)),
+            };
+            let field = |name: &str| {
+                format
+                    .field(name)
+                    .cloned()
+                    .map_err(|err| TracefsError::Format {
+                        path: path.clone(),
+                        message: err.to_string(),
+                    })
+            };
+            let decoder = match &mut decoder {
+                Some(decoder) => decoder,
+                None => decoder.insert(Decoder {
+                    common_type: field("common_type")?,
+                    common_pid: field("common_pid")?,
+                    layouts: Vec::new(),
+                }),
+            };
+            let fields = names
+                .iter()
+                .map(|name| field(name))
+                .collect::<Result<_, _>>()?;
+            decoder.layouts.push((
+                Layout {
+                    id: format.id as u64,
+                    fields,
+                },
+                kind,
+            ));
+        }
+        decoder.ok_or(TracefsError::NotMounted)
+    }
+
+    /// Whether the kernel has the task events (so names and processes come from the stream).
+    pub fn has_task_events(&self) -> bool {
+        self.layouts
+            .iter()
+            .any(|(_, kind)| matches!(kind, Kind::NewTask))
+    }
+
+    /// Whether the kernel has `cgroup/cgroup_attach_task` (needed to follow cgroup joins).
+    pub fn has_cgroup_attach(&self) -> bool {
+        self.layouts
+            .iter()
+            .any(|(_, kind)| matches!(kind, Kind::Attach))
+    }
+
+    /// Decodes one record, or `None` for a record of another event or one too short for its
+    /// layout.
+    pub fn decode(&self, record: &[u8]) -> Option<Raw> {
+        let common_type = self.common_type.read_u64(record)?;
+        let (layout, kind) = self
+            .layouts
+            .iter()
+            .find(|(layout, _)| layout.id == common_type)?;
+        let tid = self.common_pid.read_u64(record)? as u32;
+        let f = &layout.fields;
+        let int = |index: usize| f[index].read_u64(record);
+        Some(match kind {
+            Kind::Enter => {
+                let mut args = [0u64; 6];
+                let width = f[1].size / 6;
+                for (index, arg) in args.iter_mut().enumerate() {
+                    *arg = f[1].read_element(record, index, width)?;
+                }
+                Raw::Enter {
+                    tid,
+                    nr: int(0)? as i64,
+                    args,
+                }
+            }
+            Kind::Exit => Raw::Exit {
+                tid,
+                nr: int(0)? as i64,
+                ret: int(1)? as i64,
+            },
+            Kind::NewTask => Raw::NewTask {
+                tid,
+                child: int(0)? as u32,
+                clone_flags: int(1)?,
+            },
+            Kind::Rename => Raw::Rename {
+                tid: int(0)? as u32,
+                comm: comm_of(f[1].read_str(record)?),
+            },
+            Kind::Exec => {
+                // The kernel names the task after the program file's last component.
+                let filename = f[2].read_str(record)?;
+                let base = filename.rsplit(|&b| b == b'/').next().unwrap_or(filename);
+                Raw::Exec {
+                    tid: int(0)? as u32,
+                    old_tid: int(1)? as u32,
+                    comm: comm_of(base),
+                }
+            }
+            Kind::ProcessExit => Raw::ProcessExit {
+                tid: int(0)? as u32,
+            },
+            Kind::Attach => Raw::Attach {
+                root: int(0)? as i64,
+                cgroup_id: int(1)?,
+                pid: int(2)? as u32,
+            },
+        })
+    }
+}
+
+impl Raw {
+    /// The thread a new task belongs to: its own process, or its creator's for a thread.
+    pub fn is_thread(clone_flags: u64) -> bool {
+        clone_flags & CLONE_THREAD != 0
+    }
+}
+
+/// A task name, truncated to 15 bytes and NUL-terminated as the kernel keeps it.
+pub fn comm_of(name: &[u8]) -> Comm {
+    let mut comm = [0u8; COMM_LEN];
+    let len = name.len().min(COMM_LEN - 1);
+    comm[..len].copy_from_slice(&name[..len]);
+    comm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_records_of_this_kernel() {
+        let root = super::super::tracefs::root().expect("tracefs is mounted (run as root)");
+        let decoder = Decoder::load(&root).unwrap();
+        let enter = &decoder.layouts[0].0;
+        let mut record = vec![0u8; 64];
+        record[..2].copy_from_slice(&(enter.id as u16).to_ne_bytes());
+        record[4..8].copy_from_slice(&77i32.to_ne_bytes());
+        record[8..16].copy_from_slice(&39i64.to_ne_bytes());
+        record[16..24].copy_from_slice(&5u64.to_ne_bytes());
+        assert_eq!(
+            decoder.decode(&record),
+            Some(Raw::Enter {
+                tid: 77,
+                nr: 39,
+                args: [5, 0, 0, 0, 0, 0]
+            })
+        );
+        record[..2].copy_from_slice(&u16::MAX.to_ne_bytes());
+        assert_eq!(decoder.decode(&record), None);
+    }
+
+    #[test]
+    fn names_like_the_kernel() {
+        assert_eq!(&comm_of(b"syscall_loop")[..13], b"syscall_loop\0");
+        assert_eq!(comm_of(b"a_very_long_program_name")[15], 0);
+    }
+}

@@ -1,0 +1,433 @@
+//! Which threads an ftrace session traces, kept in step with its target cgroups.
+//!
+//! ftrace's syscall events have no cgroup field, so an instance filters by thread
+//! (`set_event_pid`, with `options/event-fork` adding children as they are forked). Threads
+//! that *join* a target cgroup from outside (`docker exec`, a write to `cgroup.procs`) are no
+//! one's children: a daemon-wide watcher instance records `cgroup/cgroup_attach_task` and adds
+//! each joiner to the sessions tracing that cgroup. Between the join and that write the
+//! joiner is not traced; every join's delay is measured and logged per session
+//! (`joins_followed`, `slowest_join_us`) rather than hidden. A re-read of the cgroups every
+//! second backs the watcher up.
+use std::{
+    collections::{HashMap, HashSet},
+    fs::{self, File, OpenOptions},
+    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
+    thread::JoinHandle,
+};
+
+use tracefs_parse::PageHeaderLayout;
+
+use super::{
+    decode::{Decoder, Raw, CGROUP_ATTACH},
+    reader::decode_page,
+    tracefs::{Instance, TracefsError, INSTANCE_PREFIX},
+    tracker::TaskInfo,
+};
+use crate::{engine::monotonic_ns, lock};
+
+/// The threads one session's instance traces.
+pub struct PidSync {
+    instance: Arc<Instance>,
+    /// Target cgroups (id → directory), when the session traces cgroups.
+    cgroups: Mutex<HashMap<u64, PathBuf>>,
+    /// Target processes, when the session traces processes: their threads, not whole cgroups.
+    tgids: Option<Vec<u32>>,
+    /// Threads added so far (so a re-read adds only new ones).
+    added: Mutex<HashSet<u32>>,
+    /// What was known of each thread when it was added (read from /proc while it surely
+    /// lived), until the reader first needs it: a short-lived thread may be gone by then.
+    introduced: Mutex<HashMap<u32, TaskInfo>>,
+    joins: AtomicU64,
+    slowest_join_ns: AtomicU64,
+}
+
+impl PidSync {
+    pub fn new(instance: Arc<Instance>, tgids: Option<Vec<u32>>) -> Self {
+        Self {
+            instance,
+            cgroups: Mutex::new(HashMap::new()),
+            tgids,
+            added: Mutex::new(HashSet::new()),
+            introduced: Mutex::new(HashMap::new()),
+            joins: AtomicU64::new(0),
+            slowest_join_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// What was known of `tid` when it was added, once.
+    pub fn take_introduced(&self, tid: u32) -> Option<TaskInfo> {
+        lock(&self.introduced).remove(&tid)
+    }
+
+    /// Adds threads (of `cgroup_id`, if known) to the instance's `set_event_pid`, noting
+    /// what /proc says of each.
+    fn introduce(&self, tids: &[(u32, Option<u64>)]) -> Result<(), TracefsError> {
+        // The cgroup is known now, and a short-lived thread may be gone before the reader
+        // looks it up: note it first (the tgid is a guess until /proc is read below).
+        {
+            let mut introduced = lock(&self.introduced);
+            for &(tid, cgroup_id) in tids {
+                if let Some(cgroup_id) = cgroup_id {
+                    introduced.entry(tid).or_insert(TaskInfo {
+                        tgid: tid,
+                        comm: [0; 16],
+                        cgroup_id,
+                    });
+                }
+            }
+        }
+        // Then traced: every moment before this write is a syscall the session misses.
+        let just_tids: Vec<u32> = tids.iter().map(|(tid, _)| *tid).collect();
+        let added = self.add(&just_tids);
+        lock(&self.added).extend(&just_tids);
+        let mut found = Vec::with_capacity(tids.len());
+        for &(tid, cgroup_id) in tids {
+            if let Some(mut info) = TaskInfo::from_proc(tid) {
+                if let Some(cgroup_id) = cgroup_id {
+                    info.cgroup_id = cgroup_id;
+                }
+                found.push((tid, info));
+            }
+        }
+        let mut introduced = lock(&self.introduced);
+        for (tid, info) in found {
+            // Only if the reader has not taken the first guess already.
+            if let Some(known) = introduced.get_mut(&tid) {
+                *known = info;
+            } else if tids
+                .iter()
+                .any(|&(t, cgroup_id)| t == tid && cgroup_id.is_none())
+            {
+                introduced.insert(tid, info);
+            }
+        }
+        added
+    }
+
+    /// Adds threads to the instance's `set_event_pid` (already present ones are harmless).
+    fn add(&self, tids: &[u32]) -> Result<(), TracefsError> {
+        if tids.is_empty() {
+            return Ok(());
+        }
+        let mut line = tids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        line.push('\n');
+        match self.instance.append("set_event_pid", &line) {
+            // A thread that exited meanwhile makes the kernel refuse the write: add one by
+            // one, skipping the gone.
+            Err(_) if tids.len() > 1 => {
+                for tid in tids {
+                    let _ = self.instance.append("set_event_pid", &format!("{tid}\n"));
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    pub fn set_cgroup(&self, id: u64, path: PathBuf) {
+        lock(&self.cgroups).insert(id, path);
+    }
+
+    pub fn remove_cgroup(&self, id: u64) {
+        lock(&self.cgroups).remove(&id);
+    }
+
+    pub fn traces_cgroups(&self) -> bool {
+        self.tgids.is_none()
+    }
+
+    /// Re-reads the target threads and adds any that are new.
+    pub fn resync(&self) {
+        // (threads, their cgroup if known)
+        let mut groups: Vec<(Vec<u32>, Option<u64>)> = Vec::new();
+        match &self.tgids {
+            Some(tgids) => {
+                for tgid in tgids {
+                    if let Ok(entries) = fs::read_dir(format!("/proc/{tgid}/task")) {
+                        let tids = entries
+                            .flatten()
+                            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+                        groups.push((tids.collect(), None));
+                    }
+                }
+            }
+            None => {
+                let cgroups: Vec<(u64, PathBuf)> = lock(&self.cgroups)
+                    .iter()
+                    .map(|(id, path)| (*id, path.clone()))
+                    .collect();
+                for (id, cgroup) in cgroups {
+                    // Every thread of the cgroup (cgroup.procs lists only processes).
+                    if let Ok(text) = fs::read_to_string(cgroup.join("cgroup.threads")) {
+                        let tids = text
+                            .lines()
+                            .filter_map(|line| line.trim().parse::<u32>().ok());
+                        groups.push((tids.collect(), Some(id)));
+                    }
+                }
+            }
+        }
+        let current: HashSet<u32> = groups.iter().flat_map(|(tids, _)| tids).copied().collect();
+        for (tids, cgroup_id) in groups {
+            let added = lock(&self.added);
+            let new: Vec<u32> = tids
+                .into_iter()
+                .filter(|tid| !added.contains(tid))
+                .collect();
+            drop(added);
+            let new: Vec<(u32, Option<u64>)> =
+                new.into_iter().map(|tid| (tid, cgroup_id)).collect();
+            if let Err(err) = self.introduce(&new) {
+                tracing::warn!(%err, "adding threads to an ftrace instance failed");
+            }
+        }
+        // Forget threads that are gone (their ids may come back as new threads).
+        lock(&self.added).retain(|tid| current.contains(tid));
+        let mut introduced = lock(&self.introduced);
+        if introduced.len() > 4 * current.len() + 1024 {
+            introduced.retain(|tid, _| current.contains(tid));
+        }
+    }
+
+    /// Traces threads that joined target cgroups: (tid, cgroup id, when it joined).
+    fn joined(&self, joins: &[(u32, u64, u64)]) {
+        let tids: Vec<(u32, Option<u64>)> = joins
+            .iter()
+            .map(|&(tid, cgroup_id, _)| (tid, Some(cgroup_id)))
+            .collect();
+        match self.introduce(&tids) {
+            Ok(()) => {
+                let now = monotonic_ns();
+                for &(tid, _, joined_ns) in joins {
+                    let delay = now.saturating_sub(joined_ns);
+                    self.joins.fetch_add(1, Ordering::Relaxed);
+                    self.slowest_join_ns.fetch_max(delay, Ordering::Relaxed);
+                    tracing::debug!(
+                        tid,
+                        delay_us = delay / 1000,
+                        "traced a thread that joined a target cgroup"
+                    );
+                }
+            }
+            Err(err) => tracing::debug!(%err, "joining threads were gone before they were traced"),
+        }
+    }
+
+    /// (joins followed, the slowest join's delay in ns).
+    pub fn join_stats(&self) -> (u64, u64) {
+        (
+            self.joins.load(Ordering::Relaxed),
+            self.slowest_join_ns.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// cgroup id → the sessions tracing it, and the watcher that reports joins.
+#[derive(Default)]
+pub struct Joins {
+    sessions: Arc<Mutex<HashMap<u64, Vec<Weak<PidSync>>>>>,
+    watcher: Mutex<Option<Watcher>>,
+}
+
+impl Joins {
+    /// Starts reporting joins of cgroup `id` to `sync` (starting the watcher on first use).
+    pub fn register(
+        &self,
+        root: &Path,
+        layout: &PageHeaderLayout,
+        decoder: &Arc<Decoder>,
+        id: u64,
+        sync: &Arc<PidSync>,
+    ) -> Result<(), TracefsError> {
+        // The watcher lock is held over the registration, so a concurrent last unregister
+        // cannot stop the watcher between the two.
+        let mut watcher = lock(&self.watcher);
+        if watcher.is_none() {
+            *watcher = Some(Watcher::start(
+                root,
+                *layout,
+                decoder.clone(),
+                self.sessions.clone(),
+            )?);
+        }
+        lock(&self.sessions)
+            .entry(id)
+            .or_default()
+            .push(Arc::downgrade(sync));
+        Ok(())
+    }
+
+    pub fn unregister(&self, id: u64, sync: &Arc<PidSync>) {
+        let mut sessions = lock(&self.sessions);
+        if let Some(syncs) = sessions.get_mut(&id) {
+            syncs.retain(|weak| {
+                weak.strong_count() > 0 && !Weak::ptr_eq(weak, &Arc::downgrade(sync))
+            });
+            if syncs.is_empty() {
+                sessions.remove(&id);
+            }
+        }
+    }
+
+    /// Unregisters a stopping session; the watcher stops too once no session needs it.
+    pub fn unregister_all(&self, sync: &Arc<PidSync>) {
+        let ids: Vec<u64> = lock(&sync.cgroups).keys().copied().collect();
+        for id in ids {
+            self.unregister(id, sync);
+        }
+        let mut watcher = lock(&self.watcher);
+        let idle = {
+            let mut sessions = lock(&self.sessions);
+            sessions.retain(|_, syncs| syncs.iter().any(|weak| weak.strong_count() > 0));
+            sessions.is_empty()
+        };
+        // Dropping the watcher waits for its thread (one poll period at most).
+        if idle {
+            *watcher = None;
+        }
+    }
+}
+
+/// The daemon-wide instance that records cgroup v2 joins, and its thread.
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The watcher's instance (named with the prefix, so a crashed daemon's is cleaned up too).
+const WATCHER_INSTANCE: &str = "cgroup-joins";
+
+impl Watcher {
+    fn start(
+        root: &Path,
+        layout: PageHeaderLayout,
+        decoder: Arc<Decoder>,
+        sessions: Arc<Mutex<HashMap<u64, Vec<Weak<PidSync>>>>>,
+    ) -> Result<Self, TracefsError> {
+        if !decoder.has_cgroup_attach() {
+            return Err(TracefsError::Format {
+                path: root.join("events").join(CGROUP_ATTACH),
+                message: "this kernel has no cgroup_attach_task event to follow joins with".into(),
+            });
+        }
+        let instance = Instance::create(root, &format!("{INSTANCE_PREFIX}{WATCHER_INSTANCE}"))?;
+        instance.write("trace_clock", "mono")?;
+        // Wake the reader on any data: a join must be followed at once.
+        instance.write("buffer_percent", "0")?;
+        instance.write("buffer_size_kb", "256")?;
+        let event = format!("events/{CGROUP_ATTACH}");
+        // Hierarchy 0 is cgroup v2, the one the targets are in.
+        instance.write(&format!("{event}/filter"), "dst_root == 0")?;
+        instance.write(&format!("{event}/enable"), "1")?;
+        let cpus = open_cpu_buffers(&instance)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("tracerd-joins".into())
+            .spawn({
+                let stop = stop.clone();
+                move || watch(instance, cpus, layout, decoder, sessions, stop)
+            })
+            .map_err(|err| TracefsError::io("starting the join watcher for", root, err))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Opens every CPU's `trace_pipe_raw` of an instance, non-blocking.
+pub fn open_cpu_buffers(instance: &Instance) -> Result<Vec<File>, TracefsError> {
+    let dir = instance.path().join("per_cpu");
+    let mut cpus: Vec<(u32, PathBuf)> = fs::read_dir(&dir)
+        .map_err(|err| TracefsError::io("listing", &dir, err))?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let cpu = name.to_str()?.strip_prefix("cpu")?.parse().ok()?;
+            Some((cpu, entry.path().join("trace_pipe_raw")))
+        })
+        .collect();
+    cpus.sort();
+    cpus.into_iter()
+        .map(|(_, path)| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .map_err(|err| TracefsError::io("opening", &path, err))
+        })
+        .collect()
+}
+
+fn watch(
+    instance: Instance,
+    mut cpus: Vec<File>,
+    layout: PageHeaderLayout,
+    decoder: Arc<Decoder>,
+    sessions: Arc<Mutex<HashMap<u64, Vec<Weak<PidSync>>>>>,
+    stop: Arc<AtomicBool>,
+) {
+    use std::io::Read as _;
+    let mut page = vec![0u8; layout.page_size()];
+    let mut batch = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds: Vec<libc::pollfd> = cpus
+            .iter()
+            .map(|cpu| libc::pollfd {
+                fd: cpu.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of pollfd for the call's duration. The timeout
+        // bounds how long a stop waits.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        for cpu in &mut cpus {
+            while let Ok(len @ 1..) = cpu.read(&mut page) {
+                decode_page(&layout, &decoder, &page[..len], &mut batch);
+            }
+        }
+        // One write per session for everything this pass saw: each write to set_event_pid
+        // waits for an RCU grace period in the kernel.
+        let mut joins: Vec<(Arc<PidSync>, Vec<(u32, u64, u64)>)> = Vec::new();
+        for (ts, raw) in batch.drain(..) {
+            let Raw::Attach { cgroup_id, pid, .. } = raw else {
+                continue;
+            };
+            let sessions = lock(&sessions);
+            for sync in sessions.get(&cgroup_id).into_iter().flatten() {
+                let Some(sync) = sync.upgrade() else { continue };
+                match joins
+                    .iter_mut()
+                    .find(|(known, _)| Arc::ptr_eq(known, &sync))
+                {
+                    Some((_, list)) => list.push((pid, cgroup_id, ts)),
+                    None => joins.push((sync, vec![(pid, cgroup_id, ts)])),
+                }
+            }
+        }
+        for (sync, list) in joins {
+            sync.joined(&list);
+        }
+    }
+    drop(cpus);
+    drop(instance);
+}

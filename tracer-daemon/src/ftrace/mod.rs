@@ -1,0 +1,361 @@
+//! The ftrace backend: where eBPF cannot be used, or when a session asks for it.
+//!
+//! Each session gets its own tracefs instance, `instances/tracerd-<session id>`, with
+//! `raw_syscalls/sys_enter` and `sys_exit` enabled, in-kernel filters for its syscall set
+//! and conditions, and `set_event_pid` + `options/event-fork` for its threads (kept in step
+//! with its cgroups by [`joins`]). A reader thread per session reads the binary per-CPU
+//! pages (`trace_pipe_raw`), whose layouts come from the kernel's own `header_page` and
+//! `format` files, and pairs entries with exits into the same [`SyscallRecord`] the eBPF
+//! programs write, so every consumer works unchanged.
+//!
+//! Differences from eBPF, by the nature of ftrace: path arguments are addresses only (no
+//! string: such records say `path_unavailable`), and a thread that joins a cgroup from
+//! outside is traced from the moment the daemon has seen the join (measured, see [`joins`]).
+//! Events the ring buffer could not keep (`per_cpu/cpuN/stats`: overrun and dropped events)
+//! count as the session's dropped records.
+//!
+//! [`SyscallRecord`]: tracer_common::SyscallRecord
+mod decode;
+mod joins;
+mod reader;
+mod tracefs;
+mod tracker;
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+};
+
+use tracefs_parse::PageHeaderLayout;
+
+pub use self::tracefs::{TracefsError, INSTANCE_PREFIX};
+use self::{
+    decode::{Decoder, SYSCALL_ENTER, SYSCALL_EXIT, TASK_EVENTS},
+    joins::{Joins, PidSync},
+    reader::{Control, Reader},
+    tracefs::Instance,
+    tracker::{RecordFilter, TaskInfo, Tracker},
+};
+use crate::{cgroup, ebpf::KernelFilter, engine::Route};
+
+/// Default ring-buffer size of a session's instance, per CPU.
+pub const DEFAULT_BUFFER_KB: u32 = 4096;
+
+/// The daemon-wide part: tracefs, the kernel's layouts, and the join watcher.
+pub struct FtraceBackend {
+    root: PathBuf,
+    layout: PageHeaderLayout,
+    decoder: Arc<Decoder>,
+    path_syscalls: Arc<HashSet<u32>>,
+    joins: Arc<Joins>,
+}
+
+/// How one session's instance is set up.
+#[derive(Clone, Debug)]
+pub struct FtraceSessionOptions {
+    /// Instance name, after the `tracerd-` prefix.
+    pub name: String,
+    /// Ring-buffer size per CPU.
+    pub buffer_kb: u32,
+}
+
+impl FtraceBackend {
+    /// Finds tracefs, removes instances a crashed daemon left behind, and reads the layouts.
+    pub fn open() -> Result<Self, TracefsError> {
+        let root = tracefs::root()?;
+        for name in tracefs::remove_stale_instances(&root)? {
+            tracing::warn!(instance = %name, "removed a tracefs instance left by an earlier tracerd");
+        }
+        let header_page = root.join("events/header_page");
+        let layout = tracefs_parse::read_description(&header_page)
+            .map_err(|err| TracefsError::io("reading", &header_page, err))
+            .and_then(|text| {
+                PageHeaderLayout::parse(&text).map_err(|err| TracefsError::Format {
+                    path: header_page.clone(),
+                    message: err.to_string(),
+                })
+            })?;
+        Ok(Self {
+            decoder: Arc::new(Decoder::load(&root)?),
+            root,
+            layout,
+            path_syscalls: Arc::new(crate::ebpf::path_syscalls()),
+            joins: Arc::default(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates and starts a session's instance; its records go to `route`.
+    pub(crate) fn start_session(
+        &self,
+        filter: &KernelFilter,
+        options: &FtraceSessionOptions,
+        route: Route,
+    ) -> Result<FtraceSession, TracefsError> {
+        let name = format!("{INSTANCE_PREFIX}{}", options.name);
+        let instance = Arc::new(Instance::create(&self.root, &name)?);
+        instance.write("buffer_size_kb", &options.buffer_kb.to_string())?;
+        instance.write("trace_clock", "mono")?;
+        // When full, keep what is there and count what is dropped (as the eBPF rings do).
+        instance.write("options/overwrite", "0")?;
+        instance.write("options/event-fork", "1")?;
+        // Thread 0 (the idle task) makes no syscalls: a filter that admits nobody yet, since
+        // an empty set_event_pid would admit everybody.
+        instance.write("set_event_pid", "0")?;
+        let (enter_filter, exit_filter) = kernel_filters(filter);
+        instance.write(&format!("events/{SYSCALL_ENTER}/filter"), &enter_filter)?;
+        instance.write(&format!("events/{SYSCALL_EXIT}/filter"), &exit_filter)?;
+
+        let pids = Arc::new(PidSync::new(instance.clone(), filter.tgids.clone()));
+        let session = FtraceSession {
+            instance: instance.clone(),
+            pids: pids.clone(),
+            joins: self.joins.clone(),
+            reader: None,
+            control: None,
+            produced: Arc::new(AtomicU64::new(0)),
+        };
+        if pids.traces_cgroups() {
+            for &id in &filter.cgroups {
+                self.add_cgroup(&session, id)?;
+            }
+        }
+        // Joins are reported from here on; now read who is already in.
+        pids.resync();
+
+        for event in [SYSCALL_ENTER, SYSCALL_EXIT] {
+            instance.write(&format!("events/{event}/enable"), "1")?;
+        }
+        if self.decoder.has_task_events() {
+            for event in TASK_EVENTS {
+                instance.write(&format!("events/{event}/enable"), "1")?;
+            }
+        }
+        let cpus = joins::open_cpu_buffers(&instance)?;
+        let introduced = pids.clone();
+        let tracker = Tracker::new(
+            RecordFilter {
+                tgids: filter.tgids.as_ref().map(|t| t.iter().copied().collect()),
+                failed_only: filter.failed_only,
+            },
+            self.path_syscalls.clone(),
+            Box::new(move |tid| {
+                introduced
+                    .take_introduced(tid)
+                    .or_else(|| TaskInfo::from_proc(tid))
+            }),
+        );
+        let reader = Reader {
+            cpus,
+            layout: self.layout,
+            decoder: self.decoder.clone(),
+            tracker,
+            route,
+            produced: session.produced.clone(),
+            pids,
+        };
+        let (control, requests) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!(
+                "tracerd-ftrace-{}",
+                &options.name[..options.name.len().min(8)]
+            ))
+            .spawn(move || reader.run(requests))
+            .map_err(|err| TracefsError::io("starting the reader of", instance.path(), err))?;
+        Ok(FtraceSession {
+            reader: Some(thread),
+            control: Some(control),
+            ..session
+        })
+    }
+
+    /// Adds a cgroup to a running session: its threads now, and its joiners from now on.
+    pub fn add_cgroup(&self, session: &FtraceSession, id: u64) -> Result<(), TracefsError> {
+        let mount = cgroup::cgroup2_mount().map_err(|err| TracefsError::Format {
+            path: PathBuf::from("/proc/self/mountinfo"),
+            message: err.to_string(),
+        })?;
+        let Some(path) = cgroup::find_by_id(&mount, id) else {
+            return Err(TracefsError::io(
+                "finding cgroup",
+                &mount.join(format!("<id {id}>")),
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        };
+        session.pids.set_cgroup(id, path);
+        self.joins
+            .register(&self.root, &self.layout, &self.decoder, id, &session.pids)?;
+        session.pids.resync();
+        Ok(())
+    }
+}
+
+/// A running session's instance and reader.
+pub struct FtraceSession {
+    instance: Arc<Instance>,
+    pids: Arc<PidSync>,
+    joins: Arc<Joins>,
+    reader: Option<JoinHandle<()>>,
+    control: Option<mpsc::Sender<Control>>,
+    produced: Arc<AtomicU64>,
+}
+
+impl FtraceSession {
+    pub fn remove_cgroup(&self, id: u64) {
+        self.joins.unregister(id, &self.pids);
+        self.pids.remove_cgroup(id);
+    }
+
+    /// Stops the session: no more events are recorded, everything recorded is read, the
+    /// instance is removed. Returns (records made, events lost). Blocks on the reader.
+    pub fn stop(mut self) -> (u64, u64) {
+        let _ = self.instance.write("tracing_on", "0");
+        if let Some(control) = self.control.take() {
+            let _ = control.send(Control::Stop);
+        }
+        if let Some(reader) = self.reader.take() {
+            if reader.join().is_err() {
+                tracing::error!("an ftrace reader thread panicked");
+            }
+        }
+        self.joins.unregister_all(&self.pids);
+        let (joins, slowest) = self.pids.join_stats();
+        if joins > 0 {
+            tracing::info!(
+                instance = %self.instance.path().display(),
+                joins_followed = joins,
+                slowest_join_us = slowest / 1000,
+                "threads that joined a target cgroup were traced from when their join was seen"
+            );
+        }
+        (self.produced(), self.lost_events())
+    }
+
+    /// Records made so far.
+    pub fn produced(&self) -> u64 {
+        self.produced.load(Ordering::Relaxed)
+    }
+
+    /// Events the instance's ring buffer could not keep, over all CPUs.
+    pub fn lost_events(&self) -> u64 {
+        let dir = self.instance.path().join("per_cpu");
+        let Ok(cpus) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        cpus.flatten()
+            .filter_map(|cpu| std::fs::read_to_string(cpu.path().join("stats")).ok())
+            .map(|stats| lost_in_stats(&stats))
+            .sum()
+    }
+
+    /// Asks the reader to read everything there is now; the receiver answers when done.
+    pub fn flush(&self) -> Option<mpsc::Receiver<()>> {
+        let (ack, done) = mpsc::channel();
+        self.control.as_ref()?.send(Control::Flush(ack)).ok()?;
+        Some(done)
+    }
+
+    pub fn instance_path(&self) -> &Path {
+        self.instance.path()
+    }
+}
+
+/// `overrun` (overwritten events) plus `dropped events` (refused when full) from a
+/// `per_cpu/cpuN/stats` file.
+fn lost_in_stats(stats: &str) -> u64 {
+    stats
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            matches!(key.trim(), "overrun" | "dropped events")
+                .then(|| value.trim().parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+/// The longest filter tracerd writes; longer syscall sets are filtered in userspace only (the
+/// kernel takes at most a page).
+const MAX_FILTER_LEN: usize = 3500;
+
+/// (sys_enter filter, sys_exit filter) for the session's syscall set and conditions; "0"
+/// clears a filter.
+fn kernel_filters(filter: &KernelFilter) -> (String, String) {
+    let syscalls = filter
+        .syscalls
+        .as_ref()
+        .map(|set| id_ranges(set))
+        .filter(|expression| expression.len() <= MAX_FILTER_LEN);
+    let enter = syscalls.clone().unwrap_or_else(|| "0".into());
+    let exit = match (syscalls, filter.failed_only) {
+        (Some(ids), true) => format!("({ids}) && ret < 0"),
+        (Some(ids), false) => ids,
+        (None, true) => "ret < 0".into(),
+        (None, false) => "0".into(),
+    };
+    (enter, exit)
+}
+
+/// `id == 1 || (id >= 3 && id <= 5)`: a syscall set as ranges.
+fn id_ranges(set: &[u32]) -> String {
+    let mut ids = set.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut terms = Vec::new();
+    let mut index = 0;
+    while index < ids.len() {
+        let start = ids[index];
+        let mut end = start;
+        while index + 1 < ids.len() && ids[index + 1] == end + 1 {
+            index += 1;
+            end = ids[index];
+        }
+        terms.push(if start == end {
+            format!("id == {start}")
+        } else {
+            format!("(id >= {start} && id <= {end})")
+        });
+        index += 1;
+    }
+    if terms.is_empty() {
+        // An empty set matches nothing.
+        return "id == -1".into();
+    }
+    terms.join(" || ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_sets_become_range_filters() {
+        assert_eq!(
+            id_ranges(&[39, 1, 2, 3, 110]),
+            "(id >= 1 && id <= 3) || id == 39 || id == 110"
+        );
+        let (enter, exit) = kernel_filters(&KernelFilter {
+            syscalls: Some(vec![257]),
+            failed_only: true,
+            ..KernelFilter::default()
+        });
+        assert_eq!(enter, "id == 257");
+        assert_eq!(exit, "(id == 257) && ret < 0");
+        let (enter, exit) = kernel_filters(&KernelFilter::default());
+        assert_eq!((enter.as_str(), exit.as_str()), ("0", "0"));
+    }
+
+    #[test]
+    fn lost_events_come_from_overruns_and_drops() {
+        let stats = "entries: 5\noverrun: 3\ncommit overrun: 0\nbytes: 100\n\
+                     oldest event ts: 1.0\nnow ts: 2.0\ndropped events: 4\nread events: 9\n";
+        assert_eq!(lost_in_stats(stats), 7);
+    }
+}

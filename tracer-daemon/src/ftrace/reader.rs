@@ -1,0 +1,140 @@
+//! A session's reader thread: reads binary pages from every CPU's `trace_pipe_raw`, decodes
+//! them, orders each pass's events by time, and hands completed syscalls to the session.
+use std::{
+    fs::File,
+    io::Read as _,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, Sender},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use tracefs_parse::{Page, PageHeaderLayout};
+
+use super::{decode::Decoder, decode::Raw, joins::PidSync, tracker::Tracker};
+use crate::engine::{Event, Route, FLUSH_INTERVAL};
+
+/// Pages read from one CPU per pass before moving to the next, so one busy CPU cannot delay
+/// the others' events (and their pairing) for long.
+const PAGES_PER_CPU_PASS: usize = 64;
+/// How often the traced threads are re-read from the target cgroups, as a safety net under
+/// the join events (which report every join, but can be lost if the watcher's buffer fills).
+const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(super) enum Control {
+    /// Read everything there is now, then acknowledge.
+    Flush(Sender<()>),
+    /// Read everything there is now, then end.
+    Stop,
+}
+
+pub(super) struct Reader {
+    pub cpus: Vec<File>,
+    pub layout: PageHeaderLayout,
+    pub decoder: Arc<Decoder>,
+    pub tracker: Tracker,
+    pub route: Route,
+    /// Records made (each then delivered or dropped by the session's queue).
+    pub produced: Arc<AtomicU64>,
+    pub pids: Arc<PidSync>,
+}
+
+impl Reader {
+    pub fn run(mut self, control: Receiver<Control>) {
+        let mut page = vec![0u8; self.layout.page_size()];
+        let mut batch = Vec::new();
+        let mut last_sync = Instant::now();
+        loop {
+            let pages = self.pass(&mut page, &mut batch);
+            if last_sync.elapsed() >= RESYNC_INTERVAL {
+                self.pids.resync();
+                last_sync = Instant::now();
+            }
+            let wait = if pages > 0 {
+                Duration::ZERO
+            } else {
+                FLUSH_INTERVAL
+            };
+            match control.recv_timeout(wait) {
+                Ok(Control::Flush(ack)) => {
+                    self.drain(&mut page, &mut batch);
+                    let _ = ack.send(());
+                }
+                Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    self.drain(&mut page, &mut batch);
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// Passes until the buffers are empty.
+    fn drain(&mut self, page: &mut [u8], batch: &mut Vec<(u64, Raw)>) {
+        while self.pass(page, batch) > 0 {}
+    }
+
+    /// Reads up to [`PAGES_PER_CPU_PASS`] pages from each CPU, then handles their events in
+    /// time order. Returns how many pages were read.
+    fn pass(&mut self, page: &mut [u8], batch: &mut Vec<(u64, Raw)>) -> usize {
+        let mut pages = 0;
+        for cpu in &mut self.cpus {
+            for _ in 0..PAGES_PER_CPU_PASS {
+                let len = match cpu.read(page) {
+                    Ok(0) => break,
+                    Ok(len) => len,
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(err) => {
+                        tracing::error!(%err, "reading trace_pipe_raw failed");
+                        break;
+                    }
+                };
+                pages += 1;
+                decode_page(&self.layout, &self.decoder, &page[..len], batch);
+            }
+        }
+        // Stable: events of one CPU keep their order when timestamps tie.
+        batch.sort_by_key(|(ts, _)| *ts);
+        let (route, produced) = (&self.route, &self.produced);
+        for (ts, raw) in batch.drain(..) {
+            self.tracker.handle(ts, raw, &mut |record| {
+                produced.fetch_add(1, Ordering::Relaxed);
+                route.deliver(Arc::new(Event::new(&record, &[])));
+            });
+        }
+        pages
+    }
+}
+
+/// Appends a page's decodable events to `batch`. A page that does not parse is logged and
+/// skipped: its events cannot be counted, the kernel's own counters cover what it lost.
+pub(super) fn decode_page(
+    layout: &PageHeaderLayout,
+    decoder: &Decoder,
+    bytes: &[u8],
+    batch: &mut Vec<(u64, Raw)>,
+) {
+    let page = match Page::parse(layout, bytes) {
+        Ok(page) => page,
+        Err(err) => {
+            tracing::error!(%err, "a trace_pipe_raw page did not parse");
+            return;
+        }
+    };
+    for event in page.events() {
+        match event {
+            Ok(event) => {
+                if let Some(raw) = decoder.decode(event.record) {
+                    batch.push((event.timestamp, raw));
+                }
+            }
+            Err(err) => {
+                tracing::error!(%err, "a trace_pipe_raw page did not parse to its end");
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Turns a session's stream of raw events into completed syscall records: pairs each
+//! `sys_enter` with its thread's `sys_exit`, and keeps each thread's process, name and cgroup
+//! current from the task events in the same stream.
+//!
+//! Per-CPU buffers are read one after another, so a thread that moved CPUs inside a syscall
+//! can show its exit before its entry: both orders pair, by timestamp.
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use tracer_common::{record_flags, SyscallRecord};
+
+use super::decode::{comm_of, Comm, Raw};
+use crate::cgroup::Cgroup;
+
+/// What a record needs to know about its thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskInfo {
+    pub tgid: u32,
+    pub comm: Comm,
+    pub cgroup_id: u64,
+}
+
+impl TaskInfo {
+    /// Reads a thread's process, name and cgroup from /proc; `None` once it has exited.
+    pub fn from_proc(tid: u32) -> Option<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+        let tgid = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Tgid:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        let comm = std::fs::read(format!("/proc/{tid}/comm")).ok()?;
+        let comm = comm_of(comm.strip_suffix(b"\n").unwrap_or(&comm));
+        let cgroup_id = Cgroup::of_pid(tid).map(|cgroup| cgroup.id).unwrap_or(0);
+        Some(Self {
+            tgid,
+            comm,
+            cgroup_id,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Entered {
+    ts: u64,
+    nr: i64,
+    args: [u64; 6],
+}
+
+#[derive(Clone, Copy)]
+struct Exited {
+    ts: u64,
+    ret: i64,
+}
+
+/// The session's conditions that are applied here rather than in the kernel.
+#[derive(Clone, Debug, Default)]
+pub struct RecordFilter {
+    /// Only these processes.
+    pub tgids: Option<HashSet<u32>>,
+    pub failed_only: bool,
+}
+
+pub struct Tracker {
+    tasks: HashMap<u32, TaskInfo>,
+    entered: HashMap<u32, Entered>,
+    exited: HashMap<u32, Exited>,
+    filter: RecordFilter,
+    /// Syscalls that take a path (ftrace records cannot carry the string).
+    path_syscalls: Arc<HashSet<u32>>,
+    /// Looks a thread up when the stream has not introduced it (it predates the session, or
+    /// joined a target cgroup).
+    lookup: Box<dyn Fn(u32) -> Option<TaskInfo> + Send>,
+}
+
+/// Syscalls that never return, so they have no `sys_exit`: recorded at entry, as the eBPF
+/// programs do.
+#[cfg(target_arch = "x86_64")]
+const NO_RETURN_SYSCALLS: [i64; 2] = [60 /* exit */, 231 /* exit_group */];
+#[cfg(target_arch = "aarch64")]
+const NO_RETURN_SYSCALLS: [i64; 2] = [93 /* exit */, 94 /* exit_group */];
+
+impl Tracker {
+    /// `lookup` tells what is known of a thread the stream has not introduced.
+    pub fn new(
+        filter: RecordFilter,
+        path_syscalls: Arc<HashSet<u32>>,
+        lookup: Box<dyn Fn(u32) -> Option<TaskInfo> + Send>,
+    ) -> Self {
+        Self {
+            tasks: HashMap::new(),
+            entered: HashMap::new(),
+            exited: HashMap::new(),
+            filter,
+            path_syscalls,
+            lookup,
+        }
+    }
+
+    /// Introduces a thread (tests; the session looks threads up in /proc on first sight).
+    #[cfg(test)]
+    pub fn know(&mut self, tid: u32, info: TaskInfo) {
+        self.tasks.insert(tid, info);
+    }
+
+    fn task(&mut self, tid: u32) -> TaskInfo {
+        if let Some(info) = self.tasks.get(&tid) {
+            return *info;
+        }
+        // Gone already: a single-threaded process is its own tgid, the common case.
+        let info = (self.lookup)(tid).unwrap_or(TaskInfo {
+            tgid: tid,
+            comm: [0; 16],
+            cgroup_id: 0,
+        });
+        self.tasks.insert(tid, info);
+        info
+    }
+
+    /// Handles one event (in timestamp order within what was read), emitting completed
+    /// syscalls.
+    pub fn handle(&mut self, ts: u64, raw: Raw, emit: &mut impl FnMut(SyscallRecord)) {
+        match raw {
+            Raw::Enter { tid, nr, args } => {
+                let entered = Entered { ts, nr, args };
+                if NO_RETURN_SYSCALLS.contains(&nr) {
+                    self.exited.remove(&tid);
+                    if !self.filter.failed_only {
+                        self.complete(tid, entered, ts, 0, emit);
+                    }
+                    return;
+                }
+                match self.exited.remove(&tid) {
+                    // The exit was read first (the thread changed CPUs).
+                    Some(exited) if exited.ts >= ts => {
+                        self.complete(tid, entered, exited.ts, exited.ret, emit)
+                    }
+                    _ => {
+                        // A thread is in one syscall at a time: an older entry whose exit
+                        // never came (filtered out, or lost) is replaced.
+                        self.entered.insert(tid, entered);
+                    }
+                }
+            }
+            Raw::Exit { tid, ret, .. } => match self.entered.get(&tid) {
+                Some(entered) if entered.ts <= ts => {
+                    let entered = *entered;
+                    self.entered.remove(&tid);
+                    self.complete(tid, entered, ts, ret, emit);
+                }
+                // Its entry may still be unread on another CPU's buffer (or predates the
+                // session, and then a later entry of the thread replaces it).
+                _ => {
+                    self.exited.insert(tid, Exited { ts, ret });
+                }
+            },
+            Raw::NewTask {
+                tid,
+                child,
+                clone_flags,
+            } => {
+                let parent = self.task(tid);
+                let tgid = if Raw::is_thread(clone_flags) {
+                    parent.tgid
+                } else {
+                    child
+                };
+                self.tasks.insert(child, TaskInfo { tgid, ..parent });
+            }
+            Raw::Exec { tid, old_tid, comm } => {
+                let mut info = match self.tasks.remove(&old_tid) {
+                    Some(info) => info,
+                    None => self.task(tid),
+                };
+                // A non-leader thread that calls exec takes over the leader's tid.
+                info.tgid = tid;
+                info.comm = comm;
+                self.tasks.insert(tid, info);
+            }
+            Raw::Rename { tid, comm } => {
+                let mut info = self.task(tid);
+                info.comm = comm;
+                self.tasks.insert(tid, info);
+            }
+            Raw::ProcessExit { tid } => {
+                self.tasks.remove(&tid);
+                self.entered.remove(&tid);
+                self.exited.remove(&tid);
+            }
+            Raw::Attach { .. } => {}
+        }
+    }
+
+    fn complete(
+        &mut self,
+        tid: u32,
+        entered: Entered,
+        exit_ts: u64,
+        ret: i64,
+        emit: &mut impl FnMut(SyscallRecord),
+    ) {
+        if self.filter.failed_only && ret >= 0 {
+            return;
+        }
+        let info = self.task(tid);
+        if let Some(tgids) = &self.filter.tgids {
+            if !tgids.contains(&info.tgid) {
+                return;
+            }
+        }
+        let nr = entered.nr as u32;
+        // The kernel hands ftrace a path argument's address, not its text.
+        let flags = if self.path_syscalls.contains(&nr) {
+            record_flags::PATH_UNREADABLE
+        } else {
+            0
+        };
+        emit(SyscallRecord {
+            enter_ns: entered.ts,
+            duration_ns: exit_ts - entered.ts,
+            cgroup_id: info.cgroup_id,
+            sessions: 0,
+            args: entered.args,
+            ret,
+            tgid: info.tgid,
+            tid,
+            nr,
+            path_len: 0,
+            flags,
+            comm: info.comm,
+        });
+    }
+
+    /// Threads with an entry and no exit yet, and exits waiting for their entry.
+    #[cfg(test)]
+    pub fn pending(&self) -> (usize, usize) {
+        (self.entered.len(), self.exited.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker(filter: RecordFilter) -> Tracker {
+        Tracker::new(
+            filter,
+            Arc::new(HashSet::from([257])),
+            Box::new(|tid| {
+                Some(TaskInfo {
+                    tgid: tid,
+                    comm: comm_of(b"looked-up"),
+                    cgroup_id: 7,
+                })
+            }),
+        )
+    }
+
+    fn run(tracker: &mut Tracker, events: &[(u64, Raw)]) -> Vec<SyscallRecord> {
+        let mut out = Vec::new();
+        for &(ts, raw) in events {
+            tracker.handle(ts, raw, &mut |record| out.push(record));
+        }
+        out
+    }
+
+    fn enter(tid: u32, nr: i64) -> Raw {
+        Raw::Enter {
+            tid,
+            nr,
+            args: [1, 2, 3, 4, 5, 6],
+        }
+    }
+
+    fn exit(tid: u32, nr: i64, ret: i64) -> Raw {
+        Raw::Exit { tid, nr, ret }
+    }
+
+    #[test]
+    fn pairs_in_either_order() {
+        let mut tracker = tracker(RecordFilter::default());
+        let records = run(
+            &mut tracker,
+            &[
+                (10, enter(1, 39)),
+                (15, exit(1, 39, 1)),
+                // Exit read before its entry (another CPU's buffer read later).
+                (30, exit(2, 110, 2)),
+                (20, enter(2, 110)),
+            ],
+        );
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            (records[0].nr, records[0].duration_ns, records[0].ret),
+            (39, 5, 1)
+        );
+        assert_eq!(
+            (records[1].nr, records[1].duration_ns, records[1].ret),
+            (110, 10, 2)
+        );
+        assert_eq!(records[0].args, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(records[0].cgroup_id, 7);
+        assert_eq!(tracker.pending(), (0, 0));
+    }
+
+    #[test]
+    fn an_exit_without_its_entry_pairs_with_nothing_later() {
+        let mut tracker = tracker(RecordFilter::default());
+        // The session started inside the first syscall: its exit has no entry.
+        let records = run(
+            &mut tracker,
+            &[(5, exit(1, 0, 0)), (10, enter(1, 39)), (12, exit(1, 39, 0))],
+        );
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].duration_ns, 2);
+    }
+
+    #[test]
+    fn exit_group_is_recorded_at_entry_and_failed_only_filters() {
+        let mut all = tracker(RecordFilter::default());
+        assert_eq!(run(&mut all, &[(1, enter(1, 231))]).len(), 1);
+        let mut failed = tracker(RecordFilter {
+            failed_only: true,
+            ..RecordFilter::default()
+        });
+        let records = run(
+            &mut failed,
+            &[
+                (1, enter(1, 231)),
+                (2, enter(2, 257)),
+                (3, exit(2, 257, -2)),
+                (4, enter(2, 39)),
+                (5, exit(2, 39, 2)),
+            ],
+        );
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].ret, -2);
+        assert_eq!(records[0].flags, record_flags::PATH_UNREADABLE);
+    }
+
+    #[test]
+    fn task_events_keep_process_and_name_current() {
+        let mut tracker = tracker(RecordFilter {
+            tgids: Some(HashSet::from([100])),
+            ..RecordFilter::default()
+        });
+        tracker.know(
+            100,
+            TaskInfo {
+                tgid: 100,
+                comm: comm_of(b"parent"),
+                cgroup_id: 9,
+            },
+        );
+        let records = run(
+            &mut tracker,
+            &[
+                // A thread of 100 and a child process.
+                (
+                    1,
+                    Raw::NewTask {
+                        tid: 100,
+                        child: 101,
+                        clone_flags: 0x0001_0000,
+                    },
+                ),
+                (
+                    2,
+                    Raw::NewTask {
+                        tid: 100,
+                        child: 200,
+                        clone_flags: 0,
+                    },
+                ),
+                (3, enter(101, 39)),
+                (4, exit(101, 39, 0)),
+                (5, enter(200, 39)),
+                (6, exit(200, 39, 0)),
+                (
+                    7,
+                    Raw::Rename {
+                        tid: 101,
+                        comm: comm_of(b"worker"),
+                    },
+                ),
+                (8, enter(101, 39)),
+                (9, exit(101, 39, 0)),
+            ],
+        );
+        // The child process is another tgid: filtered out.
+        assert_eq!(records.len(), 2);
+        assert_eq!((records[0].tgid, records[0].cgroup_id), (100, 9));
+        assert_eq!(records[0].comm_bytes(), b"parent");
+        assert_eq!(records[1].comm_bytes(), b"worker");
+    }
+}
