@@ -370,11 +370,13 @@ fn bad_inputs_get_a_4xx_with_a_json_error_naming_the_problem() {
         (
             "POST",
             "/v1/sessions".into(),
-            Some(json!({"target": {"cgroup": path}, "backend": "ftrace"}).to_string()),
+            Some(
+                json!({"target": {"cgroup": path}, "limits": {"ftrace_buffer_kb": 8}}).to_string(),
+            ),
             Some("application/json"),
             422,
-            "backend_unavailable",
-            "ftrace",
+            "invalid_field",
+            "64 to 1048576",
         ),
         (
             "POST",

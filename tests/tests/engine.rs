@@ -283,6 +283,7 @@ async fn a_tiny_ring_and_a_blocked_consumer_count_every_drop() {
             ..EbpfOptions::default()
         },
         session_queue: QUEUE,
+        ..EngineOptions::default()
     });
     let cgroup = TestCgroup::create("drops");
     // The consumer never reads: everything past its queue is a userspace drop.

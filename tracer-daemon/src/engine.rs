@@ -435,7 +435,12 @@ impl Engine {
                     name,
                     buffer_kb: options.ftrace_buffer_kb.unwrap_or(self.ftrace_buffer_kb),
                 };
-                SessionBackend::Ftrace(ftrace.start_session(filter, &ftrace_options, route)?)
+                SessionBackend::Ftrace(ftrace.start_session(
+                    filter,
+                    &ftrace_options,
+                    route,
+                    self.drain_stats.clone(),
+                )?)
             }
             _ => unreachable!("choose_backend picks an available backend"),
         };

@@ -1,4 +1,4 @@
-//! Developer and CI tasks: `cargo xtask setup | build-ebpf | run | test | bench`.
+//! Developer and CI tasks: `cargo xtask setup | build-ebpf | run | test | bench | fuzz`.
 //!
 //! Every command that needs the machine prepared runs `setup` first, which is idempotent and
 //! quick when there is nothing to do, so `cargo xtask test` works on a fresh machine.
@@ -40,6 +40,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz the tracefs page and format parsers (cargo fuzz, nightly) for a while each; new
+    /// inputs that grow coverage land in fuzz/corpus/, which the tests replay.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -62,7 +69,25 @@ fn main() -> Result<()> {
             setup::run()?;
             bench::run(benchmark)
         }
+        Command::Fuzz { seconds } => fuzz(seconds),
     }
+}
+
+/// Runs each fuzz target of `fuzz/` for `seconds`, installing cargo-fuzz if it is missing.
+fn fuzz(seconds: u32) -> Result<()> {
+    if cmd::output("cargo", &["fuzz", "--version"]).is_none() {
+        cmd::cargo(&["install", "cargo-fuzz", "--locked"])?;
+    }
+    for target in ["page", "format"] {
+        let corpus = format!("corpus/{target}");
+        let time = format!("-max_total_time={seconds}");
+        cmd::status(
+            std::process::Command::new("cargo")
+                .current_dir(workspace_root().join("fuzz"))
+                .args(["+nightly", "fuzz", "run", target, &corpus, "--", &time]),
+        )?;
+    }
+    Ok(())
 }
 
 /// The workspace root (the parent of this crate's directory).

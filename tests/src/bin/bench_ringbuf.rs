@@ -1,6 +1,7 @@
 //! `cargo xtask bench ringbuf`: the cost of tracing a deterministic getppid loop, side by side
 //! in one run — untraced; untraced while tracerd's programs are attached; traced through each
-//! ring-buffer design; all cores at once; and strace, bpftrace and an ftrace instance.
+//! ring-buffer design and through tracerd's ftrace backend; all cores at once; and strace,
+//! bpftrace and an ftrace instance read as text.
 //!
 //! Every time is the loop time the workload measures itself (vDSO clock, no syscalls), so no
 //! tracer's start-up is counted. Medians over several runs; ratios to the untraced loop.
@@ -40,6 +41,8 @@ static LOW_RATE_TGID: AtomicU32 = AtomicU32::new(0);
 struct Design {
     name: String,
     options: EbpfOptions,
+    /// `false`: the session runs on the ftrace backend.
+    use_ebpf: bool,
 }
 
 fn main() {
@@ -62,6 +65,7 @@ fn main() {
                 per_cpu_rings: false,
                 ..EbpfOptions::default()
             },
+            use_ebpf: true,
         },
         Design {
             name: "shared ring, wake-up every 64 records".into(),
@@ -70,6 +74,7 @@ fn main() {
                 per_cpu_rings: false,
                 ..EbpfOptions::default()
             },
+            use_ebpf: true,
         },
         // The same total capacity as the per-CPU rings, so the two differ only in layout.
         Design {
@@ -82,6 +87,7 @@ fn main() {
                 wakeup_every: Some(auto),
                 per_cpu_rings: false,
             },
+            use_ebpf: true,
         },
         Design {
             name: format!(
@@ -93,6 +99,15 @@ fn main() {
                 per_cpu_rings: true,
                 ..EbpfOptions::default()
             },
+            use_ebpf: true,
+        },
+        Design {
+            name: format!(
+                "ftrace backend: a tracefs instance of {} MiB per CPU, binary pages",
+                tracer_daemon::ftrace::DEFAULT_BUFFER_KB >> 10
+            ),
+            options: EbpfOptions::default(),
+            use_ebpf: false,
         },
     ];
     let ebpf: Vec<Value> = designs
@@ -138,11 +153,15 @@ fn measure_design(runtime: &tokio::runtime::Runtime, design: &Design, untraced: 
     let _guard = runtime.enter();
     let engine = Engine::start(&EngineOptions {
         ebpf: design.options.clone(),
+        use_ebpf: design.use_ebpf,
         // Deep enough that the consumer below never makes a userspace drop.
         session_queue: 1 << 20,
         ..EngineOptions::default()
     })
     .expect("loading the engine");
+    let flush = |session: &tracer_daemon::engine::SessionHandle| {
+        runtime.block_on(engine.flush_session(session))
+    };
     let cgroup = TestCgroup::create("bench");
     let (session, mut events) = engine
         .start_session(&KernelFilter {
@@ -184,14 +203,14 @@ fn measure_design(runtime: &tokio::runtime::Runtime, design: &Design, untraced: 
         low_rate.stdin.take().unwrap().write_all(b"x").unwrap();
     }
     assert!(low_rate.wait().unwrap().success());
-    runtime.block_on(engine.flush());
+    flush(&session);
 
     // 1. A process outside the traced cgroup while the programs are attached.
     let attached = ns_per_call(RUNS, || getppid_loop(CALLS), CALLS);
     // 2. A traced process: every call becomes a record delivered to the consumer.
     let before = snapshot(&engine);
     let traced = ns_per_call(RUNS, || getppid_loop_in(&cgroup, CALLS), CALLS);
-    runtime.block_on(engine.flush());
+    flush(&session);
     let after = snapshot(&engine);
     let counters = engine.counters(&session).expect("counters");
     let traced_records = after.records - before.records;
@@ -215,7 +234,7 @@ fn measure_design(runtime: &tokio::runtime::Runtime, design: &Design, untraced: 
         assert!(child.wait().unwrap().success());
     }
     let wall = started.elapsed();
-    runtime.block_on(engine.flush());
+    flush(&session);
     let counters = engine.counters(&session).expect("counters");
     let burst_matched = counters.matched - matched_before;
     let burst_dropped = counters.dropped() - dropped_before;

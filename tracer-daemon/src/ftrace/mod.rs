@@ -41,7 +41,11 @@ use self::{
     tracefs::Instance,
     tracker::{RecordFilter, TaskInfo, Tracker},
 };
-use crate::{cgroup, ebpf::KernelFilter, engine::Route};
+use crate::{
+    cgroup,
+    ebpf::KernelFilter,
+    engine::{DrainStats, Route},
+};
 
 /// Default ring-buffer size of a session's instance, per CPU.
 pub const DEFAULT_BUFFER_KB: u32 = 4096;
@@ -99,6 +103,7 @@ impl FtraceBackend {
         filter: &KernelFilter,
         options: &FtraceSessionOptions,
         route: Route,
+        stats: Arc<DrainStats>,
     ) -> Result<FtraceSession, TracefsError> {
         let name = format!("{INSTANCE_PREFIX}{}", options.name);
         let instance = Arc::new(Instance::create(&self.root, &name)?);
@@ -161,6 +166,7 @@ impl FtraceBackend {
             route,
             produced: session.produced.clone(),
             pids,
+            stats,
         };
         let (control, requests) = mpsc::channel();
         let thread = std::thread::Builder::new()

@@ -14,7 +14,7 @@ use std::{
 use tracefs_parse::{Page, PageHeaderLayout};
 
 use super::{decode::Decoder, decode::Raw, joins::PidSync, tracker::Tracker};
-use crate::engine::{Event, Route, FLUSH_INTERVAL};
+use crate::engine::{DrainStats, Event, Route, FLUSH_INTERVAL};
 
 /// Pages read from one CPU per pass before moving to the next, so one busy CPU cannot delay
 /// the others' events (and their pairing) for long.
@@ -39,6 +39,8 @@ pub(super) struct Reader {
     /// Records made (each then delivered or dropped by the session's queue).
     pub produced: Arc<AtomicU64>,
     pub pids: Arc<PidSync>,
+    /// The engine's totals of drain work (records, time), shared with the eBPF drains.
+    pub stats: Arc<DrainStats>,
 }
 
 impl Reader {
@@ -80,6 +82,7 @@ impl Reader {
     /// time order. Returns how many pages were read.
     fn pass(&mut self, page: &mut [u8], batch: &mut Vec<(u64, Raw)>) -> usize {
         let mut pages = 0;
+        let mut first_read = None;
         for cpu in &mut self.cpus {
             for _ in 0..PAGES_PER_CPU_PASS {
                 let len = match cpu.read(page) {
@@ -93,17 +96,28 @@ impl Reader {
                     }
                 };
                 pages += 1;
+                first_read.get_or_insert_with(Instant::now);
                 decode_page(&self.layout, &self.decoder, &page[..len], batch);
             }
         }
         // Stable: events of one CPU keep their order when timestamps tie.
         batch.sort_by_key(|(ts, _)| *ts);
         let (route, produced) = (&self.route, &self.produced);
+        let mut records = 0u64;
         for (ts, raw) in batch.drain(..) {
             self.tracker.handle(ts, raw, &mut |record| {
+                records += 1;
+                // Counted before it is delivered, so delivered never exceeds matched.
                 produced.fetch_add(1, Ordering::Relaxed);
                 route.deliver(Arc::new(Event::new(&record, &[])));
             });
+        }
+        if let (Some(first_read), 1..) = (first_read, records) {
+            self.stats.records.fetch_add(records, Ordering::Relaxed);
+            self.stats.passes.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .busy_ns
+                .fetch_add(first_read.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         pages
     }
