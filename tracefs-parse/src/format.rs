@@ -1,14 +1,14 @@
 //! Event layouts from tracefs description files.
 //!
-//! An event's `format` file lists its fields, one per line:
+//! An event's `format` file lists its fields, one per line (tab-separated; shown with spaces):
 //!
 //! ```text
 //! name: sys_enter
 //! ID: 443
 //! format:
-//! 	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
-//! 	field:long id;	offset:8;	size:8;	signed:1;
-//! 	field:unsigned long args[6];	offset:16;	size:48;	signed:0;
+//!     field:unsigned short common_type;    offset:0;    size:2;    signed:0;
+//!     field:long id;    offset:8;    size:8;    signed:1;
+//!     field:unsigned long args[6];    offset:16;    size:48;    signed:0;
 //! ```
 //!
 //! `events/header_page` uses the same field syntax for the page header (`timestamp`,
@@ -116,7 +116,7 @@ fn parse_fields(text: &str) -> Result<Vec<Field>, FormatError> {
         .collect()
 }
 
-/// `field:TYPE NAME;	offset:N;	size:N;	signed:N;` (`signed` is absent on old kernels).
+/// `field:TYPE NAME; offset:N; size:N; signed:N;` (`signed` is absent on old kernels).
 fn parse_field(line: &str) -> Result<Field, FormatError> {
     let bad = || FormatError::BadField(line.to_owned());
     let mut parts = line.split(';').map(str::trim);

@@ -198,16 +198,16 @@ impl PidSync {
         }
     }
 
-    /// Traces threads that joined target cgroups: (tid, cgroup id, when it joined).
-    fn joined(&self, joins: &[(u32, u64, u64)]) {
+    /// Traces threads that joined target cgroups.
+    fn joined(&self, joins: &[Join]) {
         let tids: Vec<(u32, Option<u64>)> = joins
             .iter()
-            .map(|&(tid, cgroup_id, _)| (tid, Some(cgroup_id)))
+            .map(|join| (join.tid, Some(join.cgroup_id)))
             .collect();
         match self.introduce(&tids) {
             Ok(()) => {
                 let now = monotonic_ns();
-                for &(tid, _, joined_ns) in joins {
+                for &Join { tid, joined_ns, .. } in joins {
                     let delay = now.saturating_sub(joined_ns);
                     self.joins.fetch_add(1, Ordering::Relaxed);
                     self.slowest_join_ns.fetch_max(delay, Ordering::Relaxed);
@@ -231,10 +231,22 @@ impl PidSync {
     }
 }
 
-/// cgroup id → the sessions tracing it, and the watcher that reports joins.
+/// cgroup id → the sessions tracing it.
+type Registry = Mutex<HashMap<u64, Vec<Weak<PidSync>>>>;
+
+/// A thread that joined a target cgroup.
+#[derive(Clone, Copy, Debug)]
+struct Join {
+    tid: u32,
+    cgroup_id: u64,
+    /// When it joined (trace clock: CLOCK_MONOTONIC).
+    joined_ns: u64,
+}
+
+/// The sessions tracing each cgroup, and the watcher that reports joins.
 #[derive(Default)]
 pub struct Joins {
-    sessions: Arc<Mutex<HashMap<u64, Vec<Weak<PidSync>>>>>,
+    sessions: Arc<Registry>,
     watcher: Mutex<Option<Watcher>>,
 }
 
@@ -311,7 +323,7 @@ impl Watcher {
         root: &Path,
         layout: PageHeaderLayout,
         decoder: Arc<Decoder>,
-        sessions: Arc<Mutex<HashMap<u64, Vec<Weak<PidSync>>>>>,
+        sessions: Arc<Registry>,
     ) -> Result<Self, TracefsError> {
         if !decoder.has_cgroup_attach() {
             return Err(TracefsError::Format {
@@ -382,7 +394,7 @@ fn watch(
     mut cpus: Vec<File>,
     layout: PageHeaderLayout,
     decoder: Arc<Decoder>,
-    sessions: Arc<Mutex<HashMap<u64, Vec<Weak<PidSync>>>>>,
+    sessions: Arc<Registry>,
     stop: Arc<AtomicBool>,
 ) {
     use std::io::Read as _;
@@ -407,7 +419,7 @@ fn watch(
         }
         // One write per session for everything this pass saw: each write to set_event_pid
         // waits for an RCU grace period in the kernel.
-        let mut joins: Vec<(Arc<PidSync>, Vec<(u32, u64, u64)>)> = Vec::new();
+        let mut joins: Vec<(Arc<PidSync>, Vec<Join>)> = Vec::new();
         for (ts, raw) in batch.drain(..) {
             let Raw::Attach { cgroup_id, pid, .. } = raw else {
                 continue;
@@ -415,12 +427,17 @@ fn watch(
             let sessions = lock(&sessions);
             for sync in sessions.get(&cgroup_id).into_iter().flatten() {
                 let Some(sync) = sync.upgrade() else { continue };
+                let join = Join {
+                    tid: pid,
+                    cgroup_id,
+                    joined_ns: ts,
+                };
                 match joins
                     .iter_mut()
                     .find(|(known, _)| Arc::ptr_eq(known, &sync))
                 {
-                    Some((_, list)) => list.push((pid, cgroup_id, ts)),
-                    None => joins.push((sync, vec![(pid, cgroup_id, ts)])),
+                    Some((_, list)) => list.push(join),
+                    None => joins.push((sync, vec![join])),
                 }
             }
         }
