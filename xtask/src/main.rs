@@ -40,8 +40,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Fuzz the tracefs page and format parsers (cargo fuzz, nightly) for a while each; new
-    /// inputs that grow coverage land in fuzz/corpus/, which the tests replay.
+    /// Fuzz the tracefs page and format parsers (cargo fuzz, nightly) for a while each,
+    /// starting from fuzz/seeds/; inputs that grow coverage land in fuzz/corpus/ (minimised),
+    /// which the tests replay.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
@@ -78,14 +79,21 @@ fn fuzz(seconds: u32) -> Result<()> {
     if cmd::output("cargo", &["fuzz", "--version"]).is_none() {
         cmd::cargo(&["install", "cargo-fuzz", "--locked"])?;
     }
-    for target in ["page", "format"] {
-        let corpus = format!("corpus/{target}");
-        let time = format!("-max_total_time={seconds}");
+    let fuzz = |args: &[&str]| {
         cmd::status(
             std::process::Command::new("cargo")
                 .current_dir(workspace_root().join("fuzz"))
-                .args(["+nightly", "fuzz", "run", target, &corpus, "--", &time]),
-        )?;
+                .args(["+nightly", "fuzz"])
+                .args(args),
+        )
+    };
+    for target in ["page", "format"] {
+        // New inputs go to the first directory; the captured seeds start it off.
+        let (corpus, seeds) = (format!("corpus/{target}"), format!("seeds/{target}"));
+        let time = format!("-max_total_time={seconds}");
+        fuzz(&["run", target, &corpus, &seeds, "--", &time])?;
+        // Keep the corpus small: only inputs that add coverage.
+        fuzz(&["cmin", target, &corpus])?;
     }
     Ok(())
 }
