@@ -9,6 +9,7 @@ pub mod data_dir;
 pub mod docker;
 pub mod ebpf;
 pub mod engine;
+pub mod export;
 pub mod ftrace;
 pub mod http;
 pub mod metrics;

@@ -1,0 +1,514 @@
+//! OpenTelemetry export: every delivered record becomes a span (see [`span`]), batched by
+//! size and by time, sent through `opentelemetry-otlp` (gRPC or HTTP/protobuf), and never
+//! lost to a slow or absent collector: what cannot be sent now waits in the session's
+//! on-disk [`spool`] and is sent, in order, once the collector is back.
+//!
+//! ```text
+//!  RunWriter ──push──▶ memory queue (bounded) ──▶ sender task ──export──▶ collector
+//!                 └ full, or the spool is not empty ─▶ spool (disk, capped) ─┘
+//! ```
+//!
+//! Order is kept by one rule: while the spool holds anything, new spans go behind it (and
+//! the memory queue is moved there first), so memory is always older than the spool. The
+//! batch being sent is older than both: it is retried until it goes, and if the run ends
+//! first it is put back at the spool's head. This path builds `SpanData` itself and calls
+//! the exporter directly, without the SDK's batch span processor (compared side by side in
+//! `cargo xtask bench otlp`).
+pub mod config;
+pub mod span;
+pub mod spool;
+
+use std::{
+    collections::VecDeque,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::{
+    trace::{SpanData, SpanExporter as _},
+    Resource,
+};
+use serde::Serialize;
+use tokio::{sync::Notify, task::JoinHandle};
+use utoipa::ToSchema;
+
+pub use self::config::{DaemonExport, ExportRequest, OtlpConfig, Protocol};
+use self::{
+    span::{SessionInfo, SpanMaker},
+    spool::{Peeked, Spool},
+};
+use crate::{engine::Event, lock, session::manager::ContainerMeta};
+
+/// One delivered record on its way to becoming a span.
+#[derive(Clone, Debug)]
+pub struct SpanInput {
+    pub event: Arc<Event>,
+    pub container: Option<Arc<ContainerMeta>>,
+}
+
+/// How a run's export batches and where it may spill.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// A batch is sent when it has this many spans…
+    pub batch_spans: usize,
+    /// …or when its first span has waited this long.
+    pub batch_delay: Duration,
+    /// Spans held in memory before new ones go to the spool.
+    pub memory_spans: usize,
+    /// The spool's size cap; spans beyond it are counted as failed.
+    pub spool_cap_bytes: u64,
+    /// How long the end of a run waits for a failing collector before leaving the rest in
+    /// the spool for the next run.
+    pub close_grace: Duration,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            batch_spans: 2048,
+            batch_delay: Duration::from_millis(200),
+            memory_spans: 65_536,
+            spool_cap_bytes: 1 << 30,
+            close_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A run's export counters.
+#[derive(Debug, Default)]
+pub struct ExportCounters {
+    /// Spans the collector accepted.
+    pub exported: AtomicU64,
+    /// Spans that went through the spool (written to disk to wait for the collector).
+    pub spooled: AtomicU64,
+    /// Spans that will never be exported: the spool was full (or could not be written).
+    pub failed: AtomicU64,
+}
+
+/// Where a running session's export stands, for its status.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ExportStatus {
+    /// `ok` (the last batch went), `retrying` (the collector is slow or away: spans wait in
+    /// memory and the spool), `spool_full` (spans are being refused and counted as failed).
+    pub state: &'static str,
+    pub endpoint: String,
+    pub protocol: Protocol,
+    /// Spans waiting: in memory, in the batch being sent, and in the spool.
+    pub pending_spans: u64,
+    pub spool_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+struct Queue {
+    memory: VecDeque<SpanInput>,
+    spool: Spool,
+    /// Spans in the batch being sent, when it came from memory (a batch from the spool is
+    /// still counted there until it is sent).
+    in_flight: u64,
+    closed: bool,
+    state: &'static str,
+    last_error: Option<String>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    counters: ExportCounters,
+    options: ExportOptions,
+    config: OtlpConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("building the OTLP exporter for {endpoint}: {message}")]
+    Exporter { endpoint: String, message: String },
+    #[error("opening the spool {path}: {source}")]
+    Spool {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One run's export: the sink the run's writer pushes to, and the task that sends.
+pub struct Export {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+/// The writer's side.
+#[derive(Clone)]
+pub struct ExportSink {
+    shared: Arc<Shared>,
+}
+
+impl Export {
+    /// Starts exporting a run's spans to `config`, spilling to `spool_dir` (which may hold
+    /// spans an earlier run could not send: they go first). Must run inside tokio.
+    pub fn start(
+        config: &OtlpConfig,
+        resource: &Resource,
+        session: &SessionInfo,
+        spool_dir: &Path,
+        options: ExportOptions,
+    ) -> Result<Self, ExportError> {
+        let exporter = build_exporter(config, resource)?;
+        let spool = Spool::open(spool_dir, options.spool_cap_bytes).map_err(|source| {
+            ExportError::Spool {
+                path: spool_dir.display().to_string(),
+                source,
+            }
+        })?;
+        if !spool.is_empty() {
+            tracing::info!(session = %session.id, spans = spool.spans(), "sending spans an earlier run left in the spool first");
+        }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                memory: VecDeque::new(),
+                spool,
+                in_flight: 0,
+                closed: false,
+                state: "ok",
+                last_error: None,
+            }),
+            wake: Notify::new(),
+            counters: ExportCounters::default(),
+            options,
+            config: config.clone(),
+        });
+        let task = tokio::spawn(send(shared.clone(), exporter, SpanMaker::new(session)));
+        Ok(Self { shared, task })
+    }
+
+    pub fn sink(&self) -> ExportSink {
+        ExportSink {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub fn counters(&self) -> &ExportCounters {
+        &self.shared.counters
+    }
+
+    pub fn status(&self) -> ExportStatus {
+        let queue = lock(&self.shared.queue);
+        ExportStatus {
+            state: queue.state,
+            endpoint: self.shared.config.endpoint.clone(),
+            protocol: self.shared.config.protocol,
+            pending_spans: queue.memory.len() as u64 + queue.in_flight + queue.spool.spans(),
+            spool_bytes: queue.spool.bytes(),
+            last_error: queue.last_error.clone(),
+        }
+    }
+
+    /// Ends the run's export: sends what is queued (waiting at most `close_grace` for a
+    /// failing collector), leaving the rest in the spool.
+    pub async fn finish(self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.wake.notify_one();
+        if let Err(err) = self.task.await {
+            tracing::error!(%err, "the span sender died");
+        }
+    }
+}
+
+impl ExportSink {
+    /// Queues spans (from the run's writer thread; never blocks on the network).
+    pub fn push(&self, inputs: Vec<SpanInput>) {
+        if inputs.is_empty() {
+            return;
+        }
+        let shared = &self.shared;
+        let mut queue = lock(&shared.queue);
+        if queue.spool.is_empty()
+            && queue.memory.len() + inputs.len() <= shared.options.memory_spans
+        {
+            queue.memory.extend(inputs);
+        } else {
+            // Behind everything waiting: memory first (it is older), then these.
+            let mut spill: Vec<SpanInput> = queue.memory.drain(..).collect();
+            spill.extend(inputs);
+            let kept = match queue.spool.append(&spill) {
+                Ok(kept) => kept,
+                Err(err) => {
+                    tracing::error!(%err, "writing the span spool failed");
+                    queue.last_error = Some(format!("writing the spool: {err}"));
+                    0
+                }
+            };
+            shared
+                .counters
+                .spooled
+                .fetch_add(kept as u64, Ordering::Relaxed);
+            let refused = (spill.len() - kept) as u64;
+            if refused > 0 {
+                shared.counters.failed.fetch_add(refused, Ordering::Relaxed);
+                queue.state = "spool_full";
+            }
+        }
+        drop(queue);
+        shared.wake.notify_one();
+    }
+}
+
+/// The collector's exporter, without its own retries (the sender retries, in order).
+fn build_exporter(
+    config: &OtlpConfig,
+    resource: &Resource,
+) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
+    let fail = |message: String| ExportError::Exporter {
+        endpoint: config.endpoint.clone(),
+        message,
+    };
+    let mut exporter = match config.protocol {
+        Protocol::Grpc => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (key, value) in &config.headers {
+                let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes())
+                    .map_err(|err| fail(format!("header {key:?}: {err}")))?;
+                let value = value
+                    .parse()
+                    .map_err(|err| fail(format!("header value for {key:?}: {err}")))?;
+                metadata.insert(key, value);
+            }
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(config.endpoint.clone())
+                .with_timeout(config.timeout)
+                .with_metadata(metadata)
+                .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
+            if config.gzip {
+                builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
+            if config.endpoint.starts_with("https://") {
+                let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+                if let Some(ca_file) = &config.ca_file {
+                    let pem = std::fs::read(ca_file)
+                        .map_err(|err| fail(format!("reading {}: {err}", ca_file.display())))?;
+                    tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                }
+                builder = builder.with_tls_config(tls);
+            }
+            builder.build()
+        }
+        Protocol::HttpProtobuf => {
+            // The endpoint is used as given: add the traces path to a bare host:port.
+            let endpoint = match config.endpoint.trim_end_matches('/') {
+                bare if bare.matches('/').count() == 2 => format!("{bare}/v1/traces"),
+                full => full.to_owned(),
+            };
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(config.timeout)
+                .with_headers(config.headers.clone().into_iter().collect())
+                .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled());
+            if config.gzip {
+                builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
+            builder.build()
+        }
+    }
+    .map_err(|err| fail(err.to_string()))?;
+    exporter.set_resource(resource);
+    Ok(exporter)
+}
+
+/// A batch taken for sending.
+struct Batch {
+    inputs: Vec<SpanInput>,
+    /// Set when it came from the spool: committed there once sent.
+    from_spool: Option<Peeked>,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The sender: takes batches in order and sends each until it goes.
+async fn send(
+    shared: Arc<Shared>,
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut maker: SpanMaker,
+) {
+    let mut closing_since: Option<Instant> = None;
+    while let Some(batch) = take_batch(&shared).await {
+        // Ids are assigned once, so a retried batch is the same spans.
+        let ids: Vec<_> = batch
+            .inputs
+            .iter()
+            .map(|input| maker.assign(input))
+            .collect();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let spans: Vec<SpanData> = batch
+                .inputs
+                .iter()
+                .zip(&ids)
+                .map(|(input, ids)| maker.build(input, ids))
+                .collect();
+            // The exporter has its own timeout; this one only guards against a hang.
+            let deadline = shared.config.timeout + Duration::from_secs(1);
+            let error = match tokio::time::timeout(deadline, exporter.export(spans)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(_) => Some(format!("no answer in {deadline:?}")),
+            };
+            match settle(&shared, &batch, error, &mut closing_since) {
+                Settled::Sent => break,
+                Settled::Retry => {}
+                // The run is over and the batch waits in the spool for the next one.
+                Settled::GivenBack => return,
+            }
+            // Wait, but wake early when the run ends (to start its grace period).
+            let _ = tokio::time::timeout(backoff, shared.wake.notified()).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+enum Settled {
+    Sent,
+    Retry,
+    GivenBack,
+}
+
+/// Records how a send went. A failed batch stays for a retry, unless the run ended and its
+/// grace period is over: then it is given back to the spool.
+fn settle(
+    shared: &Shared,
+    batch: &Batch,
+    error: Option<String>,
+    closing_since: &mut Option<Instant>,
+) -> Settled {
+    let mut queue = lock(&shared.queue);
+    let Some(error) = error else {
+        if let Some(peeked) = &batch.from_spool {
+            if let Err(err) = queue.spool.commit(peeked) {
+                tracing::error!(%err, "advancing the span spool failed");
+            }
+        }
+        queue.in_flight = 0;
+        if queue.state != "spool_full" || queue.spool.is_empty() {
+            queue.state = "ok";
+        }
+        queue.last_error = None;
+        shared
+            .counters
+            .exported
+            .fetch_add(batch.inputs.len() as u64, Ordering::Relaxed);
+        return Settled::Sent;
+    };
+    if queue.state == "ok" {
+        tracing::warn!(endpoint = %shared.config.endpoint, %error, "the collector did not take a batch; retrying, spans wait in the spool");
+    }
+    if queue.state != "spool_full" {
+        queue.state = "retrying";
+    }
+    queue.last_error = Some(error);
+    if queue.closed {
+        let since = *closing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= shared.options.close_grace {
+            give_back(&mut queue, batch);
+            return Settled::GivenBack;
+        }
+    }
+    Settled::Retry
+}
+
+/// The run ended with the collector away: the unsent batch and the memory queue go to the
+/// head of the spool, in order, for the next run.
+fn give_back(queue: &mut Queue, batch: &Batch) {
+    let mut rest: Vec<SpanInput> = Vec::new();
+    if batch.from_spool.is_none() {
+        rest.extend(batch.inputs.iter().cloned());
+    }
+    rest.extend(queue.memory.drain(..));
+    queue.in_flight = 0;
+    if let Err(err) = queue.spool.prepend(&rest) {
+        tracing::error!(%err, spans = rest.len(), "keeping unsent spans in the spool failed");
+    }
+    tracing::warn!(
+        spans = queue.spool.spans(),
+        "the run ended with spans unsent; they wait in the spool for the next run"
+    );
+}
+
+/// Waits for a batch: `batch_spans` of them, or whatever is there once the first has waited
+/// `batch_delay` (or the run ended). `None` when the run ended and nothing is left.
+async fn take_batch(shared: &Shared) -> Option<Batch> {
+    let options = &shared.options;
+    let mut first_seen: Option<Instant> = None;
+    loop {
+        {
+            let mut queue = lock(&shared.queue);
+            let available = queue.memory.len() as u64 + queue.spool.spans();
+            if available == 0 && queue.closed {
+                return None;
+            }
+            if available > 0 {
+                let since = *first_seen.get_or_insert_with(Instant::now);
+                let due = available >= options.batch_spans as u64
+                    || queue.closed
+                    || since.elapsed() >= options.batch_delay;
+                if due {
+                    if !queue.memory.is_empty() {
+                        let count = queue.memory.len().min(options.batch_spans);
+                        let inputs: Vec<SpanInput> = queue.memory.drain(..count).collect();
+                        queue.in_flight = inputs.len() as u64;
+                        return Some(Batch {
+                            inputs,
+                            from_spool: None,
+                        });
+                    }
+                    match queue.spool.peek(options.batch_spans) {
+                        Ok(mut peeked) if !peeked.inputs.is_empty() => {
+                            let inputs = std::mem::take(&mut peeked.inputs);
+                            return Some(Batch {
+                                inputs,
+                                from_spool: Some(peeked),
+                            });
+                        }
+                        Ok(peeked) => {
+                            // Counted but unreadable (a torn or corrupt tail): skip it.
+                            tracing::error!("the span spool has unreadable data; skipping it");
+                            let _ = queue.spool.commit(&peeked);
+                            queue.spool.forget_unreadable();
+                        }
+                        Err(err) => {
+                            tracing::error!(%err, "reading the span spool failed");
+                            queue.last_error = Some(format!("reading the spool: {err}"));
+                        }
+                    }
+                }
+            }
+        }
+        let wait = match first_seen {
+            Some(since) => options.batch_delay.saturating_sub(since.elapsed()),
+            None => Duration::from_secs(1),
+        }
+        .max(Duration::from_millis(1));
+        let _ = tokio::time::timeout(wait, shared.wake.notified()).await;
+    }
+}
+
+/// The resource every span of this daemon carries.
+pub fn resource() -> Resource {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    Resource::builder()
+        .with_service_name("tracerd")
+        .with_attributes([
+            opentelemetry::KeyValue::new("host.name", host),
+            opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        ])
+        .build()
+}
