@@ -44,6 +44,57 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(64..=1 << 20))]
     pub ftrace_buffer_kb: u32,
 
+    /// The OpenTelemetry collector sessions export spans to, unless they name their own
+    /// (`http://host:4317`). Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; neither: no export by default.
+    #[arg(long, env = "TRACERD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `grpc` or `http/protobuf` (unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, else grpc).
+    #[arg(long, env = "TRACERD_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// Headers sent to the collector, `key=value,key2=value2` (unset:
+    /// `OTEL_EXPORTER_OTLP_HEADERS`).
+    #[arg(long, env = "TRACERD_OTLP_HEADERS")]
+    pub otlp_headers: Option<String>,
+
+    /// `gzip` or `none` (unset: `OTEL_EXPORTER_OTLP_COMPRESSION`, else none).
+    #[arg(long, env = "TRACERD_OTLP_COMPRESSION")]
+    pub otlp_compression: Option<String>,
+
+    /// How long one export may take (e.g. `10s`; unset: `OTEL_EXPORTER_OTLP_TIMEOUT` in
+    /// milliseconds, else 10 s).
+    #[arg(long, env = "TRACERD_OTLP_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub otlp_timeout: Option<std::time::Duration>,
+
+    /// A PEM file of CA certificates to trust for an `https` collector, beside the system's
+    /// (unset: `OTEL_EXPORTER_OTLP_CERTIFICATE`).
+    #[arg(long, env = "TRACERD_OTLP_CA_FILE")]
+    pub otlp_ca_file: Option<PathBuf>,
+
+    /// Largest on-disk spool of one session, in bytes: spans wait there while the collector
+    /// is slow or away; beyond it they count as `export_failed`.
+    #[arg(long, env = "TRACERD_SPOOL_CAP_BYTES", default_value_t = 1 << 30)]
+    pub spool_cap_bytes: u64,
+
+    /// Spans a session keeps in memory while the collector is slow or away, before new ones
+    /// go to its on-disk spool.
+    #[arg(long, env = "TRACERD_EXPORT_MEMORY_SPANS", default_value_t = 65536,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub export_memory_spans: u64,
+
+    /// Spans per export batch (a batch also goes when its first span has waited
+    /// `--export-batch-delay`).
+    #[arg(long, env = "TRACERD_EXPORT_BATCH_SPANS", default_value_t = 2048,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub export_batch_spans: u64,
+
+    /// The longest a span waits for its batch to fill (e.g. `200ms`).
+    #[arg(long, env = "TRACERD_EXPORT_BATCH_DELAY", default_value = "200ms",
+          value_parser = humantime::parse_duration)]
+    pub export_batch_delay: std::time::Duration,
+
     /// Trace this cgroup (an absolute path under the cgroup2 mount) from start-up; may be
     /// given more than once. Sessions, the API for this, come in a later release.
     #[arg(

@@ -16,6 +16,7 @@ use crate::{
     docker::DockerClient,
     ebpf::{EbpfOptions, KernelFilter},
     engine::{Engine, EngineOptions},
+    export::{DaemonExport, ExportOptions},
     http::{self, auth::Auth, AppState},
     lock,
     session::manager::{ManagerOptions, SessionManager},
@@ -48,6 +49,21 @@ pub async fn run(
     )?;
     tracing::info!(data_dir = %data_dir.path().display(), "data directory ready");
 
+    let export_default = DaemonExport {
+        endpoint: config.otlp_endpoint.clone(),
+        protocol: config.otlp_protocol.clone(),
+        headers: config.otlp_headers.clone(),
+        compression: config.otlp_compression.clone(),
+        timeout: config.otlp_timeout,
+        ca_file: config.otlp_ca_file.clone(),
+    }
+    .resolve()?;
+    match &export_default {
+        Some(otlp) => {
+            tracing::info!(endpoint = %otlp.endpoint, protocol = otlp.protocol.as_str(), "sessions export spans here unless they name their own collector")
+        }
+        None => tracing::info!("no default OTLP collector: sessions export only if they name one"),
+    }
     let engine = Arc::new(Engine::start(&EngineOptions {
         ebpf: EbpfOptions {
             ring_bytes: config.ring_bytes,
@@ -73,6 +89,15 @@ pub async fn run(
             sessions_dir: data_dir.path().join("sessions"),
             event_log_cap_bytes: config.event_log_cap_bytes,
             owner_label: config.owner_label.clone(),
+            export_default,
+            export_options: ExportOptions {
+                batch_spans: config.export_batch_spans as usize,
+                batch_delay: config.export_batch_delay,
+                spool_cap_bytes: config.spool_cap_bytes,
+                memory_spans: config.export_memory_spans as usize,
+                ..ExportOptions::default()
+            },
+            export_resource: crate::export::resource(),
         },
     );
 

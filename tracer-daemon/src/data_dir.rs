@@ -46,6 +46,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX sessions_by_status ON sessions (status);",
     // 3: sessions created by a tenant see only the containers that tenant owns.
     "ALTER TABLE sessions ADD COLUMN restricted INTEGER NOT NULL DEFAULT 0;",
+    // 4: span export: spans that went through the spool, and spans that never will be sent.
+    "ALTER TABLE sessions ADD COLUMN spooled INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE sessions ADD COLUMN export_failed INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -80,6 +80,16 @@ pub async fn render(manager: &SessionManager, engine: &Engine) -> Result<String,
         "session_exported",
         "Events of a running session exported as spans",
     );
+    let spooled = counter_family(
+        &mut registry,
+        "session_spooled",
+        "Spans of a running session that waited in its on-disk spool for the collector",
+    );
+    let export_failed = counter_family(
+        &mut registry,
+        "session_export_failed",
+        "Spans of a running session that will never be exported (its spool was full)",
+    );
     for (id, counters) in manager.running_counters().await {
         let label = SessionLabel {
             session: id.to_string(),
@@ -88,6 +98,10 @@ pub async fn render(manager: &SessionManager, engine: &Engine) -> Result<String,
         delivered.get_or_create(&label).inc_by(counters.delivered);
         dropped.get_or_create(&label).inc_by(counters.dropped);
         exported.get_or_create(&label).inc_by(counters.exported);
+        spooled.get_or_create(&label).inc_by(counters.spooled);
+        export_failed
+            .get_or_create(&label)
+            .inc_by(counters.export_failed);
     }
 
     if let Ok(kernel) = engine.kernel_counters() {

@@ -72,6 +72,8 @@ impl SessionRow {
             backend_in_use: self.backend_in_use.clone(),
             backend_reason: self.backend_reason.clone(),
             limits: self.request.limits.clone(),
+            export: self.request.export.clone(),
+            export_status: None,
             status: self.status,
             finished_reason: self.finished_reason.clone(),
             error: self.error.clone(),
@@ -102,7 +104,7 @@ fn target_text(target: &Target) -> String {
 
 const COLUMNS: &str = "id, tenant, name, status, request, duplicate_key, created_at, updated_at, \
     started_at, stopped_at, runs, backend_in_use, backend_reason, finished_reason, error, \
-    matched, delivered, dropped, exported, evicted, restricted";
+    matched, delivered, dropped, exported, evicted, restricted, spooled, export_failed";
 
 fn conversion_error(
     column: usize,
@@ -139,6 +141,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
             dropped: row.get::<_, i64>(17)? as u64,
             exported: row.get::<_, i64>(18)? as u64,
             evicted: row.get::<_, i64>(19)? as u64,
+            spooled: row.get::<_, i64>(21)? as u64,
+            export_failed: row.get::<_, i64>(22)? as u64,
         },
         restricted: row.get(20)?,
     })
@@ -402,7 +406,7 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
     match write {
         Write::Insert(session) => {
             db.prepare_cached(&format!(
-                "INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                "INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?23, ?24, ?22)"
             ))?
             .execute(params![
                 session.id.to_string(),
@@ -427,13 +431,16 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
                 session.counters.evicted as i64,
                 session.restricted,
                 target_text(&session.request.target),
+                session.counters.spooled as i64,
+                session.counters.export_failed as i64,
             ])?;
         }
         Write::Save(session) => {
             db.prepare_cached(
                 "UPDATE sessions SET status = ?2, updated_at = ?3, started_at = ?4, stopped_at = ?5, runs = ?6, \
                  backend_in_use = ?7, backend_reason = ?8, finished_reason = ?9, error = ?10, \
-                 matched = ?11, delivered = ?12, dropped = ?13, exported = ?14, evicted = ?15 WHERE id = ?1",
+                 matched = ?11, delivered = ?12, dropped = ?13, exported = ?14, evicted = ?15, \
+                 spooled = ?16, export_failed = ?17 WHERE id = ?1",
             )?
             .execute(params![
                 session.id.to_string(),
@@ -451,11 +458,14 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
                 session.counters.dropped as i64,
                 session.counters.exported as i64,
                 session.counters.evicted as i64,
+                session.counters.spooled as i64,
+                session.counters.export_failed as i64,
             ])?;
         }
         Write::SaveCounters(counters) => {
             let mut update = db.prepare_cached(
-                "UPDATE sessions SET matched = ?2, delivered = ?3, dropped = ?4, exported = ?5, evicted = ?6 WHERE id = ?1",
+                "UPDATE sessions SET matched = ?2, delivered = ?3, dropped = ?4, exported = ?5, evicted = ?6, \
+                 spooled = ?7, export_failed = ?8 WHERE id = ?1",
             )?;
             for (id, c) in counters {
                 update.execute(params![
@@ -464,7 +474,9 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
                     c.delivered as i64,
                     c.dropped as i64,
                     c.exported as i64,
-                    c.evicted as i64
+                    c.evicted as i64,
+                    c.spooled as i64,
+                    c.export_failed as i64
                 ])?;
             }
         }

@@ -33,7 +33,7 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanExporter as _},
     Resource,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::{sync::Notify, task::JoinHandle};
 use utoipa::ToSchema;
 
@@ -91,11 +91,11 @@ pub struct ExportCounters {
 }
 
 /// Where a running session's export stands, for its status.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ExportStatus {
     /// `ok` (the last batch went), `retrying` (the collector is slow or away: spans wait in
     /// memory and the spool), `spool_full` (spans are being refused and counted as failed).
-    pub state: &'static str,
+    pub state: String,
     pub endpoint: String,
     pub protocol: Protocol,
     /// Spans waiting: in memory, in the batch being sent, and in the spool.
@@ -134,6 +134,17 @@ pub enum ExportError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A run's export counters, kept after the run's export ends.
+pub struct ExportCountersHandle(Arc<Shared>);
+
+impl std::ops::Deref for ExportCountersHandle {
+    type Target = ExportCounters;
+
+    fn deref(&self) -> &ExportCounters {
+        &self.0.counters
+    }
 }
 
 /// One run's export: the sink the run's writer pushes to, and the task that sends.
@@ -196,10 +207,15 @@ impl Export {
         &self.shared.counters
     }
 
+    /// The counters, kept after the export is finished.
+    pub fn counters_handle(&self) -> ExportCountersHandle {
+        ExportCountersHandle(self.shared.clone())
+    }
+
     pub fn status(&self) -> ExportStatus {
         let queue = lock(&self.shared.queue);
         ExportStatus {
-            state: queue.state,
+            state: queue.state.to_owned(),
             endpoint: self.shared.config.endpoint.clone(),
             protocol: self.shared.config.protocol,
             pending_spans: queue.memory.len() as u64 + queue.in_flight + queue.spool.spans(),

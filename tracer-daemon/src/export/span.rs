@@ -39,6 +39,9 @@ pub struct SessionInfo {
     pub label: Option<String>,
     /// The run (1, 2, …): traces do not span runs.
     pub run: u32,
+    /// The run's conversion to wall-clock time (the event log's too, so a span starts at
+    /// its event's `ts` exactly).
+    pub clock: WallClock,
 }
 
 /// A span's place: its trace and its id.
@@ -88,7 +91,7 @@ impl SpanMaker {
         let mut hasher = DefaultHasher::new();
         (session.id, session.run).hash(&mut hasher);
         Self {
-            clock: WallClock::now(),
+            clock: session.clock,
             scope: InstrumentationScope::builder("tracerd")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -277,6 +280,7 @@ mod tests {
             name: "s".into(),
             label: Some("ci-42".into()),
             run: 1,
+            clock: WallClock::now(),
         });
         let span = maker.span(&input(100, -2));
         assert_eq!(span.name, "openat");
@@ -317,6 +321,7 @@ mod tests {
             name: "s".into(),
             label: None,
             run: 1,
+            clock: WallClock::now(),
         });
         let first = maker.span(&input(7, 0)).span_context.trace_id();
         for _ in 1..SPANS_PER_TRACE {

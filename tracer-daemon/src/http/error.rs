@@ -124,9 +124,10 @@ impl From<ManagerError> for ApiError {
             ManagerError::NoCapacity => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message)
             }
-            ManagerError::Store(_) | ManagerError::Engine(_) | ManagerError::EventLog(_) => {
-                Self::internal(err)
-            }
+            ManagerError::Store(_)
+            | ManagerError::Engine(_)
+            | ManagerError::EventLog(_)
+            | ManagerError::Export(_) => Self::internal(err),
         }
     }
 }

@@ -31,6 +31,9 @@ use crate::{
     docker::{self, Container, ContainerEvent, DockerClient, DockerUnavailable},
     ebpf::KernelFilter,
     engine::{Backend, Engine, EngineError, Event, SessionHandle, SessionOptions},
+    export::{
+        span::SessionInfo, Export, ExportCounters, ExportOptions, ExportSink, OtlpConfig, SpanInput,
+    },
     lock,
     store::{ListQuery, SessionRow, Store, StoreError},
 };
@@ -79,6 +82,8 @@ pub enum ManagerError {
     Engine(EngineError),
     #[error("the event log: {0}")]
     EventLog(#[from] std::io::Error),
+    #[error("span export: {0}")]
+    Export(String),
 }
 
 impl From<EngineError> for ManagerError {
@@ -101,6 +106,12 @@ pub struct ManagerOptions {
     pub sessions_dir: PathBuf,
     /// Size cap of one session's event log, in compressed bytes.
     pub event_log_cap_bytes: u64,
+    /// The collector sessions export to unless they name their own (or none).
+    pub export_default: Option<OtlpConfig>,
+    /// Batching and spooling of span export.
+    pub export_options: ExportOptions,
+    /// What every span's resource says (service, host).
+    pub export_resource: opentelemetry_sdk::Resource,
 }
 
 /// What the writer of a run has done so far.
@@ -125,6 +136,8 @@ struct Run {
     progress: Arc<RunProgress>,
     writer: JoinHandle<std::io::Result<()>>,
     watcher: JoinHandle<()>,
+    /// The run's span export, if it exports.
+    export: Option<Export>,
 }
 
 pub struct SessionManager {
@@ -249,8 +262,7 @@ impl SessionManager {
 
     pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<Session, ManagerError> {
         let row = self.visible(principal, id).await?;
-        let live = self.live_counters(id).await;
-        Ok(row.to_resource(live))
+        Ok(self.resource(&row).await)
     }
 
     /// A page of sessions and whether more follow.
@@ -265,12 +277,11 @@ impl SessionManager {
         let (rows, more) = self.store.list(query).await?;
         let mut sessions = Vec::with_capacity(rows.len());
         for row in rows {
-            let live = if row.status == Status::Running {
-                self.live_counters(row.id).await
+            sessions.push(if row.status == Status::Running {
+                self.resource(&row).await
             } else {
-                None
-            };
-            sessions.push(row.to_resource(live));
+                row.to_resource(None)
+            });
         }
         Ok((sessions, more))
     }
@@ -406,6 +417,14 @@ impl SessionManager {
                 return Err(err);
             }
         }
+        let clock = WallClock::now();
+        let export = match self.start_export(&row, &spec, clock) {
+            Ok(export) => export,
+            Err(err) => {
+                let _ = self.engine.stop_session(handle).await;
+                return Err(err);
+            }
+        };
         let progress = Arc::new(RunProgress::default());
         let containers = Arc::new(std::sync::RwLock::new(resolved.containers));
         let follow = resolved.follow.map(|(selector, traced)| Follow {
@@ -424,6 +443,8 @@ impl SessionManager {
                 .map(|max| max.saturating_sub(row.counters.delivered)),
             manager: self.this.clone(),
             runtime: tokio::runtime::Handle::current(),
+            export: export.as_ref().map(Export::sink),
+            clock,
         };
         let writer = tokio::task::spawn_blocking(move || writer.run(events));
         let watcher = tokio::spawn(watch(
@@ -454,6 +475,7 @@ impl SessionManager {
                 progress,
                 writer,
                 watcher,
+                export,
             },
         );
         self.store.save(row.clone()).await?;
@@ -509,7 +531,16 @@ impl SessionManager {
                 }
                 Err(err) => tracing::error!(session = %id, %err, "the event-log writer died"),
             }
-            row.counters = run.base + run_counters(&kernel, &run.progress);
+            // Everything written is queued for export: send it (or leave it in the spool).
+            let export = match run.export {
+                Some(export) => {
+                    let counters = export.counters_handle();
+                    export.finish().await;
+                    Some(counters)
+                }
+                None => None,
+            };
+            row.counters = run.base + run_counters(&kernel, &run.progress, export.as_deref());
             self.release_key(id);
         }
         let now = now_rfc3339();
@@ -562,7 +593,55 @@ impl SessionManager {
         let runs = lock(&self.runs);
         let run = runs.get(&id)?;
         let kernel = self.engine.counters(&run.handle).ok()?;
-        Some(run.base + run_counters(&kernel, &run.progress))
+        Some(run.base + run_counters(&kernel, &run.progress, run.export_counters()))
+    }
+
+    /// A session's resource: stored, with live counters and export status if it runs here.
+    async fn resource(&self, row: &SessionRow) -> Session {
+        let mut session = row.to_resource(self.live_counters(row.id).await);
+        session.export_status = lock(&self.runs)
+            .get(&row.id)
+            .and_then(|run| run.export.as_ref())
+            .map(Export::status);
+        session
+    }
+
+    /// Starts the run's span export, to the session's collector or the daemon's default.
+    fn start_export(
+        &self,
+        row: &SessionRow,
+        spec: &SessionSpec,
+        clock: WallClock,
+    ) -> Result<Option<Export>, ManagerError> {
+        let default = self.options.export_default.as_ref();
+        let config = match &spec.export {
+            None => default.cloned(),
+            Some(None) => None,
+            Some(Some(own)) => Some(
+                own.to_config(default)
+                    .map_err(|err| InvalidField::new(err.field, err.message))?,
+            ),
+        };
+        let Some(config) = config else {
+            return Ok(None);
+        };
+        let session = SessionInfo {
+            id: row.id,
+            name: row.name.clone(),
+            label: spec.label.clone(),
+            run: row.runs + 1,
+            clock,
+        };
+        let export = Export::start(
+            &config,
+            &self.options.export_resource,
+            &session,
+            &self.session_dir(row.id).join("spool"),
+            self.options.export_options.clone(),
+        )
+        .map_err(|err| ManagerError::Export(err.to_string()))?;
+        tracing::info!(session = %row.id, endpoint = %config.endpoint, protocol = config.protocol.as_str(), "exporting spans");
+        Ok(Some(export))
     }
 
     /// Counters of every running session, for persistence and metrics.
@@ -571,7 +650,10 @@ impl SessionManager {
         runs.iter()
             .filter_map(|(id, run)| {
                 let kernel = self.engine.counters(&run.handle).ok()?;
-                Some((*id, run.base + run_counters(&kernel, &run.progress)))
+                Some((
+                    *id,
+                    run.base + run_counters(&kernel, &run.progress, run.export_counters()),
+                ))
             })
             .collect()
     }
@@ -658,14 +740,29 @@ impl SessionManager {
 }
 
 /// The current run's share of a session's counters.
-fn run_counters(kernel: &crate::engine::SessionCounters, progress: &RunProgress) -> Counters {
+fn run_counters(
+    kernel: &crate::engine::SessionCounters,
+    progress: &RunProgress,
+    export: Option<&ExportCounters>,
+) -> Counters {
     let over_limit = progress.over_limit.load(Ordering::Relaxed);
+    let exported = |counter: fn(&ExportCounters) -> &AtomicU64| {
+        export.map_or(0, |export| counter(export).load(Ordering::Relaxed))
+    };
     Counters {
         matched: kernel.matched,
         delivered: progress.written.load(Ordering::Relaxed),
         dropped: kernel.dropped_kernel + kernel.dropped_userspace + over_limit,
-        exported: 0,
+        exported: exported(|e| &e.exported),
+        spooled: exported(|e| &e.spooled),
+        export_failed: exported(|e| &e.failed),
         evicted: progress.evicted.load(Ordering::Relaxed),
+    }
+}
+
+impl Run {
+    fn export_counters(&self) -> Option<&ExportCounters> {
+        self.export.as_ref().map(Export::counters)
     }
 }
 
@@ -698,7 +795,7 @@ impl Presence {
 /// how to tell when it is gone.
 struct Resolved {
     filter: KernelFilter,
-    containers: HashMap<u64, ContainerMeta>,
+    containers: HashMap<u64, Arc<ContainerMeta>>,
     presence: Presence,
     /// For container targets: what following the Docker events needs.
     follow: Option<(ContainerSelector, HashMap<String, u64>)>,
@@ -712,7 +809,7 @@ struct Follow {
     selector: ContainerSelector,
     restricted: bool,
     /// cgroup id → container, shared with the run's writer.
-    containers: Arc<std::sync::RwLock<HashMap<u64, ContainerMeta>>>,
+    containers: Arc<std::sync::RwLock<HashMap<u64, Arc<ContainerMeta>>>>,
     /// Containers traced by this run (id → cgroup id), until they are removed.
     traced: HashMap<String, u64>,
 }
@@ -797,11 +894,11 @@ impl SessionManager {
                     }
                     containers.insert(
                         container.cgroup_id,
-                        ContainerMeta {
+                        Arc::new(ContainerMeta {
                             id: container.id.clone(),
                             name: container.name.clone(),
                             image: container.image.clone(),
-                        },
+                        }),
                     );
                 }
                 Ok(Resolved {
@@ -815,7 +912,7 @@ impl SessionManager {
             TargetKind::Launch(launch) => {
                 let (container, cgroup) =
                     self.create_launched(launch, tenant, session, run).await?;
-                let containers = HashMap::from([(cgroup.id, container.clone())]);
+                let containers = HashMap::from([(cgroup.id, Arc::new(container.clone()))]);
                 Ok(Resolved {
                     filter: filter(vec![cgroup.id], spec.conditions.tgids.clone()),
                     containers,
@@ -1020,11 +1117,11 @@ impl SessionManager {
             .unwrap_or_else(|e| e.into_inner())
             .insert(
                 container.cgroup_id,
-                ContainerMeta {
+                Arc::new(ContainerMeta {
                     id: container.id.clone(),
                     name: container.name.clone(),
                     image: container.image.clone(),
-                },
+                }),
             );
         run.cgroups.push(container.cgroup_id);
         tracing::info!(%session, container = %container.name, "tracing a container that started");
@@ -1157,19 +1254,23 @@ struct RunWriter {
     log: EventLogWriter,
     /// cgroup id → the container it belongs to, for the events' `container` (updated as
     /// containers start and stop).
-    containers: Arc<std::sync::RwLock<HashMap<u64, ContainerMeta>>>,
+    containers: Arc<std::sync::RwLock<HashMap<u64, Arc<ContainerMeta>>>>,
     progress: Arc<RunProgress>,
     /// Events this run may still record (`limits.max_events` less earlier runs' events).
     max_events: Option<u64>,
     manager: Weak<SessionManager>,
     runtime: tokio::runtime::Handle,
+    /// Where written events go to become spans.
+    export: Option<ExportSink>,
+    /// The run's wall-clock conversion, shared with its spans.
+    clock: WallClock,
 }
 
 impl RunWriter {
     /// Writes the run's events until the engine closes the channel (the run ended). Runs on
     /// the blocking pool: it does file I/O.
     fn run(mut self, mut events: tokio::sync::mpsc::Receiver<Arc<Event>>) -> std::io::Result<()> {
-        let clock = WallClock::now();
+        let clock = self.clock;
         let mut lines = Vec::with_capacity(1 << 20);
         let mut written = 0u64;
         let mut limit_reported = false;
@@ -1180,12 +1281,25 @@ impl RunWriter {
             let mut next = Some(first);
             // Held while this batch is formatted (microseconds); the event follower waits.
             let containers = self.containers.read().unwrap_or_else(|e| e.into_inner());
+            let mut spans = Vec::new();
             while let Some(event) = next {
                 if self.max_events.is_some_and(|max| written + batch >= max) {
                     over_limit += 1;
                 } else {
                     let container = containers.get(&event.record.cgroup_id);
-                    event_json::write_line(&event, &self.id, container, &clock, &mut lines);
+                    if self.export.is_some() {
+                        spans.push(SpanInput {
+                            event: event.clone(),
+                            container: container.cloned(),
+                        });
+                    }
+                    event_json::write_line(
+                        &event,
+                        &self.id,
+                        container.map(|c| &**c),
+                        &clock,
+                        &mut lines,
+                    );
                     batch += 1;
                 }
                 next = if lines.len() < (1 << 20) {
@@ -1196,6 +1310,9 @@ impl RunWriter {
             }
             drop(containers);
             let evicted = self.log.append(&lines, batch)?;
+            if let Some(export) = &self.export {
+                export.push(spans);
+            }
             written += batch;
             self.progress.written.fetch_add(batch, Ordering::Relaxed);
             self.progress

@@ -65,8 +65,14 @@ pub struct Counters {
     /// Matched events not recorded: lost in the kernel (ring full), behind a slow consumer,
     /// or past `limits.max_events`. `delivered + dropped == matched`.
     pub dropped: u64,
-    /// Events exported as OpenTelemetry spans.
+    /// Events exported as OpenTelemetry spans (the collector took them).
     pub exported: u64,
+    /// Spans that waited in the on-disk spool because the collector was slow or away (they
+    /// are sent from there, in order, once it is back).
+    pub spooled: u64,
+    /// Spans that will never be exported: the spool was full. The events stay in the
+    /// event log.
+    pub export_failed: u64,
     /// Recorded events removed from the event log to keep it under its size cap (oldest
     /// first).
     pub evicted: u64,
@@ -81,6 +87,8 @@ impl std::ops::Add for Counters {
             delivered: self.delivered + other.delivered,
             dropped: self.dropped + other.dropped,
             exported: self.exported + other.exported,
+            spooled: self.spooled + other.spooled,
+            export_failed: self.export_failed + other.export_failed,
             evicted: self.evicted + other.evicted,
         }
     }
@@ -107,6 +115,12 @@ pub struct Session {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend_reason: Option<String>,
     pub limits: Limits,
+    /// Where the session's spans go, as asked (absent: the daemon's default collector).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<crate::export::ExportRequest>,
+    /// Span export of the current run: its collector and how it is going.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_status: Option<crate::export::ExportStatus>,
     pub status: Status,
     /// Why the session finished (`ttl`, `max_events`, `targets_gone`).
     #[serde(skip_serializing_if = "Option::is_none")]

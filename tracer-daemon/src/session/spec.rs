@@ -33,6 +33,10 @@ pub struct CreateSession {
     pub backend: BackendChoice,
     #[serde(default)]
     pub limits: Limits,
+    /// Where its spans go: `{"otlp": {"endpoint": …, "protocol": "grpc"}}`, or
+    /// `{"otlp": null}` for none; absent, the daemon's default collector (if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<crate::export::ExportRequest>,
     /// The tenant the session belongs to; only an admin may set it (default: the caller's).
     #[serde(default)]
     pub tenant: Option<String>,
@@ -270,6 +274,8 @@ pub struct SessionSpec {
     pub ttl: Option<Duration>,
     pub max_events: Option<u64>,
     pub ftrace_buffer_kb: Option<u32>,
+    /// `None`: the daemon's default; `Some(None)`: no export; `Some(Some(_))`: its own.
+    pub export: Option<Option<crate::export::config::OtlpRequest>>,
 }
 
 impl SessionSpec {
@@ -309,6 +315,12 @@ impl SessionSpec {
 pub struct InvalidField {
     pub field: &'static str,
     pub message: String,
+}
+
+impl InvalidField {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        invalid(field, message)
+    }
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> InvalidField {
@@ -421,6 +433,11 @@ impl CreateSession {
         if let Some(tenant) = &self.tenant {
             validate_tenant(tenant)?;
         }
+        let export = self.export.as_ref().and_then(|export| export.otlp.clone());
+        if let Some(Some(otlp)) = &export {
+            otlp.to_config(None)
+                .map_err(|err| invalid(err.field, err.message))?;
+        }
         Ok(SessionSpec {
             name: self.name.clone(),
             target,
@@ -431,6 +448,7 @@ impl CreateSession {
             ttl,
             max_events: self.limits.max_events,
             ftrace_buffer_kb: self.limits.ftrace_buffer_kb,
+            export,
         })
     }
 }
