@@ -98,6 +98,11 @@ impl Daemon {
         );
     }
 
+    /// The daemon's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }

@@ -1,10 +1,12 @@
 //! The harness for tracerd's end-to-end tests: test cgroups, the deterministic workload, the
-//! real daemon binary, and a look at what the kernel has loaded.
+//! real daemon binary, a real OpenTelemetry collector, and a look at what the kernel has
+//! loaded.
 //!
 //! Every test here is privileged (root: eBPF, cgroups, tracefs, Docker). A test that cannot
 //! get what it needs fails with the reason; it never skips.
 pub mod bench;
 pub mod cgroup;
+pub mod collector;
 pub mod daemon;
 pub mod docker;
 pub mod workload;
