@@ -41,6 +41,8 @@ pub struct Collector {
     /// Log files of every start, in order.
     logs: Vec<PathBuf>,
     running: bool,
+    /// Whether it logs every span (tests) or only receives them (benchmarks).
+    log_spans: bool,
 }
 
 fn agent() -> PathBuf {
@@ -57,7 +59,18 @@ fn free_port() -> u16 {
 }
 
 impl Collector {
+    /// A collector that logs every span it receives (for [`Collector::spans`]).
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// A collector that receives spans and discards them without logging: what a benchmark
+    /// sends to, so the collector's own logging is not measured.
+    pub fn start_blackhole() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(log_spans: bool) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "tracerd-test-collector-{}-{}",
             std::process::id(),
@@ -71,6 +84,7 @@ impl Collector {
             dir,
             logs: Vec::new(),
             running: false,
+            log_spans,
         };
         collector.resume();
         collector
@@ -92,15 +106,13 @@ impl Collector {
     pub fn resume(&mut self) {
         assert!(!self.running);
         let log = self.dir.join(format!("spans-{}.log", self.logs.len()));
-        let status = Command::new(agent())
+        let mut command = Command::new(agent());
+        command.args(["start", "--exporter", "blackhole"]);
+        if self.log_spans {
+            command.args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"]);
+        }
+        let status = command
             .args([
-                "start",
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "traces",
-                "--debug-log-verbosity",
-                "detailed",
                 "--otlp-grpc-endpoint",
                 &format!("127.0.0.1:{}", self.grpc_port),
                 "--otlp-http-endpoint",
@@ -128,14 +140,19 @@ impl Collector {
     }
 
     /// Stops the collector (its spans so far stay readable).
+    /// The collector's process id.
+    pub fn pid(&self) -> i32 {
+        std::fs::read_to_string(self.pid_file())
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .expect("rotel-agent's pid file")
+    }
+
     pub fn stop(&mut self) {
         if !self.running {
             return;
         }
-        let pid: i32 = std::fs::read_to_string(self.pid_file())
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .expect("rotel-agent's pid file");
+        let pid = self.pid();
         // SAFETY: kill(2) on the collector's pid.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -12,6 +12,9 @@ pub enum Benchmark {
     Ringbuf,
     /// Latency of the sessions API under 100 concurrent clients with 10,000 stored sessions.
     Api,
+    /// Span export: spans per second to a real collector and ns per span of encoding, on one
+    /// core, tracerd's path next to the SDK's batch span processor.
+    Otlp,
 }
 
 pub fn run(benchmark: Benchmark) -> Result<()> {
@@ -24,6 +27,17 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
             "--bin",
             "bench_ringbuf",
         ]),
+        Benchmark::Otlp => cmd::cargo_with_env(
+            &[
+                "run",
+                "--release",
+                "--package",
+                "tracer-tests",
+                "--bin",
+                "bench_otlp",
+            ],
+            &[("ROTEL_AGENT", crate::setup::rotel_agent()?.as_os_str())],
+        ),
         Benchmark::Api => {
             // The daemon under test is the release build.
             let tracerd = build_tracerd(true)?;
