@@ -417,7 +417,7 @@ mod tests {
         SpanInput {
             event: Arc::new(Event {
                 record,
-                path: (nr % 2 == 0).then(|| "/etc/hosts".into()),
+                path: nr.is_multiple_of(2).then(|| "/etc/hosts".into()),
             }),
             container: container.then(|| {
                 Arc::new(ContainerMeta {
@@ -438,7 +438,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tracerd-spool-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let mut spool = Spool::open(&dir, 1 << 30).unwrap();
-        let batch: Vec<SpanInput> = (10..20).map(|nr| input(nr, nr % 3 == 0)).collect();
+        let batch: Vec<SpanInput> = (10..20).map(|nr| input(nr, nr.is_multiple_of(3))).collect();
         assert_eq!(spool.append(&batch).unwrap(), 10);
         let head = spool.peek(4).unwrap();
         assert_eq!(nrs(&head.inputs), [10, 11, 12, 13]);
