@@ -196,6 +196,26 @@ impl Daemon {
         (status, json)
     }
 
+    /// Creates a session from `body` and starts it; returns its id.
+    pub fn create_and_start(&self, body: &Value) -> String {
+        let (status, session) = self.call("POST", "/v1/sessions", Some(body), None);
+        assert_eq!(status, 201, "{session}");
+        let id = session["id"].as_str().expect("an id").to_owned();
+        let (status, started) = self.call("POST", &format!("/v1/sessions/{id}/start"), None, None);
+        assert_eq!(status, 200, "{started}");
+        id
+    }
+
+    /// A session's recorded events, parsed.
+    pub fn events(&self, id: &str) -> Vec<Value> {
+        self.get_text(&format!("/v1/sessions/{id}/events"))
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("bad NDJSON {line}: {err}"))
+            })
+            .collect()
+    }
+
     /// Polls `GET /v1/sessions/{id}` until `done` holds (10 s at most); returns the session.
     pub fn wait_for_session(
         &self,

@@ -14,23 +14,6 @@ use tracer_tests::{
     require_root, workload,
 };
 
-fn create_and_start(daemon: &Daemon, body: Value) -> String {
-    let (status, session) = daemon.call("POST", "/v1/sessions", Some(&body), None);
-    assert_eq!(status, 201, "{session}");
-    let id = session["id"].as_str().unwrap().to_owned();
-    let (status, started) = daemon.call("POST", &format!("/v1/sessions/{id}/start"), None, None);
-    assert_eq!(status, 200, "{started}");
-    id
-}
-
-fn events(daemon: &Daemon, id: &str) -> Vec<Value> {
-    daemon
-        .get_text(&format!("/v1/sessions/{id}/events"))
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
 fn spans_of(collector: &Collector, id: &str) -> Vec<ReceivedSpan> {
     collector
         .spans()
@@ -108,9 +91,8 @@ fn spans_match_the_delivered_events_one_for_one() {
         &cgroup,
         &["getppid", "300", "openat-missing", "200"],
         || {
-            create_and_start(
-                &daemon,
-                json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid", "openat"],
+            daemon.create_and_start(
+                &json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid", "openat"],
                    "label": "build-1234"}),
             )
         },
@@ -121,7 +103,7 @@ fn spans_match_the_delivered_events_one_for_one() {
     assert_eq!(session["export_status"]["state"], "ok", "{session}");
     assert_eq!(session["export_status"]["endpoint"], endpoint.as_str());
     assert_eq!(session["counters"]["spooled"], 0, "{session}");
-    let events = events(&daemon, &id);
+    let events = daemon.events(&id);
     let spans = wait_for_spans(&collector, &id, 500);
     assert_one_for_one(&events, &spans);
 
@@ -180,9 +162,8 @@ fn a_session_chooses_its_collector_or_none() {
     let daemon = Daemon::start(&[]);
     let cgroup = TestCgroup::create("export-choice");
     let (id, _) = run_paused(&cgroup, &["getpid", "120"], || {
-        create_and_start(
-            &daemon,
-            json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getpid"],
+        daemon.create_and_start(
+            &json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getpid"],
                    "export": {"otlp": {"endpoint": collector.http_endpoint(),
                                        "protocol": "http/protobuf", "compression": "gzip"}}}),
         )
@@ -198,9 +179,8 @@ fn a_session_chooses_its_collector_or_none() {
 
     // Export off: events are recorded, nothing is sent.
     let (off, _) = run_paused(&cgroup, &["getpid", "40"], || {
-        create_and_start(
-            &daemon,
-            json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getpid"],
+        daemon.create_and_start(
+            &json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getpid"],
                    "export": {"otlp": null}}),
         )
     });
@@ -263,10 +243,8 @@ fn a_ten_second_outage_loses_and_duplicates_nothing() {
         &cgroup,
         &["pause-stdin", "1", "slow-getppid", &calls.to_string()],
     );
-    let id = create_and_start(
-        &daemon,
-        json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]}),
-    );
+    let id = daemon
+        .create_and_start(&json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]}));
     let workload = std::thread::spawn(move || workload::resume_and_wait(child));
 
     std::thread::sleep(Duration::from_secs(3));
@@ -296,7 +274,7 @@ fn a_ten_second_outage_loses_and_duplicates_nothing() {
     assert_eq!(session["export_status"]["state"], "ok", "{session}");
     assert_eq!(session["export_status"]["pending_spans"], 0, "{session}");
     let spans = wait_for_spans(&collector, &id, calls as usize);
-    assert_one_for_one(&events(&daemon, &id), &spans);
+    assert_one_for_one(&daemon.events(&id), &spans);
     // And in order: within the trace, span ids (assigned in event order) arrive ascending.
     let received: Vec<u64> = spans
         .iter()
@@ -329,9 +307,8 @@ fn a_collector_that_never_comes_back_bounds_the_spool() {
     let cgroup = TestCgroup::create("no-collector");
     let calls = 5000u64;
     let (id, _) = run_paused(&cgroup, &["getppid", &calls.to_string()], || {
-        create_and_start(
-            &daemon,
-            json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]}),
+        daemon.create_and_start(
+            &json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]}),
         )
     });
     let session = daemon.wait_for_session(&id, None, "the spool filling up", |s| {

@@ -31,29 +31,12 @@ fn tracerd_instances() -> Vec<String> {
         .collect()
 }
 
-fn create_and_start(daemon: &Daemon, body: Value) -> String {
-    let (status, session) = daemon.call("POST", "/v1/sessions", Some(&body), None);
-    assert_eq!(status, 201, "{session}");
-    let id = session["id"].as_str().unwrap().to_owned();
-    let (status, started) = daemon.call("POST", &format!("/v1/sessions/{id}/start"), None, None);
-    assert_eq!(status, 200, "{started}");
-    id
-}
-
-fn events(daemon: &Daemon, id: &str) -> Vec<Value> {
-    daemon
-        .get_text(&format!("/v1/sessions/{id}/events"))
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
 /// Waits until the session has delivered an `exit_group` of `pid` (its last syscall), then
 /// returns its events of `pid`, counted per syscall.
 fn counts_of(daemon: &Daemon, id: &str, pid: u32) -> BTreeMap<String, u64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let events = events(daemon, id);
+        let events = daemon.events(id);
         let of_pid: Vec<&Value> = events.iter().filter(|e| e["pid"] == pid).collect();
         if of_pid.iter().any(|e| e["syscall"] == "exit_group") {
             let mut counts = BTreeMap::new();
@@ -100,13 +83,9 @@ fn trace_workload(
         ],
     );
     let pid = child.id();
-    let all = create_and_start(
-        daemon,
-        json!({"target": {"cgroup": cgroup.path()}, "backend": backend}),
-    );
-    let failed = create_and_start(
-        daemon,
-        json!({"target": {"cgroup": cgroup.path()}, "backend": backend,
+    let all =
+        daemon.create_and_start(&json!({"target": {"cgroup": cgroup.path()}, "backend": backend}));
+    let failed = daemon.create_and_start(&json!({"target": {"cgroup": cgroup.path()}, "backend": backend,
                "syscalls": ["openat", "getppid", "exit_group"], "conditions": {"failed_only": true}}),
     );
     for id in [&all, &failed] {
@@ -121,7 +100,7 @@ fn trace_workload(
         s["counters"]["delivered"].as_u64() >= Some(1800)
     });
     let mut failed_counts = BTreeMap::new();
-    for event in events(daemon, &failed).iter().filter(|e| e["pid"] == pid) {
+    for event in daemon.events(&failed).iter().filter(|e| e["pid"] == pid) {
         assert!(event["ret"].as_i64().unwrap() < 0, "{event}");
         *failed_counts
             .entry(event["syscall"].as_str().unwrap().to_owned())
@@ -172,14 +151,13 @@ fn ftrace_events_carry_what_ebpf_events_carry() {
     let child = workload::spawn_in(&cgroup, &["pause-stdin", "1", "openat-missing", "5"]);
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(100));
-    let id = create_and_start(
-        &daemon,
-        json!({"target": {"cgroup": cgroup.path()}, "backend": "ftrace",
+    let id = daemon.create_and_start(
+        &json!({"target": {"cgroup": cgroup.path()}, "backend": "ftrace",
                "syscalls": ["openat"], "label": "fields"}),
     );
     assert!(workload::resume_and_wait(child).success());
     daemon.wait_for_session(&id, None, "5 events", |s| s["counters"]["delivered"] == 5);
-    for event in events(&daemon, &id) {
+    for event in daemon.events(&id) {
         assert_eq!(event["pid"], pid, "{event}");
         assert_eq!(event["tid"], pid, "{event}");
         assert_eq!(event["comm"], "syscall_loop", "{event}");
@@ -199,9 +177,8 @@ fn ftrace_traces_docker_exec_processes() {
     require_root();
     let container = TestContainer::run("ftrace-exec", &[]);
     let daemon = Daemon::start(&[]);
-    let id = create_and_start(
-        &daemon,
-        json!({"target": {"container": container.name}, "backend": "ftrace",
+    let id = daemon.create_and_start(
+        &json!({"target": {"container": container.name}, "backend": "ftrace",
                "syscalls": ["getppid"]}),
     );
     assert!(instance_exists(&id));
@@ -215,7 +192,7 @@ fn ftrace_traces_docker_exec_processes() {
         });
         assert_eq!(session["counters"]["dropped"], 0, "{session}");
     }
-    let events = events(&daemon, &id);
+    let events = daemon.events(&id);
     let ours: Vec<&Value> = events
         .iter()
         .filter(|e| e["comm"] == "syscall_loop")
@@ -268,10 +245,8 @@ fn a_daemon_without_ebpf_runs_sessions_on_ftrace() {
     let child = workload::spawn_in(&cgroup, &["pause-stdin", "1", "getppid", "2500"]);
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(100));
-    let id = create_and_start(
-        &daemon,
-        json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]}),
-    );
+    let id = daemon
+        .create_and_start(&json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]}));
     let session = daemon.get(&format!("/v1/sessions/{id}"));
     assert_eq!(session["backend_in_use"], "ftrace", "{session}");
     assert!(
@@ -286,7 +261,7 @@ fn a_daemon_without_ebpf_runs_sessions_on_ftrace() {
         s["counters"]["delivered"] == 2500
     });
     assert_eq!(session["counters"]["matched"], 2500, "{session}");
-    assert!(events(&daemon, &id).iter().all(|e| e["pid"] == pid));
+    assert!(daemon.events(&id).iter().all(|e| e["pid"] == pid));
 }
 
 #[test]
@@ -294,9 +269,8 @@ fn a_small_ftrace_buffer_counts_what_it_drops() {
     require_root();
     let daemon = Daemon::start(&[]);
     let cgroup = TestCgroup::create("ftrace-drops");
-    let id = create_and_start(
-        &daemon,
-        json!({"target": {"cgroup": cgroup.path()}, "backend": "ftrace",
+    let id = daemon.create_and_start(
+        &json!({"target": {"cgroup": cgroup.path()}, "backend": "ftrace",
                "syscalls": ["getppid"], "limits": {"ftrace_buffer_kb": 64}}),
     );
     let calls = 300_000u64;
@@ -340,9 +314,8 @@ fn ftrace_instances_are_removed_after_stop_delete_and_a_crash() {
     let first = workload::spawn_in(&cgroup, &["pause-stdin", "1", "getppid", "100"]);
     let second = workload::spawn_in(&cgroup, &["pause-stdin", "1", "getppid", "50"]);
     std::thread::sleep(Duration::from_millis(100));
-    let id = create_and_start(
-        &daemon,
-        json!({"target": {"cgroup": cgroup.path()}, "backend": "ftrace", "syscalls": ["getppid"]}),
+    let id = daemon.create_and_start(
+        &json!({"target": {"cgroup": cgroup.path()}, "backend": "ftrace", "syscalls": ["getppid"]}),
     );
     assert!(instance_exists(&id));
     assert!(workload::resume_and_wait(first).success());
@@ -385,10 +358,8 @@ fn ftrace_instances_are_removed_after_stop_delete_and_a_crash() {
     assert_eq!(tracerd_instances(), Vec::<String>::new());
 
     // A clean shutdown with a running session removes its instance too.
-    let id = create_and_start(
-        &daemon,
-        json!({"target": {"cgroup": cgroup.path()}, "backend": "ftrace"}),
-    );
+    let id =
+        daemon.create_and_start(&json!({"target": {"cgroup": cgroup.path()}, "backend": "ftrace"}));
     assert!(instance_exists(&id));
     daemon.stop_with(libc::SIGTERM, Duration::from_secs(10));
     assert_eq!(tracerd_instances(), Vec::<String>::new());
