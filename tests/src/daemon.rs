@@ -32,6 +32,7 @@ pub struct Daemon {
     child: Child,
     port: u16,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     base_url: String,
     data_dir: PathBuf,
     log_path: PathBuf,
@@ -42,6 +43,11 @@ impl Daemon {
     /// Starts tracerd on a free loopback port with a fresh data directory, plus `args`, and
     /// waits until `/healthz` answers.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables for the daemon.
+    pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let port = free_port();
         let data_dir =
             std::env::temp_dir().join(format!("tracerd-test-data-{}-{port}", std::process::id()));
@@ -49,7 +55,11 @@ impl Daemon {
         std::fs::create_dir_all(&data_dir).expect("test data dir");
         let log_path = data_dir.join("tracerd.log");
         let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        let child = spawn(port, &data_dir, &args, &log_path);
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        let child = spawn(port, &data_dir, &args, &envs, &log_path);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -58,6 +68,7 @@ impl Daemon {
             child,
             port,
             args,
+            envs,
             base_url: format!("http://127.0.0.1:{port}"),
             data_dir,
             log_path,
@@ -73,7 +84,13 @@ impl Daemon {
         if self.child.try_wait().ok().flatten().is_none() {
             self.stop_with(signal, Duration::from_secs(10));
         }
-        self.child = spawn(self.port, &self.data_dir, &self.args, &self.log_path);
+        self.child = spawn(
+            self.port,
+            &self.data_dir,
+            &self.args,
+            &self.envs,
+            &self.log_path,
+        );
         self.wait_healthy(Duration::from_secs(15));
     }
 
@@ -273,7 +290,13 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn(port: u16, data_dir: &Path, args: &[String], log_path: &Path) -> Child {
+fn spawn(
+    port: u16,
+    data_dir: &Path,
+    args: &[String],
+    envs: &[(String, String)],
+    log_path: &Path,
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -285,6 +308,7 @@ fn spawn(port: u16, data_dir: &Path, args: &[String], log_path: &Path) -> Child 
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
+        .envs(envs.iter().map(|(key, value)| (key, value)))
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log handle"))

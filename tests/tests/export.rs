@@ -223,6 +223,32 @@ fn a_session_chooses_its_collector_or_none() {
 }
 
 #[test]
+fn the_standard_otel_variables_choose_the_default_collector() {
+    require_root();
+    let collector = Collector::start();
+    let endpoint = collector.http_endpoint();
+    let daemon = Daemon::start_with_env(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-team=blue"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ],
+    );
+    let cgroup = TestCgroup::create("otel-env");
+    let (id, _) = run_paused(&cgroup, &["getpid", "75"], || {
+        daemon
+            .create_and_start(&json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getpid"]}))
+    });
+    let session =
+        daemon.wait_for_session(&id, None, "75 spans", |s| s["counters"]["exported"] == 75);
+    assert_eq!(session["export_status"]["endpoint"], endpoint.as_str());
+    assert_eq!(session["export_status"]["protocol"], "http/protobuf");
+    assert_eq!(wait_for_spans(&collector, &id, 75).len(), 75);
+}
+
+#[test]
 fn a_ten_second_outage_loses_and_duplicates_nothing() {
     require_root();
     let mut collector = Collector::start();
