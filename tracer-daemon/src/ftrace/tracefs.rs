@@ -57,8 +57,8 @@ pub fn root() -> Result<PathBuf, TracefsError> {
         .ok_or(TracefsError::NotMounted)
 }
 
-/// Removes every `tracerd-*` instance under `root` (left by a daemon that died), returning
-/// their names.
+/// Removes every `tracerd-*` instance under `root` that nobody reads (left by a daemon that
+/// died), returning their names.
 pub fn remove_stale_instances(root: &Path) -> Result<Vec<String>, TracefsError> {
     let dir = root.join("instances");
     let entries = fs::read_dir(&dir).map_err(|err| TracefsError::io("listing", &dir, err))?;
@@ -66,9 +66,14 @@ pub fn remove_stale_instances(root: &Path) -> Result<Vec<String>, TracefsError> 
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(INSTANCE_PREFIX) {
-            let path = entry.path();
-            fs::remove_dir(&path).map_err(|err| TracefsError::io("removing", &path, err))?;
-            removed.push(name);
+            // An instance whose buffers someone still reads (another tracerd on this host)
+            // refuses removal (EBUSY): it is not stale, leave it.
+            match fs::remove_dir(entry.path()) {
+                Ok(()) => removed.push(name),
+                Err(err) => {
+                    tracing::warn!(instance = %name, %err, "a tracerd-* tracefs instance is in use; left as it is")
+                }
+            }
         }
     }
     Ok(removed)
