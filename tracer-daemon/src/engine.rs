@@ -598,8 +598,8 @@ impl Engine {
         Ok(counters)
     }
 
-    /// Reads every ring (and every ftrace session given) once now and waits until that is
-    /// done.
+    /// Reads every eBPF ring once now and waits until that is done (ftrace sessions have
+    /// their own readers: [`Engine::flush_session`]).
     pub async fn flush(&self) {
         if let Some(ebpf) = &self.ebpf {
             ebpf.flush().await;
