@@ -33,6 +33,8 @@ pub struct Daemon {
     port: u16,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// Capabilities the daemon runs without (dropped with `setpriv`).
+    dropped_caps: Vec<String>,
     base_url: String,
     data_dir: PathBuf,
     log_path: PathBuf,
@@ -48,6 +50,16 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables for the daemon.
     pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_as(args, envs, &[])
+    }
+
+    /// [`Daemon::start`] as root without the capabilities `dropped` (`bpf`, `perfmon`, …):
+    /// removed from its bounding and inheritable sets by `setpriv`.
+    pub fn start_without_capabilities(args: &[&str], dropped: &[&str]) -> Self {
+        Self::start_as(args, &[], dropped)
+    }
+
+    fn start_as(args: &[&str], envs: &[(&str, &str)], dropped: &[&str]) -> Self {
         let port = free_port();
         let data_dir =
             std::env::temp_dir().join(format!("tracerd-test-data-{}-{port}", std::process::id()));
@@ -59,7 +71,8 @@ impl Daemon {
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
-        let child = spawn(port, &data_dir, &args, &envs, &log_path);
+        let dropped_caps: Vec<String> = dropped.iter().map(|cap| cap.to_string()).collect();
+        let child = spawn(port, &data_dir, &args, &envs, &dropped_caps, &log_path);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -69,6 +82,7 @@ impl Daemon {
             port,
             args,
             envs,
+            dropped_caps,
             base_url: format!("http://127.0.0.1:{port}"),
             data_dir,
             log_path,
@@ -89,6 +103,7 @@ impl Daemon {
             &self.data_dir,
             &self.args,
             &self.envs,
+            &self.dropped_caps,
             &self.log_path,
         );
         self.wait_healthy(Duration::from_secs(15));
@@ -295,6 +310,7 @@ fn spawn(
     data_dir: &Path,
     args: &[String],
     envs: &[(String, String)],
+    dropped_caps: &[String],
     log_path: &Path,
 ) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -302,7 +318,22 @@ fn spawn(
         .append(true)
         .open(log_path)
         .expect("daemon log file");
-    Command::new(binary())
+    let mut command = if dropped_caps.is_empty() {
+        Command::new(binary())
+    } else {
+        let drop = dropped_caps
+            .iter()
+            .map(|cap| format!("-{cap}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--inh-caps={drop}"))
+            .arg(format!("--bounding-set={drop}"))
+            .arg(binary());
+        command
+    };
+    command
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")

@@ -265,6 +265,43 @@ fn a_daemon_without_ebpf_runs_sessions_on_ftrace() {
 }
 
 #[test]
+fn a_daemon_that_cannot_load_ebpf_falls_back_to_ftrace() {
+    require_root();
+    // Root without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN: the kernel refuses the programs.
+    let daemon = Daemon::start_without_capabilities(&[], &["bpf", "perfmon", "sys_admin"]);
+    let health = daemon.get("/healthz");
+    assert_eq!(health["backend"], "ftrace", "{health}");
+    let reason = health["backends"]["ebpf"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("permission denied"), "{health}");
+    assert!(
+        daemon.log().contains("eBPF is unavailable"),
+        "{}",
+        daemon.log()
+    );
+
+    let cgroup = TestCgroup::create("fallback");
+    let child = workload::spawn_in(&cgroup, &["pause-stdin", "1", "getppid", "1500"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let id = daemon
+        .create_and_start(&json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]}));
+    let session = daemon.get(&format!("/v1/sessions/{id}"));
+    assert_eq!(session["backend_in_use"], "ftrace", "{session}");
+    assert_eq!(
+        session["backend_reason"],
+        format!("eBPF is unavailable: {reason}"),
+        "{session}"
+    );
+    assert!(workload::resume_and_wait(child).success());
+    let session = daemon.wait_for_session(&id, None, "1500 events", |s| {
+        s["counters"]["delivered"] == 1500
+    });
+    assert_eq!(session["counters"]["matched"], 1500, "{session}");
+}
+
+#[test]
 fn a_small_ftrace_buffer_counts_what_it_drops() {
     require_root();
     let daemon = Daemon::start(&[]);
