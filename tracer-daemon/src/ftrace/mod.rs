@@ -128,23 +128,15 @@ impl FtraceBackend {
             control: None,
             produced: Arc::new(AtomicU64::new(0)),
         };
-        if pids.traces_cgroups() {
-            for &id in &filter.cgroups {
-                self.add_cgroup(&session, id)?;
+        let armed = self.arm(&session, filter);
+        let cpus = match armed {
+            Ok(cpus) => cpus,
+            Err(err) => {
+                // The join watcher must not keep reporting to a session that never started.
+                self.joins.unregister_all(&session.pids);
+                return Err(err);
             }
-        }
-        // Joins are reported from here on; now read who is already in.
-        pids.resync();
-
-        for event in [SYSCALL_ENTER, SYSCALL_EXIT] {
-            instance.write(&format!("events/{event}/enable"), "1")?;
-        }
-        if self.decoder.has_task_events() {
-            for event in TASK_EVENTS {
-                instance.write(&format!("events/{event}/enable"), "1")?;
-            }
-        }
-        let cpus = joins::open_cpu_buffers(&instance)?;
+        };
         let introduced = pids.clone();
         let tracker = Tracker::new(
             RecordFilter {
@@ -169,18 +161,52 @@ impl FtraceBackend {
             stats,
         };
         let (control, requests) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(format!(
-                "tracerd-ftrace-{}",
-                &options.name[..options.name.len().min(8)]
-            ))
-            .spawn(move || reader.run(requests))
-            .map_err(|err| TracefsError::io("starting the reader of", instance.path(), err))?;
+        let short: String = options.name.chars().take(8).collect();
+        let spawned = std::thread::Builder::new()
+            .name(format!("tracerd-ftrace-{short}"))
+            .spawn(move || reader.run(requests));
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(err) => {
+                self.joins.unregister_all(&session.pids);
+                return Err(TracefsError::io(
+                    "starting the reader of",
+                    instance.path(),
+                    err,
+                ));
+            }
+        };
         Ok(FtraceSession {
             reader: Some(thread),
             control: Some(control),
             ..session
         })
+    }
+
+    /// Registers the session's cgroups for joins, reads who is in them, enables the events and
+    /// opens the per-CPU buffers.
+    fn arm(
+        &self,
+        session: &FtraceSession,
+        filter: &KernelFilter,
+    ) -> Result<Vec<std::fs::File>, TracefsError> {
+        if session.pids.traces_cgroups() {
+            for &id in &filter.cgroups {
+                self.add_cgroup(session, id)?;
+            }
+        }
+        // Joins are reported from here on; now read who is already in.
+        session.pids.resync();
+        let instance = &session.instance;
+        for event in [SYSCALL_ENTER, SYSCALL_EXIT] {
+            instance.write(&format!("events/{event}/enable"), "1")?;
+        }
+        if self.decoder.has_task_events() {
+            for event in TASK_EVENTS {
+                instance.write(&format!("events/{event}/enable"), "1")?;
+            }
+        }
+        joins::open_cpu_buffers(instance)
     }
 
     /// Adds a cgroup to a running session: its threads now, and its joiners from now on.
