@@ -23,6 +23,9 @@ const PAGES_PER_CPU_PASS: usize = 64;
 /// the join events (which report every join, but can be lost if the watcher's buffer fills).
 const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 
+/// At most this many passes (of up to 64 pages per CPU) answer one flush or stop.
+const MAX_DRAIN_PASSES: usize = 1024;
+
 pub(super) enum Control {
     /// Read everything there is now, then acknowledge.
     Flush(Sender<()>),
@@ -73,9 +76,14 @@ impl Reader {
         }
     }
 
-    /// Passes until the buffers are empty.
+    /// Passes until the buffers are empty (bounded: a flush while tracing goes on at a rate
+    /// the reader cannot match must still end).
     fn drain(&mut self, page: &mut [u8], batch: &mut Vec<(u64, Raw)>) {
-        while self.pass(page, batch) > 0 {}
+        for _ in 0..MAX_DRAIN_PASSES {
+            if self.pass(page, batch) == 0 {
+                return;
+            }
+        }
     }
 
     /// Reads up to [`PAGES_PER_CPU_PASS`] pages from each CPU, then handles their events in
