@@ -23,8 +23,8 @@ const PAGES_PER_CPU_PASS: usize = 64;
 /// the join events (which report every join, but can be lost if the watcher's buffer fills).
 const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// At most this many passes (of up to 64 pages per CPU) answer one flush or stop.
-const MAX_DRAIN_PASSES: usize = 1024;
+/// At most this many passes (of up to 64 pages per CPU) answer one flush.
+const MAX_FLUSH_PASSES: usize = 1024;
 
 pub(super) enum Control {
     /// Read everything there is now, then acknowledge.
@@ -64,11 +64,13 @@ impl Reader {
             };
             match control.recv_timeout(wait) {
                 Ok(Control::Flush(ack)) => {
-                    self.drain(&mut page, &mut batch);
+                    // Bounded: tracing goes on, maybe faster than the reader.
+                    self.drain(&mut page, &mut batch, MAX_FLUSH_PASSES);
                     let _ = ack.send(());
                 }
                 Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    self.drain(&mut page, &mut batch);
+                    // Tracing is off: everything recorded is read.
+                    self.drain(&mut page, &mut batch, usize::MAX);
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -76,10 +78,9 @@ impl Reader {
         }
     }
 
-    /// Passes until the buffers are empty (bounded: a flush while tracing goes on at a rate
-    /// the reader cannot match must still end).
-    fn drain(&mut self, page: &mut [u8], batch: &mut Vec<(u64, Raw)>) {
-        for _ in 0..MAX_DRAIN_PASSES {
+    /// Passes until the buffers are empty, or `max_passes` were made.
+    fn drain(&mut self, page: &mut [u8], batch: &mut Vec<(u64, Raw)>, max_passes: usize) {
+        for _ in 0..max_passes {
             if self.pass(page, batch) == 0 {
                 return;
             }
