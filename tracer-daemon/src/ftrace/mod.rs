@@ -151,6 +151,7 @@ impl FtraceBackend {
             }),
         );
         let reader = Reader {
+            instance: instance.clone(),
             cpus,
             layout: self.layout,
             decoder: self.decoder.clone(),

@@ -13,7 +13,12 @@ use std::{
 
 use tracefs_parse::{Page, PageHeaderLayout};
 
-use super::{decode::Decoder, decode::Raw, joins::PidSync, tracker::Tracker};
+use super::{
+    decode::{Decoder, Raw},
+    joins::PidSync,
+    tracefs::Instance,
+    tracker::Tracker,
+};
 use crate::engine::{DrainStats, Event, Route, FLUSH_INTERVAL};
 
 /// Pages read from one CPU per pass before moving to the next, so one busy CPU cannot delay
@@ -34,6 +39,7 @@ pub(super) enum Control {
 }
 
 pub(super) struct Reader {
+    pub instance: Arc<Instance>,
     pub cpus: Vec<File>,
     pub layout: PageHeaderLayout,
     pub decoder: Arc<Decoder>,
@@ -69,7 +75,9 @@ impl Reader {
                     let _ = ack.send(());
                 }
                 Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    // Tracing is off: everything recorded is read.
+                    // Tracing is off (stop turns it off first; a session dropped without a
+                    // stop, here): everything recorded is read.
+                    let _ = self.instance.write("tracing_on", "0");
                     self.drain(&mut page, &mut batch, usize::MAX);
                     return;
                 }
