@@ -313,6 +313,39 @@ fn a_ten_second_outage_loses_and_duplicates_nothing() {
 }
 
 #[test]
+fn spans_left_unsent_at_a_stop_go_first_in_the_next_run() {
+    require_root();
+    let mut collector = Collector::start();
+    let endpoint = collector.grpc_endpoint();
+    collector.stop();
+    let daemon = Daemon::start(&["--otlp-endpoint", &endpoint]);
+    let cgroup = TestCgroup::create("next-run");
+    let (id, _) = run_paused(&cgroup, &["getppid", "300"], || {
+        daemon.create_and_start(
+            &json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]}),
+        )
+    });
+    daemon.wait_for_session(&id, None, "300 events", |s| {
+        s["counters"]["delivered"] == 300
+    });
+    // The collector is away: the stop waits its grace period, then leaves the spans on disk.
+    let (status, stopped) = daemon.call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["counters"]["exported"], 0, "{stopped}");
+    assert_eq!(stopped["counters"]["spooled"], 300, "{stopped}");
+    collector.resume();
+    // The next run has nothing new to send, only what the first left.
+    let (status, _) = daemon.call("POST", &format!("/v1/sessions/{id}/start"), None, None);
+    assert_eq!(status, 200);
+    let session = daemon.wait_for_session(&id, None, "the first run's spans exported", |s| {
+        s["counters"]["exported"] == 300
+    });
+    assert_eq!(session["export_status"]["pending_spans"], 0, "{session}");
+    let spans = wait_for_spans(&collector, &id, 300);
+    assert_one_for_one(&daemon.events(&id), &spans);
+}
+
+#[test]
 fn a_collector_that_never_comes_back_bounds_the_spool() {
     require_root();
     // Nothing listens on this port.

@@ -162,6 +162,7 @@ fn inputs(count: usize) -> Vec<SpanInput> {
         image: "registry.example/shop/web:2.3.1".into(),
     });
     let calls = [(0u32, 3i64), (1, 1), (257, 5), (39, 1234)];
+    let clock = WallClock::now();
     (0..count)
         .map(|index| {
             // SAFETY: SyscallRecord is plain old data; all zeroes is a valid record.
@@ -182,6 +183,7 @@ fn inputs(count: usize) -> Vec<SpanInput> {
                     path: (nr == 257).then(|| "/var/www/shop/config/app.php".into()),
                 }),
                 container: Some(container.clone()),
+                clock,
             }
         })
         .collect()
@@ -193,7 +195,6 @@ fn session() -> SessionInfo {
         name: "bench.otlp".into(),
         label: Some("bench".into()),
         run: 1,
-        clock: WallClock::now(),
     }
 }
 

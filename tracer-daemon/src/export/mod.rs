@@ -42,13 +42,20 @@ use self::{
     span::{SessionInfo, SpanMaker},
     spool::{Peeked, Spool},
 };
-use crate::{engine::Event, lock, session::manager::ContainerMeta};
+use crate::{
+    engine::Event,
+    lock,
+    session::{event_json::WallClock, manager::ContainerMeta},
+};
 
 /// One delivered record on its way to becoming a span.
 #[derive(Clone, Debug)]
 pub struct SpanInput {
     pub event: Arc<Event>,
     pub container: Option<Arc<ContainerMeta>>,
+    /// The wall clock of the run that recorded it (a span sent by a later run, from the
+    /// spool, keeps the times its event has).
+    pub clock: WallClock,
 }
 
 /// How a run's export batches and where it may spill.
@@ -111,7 +118,9 @@ struct Queue {
     /// Spans in the batch being sent, when it came from memory (a batch from the spool is
     /// still counted there until it is sent).
     in_flight: u64,
-    closed: bool,
+    /// When the run ended (no more pushes); the sender then has `close_grace` to send what is
+    /// left before leaving it in the spool.
+    closed: Option<Instant>,
     state: &'static str,
     last_error: Option<String>,
 }
@@ -184,7 +193,7 @@ impl Export {
                 memory: VecDeque::new(),
                 spool,
                 in_flight: 0,
-                closed: false,
+                closed: None,
                 state: "ok",
                 last_error: None,
             }),
@@ -227,7 +236,7 @@ impl Export {
     /// Ends the run's export: sends what is queued (waiting at most `close_grace` for a
     /// failing collector), leaving the rest in the spool.
     pub async fn finish(self) {
-        lock(&self.shared.queue).closed = true;
+        lock(&self.shared.queue).closed = Some(Instant::now());
         self.shared.wake.notify_one();
         if let Err(err) = self.task.await {
             tracing::error!(%err, "the span sender died");
@@ -440,10 +449,10 @@ fn settle(
         queue.state = "retrying";
     }
     queue.last_error = Some(error);
-    if queue.closed {
-        let since = *closing_since.get_or_insert_with(Instant::now);
+    if let Some(closed) = queue.closed {
+        let since = *closing_since.get_or_insert(closed);
         if since.elapsed() >= shared.options.close_grace {
-            give_back(&mut queue, batch);
+            give_back(shared, &mut queue, batch);
             return Settled::GivenBack;
         }
     }
@@ -452,16 +461,26 @@ fn settle(
 
 /// The run ended with the collector away: the unsent batch and the memory queue go to the
 /// head of the spool, in order, for the next run.
-fn give_back(queue: &mut Queue, batch: &Batch) {
+fn give_back(shared: &Shared, queue: &mut Queue, batch: &Batch) {
     let mut rest: Vec<SpanInput> = Vec::new();
     if batch.from_spool.is_none() {
         rest.extend(batch.inputs.iter().cloned());
     }
     rest.extend(queue.memory.drain(..));
     queue.in_flight = 0;
-    if let Err(err) = queue.spool.prepend(&rest) {
-        tracing::error!(%err, spans = rest.len(), "keeping unsent spans in the spool failed");
-    }
+    keep_for_next_run(shared, queue, rest);
+}
+
+/// Puts unsent spans (older than everything in the spool) at the spool's head.
+fn keep_for_next_run(shared: &Shared, queue: &mut Queue, rest: Vec<SpanInput>) {
+    let counter = match queue.spool.prepend(&rest) {
+        Ok(()) => &shared.counters.spooled,
+        Err(err) => {
+            tracing::error!(%err, spans = rest.len(), "keeping unsent spans in the spool failed");
+            &shared.counters.failed
+        }
+    };
+    counter.fetch_add(rest.len() as u64, Ordering::Relaxed);
     tracing::warn!(
         spans = queue.spool.spans(),
         "the run ended with spans unsent; they wait in the spool for the next run"
@@ -477,13 +496,23 @@ async fn take_batch(shared: &Shared) -> Option<Batch> {
         {
             let mut queue = lock(&shared.queue);
             let available = queue.memory.len() as u64 + queue.spool.spans();
-            if available == 0 && queue.closed {
+            if available == 0 && queue.closed.is_some() {
+                return None;
+            }
+            if queue
+                .closed
+                .is_some_and(|closed| closed.elapsed() >= options.close_grace)
+            {
+                // The run is over and its grace spent (a slow collector, a long spool): what
+                // is in memory joins the spool's head for the next run.
+                let rest: Vec<SpanInput> = queue.memory.drain(..).collect();
+                keep_for_next_run(shared, &mut queue, rest);
                 return None;
             }
             if available > 0 {
                 let since = *first_seen.get_or_insert_with(Instant::now);
                 let due = available >= options.batch_spans as u64
-                    || queue.closed
+                    || queue.closed.is_some()
                     || since.elapsed() >= options.batch_delay;
                 if due {
                     if !queue.memory.is_empty() {

@@ -1,8 +1,9 @@
 //! Syscall records as OpenTelemetry spans.
 //!
 //! - Name: the syscall's name. Start and end: the kernel's entry and exit times (CLOCK_MONOTONIC)
-//!   moved to wall-clock time with one offset per run, so spans keep the kernel's order and
-//!   durations exactly.
+//!   moved to wall-clock time with the offset of the run that recorded them (the one its event
+//!   log uses, so a span starts at its event's `ts` exactly), keeping the kernel's order and
+//!   durations.
 //! - Status: error, described by the errno name (`ENOENT`), when the call returned an error.
 //! - Attributes: OpenTelemetry semantic conventions where they exist (`process.pid`,
 //!   `thread.id`, `process.executable.name`, `container.id`, `container.name`,
@@ -39,9 +40,6 @@ pub struct SessionInfo {
     pub label: Option<String>,
     /// The run (1, 2, …): traces do not span runs.
     pub run: u32,
-    /// The run's conversion to wall-clock time (the event log's too, so a span starts at
-    /// its event's `ts` exactly).
-    pub clock: WallClock,
 }
 
 /// A span's place: its trace and its id.
@@ -53,7 +51,6 @@ pub struct SpanIds {
 
 /// Makes the spans of one run.
 pub struct SpanMaker {
-    clock: WallClock,
     scope: InstrumentationScope,
     /// Half of every trace id: the session and run.
     run_hash: u64,
@@ -91,7 +88,6 @@ impl SpanMaker {
         let mut hasher = DefaultHasher::new();
         (session.id, session.run).hash(&mut hasher);
         Self {
-            clock: session.clock,
             scope: InstrumentationScope::builder("tracerd")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -131,7 +127,7 @@ impl SpanMaker {
     /// Makes an input's span with the ids it was given.
     pub fn build(&mut self, input: &SpanInput, ids: &SpanIds) -> SpanData {
         let record = &input.event.record;
-        let start = self.wall(record.enter_ns);
+        let start = wall(&input.clock, record.enter_ns);
         let end = start + Duration::from_nanos(record.duration_ns);
         let name: Cow<'static, str> = match syscall_name(record.nr) {
             Some(name) => Cow::Borrowed(name),
@@ -218,15 +214,16 @@ impl SpanMaker {
             instrumentation_scope: self.scope.clone(),
         }
     }
+}
 
-    fn wall(&self, monotonic_ns: u64) -> SystemTime {
-        let unix_ns = self.clock.unix_ns(monotonic_ns).max(0) as u128;
-        SystemTime::UNIX_EPOCH
-            + Duration::new(
-                (unix_ns / 1_000_000_000) as u64,
-                (unix_ns % 1_000_000_000) as u32,
-            )
-    }
+/// A CLOCK_MONOTONIC reading as wall-clock time, by the run's clock.
+fn wall(clock: &WallClock, monotonic_ns: u64) -> SystemTime {
+    let unix_ns = clock.unix_ns(monotonic_ns).max(0) as u128;
+    SystemTime::UNIX_EPOCH
+        + Duration::new(
+            (unix_ns / 1_000_000_000) as u64,
+            (unix_ns % 1_000_000_000) as u32,
+        )
 }
 
 /// `ENOENT` for -2, the errno's number if it has no name here.
@@ -263,6 +260,7 @@ mod tests {
                 name: "web".into(),
                 image: "nginx:1".into(),
             })),
+            clock: WallClock::now(),
         }
     }
 
@@ -280,7 +278,6 @@ mod tests {
             name: "s".into(),
             label: Some("ci-42".into()),
             run: 1,
-            clock: WallClock::now(),
         });
         let span = maker.span(&input(100, -2));
         assert_eq!(span.name, "openat");
@@ -321,7 +318,6 @@ mod tests {
             name: "s".into(),
             label: None,
             run: 1,
-            clock: WallClock::now(),
         });
         let first = maker.span(&input(7, 0)).span_context.trace_id();
         for _ in 1..SPANS_PER_TRACE {

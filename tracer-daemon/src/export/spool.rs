@@ -15,7 +15,10 @@ use std::{
 use tracer_common::SyscallRecord;
 
 use super::SpanInput;
-use crate::{engine::Event, session::manager::ContainerMeta};
+use crate::{
+    engine::Event,
+    session::{event_json::WallClock, manager::ContainerMeta},
+};
 
 /// Segments are closed at this size and a new one started.
 const SEGMENT_BYTES: u64 = 8 << 20;
@@ -25,6 +28,8 @@ const FIRST_SEGMENT: u64 = 1 << 32;
 /// Inputs read from the head, and where reading goes on once they are sent.
 pub struct Peeked {
     pub inputs: Vec<SpanInput>,
+    /// How many frames were read (the inputs may have been taken out since).
+    count: u64,
     to: Position,
     bytes: u64,
 }
@@ -209,6 +214,8 @@ impl Spool {
         self.flush()?;
         let mut inputs = Vec::new();
         let mut bytes = 0u64;
+        // Frames read, the corrupt ones skipped included: all leave the count when committed.
+        let mut frames = 0u64;
         let mut at = self.read;
         while inputs.len() < max && at.segment <= self.write_segment {
             let path = self.segment_path(at.segment);
@@ -235,6 +242,7 @@ impl Spool {
                     }
                 }
                 used += 4 + len;
+                frames += 1;
             }
             at.offset += used as u64;
             bytes += used as u64;
@@ -253,6 +261,7 @@ impl Spool {
             }
         }
         Ok(Peeked {
+            count: frames,
             inputs,
             to: at,
             bytes,
@@ -267,7 +276,7 @@ impl Spool {
 
     /// Marks a peeked batch as sent.
     pub fn commit(&mut self, peeked: &Peeked) -> std::io::Result<()> {
-        self.spans = self.spans.saturating_sub(peeked.inputs.len() as u64);
+        self.spans = self.spans.saturating_sub(peeked.count);
         self.bytes = self.bytes.saturating_sub(peeked.bytes);
         self.set_read(peeked.to)
     }
@@ -332,8 +341,8 @@ fn put_str(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(bytes);
 }
 
-/// Frame: length (u32) | record (its bytes) | path (u16 length, `u16::MAX` for none) |
-/// container flag (u8) and id, name, image (u16 length each).
+/// Frame: length (u32) | record (its bytes) | the run's wall-clock offset (i128) | path (u16
+/// length, `u16::MAX` for none) | container flag (u8) and id, name, image (u16 length each).
 fn encode(input: &SpanInput, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
@@ -345,6 +354,7 @@ fn encode(input: &SpanInput, out: &mut Vec<u8>) {
         )
     };
     out.extend_from_slice(record);
+    out.extend_from_slice(&input.clock.offset_ns().to_le_bytes());
     match &input.event.path {
         Some(path) => put_str(out, path),
         None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
@@ -388,6 +398,7 @@ fn decode(frame: &[u8]) -> Option<SpanInput> {
     let bytes = reader.take(SyscallRecord::SIZE)?;
     // SAFETY: SIZE bytes of a record written by `encode`; every bit pattern is valid.
     let record: SyscallRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let clock = WallClock::from_offset_ns(i128::from_le_bytes(reader.take(16)?.try_into().ok()?));
     let path = match reader.u16()? {
         u16::MAX => None,
         len => Some(String::from_utf8_lossy(reader.take(len as usize)?).into()),
@@ -403,6 +414,7 @@ fn decode(frame: &[u8]) -> Option<SpanInput> {
     Some(SpanInput {
         event: Arc::new(Event { record, path }),
         container,
+        clock,
     })
 }
 
@@ -426,6 +438,7 @@ mod tests {
                     image: "nginx".into(),
                 })
             }),
+            clock: WallClock::from_offset_ns(42),
         }
     }
 
@@ -444,6 +457,7 @@ mod tests {
         assert_eq!(nrs(&head.inputs), [10, 11, 12, 13]);
         assert_eq!(head.inputs[0].event.path.as_deref(), Some("/etc/hosts"));
         assert_eq!(head.inputs[2].container.as_ref().unwrap().image, "nginx");
+        assert_eq!(head.inputs[1].clock.offset_ns(), 42);
         spool.commit(&head).unwrap();
         // An older batch goes back in front.
         spool.prepend(&[input(1, false), input(2, true)]).unwrap();

@@ -25,6 +25,16 @@ impl WallClock {
         }
     }
 
+    /// The offset (CLOCK_REALTIME − CLOCK_MONOTONIC), to keep with records that outlive the
+    /// run (a span spool), and back.
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
+    pub fn from_offset_ns(offset_ns: i128) -> Self {
+        Self { offset_ns }
+    }
+
     /// Nanoseconds since the Unix epoch for a CLOCK_MONOTONIC reading.
     pub fn unix_ns(&self, monotonic_ns: u64) -> i128 {
         monotonic_ns as i128 + self.offset_ns

@@ -418,7 +418,7 @@ impl SessionManager {
             }
         }
         let clock = WallClock::now();
-        let export = match self.start_export(&row, &spec, clock) {
+        let export = match self.start_export(&row, &spec) {
             Ok(export) => export,
             Err(err) => {
                 let _ = self.engine.stop_session(handle).await;
@@ -611,7 +611,6 @@ impl SessionManager {
         &self,
         row: &SessionRow,
         spec: &SessionSpec,
-        clock: WallClock,
     ) -> Result<Option<Export>, ManagerError> {
         let default = self.options.export_default.as_ref();
         let config = match &spec.export {
@@ -630,7 +629,6 @@ impl SessionManager {
             name: row.name.clone(),
             label: spec.label.clone(),
             run: row.runs + 1,
-            clock,
         };
         let export = Export::start(
             &config,
@@ -1291,6 +1289,7 @@ impl RunWriter {
                         spans.push(SpanInput {
                             event: event.clone(),
                             container: container.cloned(),
+                            clock,
                         });
                     }
                     event_json::write_line(
