@@ -62,6 +62,21 @@ pub fn output_dir() -> PathBuf {
     dir
 }
 
+/// Writes a benchmark's results: `target/bench/<name>.json` and `.md`, its section of
+/// docs/benchmarks.md, and the table on stdout.
+pub fn publish(name: &str, results: &serde_json::Value, table: &str) {
+    let dir = output_dir();
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(results).expect("results as JSON"),
+    )
+    .expect("writing the JSON results");
+    std::fs::write(dir.join(format!("{name}.md")), table).expect("writing the table");
+    update_docs(name, table);
+    println!("\n{table}");
+    println!("wrote target/bench/{name}.json, target/bench/{name}.md and docs/benchmarks.md");
+}
+
 /// Replaces the part of docs/benchmarks.md between this benchmark's markers (appending it
 /// the first time).
 pub fn update_docs(name: &str, section: &str) {

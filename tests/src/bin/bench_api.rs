@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::{json, Value};
 use tracer_tests::{
-    bench::{machine, output_dir, update_docs},
+    bench::{machine, publish},
     cgroup::TestCgroup,
     daemon::Daemon,
     require_root,
@@ -84,17 +84,7 @@ fn main() {
         "get": reads.to_json(),
         "lifecycle": lifecycles.to_json(),
     });
-    let dir = output_dir();
-    std::fs::write(
-        dir.join("api.json"),
-        serde_json::to_string_pretty(&results).unwrap(),
-    )
-    .unwrap();
-    let table = markdown(&results);
-    std::fs::write(dir.join("api.md"), &table).unwrap();
-    update_docs("api", &table);
-    println!("\n{table}");
-    println!("wrote target/bench/api.json, target/bench/api.md and docs/benchmarks.md");
+    publish("api", &results, &markdown(&results));
 }
 
 /// Creates the stored sessions, 16 requests at a time.

@@ -42,7 +42,7 @@ use tracer_daemon::{
     session::{event_json::WallClock, manager::ContainerMeta},
 };
 use tracer_tests::{
-    bench::{machine, median, output_dir, update_docs},
+    bench::{machine, median, output_dir, publish},
     collector::Collector,
     require_root,
 };
@@ -126,17 +126,7 @@ fn main() {
         "tracerd_path": ours,
         "sdk_path": sdk,
     });
-    let dir = output_dir();
-    std::fs::write(
-        dir.join("otlp.json"),
-        serde_json::to_string_pretty(&results).unwrap(),
-    )
-    .unwrap();
-    let table = markdown(&results);
-    std::fs::write(dir.join("otlp.md"), &table).unwrap();
-    update_docs("otlp", &table);
-    println!("\n{table}");
-    println!("wrote target/bench/otlp.json, target/bench/otlp.md and docs/benchmarks.md");
+    publish("otlp", &results, &markdown(&results));
 }
 
 fn pin_to_cpu(cpu: usize) {

@@ -17,9 +17,7 @@ use tracer_daemon::{
     engine::{monotonic_ns, Engine, EngineOptions},
 };
 use tracer_tests::{
-    bench::{
-        getppid_loop, getppid_loop_in, loop_ns, machine, median, output_dir, timed, update_docs,
-    },
+    bench::{getppid_loop, getppid_loop_in, loop_ns, machine, median, output_dir, publish, timed},
     cgroup::TestCgroup,
     require_root, workload,
 };
@@ -129,17 +127,7 @@ fn main() {
         "ebpf": ebpf,
         "peers": peers,
     });
-    let dir = output_dir();
-    std::fs::write(
-        dir.join("ringbuf.json"),
-        serde_json::to_string_pretty(&results).unwrap(),
-    )
-    .unwrap();
-    let table = markdown(&results);
-    std::fs::write(dir.join("ringbuf.md"), &table).unwrap();
-    update_docs("ringbuf", &table);
-    println!("\n{table}");
-    println!("wrote target/bench/ringbuf.json, target/bench/ringbuf.md and docs/benchmarks.md");
+    publish("ringbuf", &results, &markdown(&results));
 }
 
 fn ns_per_call(runs: usize, command: impl Fn() -> Command, calls: u64) -> f64 {
