@@ -401,6 +401,19 @@ impl SessionManager {
             handle.backend().as_str(),
             handle.backend_reason().to_owned(),
         );
+        // Before a launched container starts: nothing it does should wait for an export that
+        // cannot start.
+        let clock = WallClock::now();
+        let export = match self.start_export(&row, &spec) {
+            Ok(export) => export,
+            Err(err) => {
+                let _ = self.engine.stop_session(handle).await;
+                if let Some(container) = &resolved.launched {
+                    self.docker.remove(container).await;
+                }
+                return Err(err);
+            }
+        };
         if let Some(container) = &resolved.launched {
             // The kernel filter holds the container's cgroup already: its first syscall is
             // traced.
@@ -410,6 +423,9 @@ impl SessionManager {
             {
                 let _ = self.engine.stop_session(handle).await;
                 self.docker.remove(container).await;
+                if let Some(export) = export {
+                    export.finish().await;
+                }
                 row.status = Status::Failed;
                 row.error = Some(err.to_string());
                 row.updated_at = now_rfc3339();
@@ -417,14 +433,6 @@ impl SessionManager {
                 return Err(err);
             }
         }
-        let clock = WallClock::now();
-        let export = match self.start_export(&row, &spec) {
-            Ok(export) => export,
-            Err(err) => {
-                let _ = self.engine.stop_session(handle).await;
-                return Err(err);
-            }
-        };
         let progress = Arc::new(RunProgress::default());
         let containers = Arc::new(std::sync::RwLock::new(resolved.containers));
         let follow = resolved.follow.map(|(selector, traced)| Follow {
