@@ -102,6 +102,24 @@ pub(crate) struct DeliveryCounters {
     dropped: AtomicU64,
 }
 
+impl DeliveryCounters {
+    /// The session's counters, given what the kernel side counted.
+    fn with_kernel(&self, matched: u64, dropped_kernel: u64) -> SessionCounters {
+        SessionCounters {
+            matched,
+            delivered: self.delivered.load(Ordering::Relaxed),
+            dropped_kernel,
+            dropped_userspace: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// On ftrace every record made is delivered or dropped by the queue, and events the
+    /// ring buffer lost never became records.
+    fn with_ftrace(&self, produced: u64, lost: u64) -> SessionCounters {
+        self.with_kernel(produced + lost, lost)
+    }
+}
+
 /// Where a session's records go: its bounded channel, and its delivery counters.
 #[derive(Clone)]
 pub(crate) struct Route {
@@ -518,26 +536,15 @@ impl Engine {
 
     /// The session's counters now.
     pub fn counters(&self, session: &SessionHandle) -> Result<SessionCounters, EngineError> {
-        let delivered = session.counters.delivered.load(Ordering::Relaxed);
-        let dropped_userspace = session.counters.dropped.load(Ordering::Relaxed);
-        let (matched, dropped_kernel) = match &session.backend {
+        match &session.backend {
             SessionBackend::Ebpf { slot } => {
                 let kernel = lock(&self.ebpf().backend).slot_counters(*slot)?;
-                (kernel.matched, kernel.dropped)
+                Ok(session.counters.with_kernel(kernel.matched, kernel.dropped))
             }
-            // Every record made is delivered or dropped by the queue; lost events never
-            // became records.
-            SessionBackend::Ftrace(ftrace) => {
-                let lost = ftrace.lost_events();
-                (ftrace.produced() + lost, lost)
-            }
-        };
-        Ok(SessionCounters {
-            matched,
-            delivered,
-            dropped_kernel,
-            dropped_userspace,
-        })
+            SessionBackend::Ftrace(ftrace) => Ok(session
+                .counters
+                .with_ftrace(ftrace.produced(), ftrace.lost_events())),
+        }
     }
 
     /// Stops a session: no new syscall matches it, every record already written for it is
@@ -560,12 +567,7 @@ impl Engine {
                             std::io::Error::other(err.to_string()),
                         ))
                     })?;
-                return Ok(SessionCounters {
-                    matched: produced + lost,
-                    delivered: session.counters.delivered.load(Ordering::Relaxed),
-                    dropped_kernel: lost,
-                    dropped_userspace: session.counters.dropped.load(Ordering::Relaxed),
-                });
+                return Ok(session.counters.with_ftrace(produced, lost));
             }
         };
         let ebpf = self.ebpf();

@@ -303,8 +303,8 @@ fn build_exporter(
                     .map_err(|err| fail(format!("header value for {key:?}: {err}")))?;
                 metadata.insert(key, value);
             }
-            // Our own channel: HTTP/2's default 64 KiB windows make a batch of spans (hundreds
-            // of KiB) wait for window updates; measured, larger windows send it at once.
+            // Our own channel: with HTTP/2's default 64 KiB windows a batch of spans (hundreds
+            // of KiB) waits for window updates on the way; larger windows let it go at once.
             let mut endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
                 .map_err(|err| fail(err.to_string()))?
                 .timeout(config.timeout)
@@ -410,6 +410,17 @@ async fn send(
     }
 }
 
+/// Advances the spool past a peeked batch; its corrupt frames, skipped, count as failed.
+fn commit_spool(shared: &Shared, queue: &mut Queue, peeked: &Peeked) {
+    shared
+        .counters
+        .failed
+        .fetch_add(peeked.skipped, Ordering::Relaxed);
+    if let Err(err) = queue.spool.commit(peeked) {
+        tracing::error!(%err, "advancing the span spool failed");
+    }
+}
+
 enum Settled {
     Sent,
     Retry,
@@ -427,9 +438,7 @@ fn settle(
     let mut queue = lock(&shared.queue);
     let Some(error) = error else {
         if let Some(peeked) = &batch.from_spool {
-            if let Err(err) = queue.spool.commit(peeked) {
-                tracing::error!(%err, "advancing the span spool failed");
-            }
+            commit_spool(shared, &mut queue, peeked);
         }
         queue.in_flight = 0;
         if queue.state != "spool_full" || queue.spool.is_empty() {
@@ -533,10 +542,15 @@ async fn take_batch(shared: &Shared) -> Option<Batch> {
                             });
                         }
                         Ok(peeked) => {
-                            // Counted but unreadable (a torn or corrupt tail): skip it.
-                            tracing::error!("the span spool has unreadable data; skipping it");
-                            let _ = queue.spool.commit(&peeked);
-                            queue.spool.forget_unreadable();
+                            // Counted but unreadable (a torn or corrupt tail): those spans
+                            // are lost to export, and counted so.
+                            tracing::error!("the span spool has unreadable data; giving it up");
+                            commit_spool(shared, &mut queue, &peeked);
+                            let forgotten = queue.spool.forget_unreadable();
+                            shared
+                                .counters
+                                .failed
+                                .fetch_add(forgotten, Ordering::Relaxed);
                         }
                         Err(err) => {
                             tracing::error!(%err, "reading the span spool failed");

@@ -30,6 +30,8 @@ pub struct Peeked {
     pub inputs: Vec<SpanInput>,
     /// How many frames were read (the inputs may have been taken out since).
     count: u64,
+    /// Of those, how many were corrupt and skipped: spans that will never be sent.
+    pub skipped: u64,
     to: Position,
     bytes: u64,
 }
@@ -237,9 +239,10 @@ impl Spool {
                 };
                 match decode(&data[used + 4..used + 4 + len]) {
                     Some(input) => inputs.push(input),
-                    None => {
-                        tracing::error!(spool = %path.display(), "skipping a corrupt spool frame")
-                    }
+                    None => tracing::error!(
+                        spool = %path.display(),
+                        "a corrupt spool frame: its span is counted as export_failed"
+                    ),
                 }
                 used += 4 + len;
                 frames += 1;
@@ -261,6 +264,7 @@ impl Spool {
             }
         }
         Ok(Peeked {
+            skipped: frames - inputs.len() as u64,
             count: frames,
             inputs,
             to: at,
@@ -268,10 +272,11 @@ impl Spool {
         })
     }
 
-    /// Gives up on unread data that cannot be decoded (counted, but no frame parses).
-    pub fn forget_unreadable(&mut self) {
-        self.spans = 0;
+    /// Gives up on unread data that cannot be decoded (counted, but no frame parses);
+    /// returns how many spans that was.
+    pub fn forget_unreadable(&mut self) -> u64 {
         self.bytes = 0;
+        std::mem::take(&mut self.spans)
     }
 
     /// Marks a peeked batch as sent.
@@ -470,6 +475,25 @@ mod tests {
         spool.commit(&all).unwrap();
         assert!(spool.is_empty());
         assert_eq!(spool.bytes(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_frame_is_skipped_and_reported() {
+        let dir = std::env::temp_dir().join(format!("tracerd-spool-bad-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+        spool.append(&[input(1, false)]).unwrap();
+        // A whole frame whose content does not decode (3 bytes: shorter than a record).
+        let mut bogus = OpenOptions::new()
+            .append(true)
+            .open(spool.segment_path(spool.write_segment))
+            .unwrap();
+        bogus.write_all(&[3, 0, 0, 0, 9, 9, 9]).unwrap();
+        spool.append(&[input(2, true)]).unwrap();
+        let peeked = spool.peek(10).unwrap();
+        assert_eq!(nrs(&peeked.inputs), [1, 2]);
+        assert_eq!(peeked.skipped, 1);
         fs::remove_dir_all(&dir).unwrap();
     }
 
