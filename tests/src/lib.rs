@@ -23,7 +23,7 @@ pub fn require_root() {
 
 /// Kernel ids of the tracerd programs loaded right now, from the kernel's own list.
 pub fn loaded_tracerd_programs() -> Vec<u32> {
-    let names: Vec<&str> = tracer_daemon::ebpf::PROGRAMS
+    let names: Vec<&str> = tracer_daemon::backend::ebpf::PROGRAMS
         .iter()
         .map(|(name, _)| *name)
         .collect();

@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use tokio::sync::mpsc;
 use tracer_daemon::{
-    ebpf::{EbpfOptions, KernelFilter},
-    engine::{Engine, EngineOptions, Event},
+    backend::{ebpf::EbpfOptions, Engine, EngineOptions},
+    record::{Event, TraceFilter},
 };
 use tracer_tests::{cgroup::TestCgroup, require_root, workload};
 
@@ -18,10 +18,10 @@ fn engine(options: EngineOptions) -> Engine {
     Engine::start(&options).expect("loading the engine")
 }
 
-fn only_cgroup(cgroup: &TestCgroup) -> KernelFilter {
-    KernelFilter {
+fn only_cgroup(cgroup: &TestCgroup) -> TraceFilter {
+    TraceFilter {
         cgroups: vec![cgroup.id()],
-        ..KernelFilter::default()
+        ..TraceFilter::default()
     }
 }
 
@@ -42,7 +42,7 @@ fn received(events: &mut mpsc::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
 fn by_name(events: &[Arc<Event>]) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for event in events {
-        let name = tracer_daemon::tally::syscall_name(event.record.nr)
+        let name = tracer_daemon::record::syscalls::syscall_name(event.record.nr)
             .map_or_else(|| format!("nr:{}", event.record.nr), str::to_owned);
         *counts.entry(name).or_default() += 1;
     }
@@ -62,13 +62,13 @@ async fn two_sessions_on_one_cgroup_each_get_exactly_their_own_syscalls() {
     let engine = engine(EngineOptions::default());
     let cgroup = TestCgroup::create("two-sessions");
     let (a, mut a_events) = engine
-        .start_session(&KernelFilter {
+        .start_session(&TraceFilter {
             syscalls: syscalls(&["getppid"]),
             ..only_cgroup(&cgroup)
         })
         .unwrap();
     let (b, mut b_events) = engine
-        .start_session(&KernelFilter {
+        .start_session(&TraceFilter {
             syscalls: syscalls(&["getpid", "openat"]),
             ..only_cgroup(&cgroup)
         })
@@ -135,7 +135,7 @@ async fn a_tgid_condition_admits_only_the_named_process() {
     let other = workload::spawn_in(&cgroup, &["pause-stdin", "1", "getppid", "400"]);
     let chosen_pid = chosen.id();
     let (session, mut events) = engine
-        .start_session(&KernelFilter {
+        .start_session(&TraceFilter {
             syscalls: syscalls(&["getppid"]),
             tgids: Some(vec![chosen_pid]),
             ..only_cgroup(&cgroup)
@@ -159,7 +159,7 @@ async fn failed_only_records_only_calls_that_fail() {
     let engine = engine(EngineOptions::default());
     let cgroup = TestCgroup::create("failed-only");
     let (session, mut events) = engine
-        .start_session(&KernelFilter {
+        .start_session(&TraceFilter {
             failed_only: true,
             ..only_cgroup(&cgroup)
         })
@@ -214,7 +214,7 @@ async fn path_arguments_are_read_in_the_kernel_and_long_ones_flagged_truncated()
     let engine = engine(EngineOptions::default());
     let cgroup = TestCgroup::create("paths");
     let (session, mut events) = engine
-        .start_session(&KernelFilter {
+        .start_session(&TraceFilter {
             syscalls: syscalls(&["execve", "openat"]),
             ..only_cgroup(&cgroup)
         })
@@ -313,7 +313,7 @@ async fn a_stopped_session_frees_its_slot_and_the_next_user_sees_none_of_its_fil
     let old_cgroup = TestCgroup::create("slot-old");
     let new_cgroup = TestCgroup::create("slot-new");
     let (old, _old_events) = engine
-        .start_session(&KernelFilter {
+        .start_session(&TraceFilter {
             cgroups: vec![old_cgroup.id()],
             syscalls: syscalls(&["getpid"]),
             tgids: Some(vec![1]),
@@ -363,7 +363,7 @@ async fn exact_counts_with_rings(per_cpu_rings: bool) {
     assert_eq!(engine.ring_count(), if per_cpu_rings { cpus } else { 1 });
     let cgroup = TestCgroup::create("rings");
     let (session, mut events) = engine
-        .start_session(&KernelFilter {
+        .start_session(&TraceFilter {
             syscalls: syscalls(&["getppid", "openat"]),
             ..only_cgroup(&cgroup)
         })
@@ -430,7 +430,7 @@ async fn a_blocked_consumer_costs_only_its_own_session() {
     const BLOCKED_QUEUE: usize = 16;
     let engine = engine(EngineOptions::default());
     let cgroup = Arc::new(TestCgroup::create("blocked"));
-    let getppid_only = KernelFilter {
+    let getppid_only = TraceFilter {
         syscalls: syscalls(&["getppid"]),
         ..only_cgroup(&cgroup)
     };

@@ -40,7 +40,7 @@ pub struct Config {
 
     /// Ring-buffer size per CPU, in KiB, of each ftrace session's tracefs instance (a session
     /// can set its own with `limits.ftrace_buffer_kb`).
-    #[arg(long, env = "TRACERD_FTRACE_BUFFER_KB", default_value_t = crate::ftrace::DEFAULT_BUFFER_KB,
+    #[arg(long, env = "TRACERD_FTRACE_BUFFER_KB", default_value_t = crate::backend::ftrace::DEFAULT_BUFFER_KB,
           value_parser = clap::value_parser!(u32).range(64..=1 << 20))]
     pub ftrace_buffer_kb: u32,
 

@@ -10,17 +10,16 @@ use anyhow::{bail, Context as _};
 use tokio::net::TcpListener;
 
 use crate::{
+    backend::{ebpf::EbpfOptions, Engine, EngineOptions, SessionHandle},
     cgroup::Cgroup,
     config::Config,
+    containers::docker::DockerClient,
     data_dir::DataDir,
-    docker::DockerClient,
-    ebpf::{EbpfOptions, KernelFilter},
-    engine::{Engine, EngineOptions},
-    export::{DaemonExport, ExportOptions},
     http::{self, auth::Auth, AppState},
-    lock,
-    session::manager::{ManagerOptions, SessionManager},
-    store::Store,
+    record::TraceFilter,
+    session::{follow_containers, store::Store, ManagerOptions, SessionManager},
+    sink::export::{self, DaemonExport, ExportOptions},
+    sync::lock,
     tally::CgroupTally,
 };
 
@@ -83,7 +82,7 @@ pub async fn run(
     }
     let manager = SessionManager::new(
         engine.clone(),
-        DockerClient::new(&config.docker_socket),
+        Arc::new(DockerClient::new(&config.docker_socket)),
         store,
         ManagerOptions {
             sessions_dir: data_dir.path().join("sessions"),
@@ -97,7 +96,7 @@ pub async fn run(
                 memory_spans: config.export_memory_spans as usize,
                 ..ExportOptions::default()
             },
-            export_resource: crate::export::resource(),
+            export_resource: export::resource(),
         },
     );
 
@@ -135,7 +134,7 @@ pub async fn run(
         failed,
         "sessions that were running are resumed; ready"
     );
-    let follower = tokio::spawn(manager.clone().follow_containers());
+    let follower = tokio::spawn(follow_containers(manager.clone()));
     let persister = tokio::spawn({
         let manager = manager.clone();
         async move {
@@ -186,7 +185,7 @@ fn start_cgroup_tally(
     engine: &Engine,
     config: &Config,
     tally: &Arc<Mutex<CgroupTally>>,
-) -> anyhow::Result<Option<Arc<crate::engine::SessionHandle>>> {
+) -> anyhow::Result<Option<Arc<SessionHandle>>> {
     if config.trace_cgroups.is_empty() {
         return Ok(None);
     }
@@ -197,9 +196,9 @@ fn start_cgroup_tally(
         tracing::info!(cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "tracing cgroup");
         cgroups.push(cgroup.id);
     }
-    let (session, mut events) = engine.start_session(&KernelFilter {
+    let (session, mut events) = engine.start_session(&TraceFilter {
         cgroups,
-        ..KernelFilter::default()
+        ..TraceFilter::default()
     })?;
     let tally = tally.clone();
     tokio::spawn(async move {

@@ -1,12 +1,17 @@
 //! Prometheus metrics, gathered at scrape time from the store, the session manager and the
 //! engine (so nothing is counted twice and nothing goes stale).
+use std::sync::Arc;
+
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::{engine::Engine, session::manager::SessionManager, store::StoreError};
+use crate::{
+    backend::Engine,
+    session::{model::Status, store::StoreError, SessionManager},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -42,13 +47,16 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, counter);
 }
 
-pub async fn render(manager: &SessionManager, engine: &Engine) -> Result<String, MetricsError> {
+pub async fn render(
+    manager: &SessionManager,
+    engine: &Arc<Engine>,
+) -> Result<String, MetricsError> {
     let mut registry = Registry::with_prefix("tracerd");
 
     let sessions = Family::<StatusLabel, Gauge>::default();
     registry.register("sessions", "Sessions by status", sessions.clone());
     let counts = manager.store().count_by_status().await?;
-    for status in crate::session::model::Status::ALL {
+    for status in Status::ALL {
         let count = counts
             .iter()
             .find(|(s, _)| *s == status)
@@ -104,7 +112,15 @@ pub async fn render(manager: &SessionManager, engine: &Engine) -> Result<String,
             .inc_by(counters.export_failed);
     }
 
-    if let Ok(kernel) = engine.kernel_counters() {
+    // Map reads run on the blocking pool.
+    let kernel = {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || engine.kernel_counters().ok())
+            .await
+            .ok()
+            .flatten()
+    };
+    if let Some(kernel) = kernel {
         counter(
             &mut registry,
             "ring_records_written",

@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tracer_common::SyscallRecord;
 
-/// The name of a syscall number on the host architecture, from the `syscalls` crate's tables.
-pub fn syscall_name(nr: u32) -> Option<&'static str> {
-    syscalls::Sysno::new(nr as usize).map(|sysno| sysno.name())
-}
+use crate::record::syscalls::syscall_name;
 
 /// Records received per cgroup id and syscall number.
 #[derive(Clone, Debug, Default)]

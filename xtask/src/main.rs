@@ -1,9 +1,11 @@
-//! Developer and CI tasks: `cargo xtask setup | build-ebpf | run | test | bench | fuzz`.
+//! Developer and CI tasks: `cargo xtask setup | build-ebpf | run | test | bench | fuzz |
+//! modules`.
 //!
 //! Every command that needs the machine prepared runs `setup` first, which is idempotent and
 //! quick when there is nothing to do, so `cargo xtask test` works on a fresh machine.
 mod bench;
 mod cmd;
+mod modules;
 mod setup;
 
 use std::path::PathBuf;
@@ -48,6 +50,8 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// Check tracer-daemon's module graph for cycles (at every depth) and print its size.
+    Modules,
 }
 
 fn main() -> Result<()> {
@@ -71,6 +75,7 @@ fn main() -> Result<()> {
             bench::run(benchmark)
         }
         Command::Fuzz { seconds } => fuzz(seconds),
+        Command::Modules => modules::check(&workspace_root().join("tracer-daemon").join("src")),
     }
 }
 
@@ -157,8 +162,16 @@ fn run_daemon(args: &[String]) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     // The end-to-end tests drive the real binary: build it first, then tell them where it is.
     let tracerd = build_tracerd(false)?;
-    // The default members: everything but tracer-ebpf, which only builds for the BPF target.
-    let mut test_args = vec!["test", "--", "--test-threads=1"];
+    // Every member but tracer-ebpf, which only builds for the BPF target; the end-to-end
+    // suite (`tests`) is not a default member, so it is named here.
+    let mut test_args = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--",
+        "--test-threads=1",
+    ];
     test_args.extend(args.iter().map(String::as_str));
     cmd::cargo_with_env(
         &test_args,

@@ -33,13 +33,12 @@ use prost::Message as _;
 use serde_json::{json, Value};
 use tracer_common::SyscallRecord;
 use tracer_daemon::{
-    engine::Event,
-    export::{
+    record::{ContainerMeta, Event, WallClock},
+    sink::export::{
         resource,
         span::{SessionInfo, SpanMaker},
         Export, ExportOptions, OtlpConfig, Protocol, SpanInput,
     },
-    session::{event_json::WallClock, manager::ContainerMeta},
 };
 use tracer_tests::{
     bench::{machine, median, output_dir, publish},

@@ -13,8 +13,11 @@ use std::{
 
 use serde_json::{json, Value};
 use tracer_daemon::{
-    ebpf::{auto_wakeup_every, EbpfOptions, KernelFilter},
-    engine::{monotonic_ns, Engine, EngineOptions},
+    backend::{
+        ebpf::{auto_wakeup_every, EbpfOptions},
+        Engine, EngineOptions,
+    },
+    record::{monotonic_ns, TraceFilter},
 };
 use tracer_tests::{
     bench::{getppid_loop, getppid_loop_in, loop_ns, machine, median, output_dir, publish, timed},
@@ -102,7 +105,7 @@ fn main() {
         Design {
             name: format!(
                 "ftrace backend: a tracefs instance of {} MiB per CPU, binary pages",
-                tracer_daemon::ftrace::DEFAULT_BUFFER_KB >> 10
+                tracer_daemon::backend::ftrace::DEFAULT_BUFFER_KB >> 10
             ),
             options: EbpfOptions::default(),
             use_ebpf: false,
@@ -147,14 +150,14 @@ fn measure_design(runtime: &tokio::runtime::Runtime, design: &Design, untraced: 
         ..EngineOptions::default()
     })
     .expect("loading the engine");
-    let flush = |session: &tracer_daemon::engine::SessionHandle| {
+    let flush = |session: &tracer_daemon::backend::SessionHandle| {
         runtime.block_on(engine.flush_session(session))
     };
     let cgroup = TestCgroup::create("bench");
     let (session, mut events) = engine
-        .start_session(&KernelFilter {
+        .start_session(&TraceFilter {
             cgroups: vec![cgroup.id()],
-            ..KernelFilter::default()
+            ..TraceFilter::default()
         })
         .expect("a session");
     let getppid = workload::nr("getppid");

@@ -3,11 +3,14 @@
 //! listens on loopback only (`daemon.rs` refuses any other address).
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::request::Parts,
+};
 use serde::Deserialize;
 
-use super::{error::ApiError, AppState};
-use crate::session::{manager::Principal, spec::validate_tenant};
+use super::error::ApiError;
+use crate::session::{spec::validate_tenant, Principal};
 
 /// The token file (TOML):
 ///
@@ -121,18 +124,20 @@ impl Auth {
     }
 }
 
-impl FromRequestParts<AppState> for Principal {
+/// The caller of any handler whose state holds an [`Auth`].
+impl<S> FromRequestParts<S> for Principal
+where
+    S: Send + Sync,
+    Auth: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let authorization = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
-        state.auth.principal(authorization)
+        Auth::from_ref(state).principal(authorization)
     }
 }
 

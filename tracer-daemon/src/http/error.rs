@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::session::manager::ManagerError;
+use crate::session::SessionError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -82,26 +82,27 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<ManagerError> for ApiError {
-    fn from(err: ManagerError) -> Self {
+impl From<SessionError> for ApiError {
+    fn from(err: SessionError) -> Self {
         let message = err.to_string();
         match err {
-            ManagerError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
-            ManagerError::InvalidTransition { current, .. } => {
+            SessionError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            SessionError::InvalidTransition { current, .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_transition", message)
                     .with(json!({ "status": current }))
             }
-            ManagerError::Duplicate { id, name } => {
+            SessionError::Duplicate { id, name } => {
                 Self::new(StatusCode::CONFLICT, "duplicate_session", message)
                     .with(json!({ "running": { "id": id, "name": name } }))
             }
-            ManagerError::Invalid(invalid) => Self::unprocessable("invalid_field", invalid.message)
+            SessionError::Invalid(invalid) => Self::unprocessable("invalid_field", invalid.message)
                 .with(json!({ "field": invalid.field })),
-            ManagerError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
-            ManagerError::TargetUnavailable(_) => {
-                Self::unprocessable("target_unavailable", message)
+            SessionError::ContainerRejected { field, message } => {
+                Self::unprocessable("invalid_field", message).with(json!({ "field": field }))
             }
-            ManagerError::NoMatchingContainer { close, .. } => {
+            SessionError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            SessionError::Target(_) => Self::unprocessable("target_unavailable", message),
+            SessionError::NoMatchingContainer { close, .. } => {
                 let message = if close.is_empty() {
                     message
                 } else {
@@ -113,21 +114,22 @@ impl From<ManagerError> for ApiError {
                 Self::unprocessable("no_matching_container", message)
                     .with(json!({ "close_names": close }))
             }
-            ManagerError::DockerUnavailable(_) => Self::new(
+            SessionError::ContainersUnavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "docker_unavailable",
                 message,
             ),
-            ManagerError::BackendUnavailable(_) => {
+            SessionError::BackendUnavailable { .. } => {
                 Self::unprocessable("backend_unavailable", message)
             }
-            ManagerError::NoCapacity => {
+            SessionError::NoCapacity => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message)
             }
-            ManagerError::Store(_)
-            | ManagerError::Engine(_)
-            | ManagerError::EventLog(_)
-            | ManagerError::Export(_) => Self::internal(err),
+            SessionError::Store(_)
+            | SessionError::Engine(_)
+            | SessionError::EventLog { .. }
+            | SessionError::Export(_)
+            | SessionError::Task(_) => Self::internal(err),
         }
     }
 }

@@ -20,9 +20,10 @@ use utoipa::OpenApi;
 
 use self::{auth::Auth, error::ApiError};
 use crate::{
-    engine::{Engine, SessionHandle},
-    lock, metrics,
-    session::manager::SessionManager,
+    backend::{Engine, SessionHandle},
+    metrics,
+    session::SessionManager,
+    sync::lock,
     tally::CgroupTally,
 };
 
@@ -40,6 +41,12 @@ pub struct AppState {
     pub tally: Arc<Mutex<CgroupTally>>,
     /// The session tracing the `--trace-cgroup` cgroups, if any.
     pub startup_session: Option<Arc<SessionHandle>>,
+}
+
+impl axum::extract::FromRef<AppState> for Auth {
+    fn from_ref(state: &AppState) -> Auth {
+        state.auth.clone()
+    }
 }
 
 #[derive(OpenApi)]
@@ -144,7 +151,7 @@ async fn prometheus(State(state): State<AppState>) -> Result<impl IntoResponse, 
 /// each.
 async fn containers(
     State(state): State<AppState>,
-    principal: crate::session::manager::Principal,
+    principal: crate::session::Principal,
 ) -> Result<Json<Value>, ApiError> {
     let containers = state.manager.containers(&principal).await?;
     Ok(Json(json!({ "containers": containers })))
@@ -153,11 +160,14 @@ async fn containers(
 /// What the start-up session has received, per cgroup and syscall, with its counters and
 /// the kernel's totals.
 async fn tally(State(state): State<AppState>) -> Json<Value> {
-    let counters = state
-        .startup_session
-        .as_ref()
-        .and_then(|session| state.engine.counters(session).ok());
-    let kernel = state.engine.kernel_counters().ok();
+    // Kernel maps and tracefs files are read on the blocking pool.
+    let (engine, session) = (state.engine.clone(), state.startup_session.clone());
+    let (counters, kernel) = tokio::task::spawn_blocking(move || {
+        let counters = session.and_then(|session| session.counters().ok());
+        (counters, engine.kernel_counters().ok())
+    })
+    .await
+    .unwrap_or_default();
     let cgroups = lock(&state.tally).snapshot();
     Json(json!({ "cgroups": cgroups, "counters": counters, "kernel": kernel }))
 }

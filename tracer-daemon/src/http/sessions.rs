@@ -19,12 +19,12 @@ use super::{
 };
 use crate::{
     session::{
-        eventlog::{read_events, EventFilter},
-        manager::Principal,
         model::{Session, Status},
         spec::CreateSession,
+        store::ListQuery,
+        Principal,
     },
-    store::ListQuery,
+    sink::eventlog::{read_events, EventFilter},
 };
 
 pub fn router() -> Router<AppState> {

@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::spec::{BackendChoice, Conditions, Limits, Target};
+use super::spec::{BackendChoice, Conditions, CreateSession, Limits, Target};
 
 /// Where a session is in its life.
 ///
@@ -117,10 +117,10 @@ pub struct Session {
     pub limits: Limits,
     /// Where the session's spans go, as asked (absent: the daemon's default collector).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub export: Option<crate::export::ExportRequest>,
+    pub export: Option<crate::sink::export::ExportRequest>,
     /// Span export of the current run: its collector and how it is going.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub export_status: Option<crate::export::ExportStatus>,
+    pub export_status: Option<crate::sink::export::ExportStatus>,
     pub status: Status,
     /// Why the session finished (`ttl`, `max_events`, `targets_gone`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,26 +139,60 @@ pub struct Session {
     pub counters: Counters,
 }
 
-/// Now, as RFC 3339 UTC with nanoseconds.
-pub fn now_rfc3339() -> String {
-    rfc3339(time::OffsetDateTime::now_utc())
+/// A session as stored: the request as received plus everything that changes.
+#[derive(Clone, Debug)]
+pub struct SessionRow {
+    pub id: Uuid,
+    pub tenant: String,
+    pub name: String,
+    pub status: Status,
+    /// The create request, parsed from `request_text`.
+    pub request: CreateSession,
+    /// The create request exactly as received.
+    pub request_text: String,
+    pub duplicate_key: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub stopped_at: Option<String>,
+    pub runs: u32,
+    pub backend_in_use: Option<String>,
+    pub backend_reason: Option<String>,
+    pub finished_reason: Option<String>,
+    pub error: Option<String>,
+    pub counters: Counters,
+    /// Created by a tenant (not an admin): it sees only containers its tenant owns.
+    pub restricted: bool,
 }
 
-/// RFC 3339 in UTC with all nine digits of nanoseconds (`2026-11-22T09:05:00.000000001Z`):
-/// fixed width, so timestamps sort as text, and written by hand because `time`'s formatter
-/// trims trailing zeros.
-pub fn rfc3339(at: time::OffsetDateTime) -> String {
-    let at = at.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second(),
-        at.nanosecond()
-    )
+impl SessionRow {
+    /// The resource, with `counters` in place of the stored ones when the session runs.
+    pub fn to_resource(&self, counters: Option<Counters>) -> Session {
+        Session {
+            id: self.id,
+            name: self.name.clone(),
+            tenant: self.tenant.clone(),
+            target: self.request.target.clone(),
+            syscalls: self.request.syscalls.clone(),
+            conditions: self.request.conditions.clone(),
+            label: self.request.label.clone(),
+            backend: self.request.backend,
+            backend_in_use: self.backend_in_use.clone(),
+            backend_reason: self.backend_reason.clone(),
+            limits: self.request.limits.clone(),
+            export: self.request.export.clone(),
+            export_status: None,
+            status: self.status,
+            finished_reason: self.finished_reason.clone(),
+            error: self.error.clone(),
+            runs: self.runs,
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+            started_at: self.started_at.clone(),
+            stopped_at: self.stopped_at.clone(),
+            counters: counters.unwrap_or(self.counters),
+        }
+    }
 }
 
 /// The default name of a session: `<target>.<yyyymmddhhmm>`.
@@ -187,13 +221,6 @@ mod tests {
         for status in Status::ALL {
             assert_eq!(Status::parse(status.as_str()), Some(status));
         }
-    }
-
-    #[test]
-    fn timestamps_keep_all_nine_digits() {
-        let at =
-            time::OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_120_000_000).unwrap();
-        assert_eq!(rfc3339(at), "2023-11-14T22:13:20.120000000Z");
     }
 
     #[test]

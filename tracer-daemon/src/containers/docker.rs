@@ -1,13 +1,15 @@
-//! Containers through the Docker engine (bollard): which are running, their names, images
-//! and labels, and their cgroups (read from /proc, never guessed from a path layout).
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
+//! The Docker engine (bollard) as a [`ContainerRuntime`]: which containers are running, their
+//! names, images and labels, and their cgroups (read from /proc, never guessed from a path
+//! layout).
+use std::path::{Path, PathBuf};
+
+use futures_util::{stream::BoxStream, StreamExt as _};
+
+use super::{
+    Container, ContainerError, ContainerEvent, ContainerRuntime, LaunchRequest,
+    LAUNCH_CGROUP_PARENT,
 };
-
-use serde::Serialize;
-
-use crate::{cgroup::Cgroup, session::spec::ContainerSelector};
+use crate::cgroup::Cgroup;
 
 /// The Docker API version asked for first; the engine's own is used if it is older (Debian's
 /// 20.10 engine speaks 1.41).
@@ -15,26 +17,6 @@ const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
     major_version: 1,
     minor_version: 41,
 };
-
-#[derive(Debug, thiserror::Error)]
-#[error("the Docker engine at {socket} cannot be reached: {message}")]
-pub struct DockerUnavailable {
-    pub socket: String,
-    pub message: String,
-}
-
-/// A running container.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Container {
-    pub id: String,
-    pub name: String,
-    pub image: String,
-    pub labels: BTreeMap<String, String>,
-    /// Its init process.
-    pub pid: u32,
-    pub cgroup_id: u64,
-    pub cgroup_path: PathBuf,
-}
 
 /// A Docker client, connected on first use (tracerd starts, and serves cgroup and pid
 /// targets, without a Docker engine).
@@ -51,14 +33,29 @@ impl DockerClient {
         }
     }
 
-    fn unavailable(&self, err: impl std::fmt::Display) -> DockerUnavailable {
-        DockerUnavailable {
+    fn unavailable(&self, err: impl std::fmt::Display) -> ContainerError {
+        ContainerError::Unavailable {
             socket: self.socket.display().to_string(),
             message: err.to_string(),
         }
     }
 
-    async fn client(&self) -> Result<bollard::Docker, DockerUnavailable> {
+    /// A failed call: the engine's refusal of a bad request is the caller's; anything else
+    /// (no answer, a server error) means the engine is unavailable.
+    fn failed(&self, err: bollard::errors::Error) -> ContainerError {
+        match err {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            } if (400..500).contains(&status_code) => ContainerError::Rejected {
+                status: status_code,
+                message,
+            },
+            other => self.unavailable(other),
+        }
+    }
+
+    async fn client(&self) -> Result<bollard::Docker, ContainerError> {
         let mut cached = self.client.lock().await;
         if let Some(client) = cached.as_ref() {
             return Ok(client.clone());
@@ -80,9 +77,21 @@ impl DockerClient {
     async fn reset(&self) {
         *self.client.lock().await = None;
     }
+}
 
-    /// Every running container with its cgroup.
-    pub async fn running(&self) -> Result<Vec<Container>, DockerUnavailable> {
+/// The cgroup of a container's init process, read from /proc on the blocking pool; `None`
+/// if the process is gone.
+async fn cgroup_of(pid: i64) -> Option<Cgroup> {
+    let pid = u32::try_from(pid).ok().filter(|&pid| pid > 0)?;
+    tokio::task::spawn_blocking(move || Cgroup::of_pid(pid).ok())
+        .await
+        .ok()
+        .flatten()
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for DockerClient {
+    async fn running(&self) -> Result<Vec<Container>, ContainerError> {
         let client = self.client().await?;
         let summaries = match client
             .list_containers(None::<bollard::query_parameters::ListContainersOptions>)
@@ -107,14 +116,10 @@ impl DockerClient {
             else {
                 continue;
             };
-            let Some(pid) = inspected
-                .state
-                .and_then(|state| state.pid)
-                .filter(|&pid| pid > 0)
-            else {
+            let Some(pid) = inspected.state.and_then(|state| state.pid) else {
                 continue;
             };
-            let Ok(cgroup) = Cgroup::of_pid(pid as u32) else {
+            let Some(cgroup) = cgroup_of(pid).await else {
                 continue;
             };
             containers.push(Container {
@@ -133,19 +138,8 @@ impl DockerClient {
         }
         Ok(containers)
     }
-}
 
-/// A change in a container's life, from the engine's event stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ContainerEvent {
-    Started(String),
-    Died(String),
-    Destroyed(String),
-}
-
-impl DockerClient {
-    /// One running container (`None` if it is not running, or no longer exists).
-    pub async fn inspect(&self, id: &str) -> Result<Option<Container>, DockerUnavailable> {
+    async fn inspect(&self, id: &str) -> Result<Option<Container>, ContainerError> {
         let client = self.client().await?;
         let inspected = match client
             .inspect_container(
@@ -163,15 +157,10 @@ impl DockerClient {
                 return Err(self.unavailable(err));
             }
         };
-        let Some(pid) = inspected
-            .state
-            .as_ref()
-            .and_then(|state| state.pid)
-            .filter(|&pid| pid > 0)
-        else {
+        let Some(pid) = inspected.state.as_ref().and_then(|state| state.pid) else {
             return Ok(None);
         };
-        let Ok(cgroup) = Cgroup::of_pid(pid as u32) else {
+        let Some(cgroup) = cgroup_of(pid).await else {
             return Ok(None);
         };
         let config = inspected.config.unwrap_or_default();
@@ -190,15 +179,9 @@ impl DockerClient {
         }))
     }
 
-    /// The engine's container events from now on. The stream ends (with an error) when the
-    /// engine goes away; the caller subscribes again.
-    pub async fn events(
+    async fn events(
         &self,
-    ) -> Result<
-        impl futures_util::Stream<Item = Result<ContainerEvent, DockerUnavailable>> + use<>,
-        DockerUnavailable,
-    > {
-        use futures_util::StreamExt as _;
+    ) -> Result<BoxStream<'static, Result<ContainerEvent, ContainerError>>, ContainerError> {
         let client = self.client().await?;
         let filters = std::collections::HashMap::from([
             ("type", vec!["container"]),
@@ -208,9 +191,9 @@ impl DockerClient {
             .filters(&filters)
             .build();
         let socket = self.socket.display().to_string();
-        Ok(client.events(Some(options)).filter_map(move |message| {
+        let events = client.events(Some(options)).filter_map(move |message| {
             let event = match message {
-                Err(err) => Some(Err(DockerUnavailable {
+                Err(err) => Some(Err(ContainerError::Unavailable {
                     socket: socket.clone(),
                     message: err.to_string(),
                 })),
@@ -225,51 +208,31 @@ impl DockerClient {
                 }
             };
             std::future::ready(event)
-        }))
+        });
+        Ok(events.boxed())
     }
-}
 
-/// The cgroup parent of containers tracerd launches. Under the cgroupfs driver a container's
-/// cgroup is `<parent>/<container id>`, which lets tracerd make it, and trace it, before the
-/// container starts.
-pub const LAUNCH_CGROUP_PARENT: &str = "/tracerd";
-
-/// A container to launch.
-#[derive(Clone, Debug)]
-pub struct LaunchRequest {
-    pub name: String,
-    pub image: String,
-    pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl DockerClient {
-    /// Whether the engine lays out cgroups as `<parent>/<id>` (the cgroupfs driver), which
-    /// launching needs.
-    pub async fn uses_cgroupfs(&self) -> Result<bool, DockerUnavailable> {
+    async fn uses_cgroupfs(&self) -> Result<bool, ContainerError> {
         let client = self.client().await?;
-        let info = client.info().await.map_err(|err| self.unavailable(err))?;
+        let info = client.info().await.map_err(|err| self.failed(err))?;
         Ok(matches!(
             info.cgroup_driver,
             Some(bollard::models::SystemInfoCgroupDriverEnum::CGROUPFS)
         ))
     }
 
-    /// Whether an image exists locally.
-    pub async fn has_image(&self, image: &str) -> Result<bool, DockerUnavailable> {
+    async fn has_image(&self, image: &str) -> Result<bool, ContainerError> {
         let client = self.client().await?;
         match client.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(false),
-            Err(err) => Err(self.unavailable(err)),
+            Err(err) => Err(self.failed(err)),
         }
     }
 
-    /// Creates (does not start) a container under [`LAUNCH_CGROUP_PARENT`]; returns its id.
-    pub async fn create(&self, request: &LaunchRequest) -> Result<String, DockerUnavailable> {
+    async fn create(&self, request: &LaunchRequest) -> Result<String, ContainerError> {
         let client = self.client().await?;
         let body = bollard::models::ContainerCreateBody {
             image: Some(request.image.clone()),
@@ -294,20 +257,19 @@ impl DockerClient {
         let created = client
             .create_container(Some(options), body)
             .await
-            .map_err(|err| self.unavailable(err))?;
+            .map_err(|err| self.failed(err))?;
         Ok(created.id)
     }
 
-    pub async fn start(&self, id: &str) -> Result<(), DockerUnavailable> {
+    async fn start(&self, id: &str) -> Result<(), ContainerError> {
         let client = self.client().await?;
         client
             .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
             .await
-            .map_err(|err| self.unavailable(err))
+            .map_err(|err| self.failed(err))
     }
 
-    /// Kills a container; one that is not running is not an error.
-    pub async fn kill(&self, id: &str) {
+    async fn kill(&self, id: &str) {
         if let Ok(client) = self.client().await {
             let _ = client
                 .kill_container(id, None::<bollard::query_parameters::KillContainerOptions>)
@@ -315,8 +277,7 @@ impl DockerClient {
         }
     }
 
-    /// Removes a container, running or not; one that does not exist is not an error.
-    pub async fn remove(&self, id: &str) {
+    async fn remove(&self, id: &str) {
         if let Ok(client) = self.client().await {
             let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
                 .force(true)
@@ -325,8 +286,7 @@ impl DockerClient {
         }
     }
 
-    /// Removes every container (running or not) carrying `key=value`.
-    pub async fn remove_labelled(&self, key: &str, value: &str) -> Result<(), DockerUnavailable> {
+    async fn remove_labelled(&self, key: &str, value: &str) -> Result<(), ContainerError> {
         let client = self.client().await?;
         let filters = std::collections::HashMap::from([("label", vec![format!("{key}={value}")])]);
         let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
@@ -343,9 +303,7 @@ impl DockerClient {
         Ok(())
     }
 
-    /// Waits until a container exits; its exit code.
-    pub async fn wait(&self, id: &str) -> Result<i64, DockerUnavailable> {
-        use futures_util::StreamExt as _;
+    async fn wait(&self, id: &str) -> Result<i64, ContainerError> {
         let client = self.client().await?;
         let mut waiting = std::pin::pin!(
             client.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>)
@@ -357,118 +315,5 @@ impl DockerClient {
             Some(Err(err)) => Err(self.unavailable(err)),
             None => Err(self.unavailable("the wait for the container ended without an exit code")),
         }
-    }
-}
-
-/// The containers `selector` picks: by exact name if any has it, else by ID prefix, else
-/// by part of a name; and of those, the ones carrying every label.
-pub fn select<'a>(containers: &'a [Container], selector: &ContainerSelector) -> Vec<&'a Container> {
-    let labelled = |container: &&Container| {
-        selector
-            .labels
-            .iter()
-            .all(|(key, value)| container.labels.get(key) == Some(value))
-    };
-    let Some(text) = &selector.container else {
-        return containers.iter().filter(labelled).collect();
-    };
-    let by = |matches: &dyn Fn(&Container) -> bool| -> Vec<&'a Container> {
-        containers
-            .iter()
-            .filter(|c| matches(c))
-            .filter(labelled)
-            .collect()
-    };
-    let exact = by(&|c| c.name == *text);
-    if !exact.is_empty() {
-        return exact;
-    }
-    let by_id = by(&|c| c.id.starts_with(text.as_str()));
-    if !by_id.is_empty() {
-        return by_id;
-    }
-    by(&|c| c.name.contains(text.as_str()))
-}
-
-/// Up to five running containers' names closest to `text`, closest first.
-pub fn close_names(containers: &[Container], text: &str) -> Vec<String> {
-    let mut names: Vec<(usize, &str)> = containers
-        .iter()
-        .map(|c| (strsim::levenshtein(&c.name, text), c.name.as_str()))
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .take(5)
-        .map(|(_, name)| name.to_owned())
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn container(id: &str, name: &str, labels: &[(&str, &str)]) -> Container {
-        Container {
-            id: id.into(),
-            name: name.into(),
-            image: "img".into(),
-            labels: labels.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
-            pid: 1,
-            cgroup_id: 1,
-            cgroup_path: PathBuf::new(),
-        }
-    }
-
-    fn selector(container: Option<&str>, labels: &[(&str, &str)]) -> ContainerSelector {
-        ContainerSelector {
-            container: container.map(str::to_owned),
-            labels: labels.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
-        }
-    }
-
-    fn names(found: Vec<&Container>) -> Vec<&str> {
-        found.into_iter().map(|c| c.name.as_str()).collect()
-    }
-
-    #[test]
-    fn an_exact_name_wins_over_an_id_prefix_and_a_part_of_a_name() {
-        let all = [
-            container("abc123", "web", &[]),
-            container("def456", "web-2", &[]),
-            container("web999", "db", &[]),
-        ];
-        assert_eq!(names(select(&all, &selector(Some("web"), &[]))), ["web"]);
-        assert_eq!(names(select(&all, &selector(Some("def"), &[]))), ["web-2"]);
-        assert_eq!(names(select(&all, &selector(Some("eb-"), &[]))), ["web-2"]);
-        assert!(select(&all, &selector(Some("cache"), &[])).is_empty());
-    }
-
-    #[test]
-    fn labels_narrow_any_selection() {
-        let all = [
-            container("a1", "shop-web", &[("app", "shop"), ("tier", "web")]),
-            container("a2", "shop-db", &[("app", "shop"), ("tier", "db")]),
-            container("a3", "blog-web", &[("app", "blog"), ("tier", "web")]),
-        ];
-        assert_eq!(
-            names(select(&all, &selector(None, &[("app", "shop")]))),
-            ["shop-web", "shop-db"]
-        );
-        assert_eq!(
-            names(select(&all, &selector(Some("web"), &[("app", "shop")]))),
-            ["shop-web"]
-        );
-        assert!(select(&all, &selector(None, &[("app", "none")])).is_empty());
-    }
-
-    #[test]
-    fn close_names_come_closest_first() {
-        let all = [
-            container("1", "payments", &[]),
-            container("2", "web", &[]),
-            container("3", "webs", &[]),
-        ];
-        assert_eq!(close_names(&all, "wbe"), ["web", "webs", "payments"]);
     }
 }

@@ -1,24 +1,29 @@
 //! The eBPF backend: loads and attaches the `raw_tracepoint` programs from `tracer-ebpf`,
 //! programs the kernel's filter maps for session slots, reads the per-slot counters, and
-//! hands out the record ring buffers.
+//! hands out the record ring buffers ([`slots`] runs sessions on them).
 //!
 //! Every kernel object here is owned by this process's file descriptors and nothing is
 //! pinned, so dropping the backend (stop, shutdown) or the process dying (crash, `kill -9`)
 //! detaches the programs and frees the maps: nothing can linger in the kernel.
-use std::{
-    collections::{HashMap as StdHashMap, HashSet},
-    io,
-};
+mod load_error;
+mod ring;
+mod slots;
+
+use std::{collections::HashMap as StdHashMap, io};
 
 use aya::{
     maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{ProgramError, RawTracePoint},
+    programs::RawTracePoint,
     Ebpf, EbpfLoader,
 };
 use tokio::io::{unix::AsyncFd, Interest};
 use tracer_common::{
-    counter, mask, ring_config, SessionMask, SlotState, SyscallRecord, MAX_SESSIONS, MAX_SYSCALLS,
+    counter, mask, ring_config, SessionMask, SlotState, MAX_SESSIONS, MAX_SYSCALLS,
 };
+
+use self::load_error::{check_kernel_release, classify};
+pub use self::{load_error::LoadError, ring::RecordRing, slots::EbpfSessions};
+use crate::record::{syscalls::path_arguments, TraceFilter};
 
 /// The kernel programs, built by build.rs from `tracer-ebpf`.
 static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -26,107 +31,6 @@ static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 /// Program name in the object → the raw tracepoint it attaches to.
 pub const PROGRAMS: [(&str, &str); 2] =
     [("tracerd_enter", "sys_enter"), ("tracerd_exit", "sys_exit")];
-
-/// The oldest kernel with everything the programs use: task storage and
-/// `bpf_get_current_task_btf` (5.11; they also need the kernel's BTF), BPF ring buffers in a
-/// map-of-maps (5.8-era), raw tracepoints (4.17), `bpf_get_current_cgroup_id` (4.18).
-const MIN_KERNEL: (u32, u32) = (5, 11);
-
-/// Syscalls whose argument `index` is a path the kernel reads at entry. Names resolve to
-/// numbers through the host architecture's table; names an architecture lacks (aarch64 has
-/// no `open`, `stat`, `unlink`…) are skipped.
-const PATH_SYSCALLS: &[(&str, usize)] = &[
-    ("open", 0),
-    ("openat", 1),
-    ("openat2", 1),
-    ("creat", 0),
-    ("execve", 0),
-    ("execveat", 1),
-    ("stat", 0),
-    ("lstat", 0),
-    ("newfstatat", 1),
-    ("statx", 1),
-    ("statfs", 0),
-    ("access", 0),
-    ("faccessat", 1),
-    ("faccessat2", 1),
-    ("unlink", 0),
-    ("unlinkat", 1),
-    ("mkdir", 0),
-    ("mkdirat", 1),
-    ("rmdir", 0),
-    ("rename", 0),
-    ("renameat", 1),
-    ("renameat2", 1),
-    ("link", 0),
-    ("linkat", 1),
-    ("symlink", 1),
-    ("symlinkat", 2),
-    ("readlink", 0),
-    ("readlinkat", 1),
-    ("chdir", 0),
-    ("chroot", 0),
-    ("chmod", 0),
-    ("fchmodat", 1),
-    ("fchmodat2", 1),
-    ("chown", 0),
-    ("lchown", 0),
-    ("fchownat", 1),
-    ("truncate", 0),
-    ("mknod", 0),
-    ("mknodat", 1),
-    ("utimensat", 1),
-    ("umount2", 0),
-    ("mount", 1),
-    ("swapon", 0),
-    ("swapoff", 0),
-    ("setxattr", 0),
-    ("getxattr", 0),
-    ("listxattr", 0),
-    ("removexattr", 0),
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(
-        "the kernel refused to load eBPF programs (permission denied){hint}: run tracerd as root, \
-         or with CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
-    )]
-    NotPermitted { hint: String },
-    #[error("this kernel has no bpf() syscall (it was built without CONFIG_BPF_SYSCALL)")]
-    BpfUnavailable,
-    #[error(
-        "kernel {release} is too old: the eBPF backend needs Linux {}.{} or newer",
-        MIN_KERNEL.0,
-        MIN_KERNEL.1
-    )]
-    KernelTooOld { release: String },
-    #[error("loading the eBPF object failed: {0}")]
-    Object(#[source] aya::EbpfError),
-    #[error("the kernel rejected program {program}: {source}")]
-    Program {
-        program: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("attaching {program} to raw tracepoint {tracepoint} failed: {source}")]
-    Attach {
-        program: &'static str,
-        tracepoint: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("the eBPF object has no {0}: tracer-ebpf and tracer-daemon are out of step")]
-    Missing(&'static str),
-    #[error("setting up map {map}: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("listing CPUs: {0}")]
-    Cpus(String),
-}
 
 /// An update of the kernel's filter maps failed.
 #[derive(Debug, thiserror::Error)]
@@ -187,19 +91,6 @@ pub struct KernelCounters {
 pub struct SlotCounters {
     pub matched: u64,
     pub dropped: u64,
-}
-
-/// The kernel-side filter of one session.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelFilter {
-    /// cgroup ids to trace.
-    pub cgroups: Vec<u64>,
-    /// Syscall numbers to record; `None` for all.
-    pub syscalls: Option<Vec<u32>>,
-    /// Only these processes (tgids); `None` for all.
-    pub tgids: Option<Vec<u32>>,
-    /// Only calls that fail (return value < 0).
-    pub failed_only: bool,
 }
 
 /// Loaded and attached programs plus the maps userspace drives.
@@ -327,7 +218,7 @@ impl EbpfBackend {
         &mut self,
         slot: u32,
         start_ns: u64,
-        filter: &KernelFilter,
+        filter: &TraceFilter,
     ) -> Result<(), MapUpdateError> {
         assert!(slot < MAX_SESSIONS, "slot {slot} out of range");
         let bit: SessionMask = 1 << slot;
@@ -576,20 +467,6 @@ fn clear_bit<K: aya::Pod + Eq + std::hash::Hash>(
     Ok(())
 }
 
-/// (syscall number, path argument index) on this architecture.
-fn path_arguments() -> impl Iterator<Item = (u32, usize)> {
-    PATH_SYSCALLS.iter().filter_map(|&(name, index)| {
-        let sysno: syscalls::Sysno = name.parse().ok()?;
-        let nr = sysno.id() as u32;
-        (nr < MAX_SYSCALLS).then_some((nr, index))
-    })
-}
-
-/// Syscall numbers that take a path, on this architecture.
-pub fn path_syscalls() -> HashSet<u32> {
-    path_arguments().map(|(nr, _)| nr).collect()
-}
-
 /// Creates one ring per possible CPU and installs them in `RECORDS_BY_CPU`.
 fn per_cpu_rings(
     ebpf: &mut Ebpf,
@@ -630,134 +507,18 @@ where
     T::try_from(map).map_err(|source| LoadError::Map { map: name, source })
 }
 
-/// One record ring buffer, readable from tokio.
-pub struct RecordRing {
-    ring: AsyncFd<RingBuf<MapData>>,
-}
-
-impl RecordRing {
-    /// Waits until the kernel signals records, then hands every available one to `handle`.
-    pub async fn drain_when_ready(
-        &mut self,
-        handle: impl FnMut(&SyscallRecord, &[u8]),
-    ) -> io::Result<usize> {
-        let mut guard = self.ring.readable_mut().await?;
-        let handled = drain(guard.get_inner_mut(), handle);
-        // tokio clears readiness only if no new edge arrived since it was observed, so a
-        // record committed after the last `next()` still wakes the next call.
-        guard.clear_ready();
-        Ok(handled)
-    }
-
-    /// Hands every record available now to `handle`, without waiting (the periodic flush:
-    /// records written without a wake-up are picked up here).
-    pub fn drain_now(&mut self, handle: impl FnMut(&SyscallRecord, &[u8])) -> usize {
-        drain(self.ring.get_mut(), handle)
-    }
-}
-
-fn drain(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(&SyscallRecord, &[u8])) -> usize {
-    let mut handled = 0;
-    while let Some(item) = ring.next() {
-        match SyscallRecord::view(&item) {
-            Some((record, path)) => {
-                handle(record, path);
-                handled += 1;
-            }
-            None => tracing::warn!(
-                len = item.len(),
-                "ignoring a ring buffer item of unknown size"
-            ),
-        }
-    }
-    handled
-}
-
-/// Fails early, with a message an operator can act on, on kernels older than `MIN_KERNEL`.
-fn check_kernel_release() -> Result<(), LoadError> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    match parse_release(&release) {
-        Some(version) if version < MIN_KERNEL => Err(LoadError::KernelTooOld { release }),
-        // An unparseable release is left to the loader to judge.
-        _ => Ok(()),
-    }
-}
-
-fn parse_release(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
-/// Turns the errno at the bottom of an aya error into the operator-facing cause, when it is
-/// one of the well-known ones.
-fn classify(err: &(dyn std::error::Error + 'static)) -> Option<LoadError> {
-    let mut source = Some(err);
-    while let Some(err) = source {
-        if let Some(io_error) = err.downcast_ref::<io::Error>() {
-            return match io_error.raw_os_error()? {
-                libc::EPERM | libc::EACCES => Some(LoadError::NotPermitted {
-                    hint: lockdown_hint(),
-                }),
-                libc::ENOSYS => Some(LoadError::BpfUnavailable),
-                _ => None,
-            };
-        }
-        source = err.source();
-    }
-    None
-}
-
-/// Kernel lockdown refuses some BPF helpers even to root; say so when it is on.
-fn lockdown_hint() -> String {
-    let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
-    match lockdown
-        .split_whitespace()
-        .find(|mode| mode.starts_with('['))
-    {
-        Some(mode) if mode != "[none]" => format!(" (kernel lockdown is {mode})"),
-        _ => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_kernel_releases() {
-        assert_eq!(parse_release("6.18.44-fc-v657"), Some((6, 18)));
-        assert_eq!(parse_release("5.4.0-150-generic"), Some((5, 4)));
-        assert_eq!(parse_release("garbage"), None);
-        assert!(parse_release("5.10.0").unwrap() < MIN_KERNEL);
-        assert!(parse_release("5.11.0").unwrap() >= MIN_KERNEL);
-    }
-
-    #[test]
-    fn classifies_permission_and_missing_syscall_errors() {
-        let eperm = io::Error::from_raw_os_error(libc::EPERM);
-        assert!(matches!(
-            classify(&eperm),
-            Some(LoadError::NotPermitted { .. })
-        ));
-        let enosys = io::Error::from_raw_os_error(libc::ENOSYS);
-        assert!(matches!(classify(&enosys), Some(LoadError::BpfUnavailable)));
-        let einval = io::Error::from_raw_os_error(libc::EINVAL);
-        assert!(classify(&einval).is_none());
-    }
-
-    #[test]
     fn path_syscalls_resolve_on_this_architecture() {
-        let paths = path_syscalls();
+        let paths = crate::record::syscalls::path_syscalls();
         let openat = syscalls::Sysno::openat.id() as u32;
         let execve = syscalls::Sysno::execve.id() as u32;
         assert!(paths.contains(&openat) && paths.contains(&execve));
         assert!(!paths.contains(&(syscalls::Sysno::getppid.id() as u32)));
-        let openat_index = path_arguments()
+        let openat_index = crate::record::syscalls::path_arguments()
             .find(|&(nr, _)| nr == openat)
             .map(|(_, i)| i);
         assert_eq!(openat_index, Some(1));

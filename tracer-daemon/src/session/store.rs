@@ -13,13 +13,11 @@ use std::{
 use rusqlite::{params, Connection, Row};
 use uuid::Uuid;
 
-use crate::{
-    lock,
-    session::{
-        model::{Counters, Session, Status},
-        spec::{CreateSession, Target},
-    },
+use super::{
+    model::{Counters, SessionRow, Status},
+    spec::Target,
 };
+use crate::sync::lock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,63 +26,11 @@ pub enum StoreError {
     #[error("the database task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("writing to the database: {0}")]
-    Write(String),
-}
-
-/// A session as stored: the request as received plus everything that changes.
-#[derive(Clone, Debug)]
-pub struct SessionRow {
-    pub id: Uuid,
-    pub tenant: String,
-    pub name: String,
-    pub status: Status,
-    /// The create request, parsed from `request_text`.
-    pub request: CreateSession,
-    /// The create request exactly as received.
-    pub request_text: String,
-    pub duplicate_key: String,
-    pub created_at: String,
-    pub updated_at: String,
-    pub started_at: Option<String>,
-    pub stopped_at: Option<String>,
-    pub runs: u32,
-    pub backend_in_use: Option<String>,
-    pub backend_reason: Option<String>,
-    pub finished_reason: Option<String>,
-    pub error: Option<String>,
-    pub counters: Counters,
-    /// Created by a tenant (not an admin): it sees only containers its tenant owns.
-    pub restricted: bool,
-}
-
-impl SessionRow {
-    /// The resource, with `counters` in place of the stored ones when the session runs.
-    pub fn to_resource(&self, counters: Option<Counters>) -> Session {
-        Session {
-            id: self.id,
-            name: self.name.clone(),
-            tenant: self.tenant.clone(),
-            target: self.request.target.clone(),
-            syscalls: self.request.syscalls.clone(),
-            conditions: self.request.conditions.clone(),
-            label: self.request.label.clone(),
-            backend: self.request.backend,
-            backend_in_use: self.backend_in_use.clone(),
-            backend_reason: self.backend_reason.clone(),
-            limits: self.request.limits.clone(),
-            export: self.request.export.clone(),
-            export_status: None,
-            status: self.status,
-            finished_reason: self.finished_reason.clone(),
-            error: self.error.clone(),
-            runs: self.runs,
-            created_at: self.created_at.clone(),
-            updated_at: self.updated_at.clone(),
-            started_at: self.started_at.clone(),
-            stopped_at: self.stopped_at.clone(),
-            counters: counters.unwrap_or(self.counters),
-        }
-    }
+    Write(#[source] Arc<rusqlite::Error>),
+    #[error("starting the store's writer thread: {0}")]
+    WriterThread(#[source] std::io::Error),
+    #[error("the store's writer has stopped")]
+    WriterStopped,
 }
 
 /// The text `GET /v1/sessions?target=` matches against: the cgroup path or the pids.
@@ -172,7 +118,7 @@ enum Write {
 
 struct WriteRequest {
     write: Write,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    done: tokio::sync::oneshot::Sender<Result<(), Arc<rusqlite::Error>>>,
 }
 
 #[derive(Clone)]
@@ -204,9 +150,7 @@ impl Store {
         std::thread::Builder::new()
             .name("tracerd-store".into())
             .spawn(move || write_batches(db, requests, &writer_cache))
-            .map_err(|err| {
-                StoreError::Write(format!("starting the store's writer thread: {err}"))
-            })?;
+            .map_err(StoreError::WriterThread)?;
         Ok(Self {
             reader: Arc::new(Mutex::new(reader)),
             writes,
@@ -234,10 +178,10 @@ impl Store {
         let (done, committed) = tokio::sync::oneshot::channel();
         self.writes
             .send(WriteRequest { write, done })
-            .map_err(|_| StoreError::Write("the store's writer has stopped".into()))?;
+            .map_err(|_| StoreError::WriterStopped)?;
         committed
             .await
-            .map_err(|_| StoreError::Write("the store's writer has stopped".into()))?
+            .map_err(|_| StoreError::WriterStopped)?
             .map_err(StoreError::Write)
     }
 
@@ -377,28 +321,28 @@ fn write_batches(
     }
 }
 
+/// The outcome of one change, or of a whole batch (shared by every change it lost).
+type Outcome<T> = Result<T, Arc<rusqlite::Error>>;
+
 /// One transaction for the batch; the outcome of each change, or the error that lost them
 /// all (the commit failed).
-fn apply_batch(
-    db: &mut Connection,
-    batch: &[WriteRequest],
-) -> Result<Vec<Result<(), String>>, String> {
-    let mut tx = db.transaction().map_err(|err| err.to_string())?;
+fn apply_batch(db: &mut Connection, batch: &[WriteRequest]) -> Outcome<Vec<Outcome<()>>> {
+    let mut tx = db.transaction()?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for request in batch {
-        let mut savepoint = tx.savepoint().map_err(|err| err.to_string())?;
+        let mut savepoint = tx.savepoint()?;
         match apply(&savepoint, &request.write) {
             Ok(()) => {
-                savepoint.commit().map_err(|err| err.to_string())?;
+                savepoint.commit()?;
                 outcomes.push(Ok(()));
             }
             Err(err) => {
-                savepoint.rollback().map_err(|err| err.to_string())?;
-                outcomes.push(Err(err.to_string()));
+                savepoint.rollback()?;
+                outcomes.push(Err(Arc::new(err)));
             }
         }
     }
-    tx.commit().map_err(|err| err.to_string())?;
+    tx.commit()?;
     Ok(outcomes)
 }
 

@@ -23,12 +23,11 @@ use std::{
 use tracefs_parse::PageHeaderLayout;
 
 use super::{
-    decode::{Decoder, Raw, CGROUP_ATTACH},
-    reader::decode_page,
+    decode::{decode_page, Decoder, Raw, CGROUP_ATTACH},
     tracefs::{Instance, TracefsError, INSTANCE_PREFIX},
     tracker::TaskInfo,
 };
-use crate::{engine::monotonic_ns, lock};
+use crate::{record::monotonic_ns, sync::lock};
 
 /// The threads one session's instance traces.
 pub struct PidSync {

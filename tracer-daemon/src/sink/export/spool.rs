@@ -14,11 +14,8 @@ use std::{
 
 use tracer_common::SyscallRecord;
 
-use super::SpanInput;
-use crate::{
-    engine::Event,
-    session::{event_json::WallClock, manager::ContainerMeta},
-};
+use super::input::SpanInput;
+use crate::record::{ContainerMeta, Event, WallClock};
 
 /// Segments are closed at this size and a new one started.
 const SEGMENT_BYTES: u64 = 8 << 20;

@@ -42,9 +42,9 @@ use self::{
     tracker::{RecordFilter, TaskInfo, Tracker},
 };
 use crate::{
+    backend::delivery::{DrainStats, Route},
     cgroup,
-    ebpf::KernelFilter,
-    engine::{DrainStats, Route},
+    record::{syscalls::path_syscalls, TraceFilter},
 };
 
 /// Default ring-buffer size of a session's instance, per CPU.
@@ -88,7 +88,7 @@ impl FtraceBackend {
             decoder: Arc::new(Decoder::load(&root)?),
             root,
             layout,
-            path_syscalls: Arc::new(crate::ebpf::path_syscalls()),
+            path_syscalls: Arc::new(path_syscalls()),
             joins: Arc::default(),
         })
     }
@@ -100,7 +100,7 @@ impl FtraceBackend {
     /// Creates and starts a session's instance; its records go to `route`.
     pub(crate) fn start_session(
         &self,
-        filter: &KernelFilter,
+        filter: &TraceFilter,
         options: &FtraceSessionOptions,
         route: Route,
         stats: Arc<DrainStats>,
@@ -189,7 +189,7 @@ impl FtraceBackend {
     fn arm(
         &self,
         session: &FtraceSession,
-        filter: &KernelFilter,
+        filter: &TraceFilter,
     ) -> Result<Vec<std::fs::File>, TracefsError> {
         if session.pids.traces_cgroups() {
             for &id in &filter.cgroups {
@@ -320,7 +320,7 @@ const MAX_FILTER_LEN: usize = 3500;
 
 /// (sys_enter filter, sys_exit filter) for the session's syscall set and conditions; "0"
 /// clears a filter.
-fn kernel_filters(filter: &KernelFilter) -> (String, String) {
+fn kernel_filters(filter: &TraceFilter) -> (String, String) {
     let syscalls = filter
         .syscalls
         .as_ref()
@@ -374,14 +374,14 @@ mod tests {
             id_ranges(&[39, 1, 2, 3, 110]),
             "(id >= 1 && id <= 3) || id == 39 || id == 110"
         );
-        let (enter, exit) = kernel_filters(&KernelFilter {
+        let (enter, exit) = kernel_filters(&TraceFilter {
             syscalls: Some(vec![257]),
             failed_only: true,
-            ..KernelFilter::default()
+            ..TraceFilter::default()
         });
         assert_eq!(enter, "id == 257");
         assert_eq!(exit, "(id == 257) && ret < 0");
-        let (enter, exit) = kernel_filters(&KernelFilter::default());
+        let (enter, exit) = kernel_filters(&TraceFilter::default());
         assert_eq!((enter.as_str(), exit.as_str()), ("0", "0"));
     }
 

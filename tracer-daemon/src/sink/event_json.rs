@@ -2,54 +2,7 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::manager::ContainerMeta;
-use crate::{engine::Event, tally::syscall_name};
-
-/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time: the offset between
-/// CLOCK_REALTIME and CLOCK_MONOTONIC, sampled once (per run), so all of a run's events
-/// share one conversion and keep their order.
-#[derive(Clone, Copy, Debug)]
-pub struct WallClock {
-    offset_ns: i128,
-}
-
-impl WallClock {
-    pub fn now() -> Self {
-        // Sample realtime between two monotonic readings and use their midpoint.
-        let before = clock_ns(libc::CLOCK_MONOTONIC);
-        let realtime = clock_ns(libc::CLOCK_REALTIME);
-        let after = clock_ns(libc::CLOCK_MONOTONIC);
-        let monotonic = before + (after - before) / 2;
-        Self {
-            offset_ns: realtime - monotonic,
-        }
-    }
-
-    /// The offset (CLOCK_REALTIME − CLOCK_MONOTONIC), to keep with records that outlive the
-    /// run (a span spool), and back.
-    pub fn offset_ns(&self) -> i128 {
-        self.offset_ns
-    }
-
-    pub fn from_offset_ns(offset_ns: i128) -> Self {
-        Self { offset_ns }
-    }
-
-    /// Nanoseconds since the Unix epoch for a CLOCK_MONOTONIC reading.
-    pub fn unix_ns(&self, monotonic_ns: u64) -> i128 {
-        monotonic_ns as i128 + self.offset_ns
-    }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass.
-    unsafe { libc::clock_gettime(clock, &mut now) };
-    now.tv_sec as i128 * 1_000_000_000 + now.tv_nsec as i128
-}
+use crate::record::{clock::rfc3339, syscalls::syscall_name, ContainerMeta, Event, WallClock};
 
 /// One event as JSON (see docs/api.md for the fields).
 #[derive(Serialize)]
@@ -87,7 +40,7 @@ pub fn write_line(
     let record = &event.record;
     let unix_ns = clock.unix_ns(record.enter_ns);
     let ts = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
-        .map(crate::session::model::rfc3339)
+        .map(rfc3339)
         .unwrap_or_default();
     let number;
     let syscall = match syscall_name(record.nr) {
@@ -148,9 +101,7 @@ mod tests {
             path: Some("/etc".into()),
         };
         let session = Uuid::nil();
-        let clock = WallClock {
-            offset_ns: 1_700_000_000_000_000_000,
-        };
+        let clock = WallClock::from_offset_ns(1_700_000_000_000_000_000);
         let mut out = Vec::new();
         let container = ContainerMeta {
             id: "c0ffee".into(),
@@ -178,16 +129,5 @@ mod tests {
             json["container"],
             serde_json::json!({"id": "c0ffee", "name": "web", "image": "shop:1"})
         );
-    }
-
-    #[test]
-    fn the_wall_clock_is_close_to_the_system_clock() {
-        let clock = WallClock::now();
-        let unix = clock.unix_ns(crate::engine::monotonic_ns());
-        let system = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i128;
-        assert!((unix - system).abs() < 50_000_000, "{unix} vs {system}");
     }
 }

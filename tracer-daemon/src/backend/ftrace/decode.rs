@@ -2,7 +2,7 @@
 //! `format` files (no hard-coded offsets).
 use std::path::Path;
 
-use tracefs_parse::{EventFormat, Field};
+use tracefs_parse::{EventFormat, Field, Page, PageHeaderLayout};
 use tracer_common::COMM_LEN;
 
 use super::tracefs::TracefsError;
@@ -250,6 +250,36 @@ pub fn comm_of(name: &[u8]) -> Comm {
     let len = name.len().min(COMM_LEN - 1);
     comm[..len].copy_from_slice(&name[..len]);
     comm
+}
+
+/// Appends a page's decodable events to `batch`. A page that does not parse is logged and
+/// skipped: its events cannot be counted, the kernel's own counters cover what it lost.
+pub(super) fn decode_page(
+    layout: &PageHeaderLayout,
+    decoder: &Decoder,
+    bytes: &[u8],
+    batch: &mut Vec<(u64, Raw)>,
+) {
+    let page = match Page::parse(layout, bytes) {
+        Ok(page) => page,
+        Err(err) => {
+            tracing::error!(%err, "a trace_pipe_raw page did not parse");
+            return;
+        }
+    };
+    for event in page.events() {
+        match event {
+            Ok(event) => {
+                if let Some(raw) = decoder.decode(event.record) {
+                    batch.push((event.timestamp, raw));
+                }
+            }
+            Err(err) => {
+                tracing::error!(%err, "a trace_pipe_raw page did not parse to its end");
+                break;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

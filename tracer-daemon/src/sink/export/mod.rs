@@ -15,6 +15,7 @@
 //! the exporter directly, without the SDK's batch span processor (compared side by side in
 //! `cargo xtask bench otlp`).
 pub mod config;
+mod input;
 pub mod span;
 pub mod spool;
 
@@ -37,26 +38,15 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::Notify, task::JoinHandle};
 use utoipa::ToSchema;
 
-pub use self::config::{DaemonExport, ExportRequest, OtlpConfig, Protocol};
+pub use self::{
+    config::{DaemonExport, ExportRequest, OtlpConfig, Protocol},
+    input::SpanInput,
+};
 use self::{
     span::{SessionInfo, SpanMaker},
     spool::{Peeked, Spool},
 };
-use crate::{
-    engine::Event,
-    lock,
-    session::{event_json::WallClock, manager::ContainerMeta},
-};
-
-/// One delivered record on its way to becoming a span.
-#[derive(Clone, Debug)]
-pub struct SpanInput {
-    pub event: Arc<Event>,
-    pub container: Option<Arc<ContainerMeta>>,
-    /// The wall clock of the run that recorded it (a span sent by a later run, from the
-    /// spool, keeps the times its event has).
-    pub clock: WallClock,
-}
+use crate::sync::lock;
 
 /// How a run's export batches and where it may spill.
 #[derive(Clone, Debug)]
@@ -97,12 +87,22 @@ pub struct ExportCounters {
     pub failed: AtomicU64,
 }
 
+/// How a run's export is going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportState {
+    /// The last batch went.
+    Ok,
+    /// The collector is slow or away: spans wait in memory and the spool.
+    Retrying,
+    /// The spool is full: new spans are refused and counted as failed.
+    SpoolFull,
+}
+
 /// Where a running session's export stands, for its status.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ExportStatus {
-    /// `ok` (the last batch went), `retrying` (the collector is slow or away: spans wait in
-    /// memory and the spool), `spool_full` (spans are being refused and counted as failed).
-    pub state: String,
+    pub state: ExportState,
     pub endpoint: String,
     pub protocol: Protocol,
     /// Spans waiting: in memory, in the batch being sent, and in the spool.
@@ -121,7 +121,7 @@ struct Queue {
     /// When the run ended (no more pushes); the sender then has `close_grace` to send what is
     /// left before leaving it in the spool.
     closed: Option<Instant>,
-    state: &'static str,
+    state: ExportState,
     last_error: Option<String>,
 }
 
@@ -194,7 +194,7 @@ impl Export {
                 spool,
                 in_flight: 0,
                 closed: None,
-                state: "ok",
+                state: ExportState::Ok,
                 last_error: None,
             }),
             wake: Notify::new(),
@@ -224,7 +224,7 @@ impl Export {
     pub fn status(&self) -> ExportStatus {
         let queue = lock(&self.shared.queue);
         ExportStatus {
-            state: queue.state.to_owned(),
+            state: queue.state,
             endpoint: self.shared.config.endpoint.clone(),
             protocol: self.shared.config.protocol,
             pending_spans: queue.memory.len() as u64 + queue.in_flight + queue.spool.spans(),
@@ -275,7 +275,7 @@ impl ExportSink {
             let refused = (spill.len() - kept) as u64;
             if refused > 0 {
                 shared.counters.failed.fetch_add(refused, Ordering::Relaxed);
-                queue.state = "spool_full";
+                queue.state = ExportState::SpoolFull;
             }
         }
         drop(queue);
@@ -441,8 +441,8 @@ fn settle(
             commit_spool(shared, &mut queue, peeked);
         }
         queue.in_flight = 0;
-        if queue.state != "spool_full" || queue.spool.is_empty() {
-            queue.state = "ok";
+        if queue.state != ExportState::SpoolFull || queue.spool.is_empty() {
+            queue.state = ExportState::Ok;
         }
         queue.last_error = None;
         shared
@@ -451,11 +451,11 @@ fn settle(
             .fetch_add(batch.inputs.len() as u64, Ordering::Relaxed);
         return Settled::Sent;
     };
-    if queue.state == "ok" {
+    if queue.state == ExportState::Ok {
         tracing::warn!(endpoint = %shared.config.endpoint, %error, "the collector did not take a batch; retrying, spans wait in the spool");
     }
-    if queue.state != "spool_full" {
-        queue.state = "retrying";
+    if queue.state != ExportState::SpoolFull {
+        queue.state = ExportState::Retrying;
     }
     queue.last_error = Some(error);
     if let Some(closed) = queue.closed {

@@ -11,15 +11,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracefs_parse::{Page, PageHeaderLayout};
+use tracefs_parse::PageHeaderLayout;
 
 use super::{
-    decode::{Decoder, Raw},
+    decode::{decode_page, Decoder, Raw},
     joins::PidSync,
     tracefs::Instance,
     tracker::Tracker,
 };
-use crate::engine::{DrainStats, Event, Route, FLUSH_INTERVAL};
+use crate::{
+    backend::delivery::{DrainStats, Route, FLUSH_INTERVAL},
+    record::Event,
+};
 
 /// Pages read from one CPU per pass before moving to the next, so one busy CPU cannot delay
 /// the others' events (and their pairing) for long.
@@ -137,35 +140,5 @@ impl Reader {
                 .fetch_add(first_read.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         pages
-    }
-}
-
-/// Appends a page's decodable events to `batch`. A page that does not parse is logged and
-/// skipped: its events cannot be counted, the kernel's own counters cover what it lost.
-pub(super) fn decode_page(
-    layout: &PageHeaderLayout,
-    decoder: &Decoder,
-    bytes: &[u8],
-    batch: &mut Vec<(u64, Raw)>,
-) {
-    let page = match Page::parse(layout, bytes) {
-        Ok(page) => page,
-        Err(err) => {
-            tracing::error!(%err, "a trace_pipe_raw page did not parse");
-            return;
-        }
-    };
-    for event in page.events() {
-        match event {
-            Ok(event) => {
-                if let Some(raw) = decoder.decode(event.record) {
-                    batch.push((event.timestamp, raw));
-                }
-            }
-            Err(err) => {
-                tracing::error!(%err, "a trace_pipe_raw page did not parse to its end");
-                break;
-            }
-        }
     }
 }

@@ -26,8 +26,8 @@ use opentelemetry::{
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use uuid::Uuid;
 
-use super::SpanInput;
-use crate::{session::event_json::WallClock, tally::syscall_name};
+use super::input::SpanInput;
+use crate::record::{syscalls::syscall_name, WallClock};
 
 /// Spans per trace before a process's next spans start a new trace.
 pub const SPANS_PER_TRACE: u64 = 1000;
@@ -238,7 +238,7 @@ pub fn errno_name(ret: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{engine::Event, session::manager::ContainerMeta};
+    use crate::record::{ContainerMeta, Event};
     use tracer_common::SyscallRecord;
 
     fn input(tgid: u32, ret: i64) -> SpanInput {

@@ -1,0 +1,256 @@
+//! The eBPF backend's sessions: 64 slots (a bit each in the kernel's filter maps), the
+//! routes their records take, and one drain task per ring that reads records and fans them
+//! out to the slots they belong to.
+use std::{
+    sync::{atomic::Ordering, Arc, Mutex, RwLock},
+    time::Instant,
+};
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracer_common::{SyscallRecord, MAX_SESSIONS};
+
+use super::{
+    ring::RecordRing, EbpfBackend, EbpfOptions, KernelCounters, LoadError, MapUpdateError,
+    SlotCounters,
+};
+use crate::{
+    backend::delivery::{DrainStats, Route, FLUSH_INTERVAL},
+    record::{monotonic_ns, Event, TraceFilter},
+    sync::lock,
+};
+
+/// The loaded programs and maps, the slots, and the drain tasks.
+pub struct EbpfSessions {
+    /// Every map update and counter read goes through here: callers are on the blocking pool.
+    backend: Mutex<EbpfBackend>,
+    routes: Arc<RwLock<Vec<Option<Route>>>>,
+    free_slots: Mutex<Vec<u32>>,
+    flushers: Vec<mpsc::Sender<oneshot::Sender<()>>>,
+    drains: Vec<JoinHandle<()>>,
+}
+
+impl EbpfSessions {
+    /// Loads and attaches the programs and starts a drain task per ring. Must be called
+    /// inside a tokio runtime.
+    pub fn start(options: &EbpfOptions, drain_stats: &Arc<DrainStats>) -> Result<Self, LoadError> {
+        let mut backend = EbpfBackend::load(options)?;
+        let rings = backend.take_rings().map_err(|err| {
+            LoadError::Cpus(format!("registering ring buffers with tokio: {err}"))
+        })?;
+        let routes: Arc<RwLock<Vec<Option<Route>>>> =
+            Arc::new(RwLock::new(vec![None; MAX_SESSIONS as usize]));
+        let mut flushers = Vec::new();
+        let mut drains = Vec::new();
+        for ring in rings {
+            let (flush_tx, flush_rx) = mpsc::channel(4);
+            flushers.push(flush_tx);
+            drains.push(tokio::spawn(drain_task(
+                ring,
+                routes.clone(),
+                drain_stats.clone(),
+                flush_rx,
+            )));
+        }
+        Ok(Self {
+            backend: Mutex::new(backend),
+            routes,
+            // Lowest slots first, so a lone session is in slot 0.
+            free_slots: Mutex::new((0..MAX_SESSIONS).rev().collect()),
+            flushers,
+            drains,
+        })
+    }
+
+    /// Programs a free slot for `filter`, routing its records to `route`; `None` when every
+    /// slot is taken. Blocking (map updates).
+    pub fn start_session(
+        &self,
+        filter: &TraceFilter,
+        route: Route,
+    ) -> Result<Option<u32>, MapUpdateError> {
+        let Some(slot) = lock(&self.free_slots).pop() else {
+            return Ok(None);
+        };
+        // Route first: a record of this slot must never find nobody to go to.
+        self.routes.write().unwrap_or_else(|e| e.into_inner())[slot as usize] = Some(route);
+        let programmed = lock(&self.backend).program_slot(slot, monotonic_ns(), filter);
+        if let Err(err) = programmed {
+            self.release_slot(slot);
+            return Err(err);
+        }
+        Ok(Some(slot))
+    }
+
+    /// Adds a cgroup to a running slot. Blocking (a map update).
+    pub fn add_cgroup(&self, slot: u32, cgroup_id: u64) -> Result<(), MapUpdateError> {
+        lock(&self.backend).add_cgroup(cgroup_id, 1 << slot)
+    }
+
+    /// Removes a cgroup from a running slot. Blocking (a map update).
+    pub fn remove_cgroup(&self, slot: u32, cgroup_id: u64) -> Result<(), MapUpdateError> {
+        lock(&self.backend).remove_cgroup(cgroup_id, 1 << slot)
+    }
+
+    /// Stops `slot` matching anything new. Blocking (map updates).
+    pub fn clear_slot(&self, slot: u32) -> Result<(), MapUpdateError> {
+        lock(&self.backend).clear_slot(slot)
+    }
+
+    /// What the kernel counted for `slot`. Blocking (a map read).
+    pub fn slot_counters(&self, slot: u32) -> Result<SlotCounters, aya::maps::MapError> {
+        lock(&self.backend).slot_counters(slot)
+    }
+
+    /// The kernel's totals. Blocking (map reads).
+    pub fn kernel_counters(&self) -> Result<KernelCounters, aya::maps::MapError> {
+        lock(&self.backend).counters()
+    }
+
+    pub fn program_ids(&self) -> Vec<u32> {
+        lock(&self.backend).program_ids()
+    }
+
+    /// How many rings (and drain tasks) there are.
+    pub fn ring_count(&self) -> usize {
+        self.drains.len()
+    }
+
+    /// Frees a slot whose records are all accounted for.
+    pub fn release_slot(&self, slot: u32) {
+        self.routes.write().unwrap_or_else(|e| e.into_inner())[slot as usize] = None;
+        lock(&self.free_slots).push(slot);
+    }
+
+    /// Reads every ring once now and waits until that is done.
+    pub async fn flush(&self) {
+        let mut acks = Vec::new();
+        for flusher in &self.flushers {
+            let (ack, done) = oneshot::channel();
+            if flusher.send(ack).await.is_ok() {
+                acks.push(done);
+            }
+        }
+        for done in acks {
+            let _ = done.await;
+        }
+    }
+}
+
+impl Drop for EbpfSessions {
+    fn drop(&mut self) {
+        for drain in &self.drains {
+            drain.abort();
+        }
+    }
+}
+
+/// Reads one ring: when the kernel wakes it, on every flush tick, and on request.
+async fn drain_task(
+    mut ring: RecordRing,
+    routes: Arc<RwLock<Vec<Option<Route>>>>,
+    stats: Arc<DrainStats>,
+    mut flush_requests: mpsc::Receiver<oneshot::Sender<()>>,
+) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fan_out = FanOut::default();
+    loop {
+        let mut ack = None;
+        tokio::select! {
+            ready = ring.drain_when_ready(|record, path| fan_out.collect(record, path)) => {
+                if let Err(err) = ready {
+                    tracing::error!(%err, "waiting on a record ring buffer failed");
+                    tokio::time::sleep(FLUSH_INTERVAL).await;
+                }
+            }
+            _ = tick.tick() => {
+                ring.drain_now(|record, path| fan_out.collect(record, path));
+            }
+            request = flush_requests.recv() => {
+                ring.drain_now(|record, path| fan_out.collect(record, path));
+                ack = request;
+            }
+        }
+        let (handled, busy_ns) = fan_out.deliver(&routes);
+        if handled > 0 {
+            stats.records.fetch_add(handled as u64, Ordering::Relaxed);
+            stats.passes.fetch_add(1, Ordering::Relaxed);
+            stats.busy_ns.fetch_add(busy_ns, Ordering::Relaxed);
+        }
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
+    }
+}
+
+/// Collects one drain pass's events, then delivers them with one lock of the routes.
+#[derive(Default)]
+struct FanOut {
+    batch: Vec<Arc<Event>>,
+    /// When the pass's first record was read: the start of its userspace work.
+    first_read: Option<Instant>,
+}
+
+impl FanOut {
+    fn collect(&mut self, record: &SyscallRecord, path: &[u8]) {
+        self.first_read.get_or_insert_with(Instant::now);
+        self.batch.push(Arc::new(Event::new(record, path)));
+    }
+
+    /// Sends each event to every session it belongs to; a full channel is that session's
+    /// counted drop. Returns how many events there were and the nanoseconds spent on them,
+    /// from reading the first to delivering the last.
+    fn deliver(&mut self, routes: &RwLock<Vec<Option<Route>>>) -> (usize, u64) {
+        let count = self.batch.len();
+        let Some(first_read) = self.first_read.take() else {
+            return (0, 0);
+        };
+        let routes = routes.read().unwrap_or_else(|e| e.into_inner());
+        for event in self.batch.drain(..) {
+            let mut sessions = event.record.sessions;
+            while sessions != 0 {
+                let slot = sessions.trailing_zeros() as usize;
+                sessions &= sessions - 1;
+                // No route: the session stopped; its counters were final before the route went.
+                let Some(Some(route)) = routes.get(slot) else {
+                    continue;
+                };
+                route.deliver(event.clone());
+            }
+        }
+        (count, first_read.elapsed().as_nanos() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{backend::delivery::DeliveryCounters, record::samples};
+
+    #[test]
+    fn a_record_goes_to_every_slot_in_its_mask_that_has_a_route() {
+        let counters: Vec<Arc<DeliveryCounters>> = (0..3).map(|_| Arc::default()).collect();
+        let mut receivers = Vec::new();
+        let mut table = vec![None; MAX_SESSIONS as usize];
+        for (slot, counters) in [0usize, 2].into_iter().zip(&counters) {
+            let (route, receiver) = Route::new(8, counters.clone());
+            table[slot] = Some(route);
+            receivers.push(receiver);
+        }
+        let routes = RwLock::new(table);
+        let mut fan_out = FanOut::default();
+        let mut record = samples::record(39, 1, 1, 7);
+        // Slots 0, 1 (no route: stopped) and 2.
+        record.sessions = 0b111;
+        fan_out.collect(&record, &[]);
+        assert_eq!(fan_out.deliver(&routes).0, 1);
+        for receiver in &mut receivers {
+            assert!(receiver.try_recv().is_ok());
+        }
+        assert_eq!(counters[0].with_kernel(1, 0).delivered, 1);
+        assert_eq!(counters[1].with_kernel(1, 0).delivered, 1);
+    }
+}

@@ -1,0 +1,73 @@
+//! What every session's actor shares: the engine, the container runtime, the store, the
+//! daemon's options, and the running sessions' duplicate keys.
+use std::{path::PathBuf, sync::Arc};
+
+use uuid::Uuid;
+
+use super::{
+    access::owns, duplicates::RunningKeys, error::SessionError, model::SessionRow, store::Store,
+};
+use crate::{
+    backend::Tracer,
+    containers::{Container, ContainerRuntime},
+    record::clock::now_rfc3339,
+    sink::export::{ExportOptions, OtlpConfig},
+};
+
+#[derive(Clone, Debug)]
+pub struct ManagerOptions {
+    /// The container label that names a container's owning tenant.
+    pub owner_label: String,
+    /// Where sessions' event logs go (`<dir>/<id>/`).
+    pub sessions_dir: PathBuf,
+    /// Size cap of one session's event log, in compressed bytes.
+    pub event_log_cap_bytes: u64,
+    /// The collector sessions export to unless they name their own (or none).
+    pub export_default: Option<OtlpConfig>,
+    /// Batching and spooling of span export.
+    pub export_options: ExportOptions,
+    /// What every span's resource says (service, host).
+    pub export_resource: opentelemetry_sdk::Resource,
+}
+
+pub struct Context {
+    pub tracer: Arc<dyn Tracer>,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub store: Store,
+    pub options: ManagerOptions,
+    pub running: RunningKeys,
+}
+
+impl Context {
+    /// Where a session's event log and spool live.
+    pub fn session_dir(&self, id: Uuid) -> PathBuf {
+        self.options.sessions_dir.join(id.to_string())
+    }
+
+    /// Running containers a tenant may see: all of them for an unrestricted caller, else
+    /// those whose owner label names the tenant.
+    pub async fn visible_containers(
+        &self,
+        tenant: &str,
+        restricted: bool,
+    ) -> Result<Vec<Container>, SessionError> {
+        let mut containers = self.runtime.running().await?;
+        if restricted {
+            containers.retain(|c| owns(c, &self.options.owner_label, tenant));
+        }
+        Ok(containers)
+    }
+
+    /// Records that a session failed, and why.
+    pub async fn mark_failed(
+        &self,
+        row: &mut SessionRow,
+        error: String,
+    ) -> Result<(), SessionError> {
+        row.status = super::model::Status::Failed;
+        row.error = Some(error);
+        row.updated_at = now_rfc3339();
+        self.store.save(row.clone()).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,373 @@
+//! The session manager: creates sessions, finds them for their callers, and hands every
+//! lifecycle change to the session's actor ([`super::actor`]). Reads come from the store;
+//! only a running session's live counters come from its actor.
+use std::{collections::HashMap, sync::Arc};
+
+use uuid::Uuid;
+
+use super::{
+    access::Principal,
+    actor::{ActorHandle, Command, ContainerChange, Snapshot},
+    context::{Context, ManagerOptions},
+    duplicates::RunningKeys,
+    error::SessionError,
+    launch,
+    model::{default_name, Counters, Session, SessionRow, Status},
+    resolve::Resolving,
+    spec::{BackendChoice, CreateSession, SessionSpec, TargetKind},
+    store::{ListQuery, Store, StoreError},
+};
+use crate::{
+    backend::{Backend, Tracer},
+    containers::{Container, ContainerRuntime},
+    record::clock::rfc3339,
+    sync::lock,
+};
+
+pub struct SessionManager {
+    ctx: Arc<Context>,
+    /// The actor of every session that has been started, stopped or deleted since the
+    /// daemon started. Held only to look one up or add one.
+    actors: std::sync::Mutex<HashMap<Uuid, ActorHandle>>,
+}
+
+impl SessionManager {
+    pub fn new(
+        tracer: Arc<dyn Tracer>,
+        runtime: Arc<dyn ContainerRuntime>,
+        store: Store,
+        options: ManagerOptions,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            ctx: Arc::new(Context {
+                tracer,
+                runtime,
+                store,
+                options,
+                running: RunningKeys::default(),
+            }),
+            actors: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.ctx.store
+    }
+
+    pub(super) fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.ctx.runtime
+    }
+
+    /// The actor of session `id`, started if it has none.
+    fn actor(&self, id: Uuid) -> ActorHandle {
+        lock(&self.actors)
+            .entry(id)
+            .or_insert_with(|| ActorHandle::spawn(self.ctx.clone(), id))
+            .clone()
+    }
+
+    fn existing_actor(&self, id: Uuid) -> Option<ActorHandle> {
+        lock(&self.actors).get(&id).cloned()
+    }
+
+    fn all_actors(&self) -> Vec<(Uuid, ActorHandle)> {
+        lock(&self.actors)
+            .iter()
+            .map(|(id, actor)| (*id, actor.clone()))
+            .collect()
+    }
+
+    /// Creates a session from `request`; `request_text` is the request as received, kept
+    /// verbatim with the session. Creating never starts tracing.
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        request: CreateSession,
+        request_text: String,
+    ) -> Result<Session, SessionError> {
+        let spec = request.validate()?;
+        let (tenant, restricted) = principal.owner_of(&request, &spec.target)?;
+        self.check_backend(&spec)?;
+        // The target must exist now; it is resolved again at every start.
+        match &spec.target {
+            TargetKind::Launch(request) => launch::check(&self.ctx, request).await?,
+            _ => {
+                let resolving = Resolving {
+                    spec: &spec,
+                    tenant: &tenant,
+                    restricted,
+                    session: Uuid::nil(),
+                    run: 0,
+                };
+                resolving.resolve(&self.ctx).await?;
+            }
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let created_at = rfc3339(now);
+        let row = SessionRow {
+            id: Uuid::new_v4(),
+            tenant,
+            name: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(&request.target, now)),
+            status: Status::Created,
+            duplicate_key: spec.duplicate_key(),
+            request,
+            request_text,
+            created_at: created_at.clone(),
+            updated_at: created_at,
+            started_at: None,
+            stopped_at: None,
+            runs: 0,
+            backend_in_use: None,
+            backend_reason: None,
+            finished_reason: None,
+            error: None,
+            counters: Counters::default(),
+            restricted,
+        };
+        self.ctx.store.insert(row.clone()).await?;
+        tracing::info!(session = %row.id, name = %row.name, tenant = %row.tenant, "session created");
+        Ok(row.to_resource(None))
+    }
+
+    /// Refuses a session that asks for a backend this daemon cannot run.
+    fn check_backend(&self, spec: &SessionSpec) -> Result<(), SessionError> {
+        let backend = match spec.backend {
+            BackendChoice::Auto => return Ok(()),
+            BackendChoice::Ebpf => Backend::Ebpf,
+            BackendChoice::Ftrace => Backend::Ftrace,
+        };
+        self.ctx
+            .tracer
+            .backend_status(backend)
+            .map_err(|why| SessionError::BackendUnavailable { backend, why })
+    }
+
+    /// The session, if `principal` may see it.
+    async fn visible(&self, principal: &Principal, id: Uuid) -> Result<SessionRow, SessionError> {
+        match self.ctx.store.get(id).await? {
+            Some(row) if principal.may_see(&row) => Ok(row),
+            // Another tenant's session does not exist, as far as this caller knows.
+            _ => Err(SessionError::NotFound(id)),
+        }
+    }
+
+    pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<Session, SessionError> {
+        let row = self.visible(principal, id).await?;
+        Ok(self.resource(&row).await)
+    }
+
+    /// A page of sessions and whether more follow.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        mut query: ListQuery,
+    ) -> Result<(Vec<Session>, bool), SessionError> {
+        if !principal.admin {
+            query.tenant = Some(principal.tenant.clone());
+        }
+        let (rows, more) = self.ctx.store.list(query).await?;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for row in rows {
+            sessions.push(self.resource(&row).await);
+        }
+        Ok((sessions, more))
+    }
+
+    /// The directory of a session's event log, if `principal` may read it.
+    pub async fn events_dir(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<std::path::PathBuf, SessionError> {
+        self.visible(principal, id).await?;
+        Ok(self.ctx.session_dir(id))
+    }
+
+    pub async fn start(&self, principal: &Principal, id: Uuid) -> Result<Session, SessionError> {
+        self.visible(principal, id).await?;
+        let started = self
+            .actor(id)
+            .call(|reply| Command::Start {
+                resume: false,
+                reply,
+            })
+            .await
+            .ok_or(SessionError::NotFound(id))??;
+        Ok(started.to_resource(None))
+    }
+
+    pub async fn stop(&self, principal: &Principal, id: Uuid) -> Result<Session, SessionError> {
+        self.visible(principal, id).await?;
+        let stopped = self
+            .actor(id)
+            .call(|reply| Command::Stop { reply })
+            .await
+            .ok_or(SessionError::NotFound(id))??;
+        Ok(stopped.to_resource(None))
+    }
+
+    /// Deletes a session: stops it if it runs, releases its kernel objects, removes it and
+    /// its recorded events.
+    pub async fn delete(&self, principal: &Principal, id: Uuid) -> Result<(), SessionError> {
+        self.visible(principal, id).await?;
+        let deleted = self
+            .actor(id)
+            .call(|reply| Command::Delete { reply })
+            .await
+            .ok_or(SessionError::NotFound(id))?;
+        if deleted.is_ok() {
+            lock(&self.actors).remove(&id);
+        }
+        deleted
+    }
+
+    /// A running session's live view, from its actor.
+    async fn snapshot(&self, id: Uuid) -> Option<Snapshot> {
+        self.existing_actor(id)?
+            .call(|reply| Command::Snapshot { reply })
+            .await
+            .flatten()
+    }
+
+    /// A session's resource: stored, with live counters and export status if it runs here.
+    async fn resource(&self, row: &SessionRow) -> Session {
+        if row.status != Status::Running {
+            return row.to_resource(None);
+        }
+        let snapshot = self.snapshot(row.id).await;
+        let mut session = row.to_resource(snapshot.as_ref().and_then(|s| s.counters));
+        session.export_status = snapshot.and_then(|s| s.export_status);
+        session
+    }
+
+    /// Counters of every running session, for persistence and metrics.
+    pub async fn running_counters(&self) -> Vec<(Uuid, Counters)> {
+        let mut counters = Vec::new();
+        for (id, _) in self.all_actors() {
+            if let Some(Snapshot {
+                counters: Some(now),
+                ..
+            }) = self.snapshot(id).await
+            {
+                counters.push((id, now));
+            }
+        }
+        counters
+    }
+
+    /// Saves running sessions' counters (called every few hundred milliseconds, so a crash
+    /// loses at most that much of them; the events themselves are on disk already).
+    pub async fn persist_counters(&self) -> Result<(), StoreError> {
+        let counters = self.running_counters().await;
+        self.ctx.store.save_counters(counters).await
+    }
+
+    /// Tells every session's actor about a container's change.
+    pub(super) fn broadcast(&self, change: &ContainerChange) {
+        for (_, actor) in self.all_actors() {
+            actor.tell(Command::Container(change.clone()));
+        }
+    }
+
+    /// Restarts every session that was running when the daemon last stopped or died.
+    /// Returns how many run again and how many failed (their target is gone).
+    pub async fn recover(&self) -> Result<(usize, usize), SessionError> {
+        let (mut resumed, mut failed) = (0, 0);
+        for mut row in self.ctx.store.with_status(Status::Running).await? {
+            let id = row.id;
+            if matches!(
+                row.request.validate().map(|spec| spec.target),
+                Ok(TargetKind::Launch(_))
+            ) {
+                // Its container ran untraced while tracerd was down: a launch is not re-run.
+                failed += 1;
+                let reason =
+                    "tracerd restarted while the launched container ran; a launch is not run again";
+                self.ctx.mark_failed(&mut row, reason.into()).await?;
+                let _ = self
+                    .ctx
+                    .runtime
+                    .remove_labelled(launch::SESSION_LABEL, &id.to_string())
+                    .await;
+                continue;
+            }
+            let started = self
+                .actor(id)
+                .call(|reply| Command::Start {
+                    resume: true,
+                    reply,
+                })
+                .await
+                .unwrap_or(Err(SessionError::NotFound(id)));
+            match started {
+                Ok(_) => resumed += 1,
+                // Recorded as failed, with the reason, by the start itself.
+                Err(SessionError::Target(_) | SessionError::NoMatchingContainer { .. }) => {
+                    failed += 1;
+                }
+                Err(err) => {
+                    failed += 1;
+                    tracing::error!(session = %id, %err, "could not resume the session");
+                    if let Ok(Some(mut row)) = self.ctx.store.get(id).await {
+                        let reason = format!("could not resume after a restart: {err}");
+                        self.ctx.mark_failed(&mut row, reason).await?;
+                    }
+                }
+            }
+        }
+        Ok((resumed, failed))
+    }
+
+    /// Ends every run, leaving their sessions `running` so the next start resumes them.
+    pub async fn shutdown(&self) {
+        for (_, actor) in self.all_actors() {
+            actor.call(|reply| Command::Shutdown { reply }).await;
+        }
+        lock(&self.actors).clear();
+    }
+
+    /// Running containers the caller may see, with the running sessions tracing each.
+    pub async fn containers(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<ContainerView>, SessionError> {
+        let containers = self
+            .ctx
+            .visible_containers(&principal.tenant, !principal.admin)
+            .await?;
+        let mut runs = Vec::new();
+        for (id, _) in self.all_actors() {
+            if let Some(snapshot) = self.snapshot(id).await {
+                if principal.admin || snapshot.tenant == principal.tenant {
+                    runs.push((id, snapshot.cgroups));
+                }
+            }
+        }
+        Ok(containers
+            .into_iter()
+            .map(|container| {
+                let sessions = runs
+                    .iter()
+                    .filter(|(_, cgroups)| cgroups.contains(&container.cgroup_id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                ContainerView {
+                    container,
+                    sessions,
+                }
+            })
+            .collect())
+    }
+}
+
+/// A running container and the sessions tracing it, as `GET /v1/containers` shows it.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ContainerView {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub container: Container,
+    pub sessions: Vec<Uuid>,
+}

@@ -1,0 +1,190 @@
+//! A session's target, resolved now: the filter the engine applies, the containers it covers,
+//! and how to tell when it is gone. Resolved again at every start.
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use uuid::Uuid;
+
+use super::{
+    context::Context,
+    error::{SessionError, TargetError},
+    launch,
+    spec::{SessionSpec, TargetKind},
+};
+use crate::{
+    cgroup::Cgroup,
+    containers::{self, ContainerSelector},
+    record::{ContainerMeta, TraceFilter},
+};
+
+/// Whether a run's targets still exist.
+pub enum Presence {
+    /// A cgroup target's directory.
+    Cgroups(Vec<PathBuf>),
+    Pids(Vec<u32>),
+    /// Containers: the runtime's events say when they are gone (a stopped container's
+    /// cgroup vanishes, but it may start again).
+    ContainerEvents,
+    /// A launched container: its exit ends the run.
+    Launched(String),
+}
+
+/// A container run following the runtime's events: containers that start and match are
+/// added, those that exit are removed, and the session finishes when all it traced are gone.
+pub struct Follow {
+    pub selector: ContainerSelector,
+    pub restricted: bool,
+    /// Containers traced by this run (id → cgroup id), until they are destroyed.
+    pub traced: HashMap<String, u64>,
+}
+
+/// A target resolved now.
+pub struct Resolved {
+    pub filter: TraceFilter,
+    /// cgroup id → the container it belongs to.
+    pub containers: HashMap<u64, Arc<ContainerMeta>>,
+    pub presence: Presence,
+    /// For container targets: what following the runtime's events needs.
+    pub follow: Option<Follow>,
+    /// For launch targets: the created container, to start once the filter is in place.
+    pub launched: Option<String>,
+}
+
+/// Who a resolution is for: `restricted` sessions (created by a tenant, not an admin) see
+/// only containers whose owner label names their tenant; `session` and `run` name a
+/// launched container.
+pub struct Resolving<'a> {
+    pub spec: &'a SessionSpec,
+    pub tenant: &'a str,
+    pub restricted: bool,
+    pub session: Uuid,
+    pub run: u32,
+}
+
+impl Resolving<'_> {
+    fn filter(&self, cgroups: Vec<u64>, tgids: Option<Vec<u32>>) -> TraceFilter {
+        TraceFilter {
+            cgroups,
+            syscalls: self.spec.syscalls.clone(),
+            tgids,
+            failed_only: self.spec.conditions.failed_only,
+        }
+    }
+
+    /// Resolves the target now (cgroup and /proc reads run on the blocking pool).
+    pub async fn resolve(&self, ctx: &Context) -> Result<Resolved, SessionError> {
+        let tgids = self.spec.conditions.tgids.clone();
+        match &self.spec.target {
+            TargetKind::Cgroup(path) => {
+                let path = PathBuf::from(path);
+                let cgroup = tokio::task::spawn_blocking(move || Cgroup::from_path(&path))
+                    .await?
+                    .map_err(TargetError::from)?;
+                Ok(Resolved {
+                    filter: self.filter(vec![cgroup.id], tgids),
+                    containers: HashMap::new(),
+                    presence: Presence::Cgroups(vec![cgroup.path]),
+                    follow: None,
+                    launched: None,
+                })
+            }
+            TargetKind::Pids(pids) => {
+                let cgroups = cgroups_of(pids.clone()).await??;
+                Ok(Resolved {
+                    filter: self.filter(cgroups, Some(pids.clone())),
+                    containers: HashMap::new(),
+                    presence: Presence::Pids(pids.clone()),
+                    follow: None,
+                    launched: None,
+                })
+            }
+            TargetKind::Containers(selector) => self.containers(ctx, selector).await,
+            TargetKind::Launch(request) => {
+                let (container, cgroup) =
+                    launch::create(ctx, request, self.tenant, self.session, self.run).await?;
+                let containers = HashMap::from([(cgroup.id, Arc::new(container.clone()))]);
+                Ok(Resolved {
+                    filter: self.filter(vec![cgroup.id], tgids),
+                    containers,
+                    presence: Presence::Launched(container.id.clone()),
+                    follow: None,
+                    launched: Some(container.id),
+                })
+            }
+        }
+    }
+
+    async fn containers(
+        &self,
+        ctx: &Context,
+        selector: &ContainerSelector,
+    ) -> Result<Resolved, SessionError> {
+        let visible = ctx.visible_containers(self.tenant, self.restricted).await?;
+        let chosen = containers::select(&visible, selector);
+        if chosen.is_empty() {
+            let close = selector
+                .container
+                .as_deref()
+                .map(|text| containers::close_names(&visible, text))
+                .unwrap_or_default();
+            return Err(SessionError::NoMatchingContainer {
+                selector: selector.to_string(),
+                close,
+            });
+        }
+        let mut cgroups = Vec::new();
+        let mut metas = HashMap::new();
+        let mut traced = HashMap::new();
+        for container in chosen {
+            traced.insert(container.id.clone(), container.cgroup_id);
+            if !cgroups.contains(&container.cgroup_id) {
+                cgroups.push(container.cgroup_id);
+            }
+            metas.insert(container.cgroup_id, Arc::new(container.meta()));
+        }
+        Ok(Resolved {
+            filter: self.filter(cgroups, self.spec.conditions.tgids.clone()),
+            containers: metas,
+            presence: Presence::ContainerEvents,
+            follow: Some(Follow {
+                selector: selector.clone(),
+                restricted: self.restricted,
+                traced,
+            }),
+            launched: None,
+        })
+    }
+}
+
+/// The distinct cgroups of some processes, from /proc, on the blocking pool.
+fn cgroups_of(pids: Vec<u32>) -> tokio::task::JoinHandle<Result<Vec<u64>, TargetError>> {
+    tokio::task::spawn_blocking(move || {
+        let mut cgroups = Vec::new();
+        for pid in pids {
+            let cgroup = Cgroup::of_pid(pid).map_err(|_| TargetError::ProcessGone { pid })?;
+            if !cgroups.contains(&cgroup.id) {
+                cgroups.push(cgroup.id);
+            }
+        }
+        Ok(cgroups)
+    })
+}
+
+impl Presence {
+    /// Whether every target is gone for good (a stat per target, on the blocking pool).
+    pub async fn all_gone(&self) -> bool {
+        let paths: Vec<PathBuf> = match self {
+            Presence::Cgroups(paths) => paths.clone(),
+            Presence::Pids(pids) => pids
+                .iter()
+                .map(|pid| PathBuf::from(format!("/proc/{pid}")))
+                .collect(),
+            Presence::ContainerEvents | Presence::Launched(_) => return false,
+        };
+        for path in paths {
+            if tokio::fs::try_exists(&path).await.unwrap_or(true) {
+                return false;
+            }
+        }
+        true
+    }
+}

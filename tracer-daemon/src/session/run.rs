@@ -1,0 +1,433 @@
+//! One run of a session: started from its stored row (target resolved, engine session,
+//! event-log writer, span export, launched container), and ended (everything drained,
+//! counters final). Owned by the session's actor.
+use std::sync::{atomic::Ordering, mpsc, Arc};
+
+use futures_util::future::BoxFuture;
+use sync_wrapper::SyncWrapper;
+use tokio::{sync::oneshot, task::JoinHandle};
+use uuid::Uuid;
+
+use super::{
+    access::owns,
+    context::Context,
+    error::SessionError,
+    launch,
+    model::{Counters, SessionRow, Status},
+    resolve::{Follow, Resolved, Resolving},
+    spec::{BackendChoice, SessionSpec},
+    watch::{run_ending, Ending},
+};
+use crate::{
+    backend::{Backend, SessionCounters, SessionOptions, Trace},
+    containers::{self, Container},
+    record::{clock::now_rfc3339, WallClock},
+    sink::{
+        eventlog::EventLogWriter,
+        export::{span::SessionInfo, Export, ExportCounters, ExportStatus},
+        writer::{ContainerJoin, RunProgress, RunWriter},
+    },
+};
+
+/// A session that is running now.
+pub struct Run {
+    trace: Arc<dyn Trace>,
+    pub tenant: String,
+    /// The cgroups this run traces.
+    pub cgroups: Vec<u64>,
+    follow: Option<Follow>,
+    /// The container this run launched.
+    launched: Option<String>,
+    /// Counters of the session's previous runs.
+    base: Counters,
+    progress: Arc<RunProgress>,
+    writer: JoinHandle<std::io::Result<()>>,
+    /// Containers joining the run, for its writer.
+    joins: mpsc::Sender<ContainerJoin>,
+    /// The run's span export, if it exports.
+    export: Option<Export>,
+    /// Resolves when the run ends by itself. Only the actor polls it (through `&mut`), so
+    /// the run can be shared while it waits.
+    pub ending: SyncWrapper<BoxFuture<'static, Ending>>,
+}
+
+/// The parts of a run started so far, undone together when a later part fails.
+struct Started {
+    trace: Arc<dyn Trace>,
+    export: Option<Export>,
+    launched: Option<String>,
+}
+
+impl Started {
+    async fn abandon(self, ctx: &Context) {
+        if let Err(err) = self.trace.stop().await {
+            tracing::error!(%err, "stopping the engine session of a run that failed to start");
+        }
+        if let Some(container) = &self.launched {
+            ctx.runtime.remove(container).await;
+        }
+        if let Some(export) = self.export {
+            export.finish().await;
+        }
+    }
+}
+
+/// Starts a run of a session that may run (the caller checked and claimed its key),
+/// recording the outcome in the store: running, or failed with the reason when its target
+/// is gone or its backend cannot run.
+pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRow), SessionError> {
+    let spec = row.request.validate()?;
+    let resolving = Resolving {
+        spec: &spec,
+        tenant: &row.tenant,
+        restricted: row.restricted,
+        session: row.id,
+        run: row.runs + 1,
+    };
+    let resolved = match resolving.resolve(ctx).await {
+        Ok(resolved) => resolved,
+        Err(err) => {
+            ctx.mark_failed(&mut row, err.to_string()).await?;
+            tracing::warn!(session = %row.id, %err, "session failed to start");
+            return Err(err);
+        }
+    };
+    let log = match open_log(ctx, row.id).await {
+        Ok(log) => log,
+        Err(err) => {
+            if let Some(container) = &resolved.launched {
+                ctx.runtime.remove(container).await;
+            }
+            return Err(err);
+        }
+    };
+    let (trace, events) = match start_tracing(ctx, &row, &spec, &resolved).await {
+        Ok(started) => started,
+        Err(err) => {
+            if matches!(err, SessionError::BackendUnavailable { .. }) {
+                ctx.mark_failed(&mut row, err.to_string()).await?;
+            }
+            if let Some(container) = &resolved.launched {
+                ctx.runtime.remove(container).await;
+            }
+            return Err(err);
+        }
+    };
+    // Before a launched container starts: nothing it does should wait for an export that
+    // cannot start.
+    let clock = WallClock::now();
+    let mut started = Started {
+        trace,
+        export: None,
+        launched: resolved.launched.clone(),
+    };
+    match start_export(ctx, &row, &spec).await {
+        Ok(export) => started.export = export,
+        Err(err) => {
+            started.abandon(ctx).await;
+            return Err(err);
+        }
+    }
+    if let Some(container) = &resolved.launched {
+        // The kernel filter holds the container's cgroup already: its first syscall is traced.
+        if let Err(err) = launch::start(ctx, container, &resolved.filter.cgroups).await {
+            started.abandon(ctx).await;
+            ctx.mark_failed(&mut row, err.to_string()).await?;
+            return Err(err);
+        }
+    }
+    let run = assemble(ctx, &row, &spec, resolved, started, log, events, clock);
+    mark_running(&mut row, run.trace.as_ref());
+    ctx.store.save(row.clone()).await?;
+    tracing::info!(session = %row.id, run = row.runs, "session running");
+    Ok((run, row))
+}
+
+/// Opens (or continues) the session's event log, on the blocking pool.
+async fn open_log(ctx: &Context, id: Uuid) -> Result<EventLogWriter, SessionError> {
+    let dir = ctx.session_dir(id);
+    let cap = ctx.options.event_log_cap_bytes;
+    tokio::task::spawn_blocking(move || {
+        EventLogWriter::open(&dir, cap)
+            .map_err(|source| SessionError::EventLog { path: dir, source })
+    })
+    .await?
+}
+
+/// The engine session for a run, started on the blocking pool.
+async fn start_tracing(
+    ctx: &Context,
+    row: &SessionRow,
+    spec: &SessionSpec,
+    resolved: &Resolved,
+) -> Result<(Arc<dyn Trace>, crate::backend::EventReceiver), SessionError> {
+    let options = SessionOptions {
+        backend: match spec.backend {
+            BackendChoice::Auto => None,
+            BackendChoice::Ebpf => Some(Backend::Ebpf),
+            BackendChoice::Ftrace => Some(Backend::Ftrace),
+        },
+        name: row.id.to_string(),
+        queue: None,
+        ftrace_buffer_kb: spec.ftrace_buffer_kb,
+    };
+    let tracer = ctx.tracer.clone();
+    let filter = resolved.filter.clone();
+    Ok(tokio::task::spawn_blocking(move || tracer.start(&filter, &options)).await??)
+}
+
+/// Starts the run's span export, to the session's collector or the daemon's default.
+async fn start_export(
+    ctx: &Context,
+    row: &SessionRow,
+    spec: &SessionSpec,
+) -> Result<Option<Export>, SessionError> {
+    let default = ctx.options.export_default.as_ref();
+    let config = match &spec.export {
+        None => default.cloned(),
+        Some(None) => None,
+        Some(Some(own)) => Some(
+            own.to_config(default)
+                .map_err(|err| super::spec::InvalidField::new(err.field, err.message))?,
+        ),
+    };
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let session = SessionInfo {
+        id: row.id,
+        name: row.name.clone(),
+        label: spec.label.clone(),
+        run: row.runs + 1,
+    };
+    let resource = ctx.options.export_resource.clone();
+    let spool = ctx.session_dir(row.id).join("spool");
+    let options = ctx.options.export_options.clone();
+    let endpoint = config.endpoint.clone();
+    let protocol = config.protocol.as_str();
+    // Opening the spool reads its directory: the blocking pool (which can spawn the sender).
+    let export = tokio::task::spawn_blocking(move || {
+        Export::start(&config, &resource, &session, &spool, options)
+    })
+    .await??;
+    tracing::info!(session = %row.id, %endpoint, protocol, "exporting spans");
+    Ok(Some(export))
+}
+
+/// Puts a started run together: its writer on the blocking pool, and its ending.
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    ctx: &Context,
+    row: &SessionRow,
+    spec: &SessionSpec,
+    resolved: Resolved,
+    started: Started,
+    log: EventLogWriter,
+    events: crate::backend::EventReceiver,
+    clock: WallClock,
+) -> Run {
+    let progress = Arc::new(RunProgress::default());
+    let (joins, joined) = mpsc::channel();
+    let (limit_reached, limit) = oneshot::channel();
+    let writer = RunWriter {
+        session: row.id,
+        log,
+        containers: resolved.containers,
+        joins: joined,
+        progress: progress.clone(),
+        max_events: spec
+            .max_events
+            .map(|max| max.saturating_sub(row.counters.delivered)),
+        limit_reached: Some(limit_reached),
+        export: started.export.as_ref().map(Export::sink),
+        clock,
+    };
+    let writer = tokio::task::spawn_blocking(move || writer.run(events));
+    Run {
+        trace: started.trace,
+        tenant: row.tenant.clone(),
+        cgroups: resolved.filter.cgroups,
+        follow: resolved.follow,
+        launched: started.launched,
+        base: row.counters,
+        progress,
+        writer,
+        joins,
+        export: started.export,
+        ending: SyncWrapper::new(run_ending(
+            spec.ttl,
+            resolved.presence,
+            limit,
+            ctx.runtime.clone(),
+        )),
+    }
+}
+
+fn mark_running(row: &mut SessionRow, trace: &dyn Trace) {
+    let now = now_rfc3339();
+    row.status = Status::Running;
+    row.runs += 1;
+    row.started_at = Some(now.clone());
+    row.stopped_at = None;
+    row.updated_at = now;
+    row.error = None;
+    row.finished_reason = None;
+    row.backend_in_use = Some(trace.backend().as_str().into());
+    row.backend_reason = Some(trace.backend_reason().to_owned());
+}
+
+impl Run {
+    /// Ends the run: a launched container is stopped, the engine drains and releases the
+    /// session, the writer writes everything delivered, and export sends what it can (the
+    /// rest stays in the spool). Returns the session's counters over all its runs.
+    pub async fn end(self, ctx: &Context, id: Uuid) -> Result<Counters, SessionError> {
+        if let Some(container) = &self.launched {
+            ctx.runtime.kill(container).await;
+        }
+        let kernel = self.trace.stop().await?;
+        // The engine dropped the session's channel: the writer ends once it has written
+        // everything that was delivered.
+        match self.writer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(session = %id, %err, "writing the event log failed"),
+            Err(err) => tracing::error!(session = %id, %err, "the event-log writer died"),
+        }
+        // Everything written is queued for export: send it (or leave it in the spool).
+        let export = match self.export {
+            Some(export) => {
+                let counters = export.counters_handle();
+                export.finish().await;
+                Some(counters)
+            }
+            None => None,
+        };
+        Ok(self.base + run_counters(&kernel, &self.progress, export.as_deref()))
+    }
+
+    /// The session's counters now, over all its runs (kernel counters read on the blocking
+    /// pool).
+    pub async fn counters(&self) -> Result<Counters, SessionError> {
+        let trace = self.trace.clone();
+        let kernel = tokio::task::spawn_blocking(move || trace.counters()).await??;
+        let export = self.export.as_ref().map(Export::counters);
+        Ok(self.base + run_counters(&kernel, &self.progress, export))
+    }
+
+    pub fn export_status(&self) -> Option<ExportStatus> {
+        self.export.as_ref().map(Export::status)
+    }
+
+    /// Traces `container` if the run follows containers, it matches, and its tenant may see
+    /// it (and it is not traced already).
+    pub async fn container_started(&mut self, id: Uuid, container: &Container, owner_label: &str) {
+        let Some(follow) = &self.follow else {
+            return;
+        };
+        let owned = !follow.restricted || owns(container, owner_label, &self.tenant);
+        let selected =
+            !containers::select(std::slice::from_ref(container), &follow.selector).is_empty();
+        if !owned || !selected || follow.traced.get(&container.id) == Some(&container.cgroup_id) {
+            return;
+        }
+        // The writer learns the container before its first event can exist.
+        let _ = self
+            .joins
+            .send((container.cgroup_id, Arc::new(container.meta())));
+        let trace = self.trace.clone();
+        let cgroup_id = container.cgroup_id;
+        match tokio::task::spawn_blocking(move || trace.add_cgroup(cgroup_id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::error!(session = %id, %err, "adding a container to the session failed");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(session = %id, %err, "adding a container to the session failed");
+                return;
+            }
+        }
+        if let Some(follow) = &mut self.follow {
+            follow.traced.insert(container.id.clone(), cgroup_id);
+        }
+        self.cgroups.push(cgroup_id);
+        tracing::info!(session = %id, container = %container.name, "tracing a container that started");
+    }
+
+    /// Stops tracing a traced container that exited (it may start again).
+    pub async fn container_died(&mut self, id: Uuid, container: &str) {
+        let Some(cgroup_id) = self
+            .follow
+            .as_ref()
+            .and_then(|follow| follow.traced.get(container).copied())
+        else {
+            return;
+        };
+        let trace = self.trace.clone();
+        let removed = tokio::task::spawn_blocking(move || trace.remove_cgroup(cgroup_id)).await;
+        if !matches!(removed, Ok(Ok(()))) {
+            tracing::error!(session = %id, ?removed, "removing an exited container failed");
+        }
+        self.cgroups.retain(|&cgroup| cgroup != cgroup_id);
+    }
+
+    /// Forgets a destroyed container; whether the run now traces no container at all.
+    pub fn container_destroyed(&mut self, container: &str) -> bool {
+        let Some(follow) = &mut self.follow else {
+            return false;
+        };
+        follow.traced.remove(container).is_some() && follow.traced.is_empty()
+    }
+
+    /// Whether any running container the run may see still matches its selector.
+    pub async fn still_matched(&self, ctx: &Context) -> bool {
+        let Some(follow) = &self.follow else {
+            return false;
+        };
+        match ctx
+            .visible_containers(&self.tenant, follow.restricted)
+            .await
+        {
+            Ok(visible) => !containers::select(&visible, &follow.selector).is_empty(),
+            Err(_) => false,
+        }
+    }
+
+    /// Adds the matching containers that started between the run's resolution and now,
+    /// which no container event may have told it about.
+    pub async fn catch_up(&mut self, ctx: &Context, id: Uuid) {
+        let Some(follow) = &self.follow else {
+            return;
+        };
+        let Ok(visible) = ctx
+            .visible_containers(&self.tenant, follow.restricted)
+            .await
+        else {
+            return;
+        };
+        for container in &visible {
+            self.container_started(id, container, &ctx.options.owner_label)
+                .await;
+        }
+    }
+}
+
+/// The current run's share of a session's counters.
+fn run_counters(
+    kernel: &SessionCounters,
+    progress: &RunProgress,
+    export: Option<&ExportCounters>,
+) -> Counters {
+    let over_limit = progress.over_limit.load(Ordering::Relaxed);
+    let exported = |counter: fn(&ExportCounters) -> &std::sync::atomic::AtomicU64| {
+        export.map_or(0, |export| counter(export).load(Ordering::Relaxed))
+    };
+    Counters {
+        matched: kernel.matched,
+        delivered: progress.written.load(Ordering::Relaxed),
+        dropped: kernel.dropped_kernel + kernel.dropped_userspace + over_limit,
+        exported: exported(|e| &e.exported),
+        spooled: exported(|e| &e.spooled),
+        export_failed: exported(|e| &e.failed),
+        evicted: progress.evicted.load(Ordering::Relaxed),
+    }
+}
