@@ -31,15 +31,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let auth = match &config.tokens {
-        Some(path) => Auth::load(path)?,
-        None if !config.listen.ip().is_loopback() => bail!(
-            "refusing to listen on {} without --tokens: without bearer tokens every caller is an \
-             admin, so tracerd only listens on loopback addresses",
-            config.listen
-        ),
-        None => Auth::Open,
-    };
+    let auth = authentication(&config)?;
     let mut data_dir = DataDir::open(&config.data_dir)?;
     let store = Store::new(
         data_dir
@@ -47,58 +39,10 @@ pub async fn run(
             .context("the data directory's database")?,
     )?;
     tracing::info!(data_dir = %data_dir.path().display(), "data directory ready");
-
-    let export_default = DaemonExport {
-        endpoint: config.otlp_endpoint.clone(),
-        protocol: config.otlp_protocol.clone(),
-        headers: config.otlp_headers.clone(),
-        compression: config.otlp_compression.clone(),
-        timeout: config.otlp_timeout,
-        ca_file: config.otlp_ca_file.clone(),
-    }
-    .resolve()?;
-    match &export_default {
-        Some(otlp) => {
-            tracing::info!(endpoint = %otlp.endpoint, protocol = otlp.protocol.as_str(), "sessions export spans here unless they name their own collector")
-        }
-        None => tracing::info!("no default OTLP collector: sessions export only if they name one"),
-    }
-    let engine = Arc::new(Engine::start(&EngineOptions {
-        ebpf: EbpfOptions {
-            ring_bytes: config.ring_bytes,
-            wakeup_every: config.ring_wakeup_every,
-            per_cpu_rings: !config.shared_ring,
-        },
-        use_ebpf: !config.no_ebpf,
-        ftrace_buffer_kb: config.ftrace_buffer_kb,
-        ..EngineOptions::default()
-    })?);
-    if engine.ebpf_status().is_ok() {
-        tracing::info!(
-            program_ids = ?engine.program_ids(),
-            rings = engine.ring_count(),
-            "eBPF programs attached to sys_enter and sys_exit"
-        );
-    }
-    let manager = SessionManager::new(
-        engine.clone(),
-        Arc::new(DockerClient::new(&config.docker_socket)),
-        store,
-        ManagerOptions {
-            sessions_dir: data_dir.path().join("sessions"),
-            event_log_cap_bytes: config.event_log_cap_bytes,
-            owner_label: config.owner_label.clone(),
-            export_default,
-            export_options: ExportOptions {
-                batch_spans: config.export_batch_spans as usize,
-                batch_delay: config.export_batch_delay,
-                spool_cap_bytes: config.spool_cap_bytes,
-                memory_spans: config.export_memory_spans as usize,
-                ..ExportOptions::default()
-            },
-            export_resource: export::resource(),
-        },
-    );
+    let options = manager_options(&config, &data_dir)?;
+    let engine = Arc::new(start_engine(&config)?);
+    let docker = Arc::new(DockerClient::new(&config.docker_socket));
+    let manager = SessionManager::new(engine.clone(), docker, store, options);
 
     let tally = Arc::new(Mutex::new(CgroupTally::default()));
     let startup_session = start_cgroup_tally(&engine, &config, &tally)?;
@@ -135,30 +79,16 @@ pub async fn run(
         "sessions that were running are resumed; ready"
     );
     let follower = tokio::spawn(follow_containers(manager.clone()));
-    let persister = tokio::spawn({
-        let manager = manager.clone();
-        async move {
-            let mut every = tokio::time::interval(PERSIST_INTERVAL);
-            loop {
-                every.tick().await;
-                if let Err(err) = manager.persist_counters().await {
-                    tracing::error!(%err, "saving session counters failed");
-                }
-            }
-        }
-    });
+    let persister = tokio::spawn(persist_counters(manager.clone()));
 
     server
         .await
         .context("the API server task")?
         .context("serving the API")?;
 
-    persister.abort();
-    let _ = persister.await;
-    follower.abort();
-    let _ = follower.await;
-    if let Some(logger) = logger {
-        logger.abort();
+    for task in [Some(persister), Some(follower), logger].into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
     }
     // Running sessions stay `running` in the store: the next start resumes them.
     manager.shutdown().await;
@@ -178,6 +108,85 @@ pub async fn run(
     tracing::info!("tracerd stopped; eBPF programs detached, tracefs instances removed");
     drop(data_dir);
     Ok(())
+}
+
+/// Bearer tokens from `--tokens`; without them, only a loopback address is served.
+fn authentication(config: &Config) -> anyhow::Result<Auth> {
+    match &config.tokens {
+        Some(path) => Ok(Auth::load(path)?),
+        None if !config.listen.ip().is_loopback() => bail!(
+            "refusing to listen on {} without --tokens: without bearer tokens every caller is an \
+             admin, so tracerd only listens on loopback addresses",
+            config.listen
+        ),
+        None => Ok(Auth::Open),
+    }
+}
+
+/// Where sessions keep their data and send their spans.
+fn manager_options(config: &Config, data_dir: &DataDir) -> anyhow::Result<ManagerOptions> {
+    let export_default = DaemonExport {
+        endpoint: config.otlp_endpoint.clone(),
+        protocol: config.otlp_protocol.clone(),
+        headers: config.otlp_headers.clone(),
+        compression: config.otlp_compression.clone(),
+        timeout: config.otlp_timeout,
+        ca_file: config.otlp_ca_file.clone(),
+    }
+    .resolve()?;
+    match &export_default {
+        Some(otlp) => {
+            tracing::info!(endpoint = %otlp.endpoint, protocol = otlp.protocol.as_str(), "sessions export spans here unless they name their own collector");
+        }
+        None => tracing::info!("no default OTLP collector: sessions export only if they name one"),
+    }
+    Ok(ManagerOptions {
+        sessions_dir: data_dir.path().join("sessions"),
+        event_log_cap_bytes: config.event_log_cap_bytes,
+        owner_label: config.owner_label.clone(),
+        export_default,
+        export_options: ExportOptions {
+            batch_spans: config.export_batch_spans as usize,
+            batch_delay: config.export_batch_delay,
+            spool_cap_bytes: config.spool_cap_bytes,
+            memory_spans: config.export_memory_spans as usize,
+            ..ExportOptions::default()
+        },
+        export_resource: export::resource(),
+    })
+}
+
+/// Loads the backends (start-up: before anything is served).
+fn start_engine(config: &Config) -> anyhow::Result<Engine> {
+    let engine = Engine::start(&EngineOptions {
+        ebpf: EbpfOptions {
+            ring_bytes: config.ring_bytes,
+            wakeup_every: config.ring_wakeup_every,
+            per_cpu_rings: !config.shared_ring,
+        },
+        use_ebpf: !config.no_ebpf,
+        ftrace_buffer_kb: config.ftrace_buffer_kb,
+        ..EngineOptions::default()
+    })?;
+    if engine.ebpf_status().is_ok() {
+        tracing::info!(
+            program_ids = ?engine.program_ids(),
+            rings = engine.ring_count(),
+            "eBPF programs attached to sys_enter and sys_exit"
+        );
+    }
+    Ok(engine)
+}
+
+/// Saves running sessions' counters every [`PERSIST_INTERVAL`], for as long as it runs.
+async fn persist_counters(manager: Arc<SessionManager>) {
+    let mut every = tokio::time::interval(PERSIST_INTERVAL);
+    loop {
+        every.tick().await;
+        if let Err(err) = manager.persist_counters().await {
+            tracing::error!(%err, "saving session counters failed");
+        }
+    }
 }
 
 /// The session for `--trace-cgroup`: counts per cgroup and syscall, in the tally.

@@ -47,12 +47,25 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, counter);
 }
 
+/// The Prometheus text of every metric, read now.
 pub async fn render(
     manager: &SessionManager,
     engine: &Arc<Engine>,
 ) -> Result<String, MetricsError> {
     let mut registry = Registry::with_prefix("tracerd");
+    register_session_counts(&mut registry, manager).await?;
+    register_session_counters(&mut registry, manager).await;
+    register_engine(&mut registry, engine).await;
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}
 
+/// Sessions by status.
+async fn register_session_counts(
+    registry: &mut Registry,
+    manager: &SessionManager,
+) -> Result<(), MetricsError> {
     let sessions = Family::<StatusLabel, Gauge>::default();
     registry.register("sessions", "Sessions by status", sessions.clone());
     let counts = manager.store().count_by_status().await?;
@@ -67,34 +80,38 @@ pub async fn render(
             })
             .set(count as i64);
     }
+    Ok(())
+}
 
+/// Every running session's counters.
+async fn register_session_counters(registry: &mut Registry, manager: &SessionManager) {
     let matched = counter_family(
-        &mut registry,
+        registry,
         "session_matched",
         "Syscalls that passed a running session's filters",
     );
     let delivered = counter_family(
-        &mut registry,
+        registry,
         "session_delivered",
         "Events recorded for a running session",
     );
     let dropped = counter_family(
-        &mut registry,
+        registry,
         "session_dropped",
         "Matched events a running session did not record",
     );
     let exported = counter_family(
-        &mut registry,
+        registry,
         "session_exported",
         "Events of a running session exported as spans",
     );
     let spooled = counter_family(
-        &mut registry,
+        registry,
         "session_spooled",
         "Spans of a running session that waited in its on-disk spool for the collector",
     );
     let export_failed = counter_family(
-        &mut registry,
+        registry,
         "session_export_failed",
         "Spans of a running session that will never be exported (its spool was full)",
     );
@@ -111,7 +128,10 @@ pub async fn render(
             .get_or_create(&label)
             .inc_by(counters.export_failed);
     }
+}
 
+/// The kernel's totals, the drain tasks' work and the rings.
+async fn register_engine(registry: &mut Registry, engine: &Arc<Engine>) {
     // Map reads run on the blocking pool.
     let kernel = {
         let engine = engine.clone();
@@ -122,25 +142,25 @@ pub async fn render(
     };
     if let Some(kernel) = kernel {
         counter(
-            &mut registry,
+            registry,
             "ring_records_written",
             "Records the kernel wrote to the ring buffers",
             kernel.written,
         );
         counter(
-            &mut registry,
+            registry,
             "ring_dropped_full",
             "Records lost because a ring buffer was full",
             kernel.dropped_ring_full,
         );
         counter(
-            &mut registry,
+            registry,
             "inflight_dropped",
             "Syscalls lost for want of in-flight storage",
             kernel.dropped_inflight_full,
         );
         counter(
-            &mut registry,
+            registry,
             "paths_lost",
             "Path arguments that could not be kept",
             kernel.paths_lost,
@@ -149,19 +169,19 @@ pub async fn render(
     let drain = engine.drain_stats();
     use std::sync::atomic::Ordering::Relaxed;
     counter(
-        &mut registry,
+        registry,
         "drain_records",
         "Records read from the ring buffers",
         drain.records.load(Relaxed),
     );
     counter(
-        &mut registry,
+        registry,
         "drain_passes",
         "Drain passes that found records",
         drain.passes.load(Relaxed),
     );
     counter(
-        &mut registry,
+        registry,
         "drain_busy_nanoseconds",
         "Time spent reading and fanning out records",
         drain.busy_ns.load(Relaxed),
@@ -169,8 +189,4 @@ pub async fn render(
     let rings = Gauge::<i64>::default();
     rings.set(engine.ring_count() as i64);
     registry.register("rings", "Ring buffers (one per CPU, or one shared)", rings);
-
-    let mut text = String::new();
-    encode(&mut text, &registry)?;
-    Ok(text)
 }

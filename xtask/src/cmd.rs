@@ -26,6 +26,19 @@ pub fn cargo_with_env(args: &[&str], env: &[(&str, &OsStr)]) -> Result<()> {
     status(&mut command)
 }
 
+/// Runs cargo and returns its stdout; fails unless it exits 0.
+pub fn cargo_output(args: &[&str]) -> Result<String> {
+    let mut command = cargo_command();
+    command.args(args).stderr(Stdio::inherit());
+    let output = command
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed: {}", output.status);
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Runs a command with inherited stdio and fails unless it exits 0.
 pub fn status(command: &mut Command) -> Result<()> {
     let status = command

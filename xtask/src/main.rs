@@ -179,5 +179,35 @@ fn test(args: &[String]) -> Result<()> {
             ("TRACERD_BIN", tracerd.as_os_str()),
             ("ROTEL_AGENT", setup::rotel_agent()?.as_os_str()),
         ],
+    )?;
+    unit_tests_without_root()
+}
+
+/// The daemon's unit tests need no privilege: run them again as `nobody` (setup made sure
+/// this is root) to keep it so.
+fn unit_tests_without_root() -> Result<()> {
+    let listing = cmd::cargo_output(&[
+        "test",
+        "--package",
+        "tracer-daemon",
+        "--lib",
+        "--no-run",
+        "--message-format=json",
+    ])?;
+    let binary = listing
+        .lines()
+        .filter(|line| line.contains("\"test\":true"))
+        .find_map(|line| {
+            let (_, rest) = line.split_once("\"executable\":\"")?;
+            rest.split_once('"').map(|(path, _)| path.to_owned())
+        })
+        .ok_or_else(|| anyhow::anyhow!("cargo did not name the daemon's unit-test binary"))?;
+    println!("unit tests of tracer-daemon as user nobody: {binary}");
+    cmd::status(
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(binary)
+            .current_dir(std::env::temp_dir())
+            .env("HOME", std::env::temp_dir()),
     )
 }

@@ -263,7 +263,7 @@ impl Engine {
     pub fn program_ids(&self) -> Vec<u32> {
         self.ebpf
             .as_ref()
-            .map(|ebpf| ebpf.program_ids())
+            .map(|ebpf| ebpf.program_ids().to_vec())
             .unwrap_or_default()
     }
 

@@ -348,86 +348,95 @@ fn apply_batch(db: &mut Connection, batch: &[WriteRequest]) -> Outcome<Vec<Outco
 
 fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
     match write {
-        Write::Insert(session) => {
-            db.prepare_cached(&format!(
-                "INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?23, ?24, ?22)"
-            ))?
-            .execute(params![
-                session.id.to_string(),
-                session.tenant,
-                session.name,
-                session.status.as_str(),
-                session.request_text,
-                session.duplicate_key,
-                session.created_at,
-                session.updated_at,
-                session.started_at,
-                session.stopped_at,
-                session.runs,
-                session.backend_in_use,
-                session.backend_reason,
-                session.finished_reason,
-                session.error,
-                session.counters.matched as i64,
-                session.counters.delivered as i64,
-                session.counters.dropped as i64,
-                session.counters.exported as i64,
-                session.counters.evicted as i64,
-                session.restricted,
-                target_text(&session.request.target),
-                session.counters.spooled as i64,
-                session.counters.export_failed as i64,
-            ])?;
-        }
-        Write::Save(session) => {
-            db.prepare_cached(
-                "UPDATE sessions SET status = ?2, updated_at = ?3, started_at = ?4, stopped_at = ?5, runs = ?6, \
-                 backend_in_use = ?7, backend_reason = ?8, finished_reason = ?9, error = ?10, \
-                 matched = ?11, delivered = ?12, dropped = ?13, exported = ?14, evicted = ?15, \
-                 spooled = ?16, export_failed = ?17 WHERE id = ?1",
-            )?
-            .execute(params![
-                session.id.to_string(),
-                session.status.as_str(),
-                session.updated_at,
-                session.started_at,
-                session.stopped_at,
-                session.runs,
-                session.backend_in_use,
-                session.backend_reason,
-                session.finished_reason,
-                session.error,
-                session.counters.matched as i64,
-                session.counters.delivered as i64,
-                session.counters.dropped as i64,
-                session.counters.exported as i64,
-                session.counters.evicted as i64,
-                session.counters.spooled as i64,
-                session.counters.export_failed as i64,
-            ])?;
-        }
-        Write::SaveCounters(counters) => {
-            let mut update = db.prepare_cached(
-                "UPDATE sessions SET matched = ?2, delivered = ?3, dropped = ?4, exported = ?5, evicted = ?6, \
-                 spooled = ?7, export_failed = ?8 WHERE id = ?1",
-            )?;
-            for (id, c) in counters {
-                update.execute(params![
-                    id.to_string(),
-                    c.matched as i64,
-                    c.delivered as i64,
-                    c.dropped as i64,
-                    c.exported as i64,
-                    c.evicted as i64,
-                    c.spooled as i64,
-                    c.export_failed as i64
-                ])?;
-            }
-        }
+        Write::Insert(session) => insert(db, session),
+        Write::Save(session) => save(db, session),
+        Write::SaveCounters(counters) => save_counters(db, counters),
         Write::Delete(id) => {
             db.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
                 .execute([id.to_string()])?;
+            Ok(())
         }
+    }
+}
+
+fn insert(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
+    db.prepare_cached(&format!(
+        "INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?23, ?24, ?22)"
+    ))?
+    .execute(params![
+        session.id.to_string(),
+        session.tenant,
+        session.name,
+        session.status.as_str(),
+        session.request_text,
+        session.duplicate_key,
+        session.created_at,
+        session.updated_at,
+        session.started_at,
+        session.stopped_at,
+        session.runs,
+        session.backend_in_use,
+        session.backend_reason,
+        session.finished_reason,
+        session.error,
+        session.counters.matched as i64,
+        session.counters.delivered as i64,
+        session.counters.dropped as i64,
+        session.counters.exported as i64,
+        session.counters.evicted as i64,
+        session.restricted,
+        target_text(&session.request.target),
+        session.counters.spooled as i64,
+        session.counters.export_failed as i64,
+    ])?;
+    Ok(())
+}
+
+fn save(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
+    db.prepare_cached(
+        "UPDATE sessions SET status = ?2, updated_at = ?3, started_at = ?4, stopped_at = ?5, runs = ?6, \
+         backend_in_use = ?7, backend_reason = ?8, finished_reason = ?9, error = ?10, \
+         matched = ?11, delivered = ?12, dropped = ?13, exported = ?14, evicted = ?15, \
+         spooled = ?16, export_failed = ?17 WHERE id = ?1",
+    )?
+    .execute(params![
+        session.id.to_string(),
+        session.status.as_str(),
+        session.updated_at,
+        session.started_at,
+        session.stopped_at,
+        session.runs,
+        session.backend_in_use,
+        session.backend_reason,
+        session.finished_reason,
+        session.error,
+        session.counters.matched as i64,
+        session.counters.delivered as i64,
+        session.counters.dropped as i64,
+        session.counters.exported as i64,
+        session.counters.evicted as i64,
+        session.counters.spooled as i64,
+        session.counters.export_failed as i64,
+    ])?;
+    Ok(())
+}
+
+fn save_counters(db: &Connection, counters: &[(Uuid, Counters)]) -> rusqlite::Result<()> {
+    let mut update = db.prepare_cached(
+        "UPDATE sessions SET matched = ?2, delivered = ?3, dropped = ?4, exported = ?5, evicted = ?6, \
+         spooled = ?7, export_failed = ?8 WHERE id = ?1",
+    )?;
+    for (id, c) in counters {
+        update.execute(params![
+            id.to_string(),
+            c.matched as i64,
+            c.delivered as i64,
+            c.dropped as i64,
+            c.exported as i64,
+            c.evicted as i64,
+            c.spooled as i64,
+            c.export_failed as i64
+        ])?;
     }
     Ok(())
 }

@@ -144,23 +144,7 @@ impl EbpfBackend {
         // Load and attach while the object still owns every map: the programs refer to them by
         // file descriptor. Nothing matches until a session is programmed, so configuring the
         // maps afterwards loses nothing.
-        for (program, tracepoint) in PROGRAMS {
-            let raw_tracepoint: &mut RawTracePoint = ebpf
-                .program_mut(program)
-                .ok_or(LoadError::Missing(program))?
-                .try_into()
-                .map_err(|source| LoadError::Program { program, source })?;
-            raw_tracepoint.load().map_err(|source| {
-                classify(&source).unwrap_or(LoadError::Program { program, source })
-            })?;
-            raw_tracepoint.attach(tracepoint).map_err(|source| {
-                classify(&source).unwrap_or(LoadError::Attach {
-                    program,
-                    tracepoint,
-                    source,
-                })
-            })?;
-        }
+        attach_programs(&mut ebpf)?;
         let mut path_arg: Array<MapData, u32> = take_map(&mut ebpf, "PATH_ARG")?;
         for (nr, index) in path_arguments() {
             path_arg
@@ -463,6 +447,28 @@ fn clear_bit<K: aya::Pod + Eq + std::hash::Hash>(
         .collect();
     for (key, sessions) in holders {
         set_sessions(map, mirror, key, sessions, name)?;
+    }
+    Ok(())
+}
+
+/// Loads every program of [`PROGRAMS`] and attaches it to its raw tracepoint.
+fn attach_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    for (program, tracepoint) in PROGRAMS {
+        let raw_tracepoint: &mut RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or(LoadError::Missing(program))?
+            .try_into()
+            .map_err(|source| LoadError::Program { program, source })?;
+        raw_tracepoint.load().map_err(|source| {
+            classify(&source).unwrap_or(LoadError::Program { program, source })
+        })?;
+        raw_tracepoint.attach(tracepoint).map_err(|source| {
+            classify(&source).unwrap_or(LoadError::Attach {
+                program,
+                tracepoint,
+                source,
+            })
+        })?;
     }
     Ok(())
 }

@@ -30,6 +30,8 @@ pub struct EbpfSessions {
     free_slots: Mutex<Vec<u32>>,
     flushers: Vec<mpsc::Sender<oneshot::Sender<()>>>,
     drains: Vec<JoinHandle<()>>,
+    /// The loaded programs' kernel ids, read once at load (a bpf() call each).
+    program_ids: Vec<u32>,
 }
 
 impl EbpfSessions {
@@ -55,6 +57,7 @@ impl EbpfSessions {
             )));
         }
         Ok(Self {
+            program_ids: backend.program_ids(),
             backend: Mutex::new(backend),
             routes,
             // Lowest slots first, so a lone session is in slot 0.
@@ -109,8 +112,8 @@ impl EbpfSessions {
         lock(&self.backend).counters()
     }
 
-    pub fn program_ids(&self) -> Vec<u32> {
-        lock(&self.backend).program_ids()
+    pub fn program_ids(&self) -> &[u32] {
+        &self.program_ids
     }
 
     /// How many rings (and drain tasks) there are.

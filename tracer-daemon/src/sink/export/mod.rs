@@ -368,14 +368,15 @@ struct Batch {
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// The sender: takes batches in order and sends each until it goes.
+/// The sender: takes batches in order and sends each until it goes. The queue's spool is
+/// on disk, so every step that may touch it runs on the blocking pool.
 async fn send(
     shared: Arc<Shared>,
     exporter: opentelemetry_otlp::SpanExporter,
     mut maker: SpanMaker,
 ) {
     let mut closing_since: Option<Instant> = None;
-    while let Some(batch) = take_batch(&shared).await {
+    while let Some(mut batch) = take_batch(&shared).await {
         // Ids are assigned once, so a retried batch is the same spans.
         let ids: Vec<_> = batch
             .inputs
@@ -397,7 +398,16 @@ async fn send(
                 Ok(Err(err)) => Some(err.to_string()),
                 Err(_) => Some(format!("no answer in {deadline:?}")),
             };
-            match settle(&shared, &batch, error, &mut closing_since) {
+            let settled;
+            (settled, batch, closing_since) = {
+                let shared = shared.clone();
+                blocking(move || {
+                    let settled = settle(&shared, &batch, error, &mut closing_since);
+                    (settled, batch, closing_since)
+                })
+                .await
+            };
+            match settled {
                 Settled::Sent => break,
                 Settled::Retry => {}
                 // The run is over and the batch waits in the spool for the next one.
@@ -407,6 +417,14 @@ async fn send(
             let _ = tokio::time::timeout(backoff, shared.wake.notified()).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+}
+
+/// Runs queue work that may read or write the spool on the blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
     }
 }
 
@@ -498,75 +516,95 @@ fn keep_for_next_run(shared: &Shared, queue: &mut Queue, rest: Vec<SpanInput>) {
 
 /// Waits for a batch: `batch_spans` of them, or whatever is there once the first has waited
 /// `batch_delay` (or the run ended). `None` when the run ended and nothing is left.
-async fn take_batch(shared: &Shared) -> Option<Batch> {
-    let options = &shared.options;
+async fn take_batch(shared: &Arc<Shared>) -> Option<Batch> {
     let mut first_seen: Option<Instant> = None;
     loop {
-        {
-            let mut queue = lock(&shared.queue);
-            let available = queue.memory.len() as u64 + queue.spool.spans();
-            if available == 0 && queue.closed.is_some() {
-                return None;
+        let next;
+        (next, first_seen) = {
+            let shared = shared.clone();
+            blocking(move || (next_batch(&shared, &mut first_seen), first_seen)).await
+        };
+        let wait = match next {
+            Next::Batch(batch) => return Some(batch),
+            Next::Done => return None,
+            Next::Wait(wait) => wait,
+        };
+        let _ = tokio::time::timeout(wait, shared.wake.notified()).await;
+    }
+}
+
+enum Next {
+    Batch(Batch),
+    /// The run ended and nothing is left to send.
+    Done,
+    /// Nothing is due yet: look again after this long, or when woken.
+    Wait(Duration),
+}
+
+/// What the sender does next. Blocking: it may read the spool.
+fn next_batch(shared: &Shared, first_seen: &mut Option<Instant>) -> Next {
+    let options = &shared.options;
+    let mut queue = lock(&shared.queue);
+    let available = queue.memory.len() as u64 + queue.spool.spans();
+    if available == 0 && queue.closed.is_some() {
+        return Next::Done;
+    }
+    if queue
+        .closed
+        .is_some_and(|closed| closed.elapsed() >= options.close_grace)
+    {
+        // The run is over and its grace spent (a slow collector, a long spool): what
+        // is in memory joins the spool's head for the next run.
+        let rest: Vec<SpanInput> = queue.memory.drain(..).collect();
+        keep_for_next_run(shared, &mut queue, rest);
+        return Next::Done;
+    }
+    if available > 0 {
+        let since = *first_seen.get_or_insert_with(Instant::now);
+        let due = available >= options.batch_spans as u64
+            || queue.closed.is_some()
+            || since.elapsed() >= options.batch_delay;
+        if due {
+            if !queue.memory.is_empty() {
+                let count = queue.memory.len().min(options.batch_spans);
+                let inputs: Vec<SpanInput> = queue.memory.drain(..count).collect();
+                queue.in_flight = inputs.len() as u64;
+                return Next::Batch(Batch {
+                    inputs,
+                    from_spool: None,
+                });
             }
-            if queue
-                .closed
-                .is_some_and(|closed| closed.elapsed() >= options.close_grace)
-            {
-                // The run is over and its grace spent (a slow collector, a long spool): what
-                // is in memory joins the spool's head for the next run.
-                let rest: Vec<SpanInput> = queue.memory.drain(..).collect();
-                keep_for_next_run(shared, &mut queue, rest);
-                return None;
-            }
-            if available > 0 {
-                let since = *first_seen.get_or_insert_with(Instant::now);
-                let due = available >= options.batch_spans as u64
-                    || queue.closed.is_some()
-                    || since.elapsed() >= options.batch_delay;
-                if due {
-                    if !queue.memory.is_empty() {
-                        let count = queue.memory.len().min(options.batch_spans);
-                        let inputs: Vec<SpanInput> = queue.memory.drain(..count).collect();
-                        queue.in_flight = inputs.len() as u64;
-                        return Some(Batch {
-                            inputs,
-                            from_spool: None,
-                        });
-                    }
-                    match queue.spool.peek(options.batch_spans) {
-                        Ok(mut peeked) if !peeked.inputs.is_empty() => {
-                            let inputs = std::mem::take(&mut peeked.inputs);
-                            return Some(Batch {
-                                inputs,
-                                from_spool: Some(peeked),
-                            });
-                        }
-                        Ok(peeked) => {
-                            // Counted but unreadable (a torn or corrupt tail): those spans
-                            // are lost to export, and counted so.
-                            tracing::error!("the span spool has unreadable data; giving it up");
-                            commit_spool(shared, &mut queue, &peeked);
-                            let forgotten = queue.spool.forget_unreadable();
-                            shared
-                                .counters
-                                .failed
-                                .fetch_add(forgotten, Ordering::Relaxed);
-                        }
-                        Err(err) => {
-                            tracing::error!(%err, "reading the span spool failed");
-                            queue.last_error = Some(format!("reading the spool: {err}"));
-                        }
-                    }
+            match queue.spool.peek(options.batch_spans) {
+                Ok(mut peeked) if !peeked.inputs.is_empty() => {
+                    let inputs = std::mem::take(&mut peeked.inputs);
+                    return Next::Batch(Batch {
+                        inputs,
+                        from_spool: Some(peeked),
+                    });
+                }
+                Ok(peeked) => {
+                    // Counted but unreadable (a torn or corrupt tail): those spans
+                    // are lost to export, and counted so.
+                    tracing::error!("the span spool has unreadable data; giving it up");
+                    commit_spool(shared, &mut queue, &peeked);
+                    let forgotten = queue.spool.forget_unreadable();
+                    shared
+                        .counters
+                        .failed
+                        .fetch_add(forgotten, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    tracing::error!(%err, "reading the span spool failed");
+                    queue.last_error = Some(format!("reading the spool: {err}"));
                 }
             }
         }
-        let wait = match first_seen {
-            Some(since) => options.batch_delay.saturating_sub(since.elapsed()),
-            None => Duration::from_secs(1),
-        }
-        .max(Duration::from_millis(1));
-        let _ = tokio::time::timeout(wait, shared.wake.notified()).await;
     }
+    let wait = match first_seen {
+        Some(since) => options.batch_delay.saturating_sub(since.elapsed()),
+        None => Duration::from_secs(1),
+    };
+    Next::Wait(wait.max(Duration::from_millis(1)))
 }
 
 /// The resource every span of this daemon carries.

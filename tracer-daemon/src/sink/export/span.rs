@@ -138,6 +138,33 @@ impl SpanMaker {
         } else {
             Status::Unset
         };
+        let attributes = self.attributes(input);
+        SpanData {
+            span_context: SpanContext::new(
+                ids.trace,
+                ids.span,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name,
+            start_time: start,
+            end_time: end,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+
+    /// The span's attributes: process, syscall, session, path and container.
+    fn attributes(&mut self, input: &SpanInput) -> Vec<KeyValue> {
+        let record = &input.event.record;
         let mut attributes = Vec::with_capacity(16);
         attributes.extend([
             KeyValue::new(Key::from_static_str(key::PID), record.tgid as i64),
@@ -192,27 +219,7 @@ impl SpanMaker {
                 KeyValue::new(Key::from_static_str(key::CONTAINER_IMAGE), image),
             ]);
         }
-        SpanData {
-            span_context: SpanContext::new(
-                ids.trace,
-                ids.span,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Internal,
-            name,
-            start_time: start,
-            end_time: end,
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: self.scope.clone(),
-        }
+        attributes
     }
 }
 
