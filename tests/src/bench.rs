@@ -99,8 +99,10 @@ pub fn machine() -> String {
     let model = cpuinfo
         .lines()
         .find_map(|line| line.strip_prefix("model name"))
-        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_else(|| "unknown CPU".into());
+        .map_or_else(
+            || "unknown CPU".into(),
+            |rest| rest.trim_start_matches([' ', '\t', ':']).to_owned(),
+        );
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     format!("Linux {}, {cpus} × {model}", kernel.trim())
 }

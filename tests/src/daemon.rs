@@ -66,12 +66,12 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).expect("test data dir");
         let log_path = data_dir.join("tracerd.log");
-        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
         let envs: Vec<(String, String)> = envs
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
-        let dropped_caps: Vec<String> = dropped.iter().map(|cap| cap.to_string()).collect();
+        let dropped_caps: Vec<String> = dropped.iter().map(ToString::to_string).collect();
         let child = spawn(port, &data_dir, &args, &envs, &dropped_caps, &log_path);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)

@@ -174,15 +174,15 @@ pub struct PathRecord {
 
 impl SyscallRecord {
     /// Size of a record on the wire.
-    pub const SIZE: usize = core::mem::size_of::<Self>();
+    pub const SIZE: usize = size_of::<Self>();
 
     /// Views the bytes of one ring-buffer item as a record and its path, without copying.
     /// `None` if the size is neither a plain nor a path record, or the bytes are misaligned
     /// (ring buffers align items to 8 bytes, so that means a bug, not bad luck).
     pub fn view(bytes: &[u8]) -> Option<(&Self, &[u8])> {
-        let with_path = bytes.len() == core::mem::size_of::<PathRecord>();
+        let with_path = bytes.len() == size_of::<PathRecord>();
         if !(bytes.len() == Self::SIZE || with_path)
-            || bytes.as_ptr().align_offset(core::mem::align_of::<Self>()) != 0
+            || bytes.as_ptr().align_offset(align_of::<Self>()) != 0
         {
             return None;
         }
@@ -225,17 +225,14 @@ mod tests {
     fn record_has_no_implicit_padding() {
         // 4 u64 + 6 u64 args + i64 ret + 4 u32 + 16 comm bytes.
         assert_eq!(SyscallRecord::SIZE, 4 * 8 + 6 * 8 + 8 + 4 * 4 + COMM_LEN);
-        assert_eq!(
-            core::mem::size_of::<InflightSyscall>(),
-            3 * 8 + 6 * 8 + 2 * 4
-        );
+        assert_eq!(size_of::<InflightSyscall>(), 3 * 8 + 6 * 8 + 2 * 4);
     }
 
     #[test]
     fn views_plain_and_path_records_without_copying() {
         #[repr(C, align(8))]
-        struct Aligned([u8; core::mem::size_of::<PathRecord>()]);
-        let mut buf = Aligned([0; core::mem::size_of::<PathRecord>()]);
+        struct Aligned([u8; size_of::<PathRecord>()]);
+        let mut buf = Aligned([0; size_of::<PathRecord>()]);
         let flags_at = 4 * 8 + 6 * 8 + 8 + 3 * 4;
         buf.0[flags_at..flags_at + 2].copy_from_slice(&4u16.to_ne_bytes()); // path_len
         buf.0[flags_at + 2..flags_at + 4].copy_from_slice(&record_flags::HAS_PATH.to_ne_bytes());

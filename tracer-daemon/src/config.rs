@@ -199,8 +199,7 @@ impl Config {
                     .iter()
                     .map(|item| {
                         item.as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| item.to_string())
+                            .map_or_else(|| item.to_string(), str::to_owned)
                     })
                     .collect::<Vec<_>>()
                     .join(","),

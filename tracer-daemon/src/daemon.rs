@@ -86,7 +86,10 @@ pub async fn run(
         .context("the API server task")?
         .context("serving the API")?;
 
-    for task in [Some(persister), Some(follower), logger].into_iter().flatten() {
+    for task in [Some(persister), Some(follower), logger]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
         let _ = task.await;
     }

@@ -1,6 +1,6 @@
 //! Prometheus metrics, gathered at scrape time from the store, the session manager and the
 //! engine (so nothing is counted twice and nothing goes stale).
-use std::sync::Arc;
+use std::sync::{atomic::Ordering::Relaxed, Arc};
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -167,7 +167,6 @@ async fn register_engine(registry: &mut Registry, engine: &Arc<Engine>) {
         );
     }
     let drain = engine.drain_stats();
-    use std::sync::atomic::Ordering::Relaxed;
     counter(
         registry,
         "drain_records",

@@ -122,7 +122,7 @@ fn build_ebpf() -> Result<()> {
 fn find_ebpf_object(profile: &str) -> Result<PathBuf> {
     let build_dir = workspace_root().join("target").join(profile).join("build");
     let newest = std::fs::read_dir(&build_dir)?
-        .filter_map(|entry| entry.ok())
+        .filter_map(std::result::Result::ok)
         .filter(|entry| {
             entry
                 .file_name()

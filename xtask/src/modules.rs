@@ -236,7 +236,7 @@ fn flatten(tree: &syn::UseTree, prefix: &mut Vec<String>, out: &mut Vec<Vec<Stri
             prefix.pop();
         }
         syn::UseTree::Name(name) => {
-            out.push([prefix.clone(), vec![name.ident.to_string()]].concat())
+            out.push([prefix.clone(), vec![name.ident.to_string()]].concat());
         }
         syn::UseTree::Rename(rename) => {
             out.push([prefix.clone(), vec![rename.ident.to_string()]].concat());

@@ -53,9 +53,7 @@ fn step(name: &str, ensure: impl FnOnce() -> Result<String>) -> Result<()> {
 
 fn require_root() -> Result<()> {
     // /proc/self belongs to the effective uid of the process looking at it.
-    let uid = fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX);
+    let uid = fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
     if uid != 0 {
         bail!(
             "setup needs root (running as uid {uid}): it mounts tracefs and bpffs, installs \
@@ -94,7 +92,7 @@ fn ensure_bpf_linker() -> Result<String> {
         .context("no nightly Rust toolchain")?;
     let nightly_lib = Path::new(&sysroot).join("lib");
     let llvm = fs::read_dir(&nightly_lib)?
-        .filter_map(|entry| entry.ok())
+        .filter_map(std::result::Result::ok)
         .map(|entry| entry.path())
         .find(|path| {
             let name = path.file_name().unwrap_or_default().to_string_lossy();

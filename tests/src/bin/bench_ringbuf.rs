@@ -151,7 +151,7 @@ fn measure_design(runtime: &tokio::runtime::Runtime, design: &Design, untraced: 
     })
     .expect("loading the engine");
     let flush = |session: &tracer_daemon::backend::SessionHandle| {
-        runtime.block_on(engine.flush_session(session))
+        runtime.block_on(engine.flush_session(session));
     };
     let cgroup = TestCgroup::create("bench");
     let (session, mut events) = engine
@@ -427,7 +427,7 @@ fn ftrace(untraced: f64) -> Value {
     std::fs::create_dir(instance).expect("creating an ftrace instance");
     let write = |file: &str, value: &str| {
         std::fs::write(instance.join(file), value)
-            .unwrap_or_else(|err| panic!("writing {file}: {err}"))
+            .unwrap_or_else(|err| panic!("writing {file}: {err}"));
     };
     // 4 MiB per CPU: the same order as tracerd's 8 MiB shared ring on two CPUs.
     write("buffer_size_kb", "4096");

@@ -210,7 +210,7 @@ struct EventParams {
 
 fn parse_time(field: &'static str, text: &str) -> Result<i128, ApiError> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map(|at| at.unix_timestamp_nanos())
+        .map(time::OffsetDateTime::unix_timestamp_nanos)
         .map_err(|err| {
             ApiError::bad_request(
                 "invalid_query",

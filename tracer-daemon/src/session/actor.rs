@@ -257,7 +257,7 @@ impl Actor {
                 Ok(counters) => row.counters = counters,
                 // The slot or instance may be left behind; the session must not stay stuck.
                 Err(err) => {
-                    tracing::error!(session = %self.id, %err, "stopping the engine session failed")
+                    tracing::error!(session = %self.id, %err, "stopping the engine session failed");
                 }
             }
             self.ctx.running.release(self.id);

@@ -161,7 +161,7 @@ impl Store {
     fn cached(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Uuid, SessionRow>> {
         self.cache
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs a read on the reader connection on a blocking thread.
@@ -310,7 +310,7 @@ fn write_batches(
         let committed = results.is_ok();
         let mut cache = cache
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let outcomes = results.unwrap_or_else(|err| vec![Err(err); batch.len()]);
         for (request, outcome) in batch.drain(..).zip(outcomes) {
             if committed && outcome.is_ok() {

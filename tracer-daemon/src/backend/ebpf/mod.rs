@@ -73,7 +73,7 @@ impl Default for EbpfOptions {
 /// a wake-up every 64 records took 12% of a traced loop's time. Between wake-ups the reader's
 /// 10 ms flush collects the records, so latency stays bounded at any rate.
 pub fn auto_wakeup_every(ring_bytes: u32) -> u64 {
-    let largest = (std::mem::size_of::<tracer_common::PathRecord>() + 8) as u64;
+    let largest = (size_of::<tracer_common::PathRecord>() + 8) as u64;
     (u64::from(ring_bytes) / largest / 8).max(1)
 }
 
@@ -507,7 +507,7 @@ fn page_size() -> u32 {
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
 where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(LoadError::Missing(name))?;
     T::try_from(map).map_err(|source| LoadError::Map { map: name, source })
@@ -524,7 +524,7 @@ mod tests {
         let execve = syscalls::Sysno::execve.id() as u32;
         assert!(paths.contains(&openat) && paths.contains(&execve));
         assert!(!paths.contains(&(syscalls::Sysno::getppid.id() as u32)));
-        let openat_index = crate::record::syscalls::path_arguments()
+        let openat_index = path_arguments()
             .find(|&(nr, _)| nr == openat)
             .map(|(_, i)| i);
         assert_eq!(openat_index, Some(1));

@@ -78,7 +78,9 @@ impl EbpfSessions {
             return Ok(None);
         };
         // Route first: a record of this slot must never find nobody to go to.
-        self.routes.write().unwrap_or_else(|e| e.into_inner())[slot as usize] = Some(route);
+        self.routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)[slot as usize] = Some(route);
         let programmed = lock(&self.backend).program_slot(slot, monotonic_ns(), filter);
         if let Err(err) = programmed {
             self.release_slot(slot);
@@ -123,7 +125,9 @@ impl EbpfSessions {
 
     /// Frees a slot whose records are all accounted for.
     pub fn release_slot(&self, slot: u32) {
-        self.routes.write().unwrap_or_else(|e| e.into_inner())[slot as usize] = None;
+        self.routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)[slot as usize] = None;
         lock(&self.free_slots).push(slot);
     }
 
@@ -211,7 +215,9 @@ impl FanOut {
         let Some(first_read) = self.first_read.take() else {
             return (0, 0);
         };
-        let routes = routes.read().unwrap_or_else(|e| e.into_inner());
+        let routes = routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for event in self.batch.drain(..) {
             let mut sessions = event.record.sessions;
             while sessions != 0 {

@@ -71,7 +71,7 @@ pub fn remove_stale_instances(root: &Path) -> Result<Vec<String>, TracefsError> 
             match fs::remove_dir(entry.path()) {
                 Ok(()) => removed.push(name),
                 Err(err) => {
-                    tracing::warn!(instance = %name, %err, "a tracerd-* tracefs instance is in use; left as it is")
+                    tracing::warn!(instance = %name, %err, "a tracerd-* tracefs instance is in use; left as it is");
                 }
             }
         }

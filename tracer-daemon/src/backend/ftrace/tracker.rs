@@ -34,7 +34,7 @@ impl TaskInfo {
             .ok()?;
         let comm = std::fs::read(format!("/proc/{tid}/comm")).ok()?;
         let comm = comm_of(comm.strip_suffix(b"\n").unwrap_or(&comm));
-        let cgroup_id = Cgroup::of_pid(tid).map(|cgroup| cgroup.id).unwrap_or(0);
+        let cgroup_id = Cgroup::of_pid(tid).map_or(0, |cgroup| cgroup.id);
         Some(Self {
             tgid,
             comm,
@@ -136,7 +136,7 @@ impl Tracker {
                 match self.exited.remove(&tid) {
                     // The exit was read first (the thread changed CPUs).
                     Some(exited) if exited.ts >= ts => {
-                        self.complete(tid, entered, exited.ts, exited.ret, emit)
+                        self.complete(tid, entered, exited.ts, exited.ret, emit);
                     }
                     _ => {
                         // A thread is in one syscall at a time: an older entry whose exit
