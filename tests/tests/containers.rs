@@ -121,6 +121,30 @@ fn no_matching_container_is_a_422_naming_the_selector_and_close_names() {
 }
 
 #[test]
+fn an_image_reference_docker_refuses_is_a_422_naming_the_field() {
+    require_root();
+    let daemon = Daemon::start(&[]);
+    let (status, body) = daemon.call(
+        "POST",
+        "/v1/sessions",
+        Some(&json!({"target": {"launch": {"image": "Not A Reference"}}})),
+        None,
+    );
+    assert_eq!(
+        (status, &body["error"], &body["field"]),
+        (422, &json!("invalid_field"), &json!("target.launch.image")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid reference format"),
+        "{body}"
+    );
+}
+
+#[test]
 fn a_tenant_may_target_only_containers_it_owns() {
     require_root();
     let ours = TestContainer::run("team-a-app", &[("tracerd.tenant", "team-a")]);

@@ -410,26 +410,26 @@ async fn stop_slot(
     ebpf: Arc<EbpfSessions>,
     delivery: Arc<DeliveryCounters>,
 ) -> Result<SessionCounters, EngineError> {
-    let read = || {
+    // Each map read (and the clear before the first) is one trip to the blocking pool.
+    let read = |clear: bool| {
         let (ebpf, delivery) = (ebpf.clone(), delivery.clone());
-        tokio::task::spawn_blocking(move || {
+        crate::sync::blocking(move || {
+            if clear {
+                ebpf.clear_slot(slot)?;
+            }
             let kernel = ebpf.slot_counters(slot)?;
             Ok::<_, EngineError>(delivery.with_kernel(kernel.matched, kernel.dropped))
         })
     };
-    {
-        let ebpf = ebpf.clone();
-        tokio::task::spawn_blocking(move || ebpf.clear_slot(slot)).await??;
-    }
+    let mut counters = read(true).await??;
     // A program that matched before the clear may still be writing: drain until every
     // matched record is accounted for (bounded; syscalls that entered before the clear and
     // have not returned yet are not matched until they return, and then count for nobody
     // once the route is gone).
     let deadline = Instant::now() + Duration::from_secs(2);
-    let mut counters = read().await??;
     while !counters.balanced() && Instant::now() < deadline {
         ebpf.flush().await;
-        counters = read().await??;
+        counters = read(false).await??;
         if !counters.balanced() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

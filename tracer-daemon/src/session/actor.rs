@@ -7,7 +7,7 @@
 //!  SessionManager ──Start/Stop/Delete/Snapshot/Shutdown──▶ actor ──owns──▶ Run
 //!  container follower ──Container(started/died/destroyed)──┘   └─ polls the run's ending
 //! ```
-use std::{ops::ControlFlow, sync::Arc};
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -22,6 +22,9 @@ use super::{
     watch::Ending,
 };
 use crate::{containers::Container, record::clock::now_rfc3339, sink::export::ExportStatus};
+
+/// How often a running session's actor reads its counters for the store.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What an actor is asked to do.
 pub enum Command {
@@ -106,22 +109,32 @@ struct Actor {
 enum Next {
     Command(Option<Command>),
     Ending(Ending),
+    Report,
 }
 
 impl Actor {
     async fn serve(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut report = tokio::time::interval(REPORT_INTERVAL);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let running = self.run.is_some();
             let next = tokio::select! {
                 command = commands.recv() => Next::Command(command),
                 ending = ending(&mut self.run) => Next::Ending(ending),
+                _ = report.tick(), if running => Next::Report,
             };
             match next {
                 Next::Command(Some(command)) => {
                     if self.handle(command).await.is_break() {
                         return;
                     }
+                    if !running && self.run.is_some() {
+                        // A run started: its first report is one period away.
+                        report.reset();
+                    }
                 }
                 Next::Ending(ending) => self.finish(ending).await,
+                Next::Report => self.report().await,
                 // Nobody can reach this session any more: leave it to resume next time.
                 Next::Command(None) => break,
             }
@@ -192,6 +205,7 @@ impl Actor {
             Ok((mut run, row)) => {
                 run.catch_up(&self.ctx, self.id).await;
                 self.run = Some(run);
+                self.ctx.report(self.id, row.counters);
                 Ok(row)
             }
             Err(err) => {
@@ -253,6 +267,7 @@ impl Actor {
             return Ok(row);
         }
         if let Some(run) = run {
+            self.ctx.forget(self.id);
             match run.end(&self.ctx, self.id).await {
                 Ok(counters) => row.counters = counters,
                 // The slot or instance may be left behind; the session must not stay stuck.
@@ -285,6 +300,19 @@ impl Actor {
             .await
         {
             tracing::error!(session = %self.id, %err, "ending the session failed");
+        }
+    }
+
+    /// Reads the run's counters for the store to save.
+    async fn report(&self) {
+        let Some(run) = &self.run else {
+            return;
+        };
+        match run.counters().await {
+            Ok(counters) => self.ctx.report(self.id, counters),
+            Err(err) => {
+                tracing::warn!(session = %self.id, %err, "reading the session's counters failed")
+            }
         }
     }
 

@@ -1,17 +1,22 @@
 //! What every session's actor shares: the engine, the container runtime, the store, the
 //! daemon's options, and the running sessions' duplicate keys.
-use std::{path::PathBuf, sync::Arc};
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use uuid::Uuid;
 
 use super::{
-    access::owns, duplicates::RunningKeys, error::SessionError, model::SessionRow, store::Store,
+    access::owns,
+    duplicates::RunningKeys,
+    error::SessionError,
+    model::{Counters, SessionRow},
+    store::Store,
 };
 use crate::{
     backend::Tracer,
     containers::{Container, ContainerRuntime},
     record::clock::now_rfc3339,
     sink::export::{ExportOptions, OtlpConfig},
+    sync::lock,
 };
 
 #[derive(Clone, Debug)]
@@ -36,6 +41,9 @@ pub struct Context {
     pub store: Store,
     pub options: ManagerOptions,
     pub running: RunningKeys,
+    /// Every running session's counters, as its actor last read them (every
+    /// [`super::actor::REPORT_INTERVAL`]): what the store saves, without asking each actor.
+    pub reported: std::sync::Mutex<HashMap<Uuid, Counters>>,
 }
 
 impl Context {
@@ -56,6 +64,29 @@ impl Context {
             containers.retain(|c| owns(c, &self.options.owner_label, tenant));
         }
         Ok(containers)
+    }
+
+    /// A running session's counters now.
+    pub fn report(&self, id: Uuid, counters: Counters) {
+        lock(&self.reported).insert(id, counters);
+    }
+
+    /// The session no longer runs.
+    pub fn forget(&self, id: Uuid) {
+        lock(&self.reported).remove(&id);
+    }
+
+    /// The last reported counters of every running session.
+    pub fn reported(&self) -> Vec<(Uuid, Counters)> {
+        lock(&self.reported)
+            .iter()
+            .map(|(id, counters)| (*id, *counters))
+            .collect()
+    }
+
+    /// The sessions that run now.
+    pub fn running_ids(&self) -> Vec<Uuid> {
+        lock(&self.reported).keys().copied().collect()
     }
 
     /// Records that a session failed, and why.

@@ -67,7 +67,7 @@ pub async fn create(
         .map_err(|err| SessionError::containers("target.launch", err))?;
     let made = {
         let id = id.clone();
-        tokio::task::spawn_blocking(move || make_cgroup(&id)).await?
+        crate::sync::blocking(move || make_cgroup(&id)).await?
     };
     match made {
         Ok(cgroup) => Ok((

@@ -45,6 +45,7 @@ impl SessionManager {
                 store,
                 options,
                 running: RunningKeys::default(),
+                reported: std::sync::Mutex::new(HashMap::new()),
             }),
             actors: std::sync::Mutex::new(HashMap::new()),
         })
@@ -243,10 +244,10 @@ impl SessionManager {
         session
     }
 
-    /// Counters of every running session, for persistence and metrics.
+    /// Counters of every running session now, for metrics.
     pub async fn running_counters(&self) -> Vec<(Uuid, Counters)> {
         let mut counters = Vec::new();
-        for (id, _) in self.all_actors() {
+        for id in self.ctx.running_ids() {
             if let Some(Snapshot {
                 counters: Some(now),
                 ..
@@ -258,11 +259,11 @@ impl SessionManager {
         counters
     }
 
-    /// Saves running sessions' counters (called every few hundred milliseconds, so a crash
-    /// loses at most that much of them; the events themselves are on disk already).
+    /// Saves running sessions' counters as their actors last read them (called every few
+    /// hundred milliseconds, so a crash loses at most that much of them; the events themselves
+    /// are on disk already).
     pub async fn persist_counters(&self) -> Result<(), StoreError> {
-        let counters = self.running_counters().await;
-        self.ctx.store.save_counters(counters).await
+        self.ctx.store.save_counters(self.ctx.reported()).await
     }
 
     /// Tells every session's actor about a container's change.
@@ -339,7 +340,7 @@ impl SessionManager {
             .visible_containers(&principal.tenant, !principal.admin)
             .await?;
         let mut runs = Vec::new();
-        for (id, _) in self.all_actors() {
+        for id in self.ctx.running_ids() {
             if let Some(snapshot) = self.snapshot(id).await {
                 if principal.admin || snapshot.tenant == principal.tenant {
                     runs.push((id, snapshot.cgroups));

@@ -72,36 +72,16 @@ impl Resolving<'_> {
 
     /// Resolves the target now (cgroup and /proc reads run on the blocking pool).
     pub async fn resolve(&self, ctx: &Context) -> Result<Resolved, SessionError> {
-        let tgids = self.spec.conditions.tgids.clone();
+        if let Some(local) = self.local() {
+            return Ok(crate::sync::blocking(move || local.resolve()).await??);
+        }
         match &self.spec.target {
-            TargetKind::Cgroup(path) => {
-                let path = PathBuf::from(path);
-                let cgroup = tokio::task::spawn_blocking(move || Cgroup::from_path(&path))
-                    .await?
-                    .map_err(TargetError::from)?;
-                Ok(Resolved {
-                    filter: self.filter(vec![cgroup.id], tgids),
-                    containers: HashMap::new(),
-                    presence: Presence::Cgroups(vec![cgroup.path]),
-                    follow: None,
-                    launched: None,
-                })
-            }
-            TargetKind::Pids(pids) => {
-                let cgroups = cgroups_of(pids.clone()).await??;
-                Ok(Resolved {
-                    filter: self.filter(cgroups, Some(pids.clone())),
-                    containers: HashMap::new(),
-                    presence: Presence::Pids(pids.clone()),
-                    follow: None,
-                    launched: None,
-                })
-            }
             TargetKind::Containers(selector) => self.containers(ctx, selector).await,
             TargetKind::Launch(request) => {
                 let (container, cgroup) =
                     launch::create(ctx, request, self.tenant, self.session, self.run).await?;
                 let containers = HashMap::from([(cgroup.id, Arc::new(container.clone()))]);
+                let tgids = self.spec.conditions.tgids.clone();
                 Ok(Resolved {
                     filter: self.filter(vec![cgroup.id], tgids),
                     containers,
@@ -110,6 +90,24 @@ impl Resolving<'_> {
                     launched: Some(container.id),
                 })
             }
+            TargetKind::Cgroup(_) | TargetKind::Pids(_) => unreachable!("resolved locally"),
+        }
+    }
+
+    /// A target resolved from this host's files alone (a cgroup, processes), to resolve on
+    /// the blocking pool; `None` for targets the container runtime resolves.
+    pub fn local(&self) -> Option<LocalTarget> {
+        let tgids = self.spec.conditions.tgids.clone();
+        match &self.spec.target {
+            TargetKind::Cgroup(path) => Some(LocalTarget::Cgroup {
+                path: PathBuf::from(path),
+                filter: self.filter(Vec::new(), tgids),
+            }),
+            TargetKind::Pids(pids) => Some(LocalTarget::Pids {
+                pids: pids.clone(),
+                filter: self.filter(Vec::new(), Some(pids.clone())),
+            }),
+            TargetKind::Containers(_) | TargetKind::Launch(_) => None,
         }
     }
 
@@ -155,18 +153,45 @@ impl Resolving<'_> {
     }
 }
 
-/// The distinct cgroups of some processes, from /proc, on the blocking pool.
-fn cgroups_of(pids: Vec<u32>) -> tokio::task::JoinHandle<Result<Vec<u64>, TargetError>> {
-    tokio::task::spawn_blocking(move || {
-        let mut cgroups = Vec::new();
-        for pid in pids {
-            let cgroup = Cgroup::of_pid(pid).map_err(|_| TargetError::ProcessGone { pid })?;
-            if !cgroups.contains(&cgroup.id) {
-                cgroups.push(cgroup.id);
+/// A cgroup or pid target with its filter (cgroups still to find).
+pub enum LocalTarget {
+    Cgroup { path: PathBuf, filter: TraceFilter },
+    Pids { pids: Vec<u32>, filter: TraceFilter },
+}
+
+impl LocalTarget {
+    /// Finds the cgroups. Blocking (cgroupfs and /proc reads).
+    pub fn resolve(self) -> Result<Resolved, TargetError> {
+        match self {
+            LocalTarget::Cgroup { path, mut filter } => {
+                let cgroup = Cgroup::from_path(&path)?;
+                filter.cgroups = vec![cgroup.id];
+                Ok(Resolved {
+                    filter,
+                    containers: HashMap::new(),
+                    presence: Presence::Cgroups(vec![cgroup.path]),
+                    follow: None,
+                    launched: None,
+                })
+            }
+            LocalTarget::Pids { pids, mut filter } => {
+                for &pid in &pids {
+                    let cgroup =
+                        Cgroup::of_pid(pid).map_err(|_| TargetError::ProcessGone { pid })?;
+                    if !filter.cgroups.contains(&cgroup.id) {
+                        filter.cgroups.push(cgroup.id);
+                    }
+                }
+                Ok(Resolved {
+                    filter,
+                    containers: HashMap::new(),
+                    presence: Presence::Pids(pids),
+                    follow: None,
+                    launched: None,
+                })
             }
         }
-        Ok(cgroups)
-    })
+    }
 }
 
 impl Presence {

@@ -19,7 +19,7 @@ use super::{
     watch::{run_ending, Ending},
 };
 use crate::{
-    backend::{Backend, SessionCounters, SessionOptions, Trace},
+    backend::{Backend, EventReceiver, SessionCounters, SessionOptions, Trace},
     containers::{self, Container},
     record::{clock::now_rfc3339, WallClock},
     sink::{
@@ -84,31 +84,19 @@ pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRo
         session: row.id,
         run: row.runs + 1,
     };
-    let resolved = match resolving.resolve(ctx).await {
-        Ok(resolved) => resolved,
-        Err(err) => {
+    let (resolved, log, trace, events) = match prepare(ctx, &row, &spec, &resolving).await {
+        Ok(prepared) => prepared,
+        Err(Unprepared::Target(err)) => {
             ctx.mark_failed(&mut row, err.to_string()).await?;
             tracing::warn!(session = %row.id, %err, "session failed to start");
             return Err(err);
         }
-    };
-    let log = match open_log(ctx, row.id).await {
-        Ok(log) => log,
-        Err(err) => {
-            if let Some(container) = &resolved.launched {
-                ctx.runtime.remove(container).await;
-            }
-            return Err(err);
-        }
-    };
-    let (trace, events) = match start_tracing(ctx, &row, &spec, &resolved).await {
-        Ok(started) => started,
-        Err(err) => {
+        Err(Unprepared::Tracing { err, launched }) => {
             if matches!(err, SessionError::BackendUnavailable { .. }) {
                 ctx.mark_failed(&mut row, err.to_string()).await?;
             }
-            if let Some(container) = &resolved.launched {
-                ctx.runtime.remove(container).await;
+            if let Some(container) = launched {
+                ctx.runtime.remove(&container).await;
             }
             return Err(err);
         }
@@ -143,24 +131,29 @@ pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRo
     Ok((run, row))
 }
 
-/// Opens (or continues) the session's event log, on the blocking pool.
-async fn open_log(ctx: &Context, id: Uuid) -> Result<EventLogWriter, SessionError> {
-    let dir = ctx.session_dir(id);
-    let cap = ctx.options.event_log_cap_bytes;
-    tokio::task::spawn_blocking(move || {
-        EventLogWriter::open(&dir, cap)
-            .map_err(|source| SessionError::EventLog { path: dir, source })
-    })
-    .await?
+/// Why a run could not be prepared.
+enum Unprepared {
+    /// The target is gone: the session fails.
+    Target(SessionError),
+    /// The event log or the engine session did not start (a launched container, created
+    /// already, is to be removed).
+    Tracing {
+        err: SessionError,
+        launched: Option<String>,
+    },
 }
 
-/// The engine session for a run, started on the blocking pool.
-async fn start_tracing(
+type Prepared = (Resolved, EventLogWriter, Arc<dyn Trace>, EventReceiver);
+
+/// Resolves the target, opens (or continues) the session's event log and starts its engine
+/// session. A cgroup or pid target is all files and kernel maps: one trip to the blocking
+/// pool; a container target is resolved through the runtime first.
+async fn prepare(
     ctx: &Context,
     row: &SessionRow,
     spec: &SessionSpec,
-    resolved: &Resolved,
-) -> Result<(Arc<dyn Trace>, crate::backend::EventReceiver), SessionError> {
+    resolving: &Resolving<'_>,
+) -> Result<Prepared, Unprepared> {
     let options = SessionOptions {
         backend: match spec.backend {
             BackendChoice::Auto => None,
@@ -172,8 +165,44 @@ async fn start_tracing(
         ftrace_buffer_kb: spec.ftrace_buffer_kb,
     };
     let tracer = ctx.tracer.clone();
-    let filter = resolved.filter.clone();
-    Ok(tokio::task::spawn_blocking(move || tracer.start(&filter, &options)).await??)
+    let dir = ctx.session_dir(row.id);
+    let cap = ctx.options.event_log_cap_bytes;
+    let start = move |resolved: Resolved| {
+        let started = EventLogWriter::open(&dir, cap)
+            .map_err(|source| SessionError::EventLog { path: dir, source })
+            .and_then(|log| {
+                let (trace, events) = tracer.start(&resolved.filter, &options)?;
+                Ok((log, trace, events))
+            });
+        match started {
+            Ok((log, trace, events)) => Ok((resolved, log, trace, events)),
+            Err(err) => Err(Unprepared::Tracing {
+                err,
+                launched: resolved.launched,
+            }),
+        }
+    };
+    let blocking = |err: tokio::task::JoinError| Unprepared::Target(err.into());
+    match resolving.local() {
+        Some(local) => crate::sync::blocking(move || {
+            let resolved = local
+                .resolve()
+                .map_err(|err| Unprepared::Target(err.into()))?;
+            start(resolved)
+        })
+        .await
+        .map_err(blocking)?,
+        None => {
+            let resolved = resolving.resolve(ctx).await.map_err(Unprepared::Target)?;
+            let launched = resolved.launched.clone();
+            crate::sync::blocking(move || start(resolved))
+                .await
+                .map_err(|err| Unprepared::Tracing {
+                    err: err.into(),
+                    launched,
+                })?
+        }
+    }
 }
 
 /// Starts the run's span export, to the session's collector or the daemon's default.
@@ -223,7 +252,7 @@ fn assemble(
     resolved: Resolved,
     started: Started,
     log: EventLogWriter,
-    events: crate::backend::EventReceiver,
+    events: EventReceiver,
     clock: WallClock,
 ) -> Run {
     let progress = Arc::new(RunProgress::default());
@@ -308,7 +337,7 @@ impl Run {
     /// pool).
     pub async fn counters(&self) -> Result<Counters, SessionError> {
         let trace = self.trace.clone();
-        let kernel = tokio::task::spawn_blocking(move || trace.counters()).await??;
+        let kernel = crate::sync::blocking(move || trace.counters()).await??;
         let export = self.export.as_ref().map(Export::counters);
         Ok(self.base + run_counters(&kernel, &self.progress, export))
     }
@@ -335,7 +364,7 @@ impl Run {
             .send((container.cgroup_id, Arc::new(container.meta())));
         let trace = self.trace.clone();
         let cgroup_id = container.cgroup_id;
-        match tokio::task::spawn_blocking(move || trace.add_cgroup(cgroup_id)).await {
+        match crate::sync::blocking(move || trace.add_cgroup(cgroup_id)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 tracing::error!(session = %id, %err, "adding a container to the session failed");
@@ -363,7 +392,7 @@ impl Run {
             return;
         };
         let trace = self.trace.clone();
-        let removed = tokio::task::spawn_blocking(move || trace.remove_cgroup(cgroup_id)).await;
+        let removed = crate::sync::blocking(move || trace.remove_cgroup(cgroup_id)).await;
         if !matches!(removed, Ok(Ok(()))) {
             tracing::error!(session = %id, ?removed, "removing an exited container failed");
         }

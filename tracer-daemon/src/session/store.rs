@@ -424,7 +424,7 @@ fn save(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
 fn save_counters(db: &Connection, counters: &[(Uuid, Counters)]) -> rusqlite::Result<()> {
     let mut update = db.prepare_cached(
         "UPDATE sessions SET matched = ?2, delivered = ?3, dropped = ?4, exported = ?5, evicted = ?6, \
-         spooled = ?7, export_failed = ?8 WHERE id = ?1",
+         spooled = ?7, export_failed = ?8 WHERE id = ?1 AND status = 'running'",
     )?;
     for (id, c) in counters {
         update.execute(params![
@@ -448,7 +448,11 @@ fn update_cache(cache: &mut HashMap<Uuid, SessionRow>, write: Write) {
         }
         Write::SaveCounters(counters) => {
             for (id, counters) in counters {
-                if let Some(row) = cache.get_mut(&id) {
+                // Only a running session's: a run that ended has its final counters saved.
+                if let Some(row) = cache
+                    .get_mut(&id)
+                    .filter(|row| row.status == Status::Running)
+                {
                     row.counters = counters;
                 }
             }

@@ -76,7 +76,8 @@ async fn targets_ending(
             },
         };
     }
-    let mut check = tokio::time::interval(PRESENCE_CHECK);
+    // The target was resolved just now: the first check is one period away.
+    let mut check = tokio::time::interval_at(Instant::now() + PRESENCE_CHECK, PRESENCE_CHECK);
     loop {
         tokio::select! {
             () = sleep_until(deadline) => return Ending::finished("ttl"),

@@ -234,7 +234,15 @@ async fn sessions_that_were_running_resume_after_a_crash_and_those_that_cannot_f
     }
     h.tracer.deliver(39, 101, 5);
     h.wait_delivered(web.id, 5).await;
-    h.manager.persist_counters().await.unwrap();
+    // The actor reports its counters every 250 ms; the persister saves the last report.
+    for _ in 0..100 {
+        h.manager.persist_counters().await.unwrap();
+        let saved = h.manager.store().get(web.id).await.unwrap().unwrap();
+        if saved.counters.delivered == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A crash: the store still says running; a new daemon (manager) starts on it.
     let store = h.manager.store().clone();
     let (tracer, runtime) = (Arc::new(FakeTracer::default()), h.runtime.clone());
