@@ -311,7 +311,7 @@ impl Actor {
         match run.counters().await {
             Ok(counters) => self.ctx.report(self.id, counters),
             Err(err) => {
-                tracing::warn!(session = %self.id, %err, "reading the session's counters failed")
+                tracing::warn!(session = %self.id, %err, "reading the session's counters failed");
             }
         }
     }
