@@ -9,17 +9,13 @@ pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Runs short blocking work (a kernel map update or read, a few small cgroup or tracefs
-/// files) without holding up other tasks: in place on a multi-threaded runtime, where tokio
-/// hands this worker's other tasks to another thread for the duration (so the work keeps the
-/// CPU it has, which matters on a busy node: a trip to the blocking pool waits for a thread
-/// to be scheduled), else on the blocking pool. Long or unbounded work (a reader thread's
-/// last pass, SQLite queries, event downloads) goes to `spawn_blocking` instead.
+/// Runs short blocking work (a kernel map update or read, a few cgroup or tracefs files, a
+/// log file opened) on tokio's blocking pool, so no async worker waits on it. Measured on the
+/// 2-core machines against running it in place (`block_in_place`) and inline: the blocking
+/// pool keeps the API's median, in place lost a fifth of the lifecycle rate, and each trip
+/// costs tail latency under overload (docs/benchmarks.md, the API numbers).
 pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
-    match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(work)),
-        _ => tokio::task::spawn_blocking(work).await,
-    }
+    tokio::task::spawn_blocking(work).await
 }
