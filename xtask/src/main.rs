@@ -202,12 +202,24 @@ fn unit_tests_without_root() -> Result<()> {
             rest.split_once('"').map(|(path, _)| path.to_owned())
         })
         .ok_or_else(|| anyhow::anyhow!("cargo did not name the daemon's unit-test binary"))?;
-    println!("unit tests of tracer-daemon as user nobody: {binary}");
-    cmd::status(
+    // A copy nobody can reach, wherever the checkout lives (/root is not theirs to enter).
+    let scratch = std::env::temp_dir().join(format!("tracerd-unit-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let copy = scratch.join("tracer-daemon-unit-tests");
+    std::fs::copy(&binary, &copy)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o755))?;
+    println!(
+        "unit tests of tracer-daemon as user nobody: {}",
+        copy.display()
+    );
+    let ran = cmd::status(
         std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(binary)
+            .arg(&copy)
             .current_dir(std::env::temp_dir())
             .env("HOME", std::env::temp_dir()),
-    )
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    ran
 }

@@ -286,19 +286,46 @@ pub(super) fn decode_page(
 mod tests {
     use super::*;
 
-    /// A tracefs-like tree of the format files captured from a real kernel
-    /// (`fuzz/seeds/format/`), so decoding is tested without root.
+    /// The format files captured from a real kernel (`fuzz/seeds/format/`), built into the
+    /// test so it needs neither root nor the source tree at run time.
+    const CAPTURED: [(&str, &str); 7] = [
+        (
+            SYSCALL_ENTER,
+            include_str!("../../../../fuzz/seeds/format/sys_enter"),
+        ),
+        (
+            SYSCALL_EXIT,
+            include_str!("../../../../fuzz/seeds/format/sys_exit"),
+        ),
+        (
+            CGROUP_ATTACH,
+            include_str!("../../../../fuzz/seeds/format/cgroup_attach_task"),
+        ),
+        (
+            TASK_EVENTS[0],
+            include_str!("../../../../fuzz/seeds/format/task_newtask"),
+        ),
+        (
+            TASK_EVENTS[1],
+            include_str!("../../../../fuzz/seeds/format/task_rename"),
+        ),
+        (
+            TASK_EVENTS[2],
+            include_str!("../../../../fuzz/seeds/format/sched_process_exec"),
+        ),
+        (
+            TASK_EVENTS[3],
+            include_str!("../../../../fuzz/seeds/format/sched_process_exit"),
+        ),
+    ];
+
+    /// A tracefs-like tree of the captured format files.
     fn captured_tracefs() -> tempfile::TempDir {
-        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/format");
         let root = tempfile::tempdir().unwrap();
-        let events = [SYSCALL_ENTER, SYSCALL_EXIT, CGROUP_ATTACH]
-            .into_iter()
-            .chain(TASK_EVENTS);
-        for event in events {
-            let name = event.rsplit('/').next().unwrap();
+        for (event, format) in CAPTURED {
             let dir = root.path().join("events").join(event);
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::copy(seeds.join(name), dir.join("format")).unwrap();
+            std::fs::write(dir.join("format"), format).unwrap();
         }
         root
     }
