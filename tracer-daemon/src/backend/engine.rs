@@ -391,7 +391,9 @@ impl SessionHandle {
 
     /// Stops the session: no new syscall matches it, every record already written for it is
     /// delivered (or counted dropped), and its slot or instance is released. Returns its
-    /// final counters. The kernel and tracefs work runs on the blocking pool.
+    /// final counters. The ftrace reader's last pass and the instance's removal run on the
+    /// blocking pool; an eBPF slot's clear and counter reads are quick `bpf()` calls, made
+    /// here (see [`stop_slot`]).
     pub async fn stop(self) -> Result<SessionCounters, EngineError> {
         match self.backend {
             SessionBackend::Ebpf { slot, ebpf } => stop_slot(slot, ebpf, self.counters).await,
@@ -405,23 +407,23 @@ impl SessionHandle {
 }
 
 /// Clears an eBPF slot, drains until every record it matched is accounted for, and frees it.
+///
+/// The clear and the counter reads are `bpf()` updates and lookups of array and hash maps:
+/// they never sleep or wait on a device (microseconds each), so they run here, on the
+/// caller's worker. Sending them to the blocking pool was measured to lengthen the API's
+/// stop latency tail under load (and with it how long a slot stays taken): see
+/// docs/benchmarks.md, the API numbers.
 async fn stop_slot(
     slot: u32,
     ebpf: Arc<EbpfSessions>,
     delivery: Arc<DeliveryCounters>,
 ) -> Result<SessionCounters, EngineError> {
-    // Each map read (and the clear before the first) is one trip to the blocking pool.
-    let read = |clear: bool| {
-        let (ebpf, delivery) = (ebpf.clone(), delivery.clone());
-        crate::sync::blocking(move || {
-            if clear {
-                ebpf.clear_slot(slot)?;
-            }
-            let kernel = ebpf.slot_counters(slot)?;
-            Ok::<_, EngineError>(delivery.with_kernel(kernel.matched, kernel.dropped))
-        })
+    let read = || -> Result<SessionCounters, EngineError> {
+        let kernel = ebpf.slot_counters(slot)?;
+        Ok(delivery.with_kernel(kernel.matched, kernel.dropped))
     };
-    let mut counters = read(true).await??;
+    ebpf.clear_slot(slot)?;
+    let mut counters = read()?;
     // A program that matched before the clear may still be writing: drain until every
     // matched record is accounted for (bounded; syscalls that entered before the clear and
     // have not returned yet are not matched until they return, and then count for nobody
@@ -429,7 +431,7 @@ async fn stop_slot(
     let deadline = Instant::now() + Duration::from_secs(2);
     while !counters.balanced() && Instant::now() < deadline {
         ebpf.flush().await;
-        counters = read(false).await??;
+        counters = read()?;
         if !counters.balanced() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

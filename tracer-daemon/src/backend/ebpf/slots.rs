@@ -99,12 +99,12 @@ impl EbpfSessions {
         lock(&self.backend).remove_cgroup(cgroup_id, 1 << slot)
     }
 
-    /// Stops `slot` matching anything new. Blocking (map updates).
+    /// Stops `slot` matching anything new: `bpf()` map updates, which never sleep.
     pub fn clear_slot(&self, slot: u32) -> Result<(), MapUpdateError> {
         lock(&self.backend).clear_slot(slot)
     }
 
-    /// What the kernel counted for `slot`. Blocking (a map read).
+    /// What the kernel counted for `slot`: a `bpf()` map lookup, which never sleeps.
     pub fn slot_counters(&self, slot: u32) -> Result<SlotCounters, aya::maps::MapError> {
         lock(&self.backend).slot_counters(slot)
     }
