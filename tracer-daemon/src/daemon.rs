@@ -40,7 +40,12 @@ pub async fn run(
     )?;
     tracing::info!(data_dir = %data_dir.path().display(), "data directory ready");
     let options = manager_options(&config, &data_dir)?;
-    let engine = Arc::new(start_engine(&config)?);
+    // Loading programs and cleaning up tracefs is blocking work: on the blocking pool (which
+    // runs inside the runtime, so the drain tasks it spawns are the runtime's).
+    let engine = {
+        let config = config.clone();
+        Arc::new(tokio::task::spawn_blocking(move || start_engine(&config)).await??)
+    };
     let docker = Arc::new(DockerClient::new(&config.docker_socket));
     let manager = SessionManager::new(engine.clone(), docker, store, options);
 

@@ -422,6 +422,18 @@ async fn stop_slot(
         let kernel = ebpf.slot_counters(slot)?;
         Ok(delivery.with_kernel(kernel.matched, kernel.dropped))
     };
+    let drained = drain_cleared_slot(slot, &ebpf, read).await;
+    // Whatever happened, the slot's route goes: its consumer sees the end of its records.
+    ebpf.release_slot(slot);
+    drained
+}
+
+/// Clears a slot and drains until its records are accounted for; the final counters.
+async fn drain_cleared_slot(
+    slot: u32,
+    ebpf: &EbpfSessions,
+    read: impl Fn() -> Result<SessionCounters, EngineError>,
+) -> Result<SessionCounters, EngineError> {
     ebpf.clear_slot(slot)?;
     let mut counters = read()?;
     // A program that matched before the clear may still be writing: drain until every
@@ -443,7 +455,6 @@ async fn stop_slot(
             "session stopped with records unaccounted for"
         );
     }
-    ebpf.release_slot(slot);
     Ok(counters)
 }
 
@@ -471,7 +482,10 @@ impl Trace for SessionHandle {
     fn stop(self: Arc<Self>) -> BoxFuture<'static, Result<SessionCounters, EngineError>> {
         match Arc::into_inner(self) {
             Some(handle) => handle.stop().boxed(),
-            None => std::future::ready(Err(EngineError::StillInUse)).boxed(),
+            None => {
+                tracing::error!("a session handle is still shared at its stop: its slot or instance stays until the daemon exits");
+                std::future::ready(Err(EngineError::StillInUse)).boxed()
+            }
         }
     }
 }

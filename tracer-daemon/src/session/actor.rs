@@ -13,15 +13,15 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    context::Context,
+    context::{Context, Snapshot},
     error::SessionError,
     launch,
-    model::{Counters, SessionRow, Status},
+    model::{SessionRow, Status},
     run::{self, Run},
     spec::TargetKind,
     watch::Ending,
 };
-use crate::{containers::Container, record::clock::now_rfc3339, sink::export::ExportStatus};
+use crate::{containers::Container, record::clock::now_rfc3339};
 
 /// How often a running session's actor reads its counters for the store.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
@@ -60,16 +60,6 @@ pub enum ContainerChange {
     Started(Container),
     Died(String),
     Destroyed(String),
-}
-
-/// A running session's live view.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    /// Over all runs; `None` if the kernel's counters could not be read.
-    pub counters: Option<Counters>,
-    pub export_status: Option<ExportStatus>,
-    pub tenant: String,
-    pub cgroups: Vec<u64>,
 }
 
 /// The way to a session's actor. Cheap to clone.
@@ -204,8 +194,16 @@ impl Actor {
         match run::begin(&self.ctx, row).await {
             Ok((mut run, row)) => {
                 run.catch_up(&self.ctx, self.id).await;
+                self.ctx.report(
+                    self.id,
+                    Snapshot {
+                        counters: Some(row.counters),
+                        export_status: run.export_status(),
+                        tenant: run.tenant.clone(),
+                        cgroups: run.cgroups.clone(),
+                    },
+                );
                 self.run = Some(run);
-                self.ctx.report(self.id, row.counters);
                 Ok(row)
             }
             Err(err) => {
@@ -261,21 +259,26 @@ impl Actor {
         &mut self,
         outcome: Option<(Status, Option<String>)>,
     ) -> Result<SessionRow, SessionError> {
-        let run = self.run.take();
+        let mut ended = None;
+        if let Some(run) = self.run.take() {
+            self.ctx.forget(self.id);
+            ended = Some(run.end(&self.ctx, self.id).await);
+            self.ctx.running.release(self.id);
+        }
         let mut row = self.row().await?;
         if row.status != Status::Running {
             return Ok(row);
         }
-        if let Some(run) = run {
-            self.ctx.forget(self.id);
-            match run.end(&self.ctx, self.id).await {
-                Ok(counters) => row.counters = counters,
-                // The slot or instance may be left behind; the session must not stay stuck.
-                Err(err) => {
-                    tracing::error!(session = %self.id, %err, "stopping the engine session failed");
-                }
+        match ended {
+            Some(Ok(counters)) => row.counters = counters,
+            // The session must not stay stuck: it ends, and says its last counters may be short.
+            Some(Err(err)) => {
+                tracing::error!(session = %self.id, %err, "stopping the engine session failed");
+                row.error = Some(format!(
+                    "stopping the engine session failed: {err}; counters are as last saved"
+                ));
             }
-            self.ctx.running.release(self.id);
+            None => {}
         }
         let now = now_rfc3339();
         row.updated_at = now.clone();
@@ -303,16 +306,11 @@ impl Actor {
         }
     }
 
-    /// Reads the run's counters for the store to save.
+    /// Publishes the run's view: what the store saves, and what readers see while the actor
+    /// is busy.
     async fn report(&self) {
-        let Some(run) = &self.run else {
-            return;
-        };
-        match run.counters().await {
-            Ok(counters) => self.ctx.report(self.id, counters),
-            Err(err) => {
-                tracing::warn!(session = %self.id, %err, "reading the session's counters failed");
-            }
+        if let Some(snapshot) = self.snapshot().await {
+            self.ctx.report(self.id, snapshot);
         }
     }
 

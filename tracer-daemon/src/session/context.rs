@@ -15,7 +15,7 @@ use crate::{
     backend::Tracer,
     containers::{Container, ContainerRuntime},
     record::clock::now_rfc3339,
-    sink::export::{ExportOptions, OtlpConfig},
+    sink::export::{ExportOptions, ExportStatus, OtlpConfig},
     sync::lock,
 };
 
@@ -35,15 +35,26 @@ pub struct ManagerOptions {
     pub export_resource: opentelemetry_sdk::Resource,
 }
 
+/// A running session's live view.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Over all runs; `None` if the kernel's counters could not be read.
+    pub counters: Option<Counters>,
+    pub export_status: Option<ExportStatus>,
+    pub tenant: String,
+    pub cgroups: Vec<u64>,
+}
+
 pub struct Context {
     pub tracer: Arc<dyn Tracer>,
     pub runtime: Arc<dyn ContainerRuntime>,
     pub store: Store,
     pub options: ManagerOptions,
     pub running: RunningKeys,
-    /// Every running session's counters, as its actor last read them (every
-    /// [`super::actor::REPORT_INTERVAL`]): what the store saves, without asking each actor.
-    pub reported: std::sync::Mutex<HashMap<Uuid, Counters>>,
+    /// Every running session's view, as its actor last published it (every
+    /// [`super::actor::REPORT_INTERVAL`]): what the store saves, and what readers see while
+    /// the actor is busy, without waiting for it.
+    pub reported: std::sync::Mutex<HashMap<Uuid, Snapshot>>,
 }
 
 impl Context {
@@ -66,9 +77,14 @@ impl Context {
         Ok(containers)
     }
 
-    /// A running session's counters now.
-    pub fn report(&self, id: Uuid, counters: Counters) {
-        lock(&self.reported).insert(id, counters);
+    /// A running session's view now.
+    pub fn report(&self, id: Uuid, snapshot: Snapshot) {
+        lock(&self.reported).insert(id, snapshot);
+    }
+
+    /// A running session's last published view.
+    pub fn last_report(&self, id: Uuid) -> Option<Snapshot> {
+        lock(&self.reported).get(&id).cloned()
     }
 
     /// The session no longer runs.
@@ -80,7 +96,7 @@ impl Context {
     pub fn reported(&self) -> Vec<(Uuid, Counters)> {
         lock(&self.reported)
             .iter()
-            .map(|(id, counters)| (*id, *counters))
+            .filter_map(|(id, snapshot)| Some((*id, snapshot.counters?)))
             .collect()
     }
 

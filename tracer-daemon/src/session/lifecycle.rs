@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use super::{
     access::Principal,
-    actor::{ActorHandle, Command, ContainerChange, Snapshot},
-    context::{Context, ManagerOptions},
+    actor::{ActorHandle, Command, ContainerChange},
+    context::{Context, ManagerOptions, Snapshot},
     duplicates::RunningKeys,
     error::SessionError,
     launch,
@@ -23,6 +23,9 @@ use crate::{
     record::clock::rfc3339,
     sync::lock,
 };
+
+/// How long a read waits for a running session's actor before using its last published view.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct SessionManager {
     ctx: Arc<Context>,
@@ -225,12 +228,15 @@ impl SessionManager {
         deleted
     }
 
-    /// A running session's live view, from its actor.
+    /// A running session's live view, from its actor; while the actor is busy (a stop
+    /// draining, say), its last published one, so reads never wait on lifecycle work.
     async fn snapshot(&self, id: Uuid) -> Option<Snapshot> {
-        self.existing_actor(id)?
-            .call(|reply| Command::Snapshot { reply })
-            .await
-            .flatten()
+        let actor = self.existing_actor(id)?;
+        let asked = actor.call(|reply| Command::Snapshot { reply });
+        match tokio::time::timeout(SNAPSHOT_WAIT, asked).await {
+            Ok(answer) => answer.flatten(),
+            Err(_) => self.ctx.last_report(id),
+        }
     }
 
     /// A session's resource: stored, with live counters and export status if it runs here.
@@ -309,6 +315,8 @@ impl SessionManager {
                 Err(SessionError::Target(_) | SessionError::NoMatchingContainer { .. }) => {
                     failed += 1;
                 }
+                // Stopped or deleted through the API (which serves already) before its turn.
+                Err(SessionError::InvalidTransition { .. } | SessionError::NotFound(_)) => {}
                 Err(err) => {
                     failed += 1;
                     tracing::error!(session = %id, %err, "could not resume the session");

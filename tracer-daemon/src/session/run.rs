@@ -92,11 +92,11 @@ pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRo
             return Err(err);
         }
         Err(Unprepared::Tracing { err, launched }) => {
-            if matches!(err, SessionError::BackendUnavailable { .. }) {
-                ctx.mark_failed(&mut row, err.to_string()).await?;
-            }
             if let Some(container) = launched {
                 ctx.runtime.remove(&container).await;
+            }
+            if matches!(err, SessionError::BackendUnavailable { .. }) {
+                ctx.mark_failed(&mut row, err.to_string()).await?;
             }
             return Err(err);
         }
@@ -126,7 +126,13 @@ pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRo
     }
     let run = assemble(ctx, &row, &spec, resolved, started, log, events, clock);
     mark_running(&mut row, run.trace.as_ref());
-    ctx.store.save(row.clone()).await?;
+    if let Err(err) = ctx.store.save(row.clone()).await {
+        // Not recorded as running: nothing of it may stay behind.
+        if let Err(end) = run.end(ctx, row.id).await {
+            tracing::error!(session = %row.id, %end, "ending a run that could not be recorded");
+        }
+        return Err(err.into());
+    }
     tracing::info!(session = %row.id, run = row.runs, "session running");
     Ok((run, row))
 }
@@ -313,7 +319,9 @@ impl Run {
         if let Some(container) = &self.launched {
             ctx.runtime.kill(container).await;
         }
-        let kernel = self.trace.stop().await?;
+        // On an error the engine has still released the session's route (see `stop_slot`):
+        // the writer and the export are finished either way.
+        let kernel = self.trace.stop().await;
         // The engine dropped the session's channel: the writer ends once it has written
         // everything that was delivered.
         match self.writer.await {
@@ -330,7 +338,7 @@ impl Run {
             }
             None => None,
         };
-        Ok(self.base + run_counters(&kernel, &self.progress, export.as_deref()))
+        Ok(self.base + run_counters(&kernel?, &self.progress, export.as_deref()))
     }
 
     /// The session's counters now, over all its runs (kernel counters read on the blocking
