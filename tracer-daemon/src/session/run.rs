@@ -54,8 +54,13 @@ pub struct Run {
 /// The parts of a run started so far, undone together when a later part fails.
 struct Started {
     trace: Arc<dyn Trace>,
+    /// The session's events, from the engine.
+    events: EventReceiver,
+    log: EventLogWriter,
     export: Option<Export>,
     launched: Option<String>,
+    /// The run's wall clock, for its events and spans.
+    clock: WallClock,
 }
 
 impl Started {
@@ -106,8 +111,11 @@ pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRo
     let clock = WallClock::now();
     let mut started = Started {
         trace,
+        events,
+        log,
         export: None,
         launched: resolved.launched.clone(),
+        clock,
     };
     match start_export(ctx, &row, &spec).await {
         Ok(export) => started.export = export,
@@ -124,7 +132,7 @@ pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRo
             return Err(err);
         }
     }
-    let run = assemble(ctx, &row, &spec, resolved, started, log, events, clock);
+    let run = assemble(ctx, &row, &spec, resolved, started);
     mark_running(&mut row, run.trace.as_ref());
     if let Err(err) = ctx.store.save(row.clone()).await {
         // Not recorded as running: nothing of it may stay behind.
@@ -250,23 +258,19 @@ async fn start_export(
 }
 
 /// Puts a started run together: its writer on the blocking pool, and its ending.
-#[allow(clippy::too_many_arguments)]
 fn assemble(
     ctx: &Context,
     row: &SessionRow,
     spec: &SessionSpec,
     resolved: Resolved,
     started: Started,
-    log: EventLogWriter,
-    events: EventReceiver,
-    clock: WallClock,
 ) -> Run {
     let progress = Arc::new(RunProgress::default());
     let (joins, joined) = mpsc::channel();
     let (limit_reached, limit) = oneshot::channel();
     let writer = RunWriter {
         session: row.id,
-        log,
+        log: started.log,
         containers: resolved.containers,
         joins: joined,
         progress: progress.clone(),
@@ -275,8 +279,9 @@ fn assemble(
             .map(|max| max.saturating_sub(row.counters.delivered)),
         limit_reached: Some(limit_reached),
         export: started.export.as_ref().map(Export::sink),
-        clock,
+        clock: started.clock,
     };
+    let events = started.events;
     let writer = tokio::task::spawn_blocking(move || writer.run(events));
     Run {
         trace: started.trace,
