@@ -135,7 +135,7 @@ async fn register_engine(registry: &mut Registry, engine: &Arc<Engine>) {
     // Map reads run on the blocking pool.
     let kernel = {
         let engine = engine.clone();
-        crate::sync::blocking(move || engine.kernel_counters().ok())
+        tokio::task::spawn_blocking(move || engine.kernel_counters().ok())
             .await
             .ok()
             .flatten()

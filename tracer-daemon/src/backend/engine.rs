@@ -212,20 +212,6 @@ impl Engine {
         }
     }
 
-    /// Adds a cgroup to a running session. Blocking.
-    pub fn add_cgroup(&self, session: &SessionHandle, cgroup_id: u64) -> Result<(), EngineError> {
-        session.add_cgroup(cgroup_id)
-    }
-
-    /// Removes a cgroup from a running session. Blocking.
-    pub fn remove_cgroup(
-        &self,
-        session: &SessionHandle,
-        cgroup_id: u64,
-    ) -> Result<(), EngineError> {
-        session.remove_cgroup(cgroup_id)
-    }
-
     /// The session's counters now. Blocking (kernel maps or tracefs files).
     pub fn counters(&self, session: &SessionHandle) -> Result<SessionCounters, EngineError> {
         session.counters()

@@ -83,7 +83,7 @@ impl DockerClient {
 /// if the process is gone.
 async fn cgroup_of(pid: i64) -> Option<Cgroup> {
     let pid = u32::try_from(pid).ok().filter(|&pid| pid > 0)?;
-    crate::sync::blocking(move || Cgroup::of_pid(pid).ok())
+    tokio::task::spawn_blocking(move || Cgroup::of_pid(pid).ok())
         .await
         .ok()
         .flatten()

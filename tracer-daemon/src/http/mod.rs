@@ -162,7 +162,7 @@ async fn containers(
 async fn tally(State(state): State<AppState>) -> Json<Value> {
     // Kernel maps and tracefs files are read on the blocking pool.
     let (engine, session) = (state.engine.clone(), state.startup_session.clone());
-    let (counters, kernel) = crate::sync::blocking(move || {
+    let (counters, kernel) = tokio::task::spawn_blocking(move || {
         let counters = session.and_then(|session| session.counters().ok());
         (counters, engine.kernel_counters().ok())
     })

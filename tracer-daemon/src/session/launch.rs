@@ -67,7 +67,7 @@ pub async fn create(
         .map_err(|err| SessionError::containers("target.launch", err))?;
     let made = {
         let id = id.clone();
-        crate::sync::blocking(move || make_cgroup(&id)).await?
+        tokio::task::spawn_blocking(move || make_cgroup(&id)).await?
     };
     match made {
         Ok(cgroup) => Ok((

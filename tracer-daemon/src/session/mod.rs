@@ -28,6 +28,5 @@ pub use self::{
     context::ManagerOptions,
     error::{Forbidden, SessionError, TargetError},
     follow::follow_containers,
-    launch::SESSION_LABEL as LAUNCH_SESSION_LABEL,
     lifecycle::{ContainerView, SessionManager},
 };

@@ -73,7 +73,7 @@ impl Resolving<'_> {
     /// Resolves the target now (cgroup and /proc reads run on the blocking pool).
     pub async fn resolve(&self, ctx: &Context) -> Result<Resolved, SessionError> {
         if let Some(local) = self.local() {
-            return Ok(crate::sync::blocking(move || local.resolve()).await??);
+            return Ok(tokio::task::spawn_blocking(move || local.resolve()).await??);
         }
         match &self.spec.target {
             TargetKind::Containers(selector) => self.containers(ctx, selector).await,

@@ -198,7 +198,7 @@ async fn prepare(
     };
     let blocking = |err: tokio::task::JoinError| Unprepared::Target(err.into());
     match resolving.local() {
-        Some(local) => crate::sync::blocking(move || {
+        Some(local) => tokio::task::spawn_blocking(move || {
             let resolved = local
                 .resolve()
                 .map_err(|err| Unprepared::Target(err.into()))?;
@@ -209,7 +209,7 @@ async fn prepare(
         None => {
             let resolved = resolving.resolve(ctx).await.map_err(Unprepared::Target)?;
             let launched = resolved.launched.clone();
-            crate::sync::blocking(move || start(resolved))
+            tokio::task::spawn_blocking(move || start(resolved))
                 .await
                 .map_err(|err| Unprepared::Tracing {
                     err: err.into(),
@@ -350,7 +350,7 @@ impl Run {
     /// pool).
     pub async fn counters(&self) -> Result<Counters, SessionError> {
         let trace = self.trace.clone();
-        let kernel = crate::sync::blocking(move || trace.counters()).await??;
+        let kernel = tokio::task::spawn_blocking(move || trace.counters()).await??;
         let export = self.export.as_ref().map(Export::counters);
         Ok(self.base + run_counters(&kernel, &self.progress, export))
     }
@@ -377,7 +377,7 @@ impl Run {
             .send((container.cgroup_id, Arc::new(container.meta())));
         let trace = self.trace.clone();
         let cgroup_id = container.cgroup_id;
-        match crate::sync::blocking(move || trace.add_cgroup(cgroup_id)).await {
+        match tokio::task::spawn_blocking(move || trace.add_cgroup(cgroup_id)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 tracing::error!(session = %id, %err, "adding a container to the session failed");
@@ -405,7 +405,7 @@ impl Run {
             return;
         };
         let trace = self.trace.clone();
-        let removed = crate::sync::blocking(move || trace.remove_cgroup(cgroup_id)).await;
+        let removed = tokio::task::spawn_blocking(move || trace.remove_cgroup(cgroup_id)).await;
         if !matches!(removed, Ok(Ok(()))) {
             tracing::error!(session = %id, ?removed, "removing an exited container failed");
         }
