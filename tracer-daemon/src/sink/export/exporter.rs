@@ -3,35 +3,29 @@
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{trace::SpanExporter as _, Resource};
 
-use super::{
-    config::{OtlpConfig, Protocol},
-    ExportError,
-};
+use super::config::{OtlpConfig, Protocol};
 
-/// The collector's exporter, without its own retries (the sender retries, in order).
+/// The collector's exporter, without its own retries (the sender retries, in order). The
+/// error is a message; the caller names the endpoint.
 pub(super) fn build_exporter(
     config: &OtlpConfig,
     resource: &Resource,
-) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
-    let fail = |message: String| ExportError::Exporter {
-        endpoint: config.endpoint.clone(),
-        message,
-    };
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
     let mut exporter = match config.protocol {
         Protocol::Grpc => {
             let mut metadata = tonic::metadata::MetadataMap::new();
             for (key, value) in &config.headers {
                 let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes())
-                    .map_err(|err| fail(format!("header {key:?}: {err}")))?;
+                    .map_err(|err| format!("header {key:?}: {err}"))?;
                 let value = value
                     .parse()
-                    .map_err(|err| fail(format!("header value for {key:?}: {err}")))?;
+                    .map_err(|err| format!("header value for {key:?}: {err}"))?;
                 metadata.insert(key, value);
             }
             // Our own channel: with HTTP/2's default 64 KiB windows a batch of spans (hundreds
             // of KiB) waits for window updates on the way; larger windows let it go at once.
             let mut endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
-                .map_err(|err| fail(err.to_string()))?
+                .map_err(|err| err.to_string())?
                 .timeout(config.timeout)
                 .connect_timeout(config.timeout)
                 .tcp_nodelay(true)
@@ -41,12 +35,12 @@ pub(super) fn build_exporter(
                 let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
                 if let Some(ca_file) = &config.ca_file {
                     let pem = std::fs::read(ca_file)
-                        .map_err(|err| fail(format!("reading {}: {err}", ca_file.display())))?;
+                        .map_err(|err| format!("reading {}: {err}", ca_file.display()))?;
                     tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
                 }
                 endpoint = endpoint
                     .tls_config(tls)
-                    .map_err(|err| fail(format!("TLS: {err}")))?;
+                    .map_err(|err| format!("TLS: {err}"))?;
             }
             let mut builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -78,7 +72,7 @@ pub(super) fn build_exporter(
             builder.build()
         }
     }
-    .map_err(|err| fail(err.to_string()))?;
+    .map_err(|err| err.to_string())?;
     exporter.set_resource(resource);
     Ok(exporter)
 }

@@ -179,7 +179,11 @@ impl Export {
         spool_dir: &Path,
         options: ExportOptions,
     ) -> Result<Self, ExportError> {
-        let exporter = build_exporter(config, resource)?;
+        let exporter =
+            build_exporter(config, resource).map_err(|message| ExportError::Exporter {
+                endpoint: config.endpoint.clone(),
+                message,
+            })?;
         let spool = Spool::open(spool_dir, options.spool_cap_bytes).map_err(|source| {
             ExportError::Spool {
                 path: spool_dir.display().to_string(),
