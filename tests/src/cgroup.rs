@@ -28,6 +28,15 @@ impl TestCgroup {
         Self { cgroup }
     }
 
+    /// A child cgroup of this one (remove it first: declare it after its parent).
+    pub fn child(&self, name: &str) -> Self {
+        let path = self.path().join(name);
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|err| panic!("creating cgroup {}: {err}", path.display()));
+        let cgroup = Cgroup::from_path(&path).expect("the new cgroup's id");
+        Self { cgroup }
+    }
+
     pub fn path(&self) -> &Path {
         &self.cgroup.path
     }

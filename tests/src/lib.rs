@@ -23,14 +23,33 @@ pub fn require_root() {
 
 /// Kernel ids of the tracerd programs loaded right now, from the kernel's own list.
 pub fn loaded_tracerd_programs() -> Vec<u32> {
-    let names: Vec<&str> = tracer_daemon::backend::ebpf::PROGRAMS
-        .iter()
-        .map(|(name, _)| *name)
-        .collect();
+    let names = tracer_daemon::backend::ebpf::PROGRAM_NAMES;
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|info| info.name_as_str().is_some_and(|name| names.contains(&name)))
         .map(|info| info.id())
+        .collect()
+}
+
+/// Which of the programs `ids` are attached now, as `bpftool link show` lists the kernel's
+/// links (raw tracepoint and perf-event links alike name their program).
+pub fn attached_programs(ids: &[u32]) -> Vec<u32> {
+    let output = std::process::Command::new("bpftool")
+        .args(["link", "show", "--json"])
+        .output()
+        .expect("running bpftool (installed by `cargo xtask setup`)");
+    assert!(
+        output.status.success(),
+        "bpftool link show: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let links: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("bpftool's JSON");
+    links
+        .iter()
+        .filter_map(|link| link["prog_id"].as_u64())
+        .map(|id| id as u32)
+        .filter(|id| ids.contains(id))
         .collect()
 }
 

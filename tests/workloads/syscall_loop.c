@@ -14,6 +14,9 @@
  *   slow-getppid   getppid() then a 5 ms nanosleep(), COUNT times (a low, steady rate)
  *   pause-stdin    read() COUNT bytes from standard input, one at a time (lets a test learn
  *                  the pid before the measured work starts)
+ *   cgroup-hop     COUNT times: make a child cgroup of the cgroup2 directory named by
+ *                  SYSCALL_LOOP_CGROUP (the one the process is in), move into it, call
+ *                  getppid() once, move back and remove the child
  *
  * With SYSCALL_LOOP_TIMING=1 in the environment it prints `loop_ns=N` to stderr: the time
  * the ops took, read from the vDSO clock (no syscall), for benchmarks that must not count
@@ -27,9 +30,39 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+/* Moves the calling process into the cgroup2 directory `dir`. */
+static int join_cgroup(const char *dir) {
+    char procs[4096];
+    snprintf(procs, sizeof procs, "%s/cgroup.procs", dir);
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, procs, O_WRONLY);
+    if (fd < 0) return 1;
+    long written = syscall(SYS_write, fd, "0", 1);
+    syscall(SYS_close, fd);
+    return written == 1 ? 0 : 1;
+}
+
+static int cgroup_hop(long count) {
+    const char *parent = getenv("SYSCALL_LOOP_CGROUP");
+    if (!parent) {
+        fprintf(stderr, "syscall_loop: cgroup-hop needs SYSCALL_LOOP_CGROUP\n");
+        return 2;
+    }
+    char child[4096];
+    for (long i = 0; i < count; i++) {
+        snprintf(child, sizeof child, "%s/hop-%ld-%ld", parent, (long)getpid(), i);
+        if (mkdir(child, 0755) != 0) return 1;
+        if (join_cgroup(child) != 0) return 1;
+        syscall(SYS_getppid);
+        if (join_cgroup(parent) != 0) return 1;
+        if (rmdir(child) != 0) return 1;
+    }
+    return 0;
+}
 
 static int run(const char *op, long count) {
     if (strcmp(op, "getppid") == 0) {
@@ -63,6 +96,8 @@ static int run(const char *op, long count) {
         char byte;
         for (long i = 0; i < count; i++)
             if (syscall(SYS_read, 0, &byte, 1) != 1) return 1;
+    } else if (strcmp(op, "cgroup-hop") == 0) {
+        return cgroup_hop(count);
     } else {
         fprintf(stderr, "syscall_loop: unknown op %s\n", op);
         return 2;

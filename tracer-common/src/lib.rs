@@ -11,8 +11,19 @@ pub const COMM_LEN: usize = 16;
 /// [`SessionMask`], so this is the width of that mask.
 pub const MAX_SESSIONS: u32 = 64;
 
-/// Capacity of the cgroup-id → sessions map: distinct cgroups traced at once.
+/// Capacity of the cgroup-id → sessions map: distinct cgroups traced at once (each with
+/// its whole subtree).
 pub const MAX_TRACED_CGROUPS: u32 = 8192;
+
+/// Capacity of the kernel's cache of which sessions trace each cgroup (the `CGROUP_SESSIONS`
+/// map): distinct cgroups whose processes make syscalls while a session runs. Past it the
+/// least recently used entries are evicted, and recomputed if their cgroup comes back.
+pub const MAX_CACHED_CGROUPS: u32 = 16384;
+
+/// How many levels of a cgroup's ancestors the kernel checks for a traced one (the root is
+/// level 0; Kubernetes containers sit at level 4 or 5). A target deeper than this below the
+/// root covers only the cgroups down to this level.
+pub const MAX_CGROUP_DEPTH: u32 = 32;
 
 /// Syscall numbers below this have their own entry in the per-syscall maps; larger ones
 /// (none on x86_64 or aarch64 today) are traced only by sessions that trace every syscall.
@@ -83,6 +94,29 @@ pub mod ring_config {
     pub const PER_CPU: u32 = 1;
     /// Number of entries.
     pub const COUNT: u32 = 2;
+}
+
+/// How the kernel finds a cgroup's sessions, in the `CGROUP_CONFIG` map.
+pub mod cgroup_config {
+    /// Index of the targets' generation: userspace adds one after every change of
+    /// `TRACED_CGROUPS`, which makes every cached [`CgroupSessions`](super::CgroupSessions)
+    /// of an older generation stale.
+    pub const GENERATION: u32 = 0;
+    /// Index of a switch for comparisons (benchmarks): nonzero walks a cgroup's ancestors on
+    /// every syscall instead of caching the answer per cgroup.
+    pub const NO_CACHE: u32 = 1;
+    /// Number of entries.
+    pub const COUNT: u32 = 2;
+}
+
+/// Which sessions trace one cgroup, through itself or an ancestor: what the kernel computed
+/// from `TRACED_CGROUPS` at some generation of it, cached per cgroup (`CGROUP_SESSIONS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupSessions {
+    pub sessions: SessionMask,
+    /// The [`cgroup_config::GENERATION`] it was computed at.
+    pub generation: u64,
 }
 
 /// Per-CPU state of one session slot (the `SLOTS` map). Userspace writes it, on every CPU,
@@ -215,6 +249,7 @@ mod user {
     unsafe impl aya::Pod for super::SyscallRecord {}
     unsafe impl aya::Pod for super::SlotState {}
     unsafe impl aya::Pod for super::PathArg {}
+    unsafe impl aya::Pod for super::CgroupSessions {}
 }
 
 #[cfg(test)]

@@ -171,6 +171,7 @@ fn start_engine(config: &Config) -> anyhow::Result<Engine> {
             ring_bytes: config.ring_bytes,
             wakeup_every: config.ring_wakeup_every,
             per_cpu_rings: !config.shared_ring,
+            cgroup_cache: true,
         },
         use_ebpf: !config.no_ebpf,
         ftrace_buffer_kb: config.ftrace_buffer_kb,

@@ -2,9 +2,10 @@
 //!
 //! Filtering is a handful of constant-time lookups, all before any ring-buffer write:
 //!
-//! * entry: `TRACED_CGROUPS[cgroup id]` (the sessions tracing the task's cgroup; a miss ends
-//!   it — all an untraced task pays) `& SYSCALL_SESSIONS[nr]` (the sessions wanting this
-//!   syscall), then the tgid condition for the sessions that have one;
+//! * entry: `CGROUP_SESSIONS[cgroup id]` (the sessions tracing the task's cgroup or one of
+//!   its ancestors, cached per cgroup; a cached zero ends it — all an untraced task pays)
+//!   `& SYSCALL_SESSIONS[nr]` (the sessions wanting this syscall), then the tgid condition
+//!   for the sessions that have one;
 //! * exit: the failed-only condition, and the slots whose session started after the syscall
 //!   entered are dropped (a slot reused by a new session must not inherit old syscalls).
 //!
@@ -25,21 +26,34 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user_str_bytes, bpf_task_storage_get,
-        generated::bpf_get_current_comm as bpf_get_current_comm_raw,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm as bpf_get_current_comm_raw,
+        },
     },
-    macros::{btf_map, map, raw_tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::RawTracePointContext,
+    macros::{btf_map, map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    counter, mask, record_flags, ring_config, InflightSyscall, PathArg, PathRecord, SessionMask,
-    SlotState, SyscallRecord, COMM_LEN, DEFAULT_RING_BYTES, MAX_FILTERED_TGIDS, MAX_SESSIONS,
-    MAX_SYSCALLS, MAX_TRACED_CGROUPS, PATH_MAX_LEN,
+    cgroup_config, counter, mask, record_flags, ring_config, CgroupSessions, InflightSyscall,
+    PathArg, PathRecord, SessionMask, SlotState, SyscallRecord, COMM_LEN, DEFAULT_RING_BYTES,
+    MAX_CACHED_CGROUPS, MAX_CGROUP_DEPTH, MAX_FILTERED_TGIDS, MAX_SESSIONS, MAX_SYSCALLS,
+    MAX_TRACED_CGROUPS, PATH_MAX_LEN,
 };
 
-/// cgroup id → the sessions tracing that cgroup.
+/// Target cgroup id → the sessions tracing that cgroup and its subtree (userspace writes it).
 #[map]
 static TRACED_CGROUPS: HashMap<u64, SessionMask> = HashMap::with_max_entries(MAX_TRACED_CGROUPS, 0);
+
+/// Any cgroup id seen → the sessions tracing it through itself or an ancestor, computed by
+/// the programs on its first syscall at each generation of `TRACED_CGROUPS`.
+#[map]
+static CGROUP_SESSIONS: LruHashMap<u64, CgroupSessions> =
+    LruHashMap::with_max_entries(MAX_CACHED_CGROUPS, 0);
+
+/// The targets' generation and the cache switch, indexed by `tracer_common::cgroup_config`.
+#[map]
+static CGROUP_CONFIG: Array<u64> = Array::with_max_entries(cgroup_config::COUNT, 0);
 
 /// syscall number → the sessions that chose it (sessions tracing every syscall are in
 /// `MASKS[ALL_SYSCALLS]` instead).
@@ -165,11 +179,10 @@ pub fn tracerd_exit(ctx: RawTracePointContext) -> i32 {
 
 fn try_enter(ctx: &RawTracePointContext) {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: copied out at once; a concurrent update gives the old or the new mask, and
-    // either is a correct answer for this syscall.
-    let Some(&cgroup_sessions) = (unsafe { TRACED_CGROUPS.get(&cgroup_id) }) else {
+    let cgroup_sessions = sessions_of_cgroup(cgroup_id);
+    if cgroup_sessions == 0 {
         return;
-    };
+    }
     // raw_tracepoint sys_enter: args are (struct pt_regs *regs, long id).
     let nr: u64 = ctx.arg(1);
     let mut sessions = cgroup_sessions & syscall_sessions(nr);
@@ -209,6 +222,73 @@ fn try_enter(ctx: &RawTracePointContext) {
     // SAFETY: the current task's own storage; only this task's syscalls touch it.
     unsafe { *slot = inflight };
     keep_path_argument(nr, &inflight.args);
+}
+
+/// Forgets a removed cgroup's cached sessions, so removed cgroups leave nothing behind.
+/// (A tracepoint program: its context is the event's record, whose layout userspace checks
+/// against the kernel's `format` file before attaching.)
+#[tracepoint(category = "cgroup", name = "cgroup_rmdir")]
+pub fn tracerd_rmdir(ctx: TracePointContext) -> i32 {
+    // cgroup_rmdir: `int root` at 8 (the hierarchy; 0 is cgroup v2), `u64 id` at 16.
+    // SAFETY: offsets within the event's record, checked by userspace.
+    let root = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1);
+    if root == 0 {
+        if let Ok(id) = unsafe { ctx.read_at::<u64>(16) } {
+            let _ = CGROUP_SESSIONS.remove(&id);
+        }
+    }
+    0
+}
+
+/// The sessions tracing the current task's cgroup `cgroup_id`: from the cache when it was
+/// computed at the current generation of the targets, else from its ancestors (and cached).
+#[inline(always)]
+fn sessions_of_cgroup(cgroup_id: u64) -> SessionMask {
+    let generation = CGROUP_CONFIG
+        .get(cgroup_config::GENERATION)
+        .copied()
+        .unwrap_or(0);
+    let cache = CGROUP_CONFIG
+        .get(cgroup_config::NO_CACHE)
+        .copied()
+        .unwrap_or(0)
+        == 0;
+    if cache {
+        // SAFETY: copied out at once; a concurrent update gives the old or the new value.
+        if let Some(cached) = unsafe { CGROUP_SESSIONS.get(&cgroup_id) } {
+            if cached.generation == generation {
+                return cached.sessions;
+            }
+        }
+    }
+    // The generation was read before the targets: an answer computed from targets newer than
+    // it is only recomputed once more, never kept past a change.
+    let sessions = sessions_of_ancestry(cgroup_id);
+    if cache {
+        let entry = CgroupSessions {
+            sessions,
+            generation,
+        };
+        // A failed insert (no memory) only means computing it again next time.
+        let _ = CGROUP_SESSIONS.insert(&cgroup_id, &entry, 0);
+    }
+    sessions
+}
+
+/// The sessions tracing `cgroup_id` (the current task's) or any of its ancestors.
+#[inline(always)]
+fn sessions_of_ancestry(cgroup_id: u64) -> SessionMask {
+    let traced = |id: u64| unsafe { TRACED_CGROUPS.get(&id) }.copied().unwrap_or(0);
+    let mut sessions = traced(cgroup_id);
+    for level in 0..MAX_CGROUP_DEPTH {
+        // SAFETY: a helper without pointer arguments. 0 past the task's own level.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if ancestor == 0 || ancestor == cgroup_id {
+            break;
+        }
+        sessions |= traced(ancestor);
+    }
+    sessions
 }
 
 fn try_exit(ctx: &RawTracePointContext) {

@@ -22,7 +22,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The OTLP collector the tests run, from PyPI (a pre-release, so pinned exactly).
 const ROTEL_VERSION: &str = "0.0.1a15";
 /// Debian packages: the Docker engine, and the test and benchmark tools.
-const DEBIAN_PACKAGES: [&str; 5] = ["docker.io", "busybox-static", "strace", "bpftrace", "gcc"];
+const DEBIAN_PACKAGES: [&str; 6] = [
+    "docker.io",
+    "busybox-static",
+    "strace",
+    "bpftrace",
+    "bpftool",
+    "gcc",
+];
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 pub fn run() -> Result<()> {

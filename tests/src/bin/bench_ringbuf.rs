@@ -87,6 +87,7 @@ fn main() {
                 ring_bytes: shared_bytes,
                 wakeup_every: Some(auto),
                 per_cpu_rings: false,
+                ..EbpfOptions::default()
             },
             use_ebpf: true,
         },

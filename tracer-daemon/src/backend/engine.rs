@@ -253,6 +253,21 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// Whether the eBPF programs are attached: only while an eBPF session runs.
+    pub fn programs_attached(&self) -> bool {
+        self.ebpf
+            .as_ref()
+            .is_some_and(|ebpf| ebpf.programs_attached())
+    }
+
+    /// The cgroups the kernel's cache of cgroup sessions holds. Blocking.
+    pub fn cached_cgroups(&self) -> Vec<u64> {
+        self.ebpf
+            .as_ref()
+            .map(|ebpf| ebpf.cached_cgroups())
+            .unwrap_or_default()
+    }
+
     pub fn drain_stats(&self) -> &DrainStats {
         &self.drain_stats
     }

@@ -109,6 +109,7 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
             "ftrace": status(engine.ftrace_status()),
         },
         "program_ids": engine.program_ids(),
+        "programs_attached": engine.programs_attached(),
     }))
 }
 

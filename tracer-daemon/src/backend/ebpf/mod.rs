@@ -1,6 +1,14 @@
-//! The eBPF backend: loads and attaches the `raw_tracepoint` programs from `tracer-ebpf`,
-//! programs the kernel's filter maps for session slots, reads the per-slot counters, and
-//! hands out the record ring buffers ([`slots`] runs sessions on them).
+//! The eBPF backend: loads the programs from `tracer-ebpf`, attaches them while any session
+//! runs, programs the kernel's filter maps for session slots, reads the per-slot counters,
+//! and hands out the record ring buffers ([`slots`] runs sessions on them).
+//!
+//! **Attached on demand.** Any program on `sys_enter`/`sys_exit` sends every syscall of every
+//! process on the node through the kernel's slow syscall paths, so the programs are attached
+//! when the first slot is programmed and detached when the last one is cleared: an idle
+//! daemon costs the node nothing. The programs and maps stay loaded, so attaching is two
+//! `bpf()` calls. The exit program is attached before the entry one and detached after it,
+//! so no syscall is half-seen; a syscall that entered while the programs were attached and
+//! returns after a detach is excluded from later sessions by their slots' start times.
 //!
 //! Every kernel object here is owned by this process's file descriptors and nothing is
 //! pinned, so dropping the backend (stop, shutdown) or the process dying (crash, `kill -9`)
@@ -13,12 +21,15 @@ use std::{collections::HashMap as StdHashMap, io};
 
 use aya::{
     maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::RawTracePoint,
+    programs::{
+        raw_trace_point::RawTracePointLink, trace_point::TracePointLink, RawTracePoint, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use tokio::io::{unix::AsyncFd, Interest};
 use tracer_common::{
-    counter, mask, ring_config, SessionMask, SlotState, MAX_SESSIONS, MAX_SYSCALLS,
+    cgroup_config, counter, mask, ring_config, CgroupSessions, SessionMask, SlotState,
+    MAX_SESSIONS, MAX_SYSCALLS,
 };
 
 use self::load_error::{check_kernel_release, classify};
@@ -28,17 +39,31 @@ use crate::record::{syscalls::path_arguments, TraceFilter};
 /// The kernel programs, built by build.rs from `tracer-ebpf`.
 static TRACER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// Program name in the object → the raw tracepoint it attaches to.
-pub const PROGRAMS: [(&str, &str); 2] =
-    [("tracerd_enter", "sys_enter"), ("tracerd_exit", "sys_exit")];
+/// The programs on the syscall tracepoints (name in the object, raw tracepoint).
+const ENTER: (&str, &str) = ("tracerd_enter", "sys_enter");
+const EXIT: (&str, &str) = ("tracerd_exit", "sys_exit");
+/// The program that forgets removed cgroups (name in the object, tracepoint event).
+const RMDIR: (&str, &str) = ("tracerd_rmdir", "cgroup/cgroup_rmdir");
+/// The programs' names, as the kernel lists them (`bpftool prog show`).
+pub const PROGRAM_NAMES: [&str; 3] = [ENTER.0, EXIT.0, RMDIR.0];
 
-/// An update of the kernel's filter maps failed.
+/// Programming the kernel for a slot failed: a map update, or attaching the programs.
 #[derive(Debug, thiserror::Error)]
-#[error("updating kernel map {map}: {source}")]
-pub struct MapUpdateError {
-    map: &'static str,
-    #[source]
-    source: aya::maps::MapError,
+pub enum MapUpdateError {
+    #[error("updating kernel map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("attaching the programs: {0}")]
+    Attach(#[source] Box<LoadError>),
+}
+
+impl MapUpdateError {
+    fn attach(err: LoadError) -> Self {
+        Self::Attach(Box::new(err))
+    }
 }
 
 /// Options for loading the backend.
@@ -53,6 +78,9 @@ pub struct EbpfOptions {
     pub wakeup_every: Option<u64>,
     /// One ring per CPU (the default), or one ring shared by all CPUs.
     pub per_cpu_rings: bool,
+    /// Cache each cgroup's sessions in the kernel (the default), or walk its ancestors on
+    /// every syscall: the alternative is kept for the benchmark that compares the two.
+    pub cgroup_cache: bool,
 }
 
 impl Default for EbpfOptions {
@@ -61,6 +89,7 @@ impl Default for EbpfOptions {
             ring_bytes: tracer_common::DEFAULT_RING_BYTES,
             wakeup_every: None,
             per_cpu_rings: true,
+            cgroup_cache: true,
         }
     }
 }
@@ -93,14 +122,31 @@ pub struct SlotCounters {
     pub dropped: u64,
 }
 
-/// Loaded and attached programs plus the maps userspace drives.
+/// The programs' attachments; dropping them detaches the programs, in field order: the
+/// entry program first, so every syscall it saw still meets the exit program.
+struct Attached {
+    _enter: RawTracePointLink,
+    _exit: RawTracePointLink,
+    _rmdir: Option<TracePointLink>,
+}
+
+/// Loaded programs (attached while a slot is programmed) plus the maps userspace drives.
 ///
 /// The backend keeps a userspace mirror of every filter map, so programming a slot is a
 /// read-modify-write of local state followed by map writes, never a read of kernel maps.
 pub struct EbpfBackend {
-    // Dropping `ebpf` detaches both programs; keep it alive as long as tracing should run.
+    /// `Some` while any slot is programmed.
+    attached: Option<Attached>,
+    /// Whether the rmdir program can run here (its event's layout is the one it reads).
+    rmdir_usable: bool,
     ebpf: Ebpf,
     traced_cgroups: HashMap<MapData, u64, SessionMask>,
+    cgroup_sessions: HashMap<MapData, u64, CgroupSessions>,
+    cgroup_config: Array<MapData, u64>,
+    /// The targets' generation last written to `CGROUP_CONFIG`.
+    generation: u64,
+    /// The slots programmed now.
+    programmed: SessionMask,
     syscall_sessions: Array<MapData, SessionMask>,
     masks: Array<MapData, SessionMask>,
     tgid_sessions: HashMap<MapData, u32, SessionMask>,
@@ -121,8 +167,7 @@ struct FilterMirror {
 }
 
 impl EbpfBackend {
-    /// Loads the programs, attaches them to `sys_enter` and `sys_exit`, and configures their
-    /// maps.
+    /// Loads the programs (attached later, while sessions run) and configures their maps.
     pub fn load(options: &EbpfOptions) -> Result<Self, LoadError> {
         check_kernel_release()?;
         let cpu_count = aya::util::nr_cpus()
@@ -141,10 +186,19 @@ impl EbpfBackend {
             .load(TRACER_OBJECT)
             .map_err(|err| classify(&err).unwrap_or(LoadError::Object(err)))?;
 
-        // Load and attach while the object still owns every map: the programs refer to them by
-        // file descriptor. Nothing matches until a session is programmed, so configuring the
-        // maps afterwards loses nothing.
-        attach_programs(&mut ebpf)?;
+        // Load while the object still owns every map: the programs refer to them by file
+        // descriptor.
+        load_programs(&mut ebpf)?;
+        let rmdir_usable = match rmdir_layout_matches() {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(
+                    "removed cgroups are not forgotten at once by the kernel cache ({why}); \
+                     they age out of it instead"
+                );
+                false
+            }
+        };
         let mut path_arg: Array<MapData, u32> = take_map(&mut ebpf, "PATH_ARG")?;
         for (nr, index) in path_arguments() {
             path_arg
@@ -161,26 +215,24 @@ impl EbpfBackend {
         };
 
         // The output is switched only once the rings it selects exist.
-        let mut ring_config: Array<MapData, u64> = take_map(&mut ebpf, "RING_CONFIG")?;
-        let config_error = |source| LoadError::Map {
-            map: "RING_CONFIG",
-            source,
-        };
-        ring_config
-            .set(
-                ring_config::WAKEUP_EVERY,
-                options
-                    .wakeup_every
-                    .unwrap_or_else(|| auto_wakeup_every(options.ring_bytes)),
-                0,
-            )
-            .map_err(config_error)?;
-        ring_config
-            .set(ring_config::PER_CPU, u64::from(options.per_cpu_rings), 0)
-            .map_err(config_error)?;
+        configure_rings(&mut ebpf, options)?;
+
+        let mut cgroup_config: Array<MapData, u64> = take_map(&mut ebpf, "CGROUP_CONFIG")?;
+        cgroup_config
+            .set(cgroup_config::NO_CACHE, u64::from(!options.cgroup_cache), 0)
+            .map_err(|source| LoadError::Map {
+                map: "CGROUP_CONFIG",
+                source,
+            })?;
 
         Ok(Self {
+            attached: None,
+            rmdir_usable,
             traced_cgroups: take_map(&mut ebpf, "TRACED_CGROUPS")?,
+            cgroup_sessions: take_map(&mut ebpf, "CGROUP_SESSIONS")?,
+            cgroup_config,
+            generation: 0,
+            programmed: 0,
             syscall_sessions: take_map(&mut ebpf, "SYSCALL_SESSIONS")?,
             masks: take_map(&mut ebpf, "MASKS")?,
             tgid_sessions: take_map(&mut ebpf, "TGID_SESSIONS")?,
@@ -216,7 +268,7 @@ impl EbpfBackend {
             .expect("one SlotState per possible CPU");
         self.slots
             .set(slot, values, 0)
-            .map_err(|source| MapUpdateError {
+            .map_err(|source| MapUpdateError::Map {
                 map: "SLOTS",
                 source,
             })?;
@@ -258,18 +310,90 @@ impl EbpfBackend {
             }
         }
         for &cgroup_id in &filter.cgroups {
-            self.add_cgroup(cgroup_id, bit)?;
+            self.set_traced(cgroup_id, self.traced(cgroup_id) | bit)?;
+        }
+        self.next_generation()?;
+        self.programmed |= bit;
+        self.attach()
+    }
+
+    /// Whether the programs are attached (while any slot is programmed).
+    pub fn is_attached(&self) -> bool {
+        self.attached.is_some()
+    }
+
+    /// Attaches the programs if they are not: the exit program first, so no syscall is seen
+    /// entering without its exit being seen too.
+    fn attach(&mut self) -> Result<(), MapUpdateError> {
+        if self.attached.is_some() {
+            return Ok(());
+        }
+        let rmdir = if self.rmdir_usable {
+            let (category, name) = RMDIR.1.split_once('/').unwrap_or(("cgroup", RMDIR.1));
+            let program: &mut TracePoint =
+                program_mut(&mut self.ebpf, RMDIR.0).map_err(MapUpdateError::attach)?;
+            let link = program
+                .attach(category, name)
+                .and_then(|id| program.take_link(id))
+                .map_err(|source| {
+                    MapUpdateError::attach(LoadError::Attach {
+                        program: RMDIR.0,
+                        tracepoint: RMDIR.1,
+                        source,
+                    })
+                })?;
+            Some(link)
+        } else {
+            None
+        };
+        let mut attach = |(program, tracepoint)| {
+            let raw: &mut RawTracePoint = program_mut(&mut self.ebpf, program)?;
+            attach_raw(raw, program, tracepoint)
+        };
+        let exit = attach(EXIT).map_err(MapUpdateError::attach)?;
+        let enter = attach(ENTER).map_err(MapUpdateError::attach)?;
+        self.attached = Some(Attached {
+            _enter: enter,
+            _exit: exit,
+            _rmdir: rmdir,
+        });
+        tracing::debug!("programs attached");
+        Ok(())
+    }
+
+    /// Detaches the programs once no slot is programmed, and empties the cgroup cache
+    /// (nothing forgets removed cgroups while the programs are detached).
+    fn detach_if_idle(&mut self) -> Result<(), MapUpdateError> {
+        if self.programmed != 0 || self.attached.is_none() {
+            return Ok(());
+        }
+        self.attached = None;
+        tracing::debug!("programs detached: no session runs");
+        let cached: Vec<u64> = self.cgroup_sessions.keys().filter_map(Result::ok).collect();
+        for cgroup_id in cached {
+            match self.cgroup_sessions.remove(&cgroup_id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(MapUpdateError::Map {
+                        map: "CGROUP_SESSIONS",
+                        source,
+                    })
+                }
+            }
         }
         Ok(())
     }
 
-    /// Adds a cgroup to a running slot (a container that appeared).
-    pub fn add_cgroup(
-        &mut self,
-        cgroup_id: u64,
-        slot_bit: SessionMask,
-    ) -> Result<(), MapUpdateError> {
-        let sessions = self.mirror.cgroups.get(&cgroup_id).copied().unwrap_or(0) | slot_bit;
+    /// The cgroups the kernel's cache holds now (a `bpf()` call per entry).
+    pub fn cached_cgroups(&self) -> Vec<u64> {
+        self.cgroup_sessions.keys().filter_map(Result::ok).collect()
+    }
+
+    fn traced(&self, cgroup_id: u64) -> SessionMask {
+        self.mirror.cgroups.get(&cgroup_id).copied().unwrap_or(0)
+    }
+
+    fn set_traced(&mut self, cgroup_id: u64, sessions: SessionMask) -> Result<(), MapUpdateError> {
         set_sessions(
             &mut self.traced_cgroups,
             &mut self.mirror.cgroups,
@@ -277,6 +401,29 @@ impl EbpfBackend {
             sessions,
             "TRACED_CGROUPS",
         )
+    }
+
+    /// Makes every cached cgroup answer stale: called after each change of the targets.
+    fn next_generation(&mut self) -> Result<(), MapUpdateError> {
+        let generation = self.generation + 1;
+        self.cgroup_config
+            .set(cgroup_config::GENERATION, generation, 0)
+            .map_err(|source| MapUpdateError::Map {
+                map: "CGROUP_CONFIG",
+                source,
+            })?;
+        self.generation = generation;
+        Ok(())
+    }
+
+    /// Adds a cgroup (and its subtree) to a running slot (a container that appeared).
+    pub fn add_cgroup(
+        &mut self,
+        cgroup_id: u64,
+        slot_bit: SessionMask,
+    ) -> Result<(), MapUpdateError> {
+        self.set_traced(cgroup_id, self.traced(cgroup_id) | slot_bit)?;
+        self.next_generation()
     }
 
     /// Removes a cgroup from a running slot (a container that exited).
@@ -285,19 +432,13 @@ impl EbpfBackend {
         cgroup_id: u64,
         slot_bit: SessionMask,
     ) -> Result<(), MapUpdateError> {
-        let sessions = self.mirror.cgroups.get(&cgroup_id).copied().unwrap_or(0) & !slot_bit;
-        set_sessions(
-            &mut self.traced_cgroups,
-            &mut self.mirror.cgroups,
-            cgroup_id,
-            sessions,
-            "TRACED_CGROUPS",
-        )
+        self.set_traced(cgroup_id, self.traced(cgroup_id) & !slot_bit)?;
+        self.next_generation()
     }
 
     /// Removes every trace of `slot` from the filter maps: after this, no new syscall matches
     /// it. (Syscalls that entered before are excluded from the slot's next user by its start
-    /// time.)
+    /// time.) The last slot cleared detaches the programs.
     pub fn clear_slot(&mut self, slot: u32) -> Result<(), MapUpdateError> {
         let bit: SessionMask = 1 << slot;
         // The cgroups first, so the slot stops matching before its conditions go.
@@ -307,6 +448,7 @@ impl EbpfBackend {
             bit,
             "TRACED_CGROUPS",
         )?;
+        self.next_generation()?;
         for nr in 0..MAX_SYSCALLS {
             let sessions = self.mirror.syscalls[nr as usize];
             if sessions & bit != 0 {
@@ -325,7 +467,8 @@ impl EbpfBackend {
             bit,
             "TGID_SESSIONS",
         )?;
-        Ok(())
+        self.programmed &= !bit;
+        self.detach_if_idle()
     }
 
     fn set_syscall(&mut self, nr: u32, sessions: SessionMask) -> Result<(), MapUpdateError> {
@@ -406,7 +549,7 @@ fn set_entry(
     name: &'static str,
 ) -> Result<(), MapUpdateError> {
     map.set(index, sessions, 0)
-        .map_err(|source| MapUpdateError { map: name, source })?;
+        .map_err(|source| MapUpdateError::Map { map: name, source })?;
     *mirror = sessions;
     Ok(())
 }
@@ -422,12 +565,12 @@ fn set_sessions<K: aya::Pod + Eq + std::hash::Hash>(
     if sessions == 0 {
         match map.remove(&key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(source) => return Err(MapUpdateError { map: name, source }),
+            Err(source) => return Err(MapUpdateError::Map { map: name, source }),
         }
         mirror.remove(&key);
     } else {
         map.insert(key, sessions, 0)
-            .map_err(|source| MapUpdateError { map: name, source })?;
+            .map_err(|source| MapUpdateError::Map { map: name, source })?;
         mirror.insert(key, sessions);
     }
     Ok(())
@@ -451,26 +594,99 @@ fn clear_bit<K: aya::Pod + Eq + std::hash::Hash>(
     Ok(())
 }
 
-/// Loads every program of [`PROGRAMS`] and attaches it to its raw tracepoint.
-fn attach_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    for (program, tracepoint) in PROGRAMS {
-        let raw_tracepoint: &mut RawTracePoint = ebpf
-            .program_mut(program)
-            .ok_or(LoadError::Missing(program))?
-            .try_into()
-            .map_err(|source| LoadError::Program { program, source })?;
-        raw_tracepoint.load().map_err(|source| {
+/// Loads (verifies) every program; they are attached while sessions run. The syscall
+/// programs are attached once here and detached at once, so a host that refuses attaching
+/// them is found at start-up, not at the first session.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    for (program, tracepoint) in [EXIT, ENTER] {
+        let raw: &mut RawTracePoint = program_mut(ebpf, program)?;
+        raw.load().map_err(|source| {
             classify(&source).unwrap_or(LoadError::Program { program, source })
         })?;
-        raw_tracepoint.attach(tracepoint).map_err(|source| {
+        let link = attach_raw(raw, program, tracepoint)?;
+        drop(link);
+    }
+    let rmdir: &mut TracePoint = program_mut(ebpf, RMDIR.0)?;
+    rmdir.load().map_err(|source| {
+        classify(&source).unwrap_or(LoadError::Program {
+            program: RMDIR.0,
+            source,
+        })
+    })
+}
+
+/// Attaches a loaded raw tracepoint program; dropping the link detaches it.
+fn attach_raw(
+    raw: &mut RawTracePoint,
+    program: &'static str,
+    tracepoint: &'static str,
+) -> Result<RawTracePointLink, LoadError> {
+    raw.attach(tracepoint)
+        .and_then(|id| raw.take_link(id))
+        .map_err(|source| {
             classify(&source).unwrap_or(LoadError::Attach {
                 program,
                 tracepoint,
                 source,
             })
-        })?;
+        })
+}
+
+/// A program of the object, as its type.
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(program)
+        .ok_or(LoadError::Missing(program))?
+        .try_into()
+        .map_err(|source| LoadError::Program { program, source })
+}
+
+/// Whether this kernel's `cgroup_rmdir` event has the layout `tracerd_rmdir` reads
+/// (`int root` at offset 8, `u64 id` at 16), from its `format` file in tracefs.
+fn rmdir_layout_matches() -> Result<(), String> {
+    let root = super::ftrace::tracefs_root().map_err(|err| err.to_string())?;
+    let path = root.join("events").join(RMDIR.1).join("format");
+    let text = tracefs_parse::read_description(&path)
+        .map_err(|err| format!("reading {}: {err}", path.display()))?;
+    let format = tracefs_parse::EventFormat::parse(&text)
+        .map_err(|err| format!("parsing {}: {err}", path.display()))?;
+    for (name, offset, size) in [("root", 8, 4), ("id", 16, 8)] {
+        let field = format
+            .field(name)
+            .map_err(|err| format!("{}: {err}", path.display()))?;
+        if (field.offset, field.size) != (offset, size) {
+            return Err(format!(
+                "{}: field {name} is at offset {} size {}, the program reads offset {offset} size {size}",
+                path.display(),
+                field.offset,
+                field.size
+            ));
+        }
     }
     Ok(())
+}
+
+/// Sets the wake-up policy and selects the rings records go to.
+fn configure_rings(ebpf: &mut Ebpf, options: &EbpfOptions) -> Result<(), LoadError> {
+    let mut ring_config: Array<MapData, u64> = take_map(ebpf, "RING_CONFIG")?;
+    let config_error = |source| LoadError::Map {
+        map: "RING_CONFIG",
+        source,
+    };
+    ring_config
+        .set(
+            ring_config::WAKEUP_EVERY,
+            options
+                .wakeup_every
+                .unwrap_or_else(|| auto_wakeup_every(options.ring_bytes)),
+            0,
+        )
+        .map_err(config_error)?;
+    ring_config
+        .set(ring_config::PER_CPU, u64::from(options.per_cpu_rings), 0)
+        .map_err(config_error)
 }
 
 /// Creates one ring per possible CPU and installs them in `RECORDS_BY_CPU`.

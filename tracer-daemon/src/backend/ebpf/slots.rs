@@ -118,6 +118,17 @@ impl EbpfSessions {
         &self.program_ids
     }
 
+    /// Whether the programs are attached (while any session runs).
+    pub fn programs_attached(&self) -> bool {
+        lock(&self.backend).is_attached()
+    }
+
+    /// The cgroups the kernel's cache of cgroup sessions holds. Blocking (a `bpf()` call
+    /// per entry).
+    pub fn cached_cgroups(&self) -> Vec<u64> {
+        lock(&self.backend).cached_cgroups()
+    }
+
     /// How many rings (and drain tasks) there are.
     pub fn ring_count(&self) -> usize {
         self.drains.len()

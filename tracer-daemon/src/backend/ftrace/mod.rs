@@ -33,7 +33,7 @@ use std::{
 
 use tracefs_parse::PageHeaderLayout;
 
-pub use self::tracefs::{TracefsError, INSTANCE_PREFIX};
+pub use self::tracefs::{root as tracefs_root, TracefsError, INSTANCE_PREFIX};
 use self::{
     decode::{Decoder, SYSCALL_ENTER, SYSCALL_EXIT, TASK_EVENTS},
     joins::{Joins, PidSync},
