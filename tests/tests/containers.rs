@@ -482,3 +482,78 @@ fn a_launch_ttl_kills_the_container_and_finishes_the_session() {
     daemon.call("DELETE", &format!("/v1/sessions/{id}"), None, None);
     assert!(!container_exists(&container));
 }
+
+/// The host pid of the workload `docker exec` started in `container_cgroup`, once it is there.
+fn exec_pid(container_cgroup: &std::path::Path) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let procs = std::fs::read_to_string(container_cgroup.join("cgroup.procs")).unwrap();
+        let found = procs
+            .lines()
+            .filter_map(|line| line.trim().parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| cmdline.starts_with(b"/bin/syscall_loop"))
+            });
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the exec'd workload never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_container_target_covers_cgroups_made_below_the_container() {
+    use std::io::Write as _;
+    require_root();
+    let daemon = Daemon::start(&[]);
+    let container = TestContainer::run("subcgroup", &[]);
+    let id = start_getppid_session(&daemon, json!({"container": container.name}));
+    let init_pid: u32 = String::from_utf8(
+        std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", &container.id])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let container_cgroup = tracer_daemon::cgroup::Cgroup::of_pid(init_pid).unwrap();
+    // A cgroup the container's own tooling could make (systemd in a container, a pod's
+    // container under its pod cgroup), made after the session started.
+    let sub = container_cgroup.path.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let sub_id = tracer_daemon::cgroup::Cgroup::from_path(&sub).unwrap().id;
+
+    let mut exec = std::process::Command::new("docker")
+        .args(["exec", "-i", &container.id, "/bin/syscall_loop"])
+        .args(["pause-stdin", "1", "getppid", "400"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = exec_pid(&container_cgroup.path);
+    std::fs::write(sub.join("cgroup.procs"), pid.to_string()).unwrap();
+    exec.stdin.take().unwrap().write_all(b"x").unwrap();
+    assert!(exec.wait().unwrap().success());
+
+    let session = wait_delivered(&daemon, &id, 400, None);
+    assert_eq!(session["counters"]["matched"], 400, "{session}");
+    let events = daemon.events(&id);
+    assert_eq!(events.len(), 400);
+    for event in &events {
+        assert_eq!(event["cgroup_id"], sub_id, "{event}");
+        assert_eq!(
+            event["container"]["name"],
+            container.name.as_str(),
+            "{event}"
+        );
+    }
+    // Empty now (the workload exited): the container's removal can take its cgroup.
+    std::fs::remove_dir(&sub).unwrap();
+}

@@ -50,25 +50,48 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
 /// `mount` breadth-first (container cgroups sit near the top; hierarchies hold hundreds of
 /// directories, not millions).
 pub fn find_by_id(mount: &Path, id: u64) -> Option<PathBuf> {
-    let mut queue = std::collections::VecDeque::from([mount.to_owned()]);
-    while let Some(dir) = queue.pop_front() {
-        let Ok(metadata) = fs::metadata(&dir) else {
-            continue;
-        };
-        if metadata.ino() == id {
-            return Some(dir);
+    Subtree::new(mount)
+        .find(|cgroup| cgroup.id == id)
+        .map(|cgroup| cgroup.path)
+}
+
+/// The cgroup at `root` and every cgroup below it, breadth-first. Directories that vanish or
+/// cannot be read on the way are skipped (cgroups come and go while it walks).
+pub struct Subtree {
+    queue: std::collections::VecDeque<PathBuf>,
+}
+
+impl Subtree {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            queue: std::collections::VecDeque::from([root.to_owned()]),
         }
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        queue.extend(
-            entries
-                .flatten()
-                .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
-                .map(|entry| entry.path()),
-        );
     }
-    None
+}
+
+impl Iterator for Subtree {
+    type Item = Cgroup;
+
+    fn next(&mut self) -> Option<Cgroup> {
+        while let Some(dir) = self.queue.pop_front() {
+            let Ok(metadata) = fs::metadata(&dir) else {
+                continue;
+            };
+            if let Ok(entries) = fs::read_dir(&dir) {
+                self.queue.extend(
+                    entries
+                        .flatten()
+                        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+                        .map(|entry| entry.path()),
+                );
+            }
+            return Some(Cgroup {
+                path: dir,
+                id: metadata.ino(),
+            });
+        }
+        None
+    }
 }
 
 /// Parses mountinfo text (proc(5)): `id parent major:minor root mount-point options

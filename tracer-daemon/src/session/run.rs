@@ -23,6 +23,7 @@ use crate::{
     containers::{self, Container},
     record::{clock::now_rfc3339, WallClock},
     sink::{
+        container_of::ContainerOf,
         eventlog::EventLogWriter,
         export::{span::SessionInfo, Export, ExportCounters, ExportStatus},
         writer::{ContainerJoin, RunProgress, RunWriter},
@@ -271,7 +272,7 @@ fn assemble(
     let writer = RunWriter {
         session: row.id,
         log: started.log,
-        containers: resolved.containers,
+        containers: ContainerOf::new(resolved.containers),
         joins: joined,
         progress: progress.clone(),
         max_events: spec

@@ -1,5 +1,7 @@
 //! Where a run's events go: its event log on disk ([`eventlog`], each event as one JSON line,
-//! [`event_json`]), span export ([`export`]), and the writer that feeds both ([`writer`]).
+//! [`event_json`]), span export ([`export`]), and the writer that feeds both ([`writer`]),
+//! naming each event's container ([`container_of`]).
+pub mod container_of;
 pub mod event_json;
 pub mod eventlog;
 pub mod export;

@@ -1,18 +1,16 @@
 //! A run's writer: takes the events the engine delivers to one session, writes them to its
 //! event log and hands them to its span export, on a thread of the blocking pool (it does
 //! file I/O), enforcing the session's event limit.
-use std::{
-    collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        mpsc, Arc,
-    },
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    mpsc, Arc,
 };
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{
+    container_of::ContainerOf,
     event_json,
     eventlog::EventLogWriter,
     export::{ExportSink, SpanInput},
@@ -43,8 +41,8 @@ pub type ContainerJoin = (u64, Arc<ContainerMeta>);
 pub struct RunWriter {
     pub session: Uuid,
     pub log: EventLogWriter,
-    /// cgroup id → the container it belongs to, for the events' `container`.
-    pub containers: HashMap<u64, Arc<ContainerMeta>>,
+    /// The run's containers, for the events' `container`.
+    pub containers: ContainerOf,
     /// Containers that join while the run goes on. Sent before their cgroup is traced, so
     /// they are here before their first event.
     pub joins: mpsc::Receiver<ContainerJoin>,
@@ -66,7 +64,9 @@ impl RunWriter {
         let mut lines = Vec::with_capacity(BATCH_BYTES);
         let mut written = 0u64;
         while let Some(first) = events.blocking_recv() {
-            self.containers.extend(self.joins.try_iter());
+            for (cgroup_id, container) in self.joins.try_iter() {
+                self.containers.add(cgroup_id, container);
+            }
             lines.clear();
             let mut batch = 0u64;
             let mut over_limit = 0u64;
@@ -76,21 +76,21 @@ impl RunWriter {
                 if self.max_events.is_some_and(|max| written + batch >= max) {
                     over_limit += 1;
                 } else {
-                    let container = self.containers.get(&event.record.cgroup_id);
-                    if self.export.is_some() {
-                        spans.push(SpanInput {
-                            event: event.clone(),
-                            container: container.cloned(),
-                            clock: self.clock,
-                        });
-                    }
+                    let container = self.containers.get(event.record.cgroup_id);
                     event_json::write_line(
                         &event,
                         &self.session,
-                        container.map(|c| &**c),
+                        container.as_deref(),
                         &self.clock,
                         &mut lines,
                     );
+                    if self.export.is_some() {
+                        spans.push(SpanInput {
+                            event: event.clone(),
+                            container,
+                            clock: self.clock,
+                        });
+                    }
                     batch += 1;
                 }
                 next = if lines.len() < BATCH_BYTES {
@@ -142,7 +142,7 @@ mod tests {
         let writer = RunWriter {
             session: Uuid::nil(),
             log: EventLogWriter::open(dir, 1 << 30).unwrap(),
-            containers: HashMap::new(),
+            containers: ContainerOf::new(Default::default()),
             joins,
             progress: Arc::default(),
             max_events,

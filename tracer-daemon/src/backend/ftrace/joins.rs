@@ -1,13 +1,14 @@
-//! Which threads an ftrace session traces, kept in step with its target cgroups.
+//! Which threads an ftrace session traces, kept in step with its target cgroups (each with
+//! its whole subtree).
 //!
 //! ftrace's syscall events have no cgroup field, so an instance filters by thread
 //! (`set_event_pid`, with `options/event-fork` adding children as they are forked). Threads
-//! that *join* a target cgroup from outside (`docker exec`, a write to `cgroup.procs`) are no
-//! one's children: a daemon-wide watcher instance records `cgroup/cgroup_attach_task` and adds
-//! each joiner to the sessions tracing that cgroup. Between the join and that write the
-//! joiner is not traced; every join's delay is measured and logged per session
-//! (`joins_followed`, `slowest_join_us`) rather than hidden. A re-read of the cgroups every
-//! second backs the watcher up.
+//! that *join* a target cgroup or one below it from outside (`docker exec`, a write to
+//! `cgroup.procs`) are no one's children: a daemon-wide watcher instance records
+//! `cgroup/cgroup_attach_task` and adds each joiner to the sessions tracing that cgroup or an
+//! ancestor of it. Between the join and that write the joiner is not traced; every join's
+//! delay is measured and logged per session (`joins_followed`, `slowest_join_us`) rather
+//! than hidden. A re-read of the target subtrees every second backs the watcher up.
 use std::{
     collections::{HashMap, HashSet},
     fs::{self, File, OpenOptions},
@@ -27,7 +28,7 @@ use super::{
     tracefs::{Instance, TracefsError, INSTANCE_PREFIX},
     tracker::TaskInfo,
 };
-use crate::{record::monotonic_ns, sync::lock};
+use crate::{cgroup::Subtree, record::monotonic_ns, sync::lock};
 
 /// The threads one session's instance traces.
 pub struct PidSync {
@@ -164,13 +165,13 @@ impl PidSync {
                     .iter()
                     .map(|(id, path)| (*id, path.clone()))
                     .collect();
-                for (id, cgroup) in cgroups {
+                for cgroup in cgroups.iter().flat_map(|(_, path)| Subtree::new(path)) {
                     // Every thread of the cgroup (cgroup.procs lists only processes).
-                    if let Ok(text) = fs::read_to_string(cgroup.join("cgroup.threads")) {
+                    if let Ok(text) = fs::read_to_string(cgroup.path.join("cgroup.threads")) {
                         let tids = text
                             .lines()
                             .filter_map(|line| line.trim().parse::<u32>().ok());
-                        groups.push((tids.collect(), Some(id)));
+                        groups.push((tids.collect(), Some(cgroup.id)));
                     }
                 }
             }
@@ -230,8 +231,60 @@ impl PidSync {
     }
 }
 
-/// cgroup id → the sessions tracing it.
-type Registry = Mutex<HashMap<u64, Vec<Weak<PidSync>>>>;
+/// Target cgroup id → the sessions tracing it (and its subtree).
+type Registry = Mutex<Targets>;
+
+#[derive(Default)]
+struct Targets {
+    sessions: HashMap<u64, Vec<Weak<PidSync>>>,
+    /// Changes with every registration, so answers about the tree made before are redone.
+    generation: u64,
+}
+
+impl Targets {
+    /// A registered target's directory (as one of its sessions knows it).
+    fn path(&self, target: u64) -> Option<PathBuf> {
+        self.sessions.get(&target)?.iter().find_map(|sync| {
+            let sync = sync.upgrade()?;
+            let path = lock(&sync.cgroups).get(&target).cloned();
+            path
+        })
+    }
+}
+
+/// Which targets each cgroup seen joining lies under (itself included), found by walking
+/// the targets' subtrees. A cgroup's place in the tree never changes and its id is never
+/// reused, so a cgroup under no target stays so until a target is registered.
+#[derive(Default)]
+struct Ancestry {
+    generation: u64,
+    under: HashMap<u64, Vec<u64>>,
+}
+
+impl Ancestry {
+    /// Bounds the memory of cgroups seen, on a node that makes many.
+    const MAX_KNOWN: usize = 65536;
+
+    fn targets_of(&mut self, cgroup_id: u64, targets: &Targets) -> &[u64] {
+        if self.generation != targets.generation || self.under.len() > Self::MAX_KNOWN {
+            self.under.clear();
+            self.generation = targets.generation;
+        }
+        if !self.under.contains_key(&cgroup_id) {
+            // New: walk every target's subtree again (a child may have been made since).
+            self.under.retain(|_, found| found.is_empty());
+            for &target in targets.sessions.keys() {
+                let Some(path) = targets.path(target) else {
+                    continue;
+                };
+                for cgroup in Subtree::new(&path) {
+                    self.under.entry(cgroup.id).or_default().push(target);
+                }
+            }
+        }
+        self.under.entry(cgroup_id).or_default()
+    }
+}
 
 /// A thread that joined a target cgroup.
 #[derive(Clone, Copy, Debug)]
@@ -270,21 +323,25 @@ impl Joins {
                 self.sessions.clone(),
             )?);
         }
-        lock(&self.sessions)
+        let mut targets = lock(&self.sessions);
+        targets
+            .sessions
             .entry(id)
             .or_default()
             .push(Arc::downgrade(sync));
+        targets.generation += 1;
         Ok(())
     }
 
     pub fn unregister(&self, id: u64, sync: &Arc<PidSync>) {
-        let mut sessions = lock(&self.sessions);
-        if let Some(syncs) = sessions.get_mut(&id) {
+        let mut targets = lock(&self.sessions);
+        if let Some(syncs) = targets.sessions.get_mut(&id) {
             syncs.retain(|weak| {
                 weak.strong_count() > 0 && !Weak::ptr_eq(weak, &Arc::downgrade(sync))
             });
             if syncs.is_empty() {
-                sessions.remove(&id);
+                targets.sessions.remove(&id);
+                targets.generation += 1;
             }
         }
     }
@@ -297,9 +354,12 @@ impl Joins {
         }
         let mut watcher = lock(&self.watcher);
         let idle = {
-            let mut sessions = lock(&self.sessions);
-            sessions.retain(|_, syncs| syncs.iter().any(|weak| weak.strong_count() > 0));
-            sessions.is_empty()
+            let mut targets = lock(&self.sessions);
+            targets
+                .sessions
+                .retain(|_, syncs| syncs.iter().any(|weak| weak.strong_count() > 0));
+            targets.generation += 1;
+            targets.sessions.is_empty()
         };
         // Dropping the watcher waits for its thread (one poll period at most).
         if idle {
@@ -399,6 +459,7 @@ fn watch(
     use std::io::Read as _;
     let mut page = vec![0u8; layout.page_size()];
     let mut batch = Vec::new();
+    let mut ancestry = Ancestry::default();
     while !stop.load(Ordering::Relaxed) {
         let mut fds: Vec<libc::pollfd> = cpus
             .iter()
@@ -423,8 +484,13 @@ fn watch(
             let Raw::Attach { cgroup_id, pid, .. } = raw else {
                 continue;
             };
-            let sessions = lock(&sessions);
-            for sync in sessions.get(&cgroup_id).into_iter().flatten() {
+            let targets = lock(&sessions);
+            let syncs = ancestry
+                .targets_of(cgroup_id, &targets)
+                .iter()
+                .filter_map(|target| targets.sessions.get(target))
+                .flatten();
+            for sync in syncs {
                 let Some(sync) = sync.upgrade() else { continue };
                 let join = Join {
                     tid: pid,
