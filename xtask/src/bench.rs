@@ -19,14 +19,21 @@ pub enum Benchmark {
 
 pub fn run(benchmark: Benchmark) -> Result<()> {
     match benchmark {
-        Benchmark::Ringbuf => cmd::cargo(&[
-            "run",
-            "--release",
-            "--package",
-            "tracer-tests",
-            "--bin",
-            "bench_ringbuf",
-        ]),
+        Benchmark::Ringbuf => {
+            // The node-cost rows run the release daemon.
+            let tracerd = build_tracerd(true)?;
+            cmd::cargo_with_env(
+                &[
+                    "run",
+                    "--release",
+                    "--package",
+                    "tracer-tests",
+                    "--bin",
+                    "bench_ringbuf",
+                ],
+                &[("TRACERD_BIN", tracerd.as_os_str())],
+            )
+        }
         Benchmark::Otlp => cmd::cargo_with_env(
             &[
                 "run",

@@ -1,10 +1,13 @@
 //! `cargo xtask bench ringbuf`: the cost of tracing a deterministic getppid loop, side by side
-//! in one run — untraced; untraced while tracerd's programs are attached; traced through each
+//! in one run — untraced; beside the idle daemon and beside a session on another cgroup
+//! ([`node_cost`]); untraced while tracerd's programs are attached; traced through each
 //! ring-buffer design and through tracerd's ftrace backend; all cores at once; and strace,
 //! bpftrace and an ftrace instance read as text.
 //!
 //! Every time is the loop time the workload measures itself (vDSO clock, no syscalls), so no
 //! tracer's start-up is counted. Medians over several runs; ratios to the untraced loop.
+mod node_cost;
+
 use std::{
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -53,6 +56,8 @@ fn main() {
 
     let untraced = ns_per_call(RUNS, || getppid_loop(CALLS), CALLS);
     println!("untraced: {untraced:.1} ns/call");
+    let node = node_cost::measure(&runtime);
+    println!("node cost: {node}");
 
     let ring_bytes = EbpfOptions::default().ring_bytes;
     let auto = auto_wakeup_every(ring_bytes);
@@ -128,6 +133,7 @@ fn main() {
         "calls_per_run": CALLS,
         "runs": RUNS,
         "untraced_ns_per_call": untraced,
+        "node": node,
         "ebpf": ebpf,
         "peers": peers,
     });
@@ -555,6 +561,7 @@ fn markdown(results: &Value) -> String {
             peer["note"].as_str().unwrap(),
         ));
     }
+    out.push_str(&node_cost::markdown(&results["node"], untraced, floor));
     out.push_str(
         "\nReproduce with `cargo xtask bench ringbuf` (root). Raw numbers: `target/bench/ringbuf.json`.\n",
     );
