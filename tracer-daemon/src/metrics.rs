@@ -188,4 +188,11 @@ async fn register_engine(registry: &mut Registry, engine: &Arc<Engine>) {
     let rings = Gauge::<i64>::default();
     rings.set(engine.ring_count() as i64);
     registry.register("rings", "Ring buffers (one per CPU, or one shared)", rings);
+    let attached = Gauge::<i64>::default();
+    attached.set(i64::from(engine.programs_attached()));
+    registry.register(
+        "programs_attached",
+        "1 while the eBPF programs are attached (an eBPF session runs), else 0",
+        attached,
+    );
 }

@@ -10,7 +10,7 @@ use tracer_daemon::{
     record::TraceFilter,
 };
 use tracer_tests::{
-    bench::{getppid_loop, getppid_loop_in, median},
+    bench::{getppid_loop, getppid_loop_in, median, timed},
     cgroup::TestCgroup,
     daemon::Daemon,
     workload,
@@ -24,10 +24,11 @@ const STARTS: usize = 15;
 const DEEP_LEVELS: usize = 5;
 
 pub fn measure(runtime: &tokio::runtime::Runtime) -> Value {
-    let (idle, first_start_ms, next_start_ms, elsewhere) = through_the_daemon();
+    let (no_daemon, idle, first_start_ms, next_start_ms, elsewhere) = through_the_daemon();
     let cached = subtree_costs(runtime, true);
     let walked = subtree_costs(runtime, false);
     json!({
+        "no_daemon_ns_per_call": no_daemon,
         "daemon_idle_ns_per_call": idle,
         "first_start_ms": first_start_ms,
         "next_start_ms": next_start_ms,
@@ -37,11 +38,16 @@ pub fn measure(runtime: &tokio::runtime::Runtime) -> Value {
     })
 }
 
-/// The release daemon: an untraced loop while it idles and while it runs a session on
-/// another cgroup, and its session starts (first: programs attached by it; next: while
+/// The release daemon: an untraced loop while it idles (next to the same loop just before
+/// it started and just after it stopped, this machine drifting) and while it runs a session
+/// on another cgroup, and its session starts (first: programs attached by it; next: while
 /// another session runs).
-fn through_the_daemon() -> (f64, f64, f64, f64) {
-    let daemon = Daemon::start(&[]);
+fn through_the_daemon() -> (f64, f64, f64, f64, f64) {
+    let loop_ns = || timed(getppid_loop(CALLS)) as f64 / CALLS as f64;
+    let mut no_daemon: Vec<f64> = (0..RUNS).map(|_| loop_ns()).collect();
+    let mut daemon = Daemon::start(&[]);
+    // Its start-up done (the programs' load and check).
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let idle = ns_per_call(RUNS, || getppid_loop(CALLS), CALLS);
 
     let elsewhere = TestCgroup::create("node-elsewhere");
@@ -49,8 +55,8 @@ fn through_the_daemon() -> (f64, f64, f64, f64) {
         "target": {"cgroup": elsewhere.path()},
         "syscalls": ["openat"],
     });
-    let start = |daemon: &Daemon| -> (String, f64) {
-        let (status, session) = daemon.call("POST", "/v1/sessions", Some(&body), None);
+    let start = |daemon: &Daemon, body: &Value| -> (String, f64) {
+        let (status, session) = daemon.call("POST", "/v1/sessions", Some(body), None);
         assert_eq!(status, 201, "{session}");
         let id = session["id"].as_str().expect("an id").to_owned();
         let started = Instant::now();
@@ -65,23 +71,30 @@ fn through_the_daemon() -> (f64, f64, f64, f64) {
     };
     let mut first = Vec::new();
     for _ in 0..STARTS {
-        let (id, ms) = start(&daemon);
+        let (id, ms) = start(&daemon, &body);
         first.push(ms);
         delete(&daemon, &id);
         assert_eq!(daemon.get("/healthz")["programs_attached"], false);
     }
-    let (kept, _) = start(&daemon);
+    // The one that stays running differs from the timed ones (the same target and filter
+    // twice would be a duplicate).
+    let mut kept_body = body.clone();
+    kept_body["syscalls"] = json!(["openat", "close"]);
+    let (kept, _) = start(&daemon, &kept_body);
     assert_eq!(daemon.get("/healthz")["programs_attached"], true);
     let mut next = Vec::new();
     for _ in 0..STARTS {
-        let (id, ms) = start(&daemon);
+        let (id, ms) = start(&daemon, &body);
         next.push(ms);
         delete(&daemon, &id);
     }
     let outside = TestCgroup::create("node-outside");
     let session_elsewhere = ns_per_call(RUNS, || getppid_loop_in(&outside, CALLS), CALLS);
     delete(&daemon, &kept);
+    daemon.stop_with(libc::SIGTERM, std::time::Duration::from_secs(10));
+    no_daemon.extend((0..RUNS).map(|_| loop_ns()));
     (
+        median(&mut no_daemon),
         idle,
         median(&mut first),
         median(&mut next),
@@ -186,10 +199,17 @@ pub fn markdown(node: &Value, untraced: f64, floor: f64) -> String {
         "\n### What tracerd costs the node, and a target's subtree\n\n\
          | configuration | ns/call | × untraced | × floor |\n|---|---|---|---|\n",
     );
-    out.push_str(&row("no daemon (the untraced loop above)", untraced));
+    let no_daemon = ns(&node["no_daemon_ns_per_call"]);
+    let idle = ns(&node["daemon_idle_ns_per_call"]);
     out.push_str(&row(
-        "tracerd running, no session (nothing attached)",
-        ns(&node["daemon_idle_ns_per_call"]),
+        "no daemon (runs just before it started and just after it stopped)",
+        no_daemon,
+    ));
+    out.push_str(&format!(
+        "| tracerd running, no session (nothing attached) | {idle:.0} ns | {:.2}× (**{:.2}×** the row above) | {:.2}× |\n",
+        idle / untraced,
+        idle / no_daemon,
+        idle / floor
     ));
     out.push_str(&row(
         "tracerd with a session tracing `openat` in another cgroup; the loop outside it",

@@ -81,10 +81,21 @@ impl EbpfSessions {
         self.routes
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)[slot as usize] = Some(route);
-        let programmed = lock(&self.backend).program_slot(slot, monotonic_ns(), filter);
-        if let Err(err) = programmed {
+        let mut backend = lock(&self.backend);
+        if let Err(err) = backend.program_slot(slot, monotonic_ns(), filter) {
+            // Undo what was written, so the slot's next user starts clean.
+            if let Err(undo) = backend.clear_slot(slot) {
+                tracing::error!(slot, err = %undo, "clearing a slot that failed to start");
+            }
+            drop(backend);
             self.release_slot(slot);
             return Err(err);
+        }
+        drop(backend);
+        // Drain tasks that idled start their periodic flush.
+        for flusher in &self.flushers {
+            let (ack, _) = oneshot::channel();
+            let _ = flusher.try_send(ack);
         }
         Ok(Some(slot))
     }
@@ -165,7 +176,9 @@ impl Drop for EbpfSessions {
     }
 }
 
-/// Reads one ring: when the kernel wakes it, on every flush tick, and on request.
+/// Reads one ring: when the kernel wakes it, on every flush tick while any session runs,
+/// and on request. With no session it only waits (an idle daemon does not wake up 100 times
+/// a second per ring); a session's start wakes it with a request.
 async fn drain_task(
     mut ring: RecordRing,
     routes: Arc<RwLock<Vec<Option<Route>>>>,
@@ -177,6 +190,11 @@ async fn drain_task(
     let mut fan_out = FanOut::default();
     loop {
         let mut ack = None;
+        let idle = routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .all(Option::is_none);
         tokio::select! {
             ready = ring.drain_when_ready(|record, path| fan_out.collect(record, path)) => {
                 if let Err(err) = ready {
@@ -184,7 +202,7 @@ async fn drain_task(
                     tokio::time::sleep(FLUSH_INTERVAL).await;
                 }
             }
-            _ = tick.tick() => {
+            _ = tick.tick(), if !idle => {
                 ring.drain_now(|record, path| fan_out.collect(record, path));
             }
             request = flush_requests.recv() => {
