@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use tracer_tests::{
-    assert_programs_unloaded, daemon::Daemon, loaded_tracerd_programs, require_root,
+    assert_programs_unloaded, attached_programs, daemon::Daemon, loaded_tracerd_programs,
+    require_root,
 };
 
 fn program_ids(health: &serde_json::Value) -> Vec<u32> {
@@ -24,7 +25,10 @@ fn stops_cleanly_on(signal: i32) {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["backend"], "ebpf");
     let ours = program_ids(&health);
-    assert_eq!(ours.len(), 2, "{health}");
+    assert_eq!(ours.len(), 3, "{health}");
+    // Idle: loaded, but nothing attached (the node's syscalls pay nothing).
+    assert_eq!(health["programs_attached"], false, "{health}");
+    assert_eq!(attached_programs(&ours), Vec::<u32>::new());
     let loaded = loaded_tracerd_programs();
     for id in &ours {
         assert!(
