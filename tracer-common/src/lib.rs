@@ -29,8 +29,37 @@ pub const MAX_CGROUP_DEPTH: u32 = 32;
 /// (none on x86_64 or aarch64 today) are traced only by sessions that trace every syscall.
 pub const MAX_SYSCALLS: u32 = 1024;
 
-/// Bytes of a path argument kept, including its NUL.
+/// Bytes of a path argument kept, including its NUL: paths of up to `PATH_MAX_LEN - 1`
+/// characters are whole, longer ones are cut there and flagged.
 pub const PATH_MAX_LEN: usize = 256;
+
+/// Longest string the kernel reads for one argument, in characters: one more than the
+/// longest a session can keep ([`PATH_MAX_LEN`]` - 1`), so userspace can tell a string of
+/// exactly the limit from a longer one.
+pub const MAX_STRING_CHARS: u32 = PATH_MAX_LEN as u32;
+
+/// Largest buffer prefix (`read`/`write` data and the like) a session can ask for, in bytes.
+pub const MAX_DATA_BYTES: u32 = 1024;
+
+/// Largest raw structure read for an argument (a `sockaddr`, an `open_how`), in bytes:
+/// `sizeof(struct sockaddr_storage)`.
+pub const MAX_RAW_BYTES: u32 = 128;
+
+/// Most `execve` arguments a session can keep.
+pub const MAX_ARGV: u32 = 64;
+
+/// Most environment variables the kernel counts for an `execve` (more are flagged).
+pub const MAX_ENVC: u32 = 512;
+
+/// Bytes of captured data after a record's header the kernel starts items in; an item that
+/// starts below it may end above it (by at most [`MAX_CAPTURE_ITEM`]).
+pub const CAPTURE_BYTES: usize = 4096;
+
+/// Size of one captured item at most: its header and the largest payload, rounded to 8.
+pub const MAX_CAPTURE_ITEM: usize = size_of::<CaptureItem>() + MAX_DATA_BYTES as usize + 8;
+
+/// Operations of a syscall's capture plan.
+pub const CAPTURE_OPS: usize = 4;
 
 /// Capacity of the tgid → sessions map (the `tgids` condition).
 pub const MAX_FILTERED_TGIDS: u32 = 16384;
@@ -54,8 +83,11 @@ pub mod counter {
     pub const PATHS_LOST: u32 = 3;
     /// Not a total: records this CPU wrote since it last woke the reader.
     pub const SINCE_WAKEUP: u32 = 4;
+    /// Records whose captured arguments were lost because no storage could be had for them
+    /// (the record still goes out, flagged [`super::record_flags::CAPTURE_LOST`]).
+    pub const CAPTURES_LOST: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Indexes of the `MASKS` map: session masks that apply to every syscall.
@@ -66,21 +98,130 @@ pub mod mask {
     pub const FAILED_ONLY: u32 = 1;
     /// Sessions restricted to a set of tgids (see the `TGID_SESSIONS` map).
     pub const TGID_FILTERED: u32 = 2;
+    /// Sessions that capture argument data (strings, socket addresses, argv).
+    pub const CAPTURE: u32 = 3;
     /// Number of masks.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Bits of [`SyscallRecord::flags`].
 pub mod record_flags {
-    /// A path argument follows the record ([`PathRecord`](super::PathRecord)).
-    pub const HAS_PATH: u16 = 1;
-    /// The path was longer than the buffer and was cut.
-    pub const PATH_TRUNCATED: u16 = 2;
-    /// The syscall takes a path, but no storage could be had to keep it.
-    pub const PATH_LOST: u16 = 4;
-    /// The path pointer could not be read (NULL or bad: the syscall itself fails with EFAULT
-    /// or takes no path then); the record carries an empty path.
-    pub const PATH_UNREADABLE: u16 = 8;
+    /// Captured argument data ([`CaptureItem`](super::CaptureItem)s) follows the record.
+    pub const HAS_DATA: u16 = 1;
+    /// The syscall has arguments to capture, but no storage could be had to keep them.
+    pub const CAPTURE_LOST: u16 = 4;
+    /// The capture area filled up: items past it were not captured.
+    pub const CAPTURE_FULL: u16 = 16;
+    /// Argument data that lives in user memory is not available from this backend (ftrace):
+    /// only the registers are.
+    pub const DATA_UNAVAILABLE: u16 = 32;
+}
+
+/// What a capture operation reads, and (on the wire) what an item holds.
+pub mod capture_kind {
+    /// No operation.
+    pub const NONE: u8 = 0;
+    /// A NUL-terminated string at the argument, at entry.
+    pub const STRING: u8 = 1;
+    /// Bytes at the argument, at entry, as many as argument `len_arg` says (a buffer written).
+    pub const DATA_IN: u8 = 2;
+    /// Bytes at the argument, at exit, as many as the return value says (a buffer read).
+    pub const DATA_OUT: u8 = 3;
+    /// A structure at the argument, at entry, of the size argument `len_arg` says (a
+    /// `sockaddr` given, an `open_how`), up to [`MAX_RAW_BYTES`](super::MAX_RAW_BYTES).
+    pub const RAW_IN: u8 = 4;
+    /// A structure at the argument, at exit, of the size in the `int` that argument
+    /// `len_arg` points to (a `sockaddr` returned).
+    pub const RAW_OUT: u8 = 5;
+    /// An argv array at the argument, at entry: one [`ARGV_ITEM`] per element kept, then
+    /// one [`ARGV_END`].
+    pub const ARGV: u8 = 6;
+    /// An environment array at the argument, at entry: one [`ENVC`] item with the count.
+    pub const ENVC: u8 = 7;
+    /// On the wire: one element of an argv array.
+    pub const ARGV_ITEM: u8 = 8;
+    /// On the wire: the end of an argv array; `count` elements were in it (flagged
+    /// truncated when more followed).
+    pub const ARGV_END: u8 = 9;
+}
+
+/// Bits of [`CaptureItem::flags`].
+pub mod item_flags {
+    /// The data was longer than what was kept (a string with no NUL in reach, an array with
+    /// more elements).
+    pub const TRUNCATED: u8 = 1;
+    /// The memory could not be read (NULL, a bad pointer, or a page not resident).
+    pub const UNREADABLE: u8 = 2;
+}
+
+/// Sizes the kernel captures, in the `CAPTURE_CONFIG` map: the largest any running session
+/// asked for (each session trims to its own).
+pub mod capture_config {
+    /// Characters of a string argument (at most [`MAX_STRING_CHARS`](super::MAX_STRING_CHARS)).
+    pub const STRING_CHARS: u32 = 0;
+    /// Bytes of a buffer, and characters of an argv element (at most
+    /// [`MAX_DATA_BYTES`](super::MAX_DATA_BYTES)).
+    pub const DATA_BYTES: u32 = 1;
+    /// argv elements (at most [`MAX_ARGV`](super::MAX_ARGV)).
+    pub const ARGV: u32 = 2;
+    /// Number of entries.
+    pub const COUNT: u32 = 3;
+}
+
+/// One operation of a syscall's capture plan.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureOp {
+    /// A [`capture_kind`] (`NONE` ends the plan).
+    pub kind: u8,
+    /// The argument (register index) the data is at.
+    pub arg: u8,
+    /// The argument holding the data's length (`DATA_IN`, `RAW_IN`) or a pointer to it
+    /// (`RAW_OUT`).
+    pub len_arg: u8,
+    pub _pad: u8,
+}
+
+/// What the kernel reads for one syscall (the `CAPTURE_PLANS` map), made by userspace from
+/// the syscall's signature.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapturePlan {
+    pub ops: [CaptureOp; CAPTURE_OPS],
+}
+
+/// The header of one captured item; its payload (`len` bytes) follows, and the next item
+/// starts at the next multiple of 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureItem {
+    /// A [`capture_kind`].
+    pub kind: u8,
+    /// The argument the data was read from.
+    pub arg: u8,
+    /// [`item_flags`] bits.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Payload bytes.
+    pub len: u16,
+    /// Elements, for `ARGV_END` and `ENVC`.
+    pub count: u16,
+}
+
+impl CaptureItem {
+    /// Bytes an item with a payload of `len` takes, padding included.
+    pub const fn stride(len: usize) -> usize {
+        (size_of::<Self>() + len + 7) & !7
+    }
+}
+
+/// A record with its captured data, as the kernel builds it in the thread's storage: the
+/// ring gets the record and the first `data_len` bytes of `data`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CapturedRecord {
+    pub record: SyscallRecord,
+    pub data: [u8; CAPTURE_BYTES + MAX_CAPTURE_ITEM],
 }
 
 /// Ring-buffer wake-up policy, in the `RING_CONFIG` map.
@@ -151,7 +292,14 @@ pub struct InflightSyscall {
     pub nr: u32,
     /// 1 between a traced entry and its exit. The storage stays with the thread for its next
     /// syscall, so this, not the storage's existence, says whether a syscall is in flight.
-    pub active: u32,
+    pub active: u8,
+    /// 1 when the thread's `CapturedRecord` holds this syscall's entry captures.
+    pub capturing: u8,
+    /// Arguments whose string could not be read at entry (bit per argument): read again at
+    /// exit, when the syscall has faulted their pages in.
+    pub unreadable_args: u8,
+    /// [`record_flags`] gathered at entry.
+    pub flags: u8,
 }
 
 /// One completed syscall, as written to the ring buffer by `sys_exit`.
@@ -176,59 +324,33 @@ pub struct SyscallRecord {
     pub tid: u32,
     /// The syscall number, in the host architecture's numbering.
     pub nr: u32,
-    /// Length of the path that follows, without its NUL (0 when there is none).
-    pub path_len: u16,
+    /// Bytes of captured data that follow the record (0 when there is none).
+    pub data_len: u16,
     /// [`record_flags`] bits.
     pub flags: u16,
     /// The task's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
 }
 
-/// A path argument read at syscall entry, NUL-terminated.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct PathArg {
-    /// Length without the NUL.
-    pub len: u16,
-    /// [`record_flags::PATH_TRUNCATED`] or 0.
-    pub flags: u16,
-    /// The syscall number the path was read for (0 after it was used), so a path is only
-    /// ever attached to the syscall it belongs to.
-    pub nr: u32,
-    pub bytes: [u8; PATH_MAX_LEN],
-}
-
-/// A record of a syscall with a path argument: the record, then the path.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct PathRecord {
-    pub record: SyscallRecord,
-    pub path: [u8; PATH_MAX_LEN],
-}
-
 impl SyscallRecord {
     /// Size of a record on the wire.
     pub const SIZE: usize = size_of::<Self>();
 
-    /// Views the bytes of one ring-buffer item as a record and its path, without copying.
-    /// `None` if the size is neither a plain nor a path record, or the bytes are misaligned
-    /// (ring buffers align items to 8 bytes, so that means a bug, not bad luck).
+    /// Views the bytes of one ring-buffer item as a record and its captured data, without
+    /// copying. `None` if the item is shorter than the record and the data it announces, or
+    /// misaligned (ring buffers align items to 8 bytes, so that means a bug, not bad luck).
     pub fn view(bytes: &[u8]) -> Option<(&Self, &[u8])> {
-        let with_path = bytes.len() == size_of::<PathRecord>();
-        if !(bytes.len() == Self::SIZE || with_path)
-            || bytes.as_ptr().align_offset(align_of::<Self>()) != 0
-        {
+        if bytes.len() < Self::SIZE || bytes.as_ptr().align_offset(align_of::<Self>()) != 0 {
             return None;
         }
         // SAFETY: length and alignment are checked, and every bit pattern is a valid record.
         let record = unsafe { &*bytes.as_ptr().cast::<Self>() };
-        let path = if with_path && record.flags & record_flags::HAS_PATH != 0 {
-            let len = (record.path_len as usize).min(PATH_MAX_LEN);
-            &bytes[Self::SIZE..Self::SIZE + len]
+        let data = if record.flags & record_flags::HAS_DATA != 0 {
+            bytes.get(Self::SIZE..Self::SIZE + record.data_len as usize)?
         } else {
             &[]
         };
-        Some((record, path))
+        Some((record, data))
     }
 
     /// The `comm` up to its first NUL.
@@ -248,7 +370,7 @@ mod user {
     unsafe impl aya::Pod for super::InflightSyscall {}
     unsafe impl aya::Pod for super::SyscallRecord {}
     unsafe impl aya::Pod for super::SlotState {}
-    unsafe impl aya::Pod for super::PathArg {}
+    unsafe impl aya::Pod for super::CapturePlan {}
     unsafe impl aya::Pod for super::CgroupSessions {}
 }
 
@@ -261,22 +383,31 @@ mod tests {
         // 4 u64 + 6 u64 args + i64 ret + 4 u32 + 16 comm bytes.
         assert_eq!(SyscallRecord::SIZE, 4 * 8 + 6 * 8 + 8 + 4 * 4 + COMM_LEN);
         assert_eq!(size_of::<InflightSyscall>(), 3 * 8 + 6 * 8 + 2 * 4);
+        assert_eq!(size_of::<CaptureItem>(), 8);
+        assert_eq!(size_of::<CapturePlan>(), 4 * CAPTURE_OPS);
+        assert_eq!(CaptureItem::stride(0), 8);
+        assert_eq!(CaptureItem::stride(1), 16);
+        assert_eq!(CaptureItem::stride(8), 16);
     }
 
     #[test]
-    fn views_plain_and_path_records_without_copying() {
+    fn views_plain_records_and_records_with_data_without_copying() {
         #[repr(C, align(8))]
-        struct Aligned([u8; size_of::<PathRecord>()]);
-        let mut buf = Aligned([0; size_of::<PathRecord>()]);
+        struct Aligned([u8; SyscallRecord::SIZE + 16]);
+        let mut buf = Aligned([0; SyscallRecord::SIZE + 16]);
         let flags_at = 4 * 8 + 6 * 8 + 8 + 3 * 4;
-        buf.0[flags_at..flags_at + 2].copy_from_slice(&4u16.to_ne_bytes()); // path_len
-        buf.0[flags_at + 2..flags_at + 4].copy_from_slice(&record_flags::HAS_PATH.to_ne_bytes());
-        buf.0[SyscallRecord::SIZE..SyscallRecord::SIZE + 5].copy_from_slice(b"/etc\0");
-        let (record, path) = SyscallRecord::view(&buf.0).unwrap();
-        assert_eq!(record.path_len, 4);
-        assert_eq!(path, b"/etc");
-        let (_, path) = SyscallRecord::view(&buf.0[..SyscallRecord::SIZE]).unwrap();
-        assert!(path.is_empty());
+        buf.0[flags_at..flags_at + 2].copy_from_slice(&16u16.to_ne_bytes()); // data_len
+        buf.0[flags_at + 2..flags_at + 4].copy_from_slice(&record_flags::HAS_DATA.to_ne_bytes());
+        buf.0[SyscallRecord::SIZE] = capture_kind::STRING;
+        let (record, data) = SyscallRecord::view(&buf.0).unwrap();
+        assert_eq!(record.data_len, 16);
+        assert_eq!(data.len(), 16);
+        assert_eq!(data[0], capture_kind::STRING);
+        // Data announced but missing: refused.
+        assert!(SyscallRecord::view(&buf.0[..SyscallRecord::SIZE + 8]).is_none());
+        buf.0[flags_at + 2..flags_at + 4].copy_from_slice(&0u16.to_ne_bytes());
+        let (_, data) = SyscallRecord::view(&buf.0[..SyscallRecord::SIZE]).unwrap();
+        assert!(data.is_empty());
         assert!(SyscallRecord::view(&buf.0[..SyscallRecord::SIZE - 8]).is_none());
         assert!(SyscallRecord::view(&buf.0[1..SyscallRecord::SIZE + 1]).is_none());
     }
@@ -295,7 +426,7 @@ mod tests {
             tgid: 0,
             tid: 0,
             nr: 0,
-            path_len: 0,
+            data_len: 0,
             flags: 0,
             comm,
         };

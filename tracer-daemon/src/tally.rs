@@ -67,7 +67,7 @@ mod tests {
             tgid: 1,
             tid: 1,
             nr,
-            path_len: 0,
+            data_len: 0,
             flags: 0,
             comm: [0; COMM_LEN],
         }

@@ -10,11 +10,16 @@
 //!   entered are dropped (a slot reused by a new session must not inherit old syscalls).
 //!
 //! A matched syscall is kept on its thread (task storage) between entry and exit; its exit
-//! writes one completed
-//! [`SyscallRecord`] (a [`PathRecord`] when the syscall takes a path, read at entry). Every
-//! session counts, per CPU in `SLOTS`, the records that matched it and those the kernel lost.
+//! writes one completed [`SyscallRecord`]. For a syscall with a capture plan (strings,
+//! buffers, socket addresses, argv: see `capture`), the data is read from user memory into
+//! the thread's [`CapturedRecord`] (at entry for what the caller passes in, at exit for what
+//! the kernel hands back), and the record goes out followed by exactly the bytes captured.
+//! Every session counts, per CPU in `SLOTS`, the records that matched it and those the
+//! kernel lost.
 #![no_std]
 #![no_main]
+
+mod capture;
 
 use aya_ebpf::{
     bindings::{
@@ -24,10 +29,10 @@ use aya_ebpf::{
     btf_maps::{ArrayOfMaps, RingBuf as BtfRingBuf},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_str_bytes, bpf_task_storage_get,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_task_storage_get,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm as bpf_get_current_comm_raw,
+            bpf_ringbuf_output,
         },
     },
     macros::{btf_map, map, raw_tracepoint, tracepoint},
@@ -35,10 +40,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    cgroup_config, counter, mask, record_flags, ring_config, CgroupSessions, InflightSyscall,
-    PathArg, PathRecord, SessionMask, SlotState, SyscallRecord, COMM_LEN, DEFAULT_RING_BYTES,
+    cgroup_config, counter, mask, record_flags, ring_config, CapturedRecord, CgroupSessions,
+    InflightSyscall, SessionMask, SlotState, SyscallRecord, COMM_LEN, DEFAULT_RING_BYTES,
     MAX_CACHED_CGROUPS, MAX_CGROUP_DEPTH, MAX_FILTERED_TGIDS, MAX_SESSIONS, MAX_SYSCALLS,
-    MAX_TRACED_CGROUPS, PATH_MAX_LEN,
+    MAX_TRACED_CGROUPS,
 };
 
 /// Target cgroup id → the sessions tracing that cgroup and its subtree (userspace writes it).
@@ -68,11 +73,6 @@ static MASKS: Array<SessionMask> = Array::with_max_entries(mask::COUNT, 0);
 #[map]
 static TGID_SESSIONS: HashMap<u32, SessionMask> = HashMap::with_max_entries(MAX_FILTERED_TGIDS, 0);
 
-/// syscall number → 1 + the index of its path argument (0: it takes no path). Userspace
-/// fills it at load from the syscall table of the host architecture.
-#[map]
-static PATH_ARG: Array<u32> = Array::with_max_entries(MAX_SYSCALLS, 0);
-
 /// Per-session state and counters, per CPU.
 #[map]
 static SLOTS: PerCpuArray<SlotState> = PerCpuArray::with_max_entries(MAX_SESSIONS, 0);
@@ -80,10 +80,6 @@ static SLOTS: PerCpuArray<SlotState> = PerCpuArray::with_max_entries(MAX_SESSION
 /// The traced syscall a thread is inside of, stored on the thread itself.
 #[btf_map]
 static INFLIGHT: TaskStorage<InflightSyscall> = TaskStorage::new();
-
-/// The path argument of the traced syscall a thread is inside of, stored on the thread.
-#[btf_map]
-static INFLIGHT_PATHS: TaskStorage<PathArg> = TaskStorage::new();
 
 /// Task-local storage (`BPF_MAP_TYPE_TASK_STORAGE`, Linux 5.11+): a value that lives on the
 /// `task_struct`, found without hashing or locking and freed with the task. It replaced a
@@ -157,11 +153,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 const NO_RETURN_SYSCALLS: [u64; 2] = [60 /* exit */, 231 /* exit_group */];
 #[cfg(bpf_target_arch = "aarch64")]
 const NO_RETURN_SYSCALLS: [u64; 2] = [93 /* exit */, 94 /* exit_group */];
-// execve and execveat replace the caller's memory: a path pointer is not read again at exit.
-#[cfg(bpf_target_arch = "x86_64")]
-const EXEC_SYSCALLS: [u32; 2] = [59 /* execve */, 322 /* execveat */];
-#[cfg(bpf_target_arch = "aarch64")]
-const EXEC_SYSCALLS: [u32; 2] = [221 /* execve */, 281 /* execveat */];
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
 compile_error!("tracer-ebpf supports x86_64 and aarch64 hosts");
 
@@ -206,6 +197,9 @@ fn try_enter(ctx: &RawTracePointContext) {
         args: syscall_args(regs),
         nr: nr as u32,
         active: 1,
+        capturing: 0,
+        unreadable_args: 0,
+        flags: 0,
     };
     if NO_RETURN_SYSCALLS.contains(&nr) {
         // Never fails (it never returns), so failed-only sessions do not want it.
@@ -221,7 +215,10 @@ fn try_enter(ctx: &RawTracePointContext) {
     }
     // SAFETY: the current task's own storage; only this task's syscalls touch it.
     unsafe { *slot = inflight };
-    keep_path_argument(nr, &inflight.args);
+    if sessions & mask_of(mask::CAPTURE) != 0 {
+        // SAFETY: as above.
+        capture::at_entry(unsafe { &mut *slot }, sessions);
+    }
 }
 
 /// Forgets a removed cgroup's cached sessions, so removed cgroups leave nothing behind.
@@ -306,24 +303,8 @@ fn try_exit(ctx: &RawTracePointContext) {
     if ret >= 0 {
         sessions &= !mask_of(mask::FAILED_ONLY);
     }
-    let path = if path_arg_index(inflight.nr as u64).is_some() {
-        let path = INFLIGHT_PATHS.current(false);
-        // SAFETY: the current task's own storage, checked for null. A path kept for another
-        // syscall (one whose exit never came) does not count for this one.
-        let kept = !path.is_null() && unsafe { (*path).nr } == inflight.nr;
-        if kept {
-            // SAFETY: as above.
-            let path = unsafe { &mut *path };
-            path.nr = 0;
-            // A path in a page that was not resident could not be read at entry (a
-            // tracepoint cannot take page faults); the syscall has faulted it in since.
-            if path.flags & record_flags::PATH_UNREADABLE != 0
-                && !EXEC_SYSCALLS.contains(&inflight.nr)
-            {
-                read_path(path, &inflight.args, inflight.nr as u64);
-            }
-        }
-        Some(kept.then_some(path.cast_const()))
+    let captured = if inflight.capturing != 0 {
+        capture::at_exit(&inflight, sessions, ret)
     } else {
         None
     };
@@ -332,62 +313,55 @@ fn try_exit(ctx: &RawTracePointContext) {
         sessions,
         ret,
         unsafe { bpf_ktime_get_ns() },
-        path,
+        captured,
     );
 }
 
 /// Writes one record for `sessions`, counting it as matched (and, if it cannot be written,
-/// dropped) for each of them that is still current. `path` is `Some` for syscalls that take
-/// a path: the kept argument, or `None` inside if it was lost.
+/// dropped) for each of them that is still current. `captured` is the thread's record with
+/// the syscall's captured data, sent as it is (header filled in here) instead of a plain one.
 #[inline(always)]
 fn emit(
     inflight: &InflightSyscall,
     sessions: SessionMask,
     ret: i64,
     exit_ns: u64,
-    path: Option<Option<*const PathArg>>,
+    captured: Option<*mut CapturedRecord>,
 ) {
     let sessions = count_matched(sessions, inflight.enter_ns);
     if sessions == 0 {
         return;
     }
-    // Records are built in place in the ring: no copy through the stack.
-    let written = match path {
-        None => write_to_ring::<SyscallRecord>(|out| {
-            fill_record(out, inflight, sessions, ret, exit_ns, 0, 0)
-        }),
-        Some(None) => {
-            bump(counter::PATHS_LOST);
+    let written = match captured {
+        None => {
+            let flags = u16::from(inflight.flags);
+            // Built in place in the ring: no copy through the stack.
             write_to_ring::<SyscallRecord>(|out| {
-                fill_record(
-                    out,
-                    inflight,
-                    sessions,
-                    ret,
-                    exit_ns,
-                    record_flags::PATH_LOST,
-                    0,
-                )
+                fill_record(out, inflight, sessions, ret, exit_ns, flags, 0);
             })
         }
-        Some(Some(path)) => write_to_ring::<PathRecord>(|out| {
-            // SAFETY: the current task's storage, valid for this program run; `out` is a
-            // reserved ring slot of the right size.
-            unsafe {
-                let path = &*path;
-                let flags = record_flags::HAS_PATH | path.flags;
-                fill_record(
-                    &raw mut (*out).record,
-                    inflight,
-                    sessions,
-                    ret,
-                    exit_ns,
-                    flags,
-                    path.len,
-                );
-                (*out).path = path.bytes;
-            }
-        }),
+        Some(captured) => {
+            // SAFETY: the current task's storage, valid for this program run.
+            let data_len = unsafe { (*captured).record.data_len };
+            let flags = u16::from(inflight.flags)
+                | unsafe { (*captured).record.flags }
+                | if data_len > 0 {
+                    record_flags::HAS_DATA
+                } else {
+                    0
+                };
+            // SAFETY: as above; every header field is written.
+            fill_record(
+                unsafe { &raw mut (*captured).record },
+                inflight,
+                sessions,
+                ret,
+                exit_ns,
+                flags,
+                data_len,
+            );
+            output_to_ring(captured, data_len as usize)
+        }
     };
     if written {
         bump(counter::WRITTEN);
@@ -406,7 +380,7 @@ fn fill_record(
     ret: i64,
     exit_ns: u64,
     flags: u16,
-    path_len: u16,
+    data_len: u16,
 ) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `out` is a reserved ring slot for a SyscallRecord; every field is written.
@@ -420,7 +394,7 @@ fn fill_record(
         (*out).tgid = (pid_tgid >> 32) as u32;
         (*out).tid = pid_tgid as u32;
         (*out).nr = inflight.nr;
-        (*out).path_len = path_len;
+        (*out).data_len = data_len;
         (*out).flags = flags;
         // The helper writes the comm (NUL-padded) in place; on failure it zeroes it.
         bpf_get_current_comm_raw((&raw mut (*out).comm).cast(), COMM_LEN as u32);
@@ -470,6 +444,31 @@ fn wakeup_flags() -> u64 {
             BPF_RB_NO_WAKEUP as u64
         }
     }
+}
+
+/// Copies a captured record and its first `data_len` bytes of data into the selected ring.
+/// False if the ring was full.
+#[inline(always)]
+fn output_to_ring(captured: *mut CapturedRecord, data_len: usize) -> bool {
+    // The verifier must see the size bounded by the storage the record lives in.
+    let data_len = if data_len > tracer_common::CAPTURE_BYTES + tracer_common::MAX_CAPTURE_ITEM {
+        tracer_common::CAPTURE_BYTES + tracer_common::MAX_CAPTURE_ITEM
+    } else {
+        data_len
+    };
+    let size = (SyscallRecord::SIZE + data_len) as u64;
+    let flags = wakeup_flags();
+    let ring: *mut core::ffi::c_void = if per_cpu_output() {
+        match per_cpu_ring() {
+            Some(ring) => core::ptr::from_ref(ring).cast_mut().cast(),
+            None => return false,
+        }
+    } else {
+        // A map definition is the static itself (the wrapper is transparent).
+        core::ptr::from_ref(&RECORDS).cast_mut().cast()
+    };
+    // SAFETY: `ring` is a ring buffer map; `captured` is valid for `size` bytes.
+    unsafe { bpf_ringbuf_output(ring, captured.cast(), size, flags) == 0 }
 }
 
 #[inline(always)]
@@ -540,60 +539,6 @@ fn syscall_sessions(nr: u64) -> SessionMask {
 #[inline(always)]
 fn mask_of(index: u32) -> SessionMask {
     MASKS.get(index).copied().unwrap_or(0)
-}
-
-#[inline(always)]
-fn path_arg_index(nr: u64) -> Option<usize> {
-    if nr >= MAX_SYSCALLS as u64 {
-        return None;
-    }
-    match PATH_ARG.get(nr as u32).copied().unwrap_or(0) {
-        0 => None,
-        index => Some(index as usize - 1),
-    }
-}
-
-/// For a syscall that takes a path, reads the path from user memory now (by exit it may have
-/// changed, and after `execve` the memory is gone) into the thread's storage for the exit;
-/// a path that cannot be read now is tried again at exit.
-#[inline(always)]
-fn keep_path_argument(nr: u64, args: &[u64; 6]) {
-    if path_arg_index(nr).is_none() {
-        return;
-    }
-    let path = INFLIGHT_PATHS.current(true);
-    if path.is_null() {
-        return;
-    }
-    // SAFETY: the current task's own storage.
-    let path = unsafe { &mut *path };
-    read_path(path, args, nr);
-    path.nr = nr as u32;
-}
-
-/// Reads the path argument of syscall `nr` from user memory into `path`, or flags it
-/// unreadable.
-#[inline(always)]
-fn read_path(path: &mut PathArg, args: &[u64; 6], nr: u64) {
-    let user_ptr = path_arg_index(nr)
-        .and_then(|index| args.get(index).copied())
-        .unwrap_or(0);
-    match unsafe { bpf_probe_read_user_str_bytes(user_ptr as *const u8, &mut path.bytes) } {
-        Ok(bytes) => {
-            let len = bytes.len();
-            path.len = len as u16;
-            path.flags = if len >= PATH_MAX_LEN - 1 {
-                record_flags::PATH_TRUNCATED
-            } else {
-                0
-            };
-        }
-        // NULL, a bad pointer (the syscall rejects it with EFAULT), or a page not resident.
-        Err(_) => {
-            path.len = 0;
-            path.flags = record_flags::PATH_UNREADABLE;
-        }
-    }
 }
 
 /// The six syscall argument registers, in the syscall calling convention (which on x86_64

@@ -1,41 +1,92 @@
 //! What a record is, shared by every backend and every sink: the syscall event, the filter
 //! that selects it, the container it came from, its clocks and its syscall's name. A leaf:
 //! it depends on nothing else in the daemon.
+pub mod captured;
 pub mod clock;
+pub mod decode;
+pub mod signatures;
 pub mod syscalls;
 
 use serde::Serialize;
-use tracer_common::{record_flags, SyscallRecord};
+use tracer_common::{SyscallRecord, PATH_MAX_LEN};
 
 pub use self::clock::{monotonic_ns, WallClock};
 
-/// One syscall, as delivered to sessions: the kernel record plus its decoded path.
+/// One syscall, as delivered to sessions: the kernel record, the argument data captured
+/// with it, and its path argument.
 #[derive(Clone, Debug)]
 pub struct Event {
     pub record: SyscallRecord,
-    /// The path argument, for syscalls that take one (lossily decoded as UTF-8).
+    /// Captured argument data, as the kernel wrote it (see [`captured`]); empty when none.
+    pub data: Box<[u8]>,
+    /// The path argument, for syscalls that take one (lossily decoded as UTF-8), cut at
+    /// `PATH_MAX_LEN - 1` characters.
     pub path: Option<Box<str>>,
+    /// The path was longer than what is kept.
+    pub path_truncated: bool,
 }
 
 impl Event {
-    pub fn new(record: &SyscallRecord, path: &[u8]) -> Self {
-        let readable = record_flags::HAS_PATH | record_flags::PATH_UNREADABLE;
-        let path = (record.flags & readable == record_flags::HAS_PATH)
-            .then(|| String::from_utf8_lossy(path).into_owned().into_boxed_str());
-        Self {
+    pub fn new(record: &SyscallRecord, data: &[u8]) -> Self {
+        let mut event = Self {
             record: *record,
-            path,
+            data: data.into(),
+            path: None,
+            path_truncated: false,
+        };
+        if let Some(index) = syscalls::path_index(record.nr) {
+            let captured = captured::Captured::parse(data);
+            if let Some(path) = captured.strings[index].filter(|path| !path.unreadable) {
+                let limit = PATH_MAX_LEN - 1;
+                let kept = &path.bytes[..path.bytes.len().min(limit)];
+                event.path = Some(String::from_utf8_lossy(kept).into());
+                event.path_truncated = path.bytes.len() > limit;
+            }
         }
+        event
     }
 
     pub fn path_truncated(&self) -> bool {
-        self.record.flags & record_flags::PATH_TRUNCATED != 0
+        self.path_truncated
     }
 
-    /// The syscall takes a path, but it could be read neither at entry nor at exit (NULL, a
-    /// bad pointer, or memory that was not resident), or could not be kept.
+    /// The syscall takes a path, but it was not captured: NULL, a bad pointer, memory that
+    /// was not resident at entry or exit, no storage for it, capture off, or a backend that
+    /// cannot read user memory.
     pub fn path_unavailable(&self) -> bool {
-        self.record.flags & (record_flags::PATH_UNREADABLE | record_flags::PATH_LOST) != 0
+        self.path.is_none() && syscalls::path_index(self.record.nr).is_some()
+    }
+}
+
+/// What a session captures of its syscalls' argument data, and how much of it it shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureSettings {
+    /// Read strings, socket addresses and argv in the kernel (off: registers only).
+    pub enabled: bool,
+    pub limits: decode::Limits,
+    /// The syscalls whose buffers are captured (`read`, `write`…); `None` for all of them.
+    pub data_syscalls: Option<Vec<u32>>,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            limits: decode::Limits::default(),
+            data_syscalls: None,
+        }
+    }
+}
+
+impl CaptureSettings {
+    /// Whether the session captures the buffers of syscall `nr`.
+    pub fn captures_data_of(&self, nr: u32) -> bool {
+        self.enabled
+            && self.limits.data_bytes > 0
+            && self
+                .data_syscalls
+                .as_ref()
+                .is_none_or(|chosen| chosen.contains(&nr))
     }
 }
 
@@ -50,6 +101,8 @@ pub struct TraceFilter {
     pub tgids: Option<Vec<u32>>,
     /// Only calls that fail (return value < 0).
     pub failed_only: bool,
+    /// What argument data to capture.
+    pub capture: CaptureSettings,
 }
 
 /// What events say about the container they come from.
@@ -80,7 +133,7 @@ pub(crate) mod samples {
             tgid,
             tid,
             nr,
-            path_len: 0,
+            data_len: 0,
             flags: 0,
             comm,
         }

@@ -1,6 +1,6 @@
 //! Syscall numbers as the host architecture has them: names (from the `syscalls` crate's
 //! tables) and which syscalls take a path argument.
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::LazyLock};
 
 use tracer_common::MAX_SYSCALLS;
 
@@ -75,4 +75,16 @@ pub fn path_arguments() -> impl Iterator<Item = (u32, usize)> {
 /// Syscall numbers that take a path, on this architecture.
 pub fn path_syscalls() -> HashSet<u32> {
     path_arguments().map(|(nr, _)| nr).collect()
+}
+
+/// The index of syscall `nr`'s path argument, if it takes one.
+pub fn path_index(nr: u32) -> Option<usize> {
+    static BY_NR: LazyLock<Vec<Option<u8>>> = LazyLock::new(|| {
+        let mut by_nr = vec![None; MAX_SYSCALLS as usize];
+        for (nr, index) in path_arguments() {
+            by_nr[nr as usize] = Some(index as u8);
+        }
+        by_nr
+    });
+    BY_NR.get(nr as usize).copied().flatten().map(usize::from)
 }

@@ -67,6 +67,7 @@ impl Resolving<'_> {
             syscalls: self.spec.syscalls.clone(),
             tgids,
             failed_only: self.spec.conditions.failed_only,
+            capture: self.spec.capture.clone(),
         }
     }
 

@@ -243,6 +243,7 @@ async fn start_export(
         name: row.name.clone(),
         label: spec.label.clone(),
         run: row.runs + 1,
+        limits: spec.capture.limits,
     };
     let resource = ctx.options.export_resource.clone();
     let spool = ctx.session_dir(row.id).join("spool");
@@ -281,6 +282,7 @@ fn assemble(
         limit_reached: Some(limit_reached),
         export: started.export.as_ref().map(Export::sink),
         clock: started.clock,
+        limits: spec.capture.limits,
     };
     let events = started.events;
     let writer = tokio::task::spawn_blocking(move || writer.run(events));

@@ -2,7 +2,12 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::record::{clock::rfc3339, syscalls::syscall_name, ContainerMeta, Event, WallClock};
+use crate::record::{
+    clock::rfc3339,
+    decode::{self, Limits, Value},
+    syscalls::syscall_name,
+    ContainerMeta, Event, WallClock,
+};
 
 /// One event as JSON (see docs/api.md for the fields).
 #[derive(Serialize)]
@@ -14,7 +19,13 @@ struct EventJson<'a> {
     pid: u32,
     tid: u32,
     comm: std::borrow::Cow<'a, str>,
-    args: [u64; 6],
+    args: &'a [u64],
+    params: Params<'a>,
+    strace: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    truncated: &'a [&'a str],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    unavailable: &'a [&'a str],
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -29,14 +40,30 @@ struct EventJson<'a> {
     container: Option<&'a ContainerMeta>,
 }
 
-/// Appends `event` as one JSON line to `out`.
+/// Decoded arguments as a JSON object, in the syscall's order.
+struct Params<'a>(&'a [(&'a str, Value)]);
+
+impl Serialize for Params<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+/// Appends `event` as one JSON line to `out`, its arguments decoded within `limits`.
 pub fn write_line(
     event: &Event,
     session: &Uuid,
     container: Option<&ContainerMeta>,
     clock: &WallClock,
+    limits: &Limits,
     out: &mut Vec<u8>,
 ) {
+    let decoded = decode::decode(event, limits);
     let record = &event.record;
     let unix_ns = clock.unix_ns(record.enter_ns);
     let ts = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
@@ -58,7 +85,11 @@ pub fn write_line(
         pid: record.tgid,
         tid: record.tid,
         comm: String::from_utf8_lossy(record.comm_bytes()),
-        args: record.args,
+        args: &decoded.args,
+        params: Params(&decoded.params),
+        strace: &decoded.strace,
+        truncated: &decoded.truncated,
+        unavailable: &decoded.unavailable,
         path: event.path.as_deref(),
         path_truncated: event.path_truncated(),
         path_unavailable: event.path_unavailable(),
@@ -83,8 +114,11 @@ mod tests {
     fn an_event_has_every_documented_field() {
         let mut comm = [0u8; COMM_LEN];
         comm[..3].copy_from_slice(b"cat");
-        let event = Event {
-            record: SyscallRecord {
+        let mut data = Vec::new();
+        let string = tracer_common::capture_kind::STRING;
+        crate::record::captured::item(string, 1, 0, b"/etc", 0, &mut data);
+        let event = Event::new(
+            &SyscallRecord {
                 enter_ns: 1_000,
                 duration_ns: 250,
                 cgroup_id: 7,
@@ -94,12 +128,12 @@ mod tests {
                 tgid: 10,
                 tid: 11,
                 nr: syscalls::Sysno::openat.id() as u32,
-                path_len: 4,
-                flags: tracer_common::record_flags::HAS_PATH,
+                data_len: data.len() as u16,
+                flags: tracer_common::record_flags::HAS_DATA,
                 comm,
             },
-            path: Some("/etc".into()),
-        };
+            &data,
+        );
         let session = Uuid::nil();
         let clock = WallClock::from_offset_ns(1_700_000_000_000_000_000);
         let mut out = Vec::new();
@@ -108,7 +142,15 @@ mod tests {
             name: "web".into(),
             image: "shop:1".into(),
         };
-        write_line(&event, &session, Some(&container), &clock, &mut out);
+        let limits = Limits::default();
+        write_line(
+            &event,
+            &session,
+            Some(&container),
+            &clock,
+            &limits,
+            &mut out,
+        );
         assert_eq!(out.last(), Some(&b'\n'));
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(json["ts"], "2023-11-14T22:13:20.000001000Z");
@@ -119,6 +161,12 @@ mod tests {
         assert_eq!(json["comm"], "cat");
         assert_eq!(json["args"], serde_json::json!([1, 2, 3, 4, 5, 6]));
         assert_eq!(json["path"], "/etc");
+        // Without the kernel's signatures (none read here), the registers show raw.
+        assert_eq!(json["params"], serde_json::json!({}));
+        assert!(json["strace"]
+            .as_str()
+            .unwrap()
+            .starts_with("openat(0x1, 0x2,"));
         assert!(json.get("path_truncated").is_none());
         assert!(json.get("path_unavailable").is_none());
         assert_eq!(json["ret"], -2);

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     backend::EventReceiver,
-    record::{ContainerMeta, WallClock},
+    record::{decode::Limits, ContainerMeta, WallClock},
 };
 
 /// A batch is written once it holds this many bytes of JSON (or the channel is empty).
@@ -55,6 +55,8 @@ pub struct RunWriter {
     pub export: Option<ExportSink>,
     /// The run's wall-clock conversion, shared with its spans.
     pub clock: WallClock,
+    /// How much of each argument's data the session shows.
+    pub limits: Limits,
 }
 
 impl RunWriter {
@@ -82,6 +84,7 @@ impl RunWriter {
                         &self.session,
                         container.as_deref(),
                         &self.clock,
+                        &self.limits,
                         &mut lines,
                     );
                     if self.export.is_some() {
@@ -149,6 +152,7 @@ mod tests {
             limit_reached: Some(limit_tx),
             export: None,
             clock: WallClock::from_offset_ns(0),
+            limits: Limits::default(),
         };
         (writer, joins_tx, limit_rx)
     }

@@ -50,14 +50,14 @@ impl Default for EbpfOptions {
 }
 
 /// The default wake-up batch for a ring of `ring_bytes`: an eighth of the ring's worth of the
-/// largest records (a path record and its 8-byte ring header).
+/// largest common records (one with a path and its 8-byte ring header).
 ///
 /// Why so rare: waking the reader raises an irq_work, an interrupt the producing CPU sends
 /// itself; in a VM that is an APIC write trapping to the hypervisor, measured at ~8 µs, and
 /// a wake-up every 64 records took 12% of a traced loop's time. Between wake-ups the reader's
 /// 10 ms flush collects the records, so latency stays bounded at any rate.
 pub fn auto_wakeup_every(ring_bytes: u32) -> u64 {
-    let largest = (size_of::<tracer_common::PathRecord>() + 8) as u64;
+    let largest = (tracer_common::SyscallRecord::SIZE + tracer_common::PATH_MAX_LEN + 8) as u64;
     (u64::from(ring_bytes) / largest / 8).max(1)
 }
 

@@ -44,7 +44,7 @@ use self::{
 use crate::{
     backend::delivery::{DrainStats, Route},
     cgroup,
-    record::{syscalls::path_syscalls, TraceFilter},
+    record::{signatures, syscalls::path_syscalls, TraceFilter},
 };
 
 /// Default ring-buffer size of a session's instance, per CPU.
@@ -55,7 +55,8 @@ pub struct FtraceBackend {
     root: PathBuf,
     layout: PageHeaderLayout,
     decoder: Arc<Decoder>,
-    path_syscalls: Arc<HashSet<u32>>,
+    /// Syscalls with argument data in user memory (which ftrace cannot read).
+    data_syscalls: Arc<HashSet<u32>>,
     joins: Arc<Joins>,
 }
 
@@ -86,9 +87,9 @@ impl FtraceBackend {
             })?;
         Ok(Self {
             decoder: Arc::new(Decoder::load(&root)?),
+            data_syscalls: Arc::new(data_syscalls(&root)),
             root,
             layout,
-            path_syscalls: Arc::new(path_syscalls()),
             joins: Arc::default(),
         })
     }
@@ -143,7 +144,7 @@ impl FtraceBackend {
                 tgids: filter.tgids.as_ref().map(|t| t.iter().copied().collect()),
                 failed_only: filter.failed_only,
             },
-            self.path_syscalls.clone(),
+            self.data_syscalls.clone(),
             Box::new(move |tid| {
                 introduced
                     .take_introduced(tid)
@@ -362,6 +363,15 @@ fn id_ranges(set: &[u32]) -> String {
         return "id == -1".into();
     }
     terms.join(" || ")
+}
+
+/// Syscalls whose arguments point at data in user memory: those that take a path, and
+/// those the eBPF backend captures data for (from the kernel's signatures).
+fn data_syscalls(root: &std::path::Path) -> HashSet<u32> {
+    let signatures = signatures::load_once(|| Some(root.to_owned()));
+    let mut syscalls = path_syscalls();
+    syscalls.extend(signatures.capture_plans().map(|(nr, _)| nr));
+    syscalls
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ pub struct Tracker {
     exited: HashMap<u32, Exited>,
     filter: RecordFilter,
     /// Syscalls that take a path (ftrace records cannot carry the string).
-    path_syscalls: Arc<HashSet<u32>>,
+    data_syscalls: Arc<HashSet<u32>>,
     /// Looks a thread up when the stream has not introduced it (it predates the session, or
     /// joined a target cgroup).
     lookup: Box<dyn Fn(u32) -> Option<TaskInfo> + Send>,
@@ -87,7 +87,7 @@ impl Tracker {
     /// `lookup` tells what is known of a thread the stream has not introduced.
     pub fn new(
         filter: RecordFilter,
-        path_syscalls: Arc<HashSet<u32>>,
+        data_syscalls: Arc<HashSet<u32>>,
         lookup: Box<dyn Fn(u32) -> Option<TaskInfo> + Send>,
     ) -> Self {
         Self {
@@ -95,7 +95,7 @@ impl Tracker {
             entered: HashMap::new(),
             exited: HashMap::new(),
             filter,
-            path_syscalls,
+            data_syscalls,
             lookup,
         }
     }
@@ -212,9 +212,9 @@ impl Tracker {
             }
         }
         let nr = entered.nr as u32;
-        // The kernel hands ftrace a path argument's address, not its text.
-        let flags = if self.path_syscalls.contains(&nr) {
-            record_flags::PATH_UNREADABLE
+        // The kernel hands ftrace a pointer argument's address, not the data behind it.
+        let flags = if self.data_syscalls.contains(&nr) {
+            record_flags::DATA_UNAVAILABLE
         } else {
             0
         };
@@ -228,7 +228,7 @@ impl Tracker {
             tgid: info.tgid,
             tid,
             nr,
-            path_len: 0,
+            data_len: 0,
             flags,
             comm: info.comm,
         });
@@ -338,7 +338,7 @@ mod tests {
         );
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].ret, -2);
-        assert_eq!(records[0].flags, record_flags::PATH_UNREADABLE);
+        assert_eq!(records[0].flags, record_flags::DATA_UNAVAILABLE);
     }
 
     #[test]

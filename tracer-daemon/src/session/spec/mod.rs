@@ -3,6 +3,7 @@
 //! [`CreateSession`] is the request body as received (unknown fields are refused);
 //! [`CreateSession::validate`] turns it into a [`SessionSpec`]: syscall names resolved to
 //! numbers, durations parsed, names and labels checked. Every problem names the field.
+mod capture;
 mod field;
 mod target;
 
@@ -13,6 +14,7 @@ use utoipa::ToSchema;
 
 use self::field::{invalid, parse_ttl, validate_name};
 pub use self::{
+    capture::Capture,
     field::{validate_tenant, InvalidField},
     target::{Launch, Target, TargetKind},
 };
@@ -46,6 +48,10 @@ pub struct CreateSession {
     /// The tenant the session belongs to; only an admin may set it (default: the caller's).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// What argument data the kernel reads (strings, buffers, socket addresses, argv) and
+    /// how much of it is kept; absent for the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Capture>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
@@ -102,6 +108,7 @@ pub struct SessionSpec {
     pub ftrace_buffer_kb: Option<u32>,
     /// `None`: the daemon's default; `Some(None)`: no export; `Some(Some(_))`: its own.
     pub export: Option<Option<crate::sink::export::config::OtlpRequest>>,
+    pub capture: crate::record::CaptureSettings,
 }
 
 impl SessionSpec {
@@ -158,6 +165,7 @@ impl CreateSession {
         if let Some(tenant) = &self.tenant {
             validate_tenant(tenant)?;
         }
+        let capture = self.capture.clone().unwrap_or_default().validate()?;
         let export = self.export.as_ref().and_then(|export| export.otlp.clone());
         if let Some(Some(otlp)) = &export {
             otlp.to_config(None)
@@ -174,6 +182,7 @@ impl CreateSession {
             max_events: self.limits.max_events,
             ftrace_buffer_kb: self.limits.ftrace_buffer_kb,
             export,
+            capture,
         })
     }
 

@@ -27,7 +27,11 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use uuid::Uuid;
 
 use super::input::SpanInput;
-use crate::record::{syscalls::syscall_name, WallClock};
+use crate::record::{
+    decode::{self, Limits},
+    syscalls::syscall_name,
+    WallClock,
+};
 
 /// Spans per trace before a process's next spans start a new trace.
 pub const SPANS_PER_TRACE: u64 = 1000;
@@ -40,6 +44,8 @@ pub struct SessionInfo {
     pub label: Option<String>,
     /// The run (1, 2, …): traces do not span runs.
     pub run: u32,
+    /// How much of each argument's data the session shows.
+    pub limits: Limits,
 }
 
 /// A span's place: its trace and its id.
@@ -63,6 +69,9 @@ pub struct SpanMaker {
     next_span: u64,
     /// Interned container strings, by container id.
     containers: HashMap<String, [StringValue; 3]>,
+    limits: Limits,
+    /// `tracer.param.<name>` keys, by argument name.
+    param_keys: HashMap<&'static str, Key>,
 }
 
 /// Attribute keys (static: no allocation per span).
@@ -77,6 +86,9 @@ mod key {
     pub const ARGS: &str = "tracer.syscall.args";
     pub const RET: &str = "tracer.syscall.ret";
     pub const PATH: &str = "tracer.syscall.path";
+    pub const STRACE: &str = "tracer.syscall.strace";
+    /// Prefix of the decoded arguments' keys (`tracer.param.filename`).
+    pub const PARAM_PREFIX: &str = "tracer.param.";
     pub const CGROUP: &str = "tracer.cgroup.id";
     pub const SESSION_ID: &str = "tracer.session.id";
     pub const SESSION_NAME: &str = "tracer.session.name";
@@ -98,6 +110,8 @@ impl SpanMaker {
             per_process: HashMap::new(),
             next_span: 0,
             containers: HashMap::new(),
+            limits: session.limits,
+            param_keys: HashMap::new(),
         }
     }
 
@@ -201,6 +215,7 @@ impl SpanMaker {
                 path.to_string(),
             ));
         }
+        self.decoded_attributes(input, &mut attributes);
         if let Some(container) = &input.container {
             let [id, name, image] = self
                 .containers
@@ -220,6 +235,36 @@ impl SpanMaker {
             ]);
         }
         attributes
+    }
+}
+
+impl SpanMaker {
+    /// The decoded arguments (`tracer.param.<name>`) and the strace line.
+    fn decoded_attributes(&mut self, input: &SpanInput, attributes: &mut Vec<KeyValue>) {
+        let decoded = decode::decode(&input.event, &self.limits);
+        for (name, value) in decoded.params {
+            let key = self
+                .param_keys
+                .entry(name)
+                .or_insert_with(|| Key::from(format!("{}{name}", key::PARAM_PREFIX)))
+                .clone();
+            let value = match value {
+                decode::Value::Int(number) => Value::I64(number),
+                decode::Value::UInt(number) => match i64::try_from(number) {
+                    Ok(number) => Value::I64(number),
+                    Err(_) => Value::String(number.to_string().into()),
+                },
+                decode::Value::Text(text) => Value::String(text.into()),
+                decode::Value::List(items) => {
+                    Value::Array(Array::String(items.into_iter().map(Into::into).collect()))
+                }
+            };
+            attributes.push(KeyValue::new(key, value));
+        }
+        attributes.push(KeyValue::new(
+            Key::from_static_str(key::STRACE),
+            decoded.strace,
+        ));
     }
 }
 
@@ -248,6 +293,13 @@ mod tests {
     use crate::record::{ContainerMeta, Event};
     use tracer_common::SyscallRecord;
 
+    fn path_data() -> Vec<u8> {
+        let mut data = Vec::new();
+        let string = tracer_common::capture_kind::STRING;
+        crate::record::captured::item(string, 1, 0, b"/etc/hosts", 0, &mut data);
+        data
+    }
+
     fn input(tgid: u32, ret: i64) -> SpanInput {
         let mut record: SyscallRecord = unsafe { std::mem::zeroed() };
         record.nr = 257;
@@ -258,10 +310,7 @@ mod tests {
         record.duration_ns = 2_500;
         record.comm[..4].copy_from_slice(b"cat\0");
         SpanInput {
-            event: Arc::new(Event {
-                record,
-                path: Some("/etc/hosts".into()),
-            }),
+            event: Arc::new(Event::new(&record, &path_data())),
             container: Some(Arc::new(ContainerMeta {
                 id: "abc123".into(),
                 name: "web".into(),
@@ -285,6 +334,7 @@ mod tests {
             name: "s".into(),
             label: Some("ci-42".into()),
             run: 1,
+            limits: Limits::default(),
         });
         let span = maker.span(&input(100, -2));
         assert_eq!(span.name, "openat");
@@ -325,6 +375,7 @@ mod tests {
             name: "s".into(),
             label: None,
             run: 1,
+            limits: Limits::default(),
         });
         let first = maker.span(&input(7, 0)).span_context.trace_id();
         for _ in 1..SPANS_PER_TRACE {

@@ -343,8 +343,8 @@ fn put_str(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(bytes);
 }
 
-/// Frame: length (u32) | record (its bytes) | the run's wall-clock offset (i128) | path (u16
-/// length, `u16::MAX` for none) | container flag (u8) and id, name, image (u16 length each).
+/// Frame: length (u32) | record (its bytes) | the run's wall-clock offset (i128) | captured
+/// argument data (u16 length) | container flag (u8) and id, name, image (u16 length each).
 fn encode(input: &SpanInput, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
@@ -357,10 +357,9 @@ fn encode(input: &SpanInput, out: &mut Vec<u8>) {
     };
     out.extend_from_slice(record);
     out.extend_from_slice(&input.clock.offset_ns().to_le_bytes());
-    match &input.event.path {
-        Some(path) => put_str(out, path),
-        None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
-    }
+    let data = &input.event.data[..input.event.data.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(data.len() as u16).to_le_bytes());
+    out.extend_from_slice(data);
     match &input.container {
         Some(container) => {
             out.push(1);
@@ -401,10 +400,8 @@ fn decode(frame: &[u8]) -> Option<SpanInput> {
     // SAFETY: SIZE bytes of a record written by `encode`; every bit pattern is valid.
     let record: SyscallRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let clock = WallClock::from_offset_ns(i128::from_le_bytes(reader.take(16)?.try_into().ok()?));
-    let path = match reader.u16()? {
-        u16::MAX => None,
-        len => Some(String::from_utf8_lossy(reader.take(len as usize)?).into()),
-    };
+    let data_len = reader.u16()? as usize;
+    let data = reader.take(data_len)?;
     let container = match reader.take(1)?[0] {
         0 => None,
         _ => Some(Arc::new(ContainerMeta {
@@ -414,7 +411,7 @@ fn decode(frame: &[u8]) -> Option<SpanInput> {
         })),
     };
     Some(SpanInput {
-        event: Arc::new(Event { record, path }),
+        event: Arc::new(Event::new(&record, data)),
         container,
         clock,
     })
@@ -428,11 +425,13 @@ mod tests {
         let mut record: SyscallRecord = unsafe { std::mem::zeroed() };
         record.nr = nr;
         record.ret = -2;
+        let mut data = Vec::new();
+        if nr.is_multiple_of(2) {
+            let string = tracer_common::capture_kind::STRING;
+            crate::record::captured::item(string, 1, 0, b"/etc/hosts", 0, &mut data);
+        }
         SpanInput {
-            event: Arc::new(Event {
-                record,
-                path: nr.is_multiple_of(2).then(|| "/etc/hosts".into()),
-            }),
+            event: Arc::new(Event::new(&record, &data)),
             container: container.then(|| {
                 Arc::new(ContainerMeta {
                     id: "abc".into(),
@@ -457,7 +456,8 @@ mod tests {
         assert_eq!(spool.append(&batch).unwrap(), 10);
         let head = spool.peek(4).unwrap();
         assert_eq!(nrs(&head.inputs), [10, 11, 12, 13]);
-        assert_eq!(head.inputs[0].event.path.as_deref(), Some("/etc/hosts"));
+        let captured = crate::record::captured::Captured::parse(&head.inputs[0].event.data);
+        assert_eq!(captured.strings[1].unwrap().bytes, b"/etc/hosts");
         assert_eq!(head.inputs[2].container.as_ref().unwrap().image, "nginx");
         assert_eq!(head.inputs[1].clock.offset_ns(), 42);
         spool.commit(&head).unwrap();
