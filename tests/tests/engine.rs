@@ -254,15 +254,14 @@ async fn path_arguments_are_read_in_the_kernel_and_long_ones_flagged_truncated()
         assert_eq!(short.path.as_deref(), Some(MISSING));
         assert!(!short.path_truncated());
     }
-    // A NULL path pointer: no path, flagged unreadable, not counted as a lost path.
+    // A NULL path pointer: no path, flagged unreadable, not counted as a lost capture.
     let null = openat[5];
     assert_eq!(null.path, None);
-    assert_ne!(
-        null.record.flags & tracer_common::record_flags::PATH_UNREADABLE,
-        0
-    );
+    assert!(null.path_unavailable());
+    let captured = tracer_daemon::record::captured::Captured::parse(&null.data);
+    assert!(captured.strings[1].unwrap().unreadable);
     assert_eq!(null.record.ret, -i64::from(libc::EFAULT));
-    assert_eq!(engine.kernel_counters().unwrap().paths_lost, 0);
+    assert_eq!(engine.kernel_counters().unwrap().captures_lost, 0);
     for long in &openat[3..5] {
         let path = long.path.as_deref().unwrap();
         assert!(long.path_truncated(), "{path}");
@@ -318,6 +317,7 @@ async fn a_stopped_session_frees_its_slot_and_the_next_user_sees_none_of_its_fil
             syscalls: syscalls(&["getpid"]),
             tgids: Some(vec![1]),
             failed_only: true,
+            ..TraceFilter::default()
         })
         .unwrap();
     let old_slot = old.slot().expect("an eBPF session");

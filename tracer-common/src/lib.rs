@@ -78,16 +78,13 @@ pub mod counter {
     pub const DROPPED_INFLIGHT_FULL: u32 = 1;
     /// Completed syscalls lost because the ring buffer was full.
     pub const DROPPED_RING_FULL: u32 = 2;
-    /// Path arguments lost because no storage could be had for them (the record still goes
-    /// out, flagged [`super::record_flags::PATH_LOST`]).
-    pub const PATHS_LOST: u32 = 3;
-    /// Not a total: records this CPU wrote since it last woke the reader.
-    pub const SINCE_WAKEUP: u32 = 4;
     /// Records whose captured arguments were lost because no storage could be had for them
     /// (the record still goes out, flagged [`super::record_flags::CAPTURE_LOST`]).
-    pub const CAPTURES_LOST: u32 = 5;
+    pub const CAPTURES_LOST: u32 = 3;
+    /// Not a total: records this CPU wrote since it last woke the reader.
+    pub const SINCE_WAKEUP: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 5;
 }
 
 /// Indexes of the `MASKS` map: session masks that apply to every syscall.

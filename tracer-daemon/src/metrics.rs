@@ -161,9 +161,9 @@ async fn register_engine(registry: &mut Registry, engine: &Arc<Engine>) {
         );
         counter(
             registry,
-            "paths_lost",
-            "Path arguments that could not be kept",
-            kernel.paths_lost,
+            "captures_lost",
+            "Records whose argument data could not be kept (no storage)",
+            kernel.captures_lost,
         );
     }
     let drain = engine.drain_stats();

@@ -31,9 +31,9 @@ use opentelemetry_sdk::{
 };
 use prost::Message as _;
 use serde_json::{json, Value};
-use tracer_common::SyscallRecord;
+use tracer_common::{capture_kind, SyscallRecord};
 use tracer_daemon::{
-    record::{ContainerMeta, Event, WallClock},
+    record::{captured::push_item, decode::Limits, ContainerMeta, Event, WallClock},
     sink::export::{
         resource,
         span::{SessionInfo, SpanMaker},
@@ -166,11 +166,13 @@ fn inputs(count: usize) -> Vec<SpanInput> {
             record.cgroup_id = 12345;
             record.args = [3, 0x7fff_0000_1000, 4096, 0, 0, 0];
             record.comm[..9].copy_from_slice(b"php-fpm8\0");
+            let mut data = Vec::new();
+            if nr == 257 {
+                let path = b"/var/www/shop/config/app.php";
+                push_item(capture_kind::STRING, 1, 0, path, 0, &mut data);
+            }
             SpanInput {
-                event: Arc::new(Event {
-                    record,
-                    path: (nr == 257).then(|| "/var/www/shop/config/app.php".into()),
-                }),
+                event: Arc::new(Event::new(&record, &data)),
                 container: Some(container.clone()),
                 clock,
             }
@@ -184,6 +186,7 @@ fn session() -> SessionInfo {
         name: "bench.otlp".into(),
         label: Some("bench".into()),
         run: 1,
+        limits: Limits::default(),
     }
 }
 

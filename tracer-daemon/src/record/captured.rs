@@ -80,9 +80,8 @@ impl<'a> Captured<'a> {
     }
 }
 
-/// Items as the kernel writes them, for tests.
-#[cfg(test)]
-pub(crate) fn item(kind: u8, arg: u8, flags: u8, payload: &[u8], count: u16, out: &mut Vec<u8>) {
+/// Appends an item as the kernel writes it (tests and benchmarks make records with it).
+pub fn push_item(kind: u8, arg: u8, flags: u8, payload: &[u8], count: u16, out: &mut Vec<u8>) {
     out.extend_from_slice(&[kind, arg, flags, 0]);
     out.extend_from_slice(&(payload.len() as u16).to_ne_bytes());
     out.extend_from_slice(&count.to_ne_bytes());
@@ -105,8 +104,8 @@ mod tests {
             0,
             &mut data,
         );
-        item(capture_kind::ARGV_ITEM, 1, 0, b"ls", 0, &mut data);
-        item(capture_kind::ARGV_ITEM, 1, 0, b"-l", 0, &mut data);
+        push_item(capture_kind::ARGV_ITEM, 1, 0, b"ls", 0, &mut data);
+        push_item(capture_kind::ARGV_ITEM, 1, 0, b"-l", 0, &mut data);
         item(
             capture_kind::ARGV_END,
             1,
@@ -115,9 +114,9 @@ mod tests {
             2,
             &mut data,
         );
-        item(capture_kind::ENVC, 2, 0, b"", 17, &mut data);
-        item(capture_kind::STRING, 0, 0, b"/bin/ls", 0, &mut data);
-        item(capture_kind::DATA_IN, 3, 0, b"hello world", 0, &mut data);
+        push_item(capture_kind::ENVC, 2, 0, b"", 17, &mut data);
+        push_item(capture_kind::STRING, 0, 0, b"/bin/ls", 0, &mut data);
+        push_item(capture_kind::DATA_IN, 3, 0, b"hello world", 0, &mut data);
         let captured = Captured::parse(&data);
         assert_eq!(
             captured.strings[0],

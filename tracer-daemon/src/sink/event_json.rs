@@ -116,7 +116,7 @@ mod tests {
         comm[..3].copy_from_slice(b"cat");
         let mut data = Vec::new();
         let string = tracer_common::capture_kind::STRING;
-        crate::record::captured::item(string, 1, 0, b"/etc", 0, &mut data);
+        crate::record::captured::push_item(string, 1, 0, b"/etc", 0, &mut data);
         let event = Event::new(
             &SyscallRecord {
                 enter_ns: 1_000,

@@ -13,6 +13,7 @@
 //! Every kernel object here is owned by this process's file descriptors and nothing is
 //! pinned, so dropping the backend (stop, shutdown) or the process dying (crash, `kill -9`)
 //! detaches the programs and frees the maps: nothing can linger in the kernel.
+mod capture;
 mod load;
 mod load_error;
 mod ring;
@@ -33,6 +34,7 @@ use tracer_common::{
     MAX_SYSCALLS,
 };
 
+use self::capture::CaptureMaps;
 use self::{
     load::{
         attach_raw, configure_rings, load_programs, page_size, per_cpu_rings, program_mut,
@@ -46,7 +48,7 @@ pub use self::{
     ring::RecordRing,
     slots::EbpfSessions,
 };
-use crate::record::{syscalls::path_arguments, TraceFilter};
+use crate::record::TraceFilter;
 
 /// Programming the kernel for a slot failed: a map update, or attaching the programs.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,7 @@ pub struct KernelCounters {
     pub written: u64,
     pub dropped_inflight_full: u64,
     pub dropped_ring_full: u64,
-    pub paths_lost: u64,
+    pub captures_lost: u64,
 }
 
 /// What the kernel counted for one session slot, summed over CPUs.
@@ -113,6 +115,7 @@ pub struct EbpfBackend {
     tgid_sessions: HashMap<MapData, u32, SessionMask>,
     slots: PerCpuArray<MapData, SlotState>,
     counters: PerCpuArray<MapData, u64>,
+    capture: CaptureMaps,
     rings: Vec<RingBuf<MapData>>,
     cpu_count: usize,
     mirror: FilterMirror,
@@ -160,15 +163,9 @@ impl EbpfBackend {
                 false
             }
         };
-        let mut path_arg: Array<MapData, u32> = take_map(&mut ebpf, "PATH_ARG")?;
-        for (nr, index) in path_arguments() {
-            path_arg
-                .set(nr, index as u32 + 1, 0)
-                .map_err(|source| LoadError::Map {
-                    map: "PATH_ARG",
-                    source,
-                })?;
-        }
+        let signatures =
+            crate::record::signatures::load_once(|| crate::backend::ftrace::tracefs_root().ok());
+        let capture = CaptureMaps::load(&mut ebpf, signatures)?;
         let rings = if options.per_cpu_rings {
             per_cpu_rings(&mut ebpf, cpu_count, options.ring_bytes)?
         } else {
@@ -199,6 +196,7 @@ impl EbpfBackend {
             tgid_sessions: take_map(&mut ebpf, "TGID_SESSIONS")?,
             slots: take_map(&mut ebpf, "SLOTS")?,
             counters: take_map(&mut ebpf, "COUNTERS")?,
+            capture,
             ebpf,
             rings,
             cpu_count,
@@ -255,6 +253,12 @@ impl EbpfBackend {
             self.set_mask(
                 mask::TGID_FILTERED,
                 self.mirror.masks[mask::TGID_FILTERED as usize] | bit,
+            )?;
+        }
+        if self.capture.program(bit, &filter.capture)? {
+            self.set_mask(
+                mask::CAPTURE,
+                self.mirror.masks[mask::CAPTURE as usize] | bit,
             )?;
         }
         match &filter.syscalls {
@@ -428,6 +432,7 @@ impl EbpfBackend {
             bit,
             "TGID_SESSIONS",
         )?;
+        self.capture.clear(bit)?;
         self.programmed &= !bit;
         self.detach_if_idle()
     }
@@ -472,7 +477,7 @@ impl EbpfBackend {
             written: sum(counter::WRITTEN)?,
             dropped_inflight_full: sum(counter::DROPPED_INFLIGHT_FULL)?,
             dropped_ring_full: sum(counter::DROPPED_RING_FULL)?,
-            paths_lost: sum(counter::PATHS_LOST)?,
+            captures_lost: sum(counter::CAPTURES_LOST)?,
         })
     }
 
@@ -566,9 +571,6 @@ mod tests {
         let execve = syscalls::Sysno::execve.id() as u32;
         assert!(paths.contains(&openat) && paths.contains(&execve));
         assert!(!paths.contains(&(syscalls::Sysno::getppid.id() as u32)));
-        let openat_index = path_arguments()
-            .find(|&(nr, _)| nr == openat)
-            .map(|(_, i)| i);
-        assert_eq!(openat_index, Some(1));
+        assert_eq!(crate::record::syscalls::path_index(openat), Some(1));
     }
 }

@@ -3,7 +3,7 @@ use syscalls::Sysno;
 use tracer_common::{capture_kind, item_flags, SyscallRecord};
 
 use super::*;
-use crate::record::{captured::item, samples, signatures::fixtures};
+use crate::record::{captured::push_item as item, samples, signatures::fixtures};
 
 struct Call {
     record: SyscallRecord,

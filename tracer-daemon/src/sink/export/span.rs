@@ -296,7 +296,7 @@ mod tests {
     fn path_data() -> Vec<u8> {
         let mut data = Vec::new();
         let string = tracer_common::capture_kind::STRING;
-        crate::record::captured::item(string, 1, 0, b"/etc/hosts", 0, &mut data);
+        crate::record::captured::push_item(string, 1, 0, b"/etc/hosts", 0, &mut data);
         data
     }
 

@@ -428,7 +428,7 @@ mod tests {
         let mut data = Vec::new();
         if nr.is_multiple_of(2) {
             let string = tracer_common::capture_kind::STRING;
-            crate::record::captured::item(string, 1, 0, b"/etc/hosts", 0, &mut data);
+            crate::record::captured::push_item(string, 1, 0, b"/etc/hosts", 0, &mut data);
         }
         SpanInput {
             event: Arc::new(Event::new(&record, &data)),
