@@ -136,7 +136,31 @@ fn spans_match_the_delivered_events_one_for_one() {
                     span.attribute("tracer.syscall.path"),
                     Some("/nonexistent/tracerd-workload")
                 );
+                // The decoded arguments, by the kernel's names for them.
+                assert_eq!(span.attribute("tracer.param.dfd"), Some("AT_FDCWD"));
+                assert_eq!(
+                    span.attribute("tracer.param.filename"),
+                    Some("/nonexistent/tracerd-workload")
+                );
+                assert_eq!(span.attribute("tracer.param.flags"), Some("O_RDONLY"));
+                assert_eq!(
+                    span.attribute("tracer.syscall.strace"),
+                    Some(
+                        "openat(AT_FDCWD, \"/nonexistent/tracerd-workload\", O_RDONLY) \
+                         = -1 ENOENT (No such file or directory)"
+                    )
+                );
             }
+            "getppid" => assert_eq!(
+                span.attribute("tracer.syscall.strace"),
+                Some(
+                    format!(
+                        "getppid() = {}",
+                        span.attribute("tracer.syscall.ret").unwrap()
+                    )
+                    .as_str()
+                )
+            ),
             _ => assert_eq!(span.status_code, "STATUS_CODE_UNSET", "{span:?}"),
         }
     }

@@ -319,8 +319,9 @@ impl Call<'_> {
         if param.name == "envp" {
             if let Some((count, more)) = self.captured.envc {
                 let plus = if more { "+" } else { "" };
+                let vars = if count == 1 && !more { "var" } else { "vars" };
                 return Some(Piece::text(format!(
-                    "{} /* {count}{plus} vars */",
+                    "{} /* {count}{plus} {vars} */",
                     pointer(self.args[index])
                 )));
             }
