@@ -96,7 +96,7 @@ mod tests {
     #[test]
     fn items_are_read_per_argument_and_the_last_string_counts() {
         let mut data = Vec::new();
-        item(
+        push_item(
             capture_kind::STRING,
             0,
             item_flags::UNREADABLE,
@@ -106,7 +106,7 @@ mod tests {
         );
         push_item(capture_kind::ARGV_ITEM, 1, 0, b"ls", 0, &mut data);
         push_item(capture_kind::ARGV_ITEM, 1, 0, b"-l", 0, &mut data);
-        item(
+        push_item(
             capture_kind::ARGV_END,
             1,
             item_flags::TRUNCATED,

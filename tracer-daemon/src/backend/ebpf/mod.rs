@@ -562,8 +562,6 @@ fn clear_bit<K: aya::Pod + Eq + std::hash::Hash>(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn path_syscalls_resolve_on_this_architecture() {
         let paths = crate::record::syscalls::path_syscalls();

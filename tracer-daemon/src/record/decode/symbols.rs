@@ -433,6 +433,6 @@ mod tests {
         assert_eq!(mode(0o644), "0644");
         assert_eq!(mode(0), "000");
         assert_eq!(flags(0x1_0000_0000, PROT_FLAGS, ""), "0x100000000");
-        assert_eq!(symbol(libc::TCGETS as u64, IOCTL_REQUESTS), "TCGETS");
+        assert_eq!(symbol(libc::TCGETS, IOCTL_REQUESTS), "TCGETS");
     }
 }

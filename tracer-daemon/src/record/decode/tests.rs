@@ -232,7 +232,7 @@ fn memory_signals_clone_fcntl_ioctl() {
         "fcntl(3, F_SETFD, FD_CLOEXEC) = 0"
     );
     assert_eq!(
-        call(Sysno::ioctl, &[1, libc::TCGETS as u64, PATH], -25).strace(),
+        call(Sysno::ioctl, &[1, libc::TCGETS, PATH], -25).strace(),
         "ioctl(1, TCGETS, 0x7f0000001000) = -1 ENOTTY (Inappropriate ioctl for device)"
     );
     assert_eq!(
