@@ -157,7 +157,9 @@ fn a_traced_workload_is_counted_exactly_and_downloadable_as_ndjson() {
         assert_eq!(event["tid"], pid);
         assert_eq!(event["comm"], "syscall_loop");
         assert_eq!(event["session"], id.as_str());
-        assert_eq!(event["args"].as_array().unwrap().len(), 6);
+        // The registers openat takes (dfd, filename, flags, mode), decoded by name too.
+        assert_eq!(event["args"].as_array().unwrap().len(), 4);
+        assert_eq!(event["params"]["filename"], "/nonexistent/tracerd-workload");
         assert!(event["duration_ns"].as_u64().is_some());
         let ts = event["ts"].as_str().unwrap();
         assert!(

@@ -36,6 +36,7 @@ impl<'a> Captured<'a> {
     pub fn parse(data: &'a [u8]) -> Self {
         let mut captured = Self::default();
         let mut offset = 0;
+        let mut ended = false;
         let header = size_of::<CaptureItem>();
         while let Some(head) = data.get(offset..offset + header) {
             let (kind, arg, flags) = (head[0], head[1] as usize, head[2]);
@@ -65,6 +66,7 @@ impl<'a> Captured<'a> {
                     .elements
                     .push(payload),
                 capture_kind::ARGV_END => {
+                    ended = true;
                     let argv = captured.argv.get_or_insert_with(Argv::default);
                     argv.truncated = flags & item_flags::TRUNCATED != 0;
                     argv.unreadable = unreadable;
@@ -75,6 +77,10 @@ impl<'a> Captured<'a> {
                 _ => {}
             }
             offset += CaptureItem::stride(len);
+        }
+        // An argv without its end marker was cut by a full capture area.
+        if let Some(argv) = &mut captured.argv {
+            argv.truncated |= !ended;
         }
         captured
     }
@@ -130,6 +136,10 @@ mod tests {
         assert!(argv.truncated);
         assert_eq!(captured.envc, Some((17, false)));
         assert_eq!(captured.data[3].unwrap().bytes, b"hello world");
+        // An argv the full capture area cut before its end marker is truncated.
+        let mut cut = Vec::new();
+        push_item(capture_kind::ARGV_ITEM, 1, 0, b"ls", 0, &mut cut);
+        assert!(Captured::parse(&cut).argv.unwrap().truncated);
         // A payload cut short ends the parse without a panic.
         let cut = &data[..data.len() - 8];
         assert_eq!(Captured::parse(cut).data[3], None);

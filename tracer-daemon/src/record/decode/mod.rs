@@ -326,7 +326,9 @@ impl Call<'_> {
                 )));
             }
         }
-        let data = self.captured.data[index].filter(|data| !data.unreadable)?;
+        // A NULL structure pointer reads as zero bytes without failing: it is NULL.
+        let data =
+            self.captured.data[index].filter(|data| !data.unreadable && self.args[index] != 0)?;
         Some(match param.type_name.as_str() {
             "struct sockaddr *" => Piece::text(sockaddr::sockaddr(data.bytes)),
             "struct open_how *" => Piece::text(open_how(data.bytes)),
