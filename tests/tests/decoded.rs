@@ -112,18 +112,31 @@ fn the_strace_field_is_what_strace_prints() {
     let expected = strace_lines();
     assert!(expected.len() >= 20, "strace saw {expected:#?}");
     let daemon = Daemon::start(&[]);
+    let mut syscalls = COMPARED.to_vec();
+    syscalls.push("accept4");
     let (events, pid) = traced(
         &daemon,
         &[],
-        json!({"syscalls": COMPARED}),
-        expected.len() as u64,
+        json!({"syscalls": syscalls}),
+        expected.len() as u64 + 1,
         false,
     );
     let ours: Vec<String> = events
         .iter()
+        .filter(|e| e["syscall"] != "accept4")
         .map(|e| normalise(e["strace"].as_str().unwrap(), pid))
         .collect();
     assert_eq!(ours, expected);
+
+    // An address the kernel hands back, read at exit.
+    let accept = events.iter().find(|e| e["syscall"] == "accept4").unwrap();
+    let peer = accept["params"]["upeer_sockaddr"].as_str().unwrap();
+    assert!(
+        peer.starts_with("{sa_family=AF_INET, sin_port=htons(")
+            && peer.ends_with(r#"sin_addr=inet_addr("127.0.0.1")}"#),
+        "{accept}"
+    );
+    assert_eq!(accept["params"]["flags"], "SOCK_CLOEXEC");
 
     // Named, decoded parameters; only the registers the call takes.
     let connect = events

@@ -3,6 +3,7 @@
  * returns at once. `decoded_calls long-path`, `big-write` and `many-args` make the calls
  * whose data is longer than a session keeps; `decoded_calls wait-stdin` reads a byte from
  * stdin before its calls (for a session started while it waits). */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -52,6 +53,11 @@ static int calls(const char *self) {
     listen(listener, 4);
     int client = socket(AF_INET, SOCK_STREAM, 0);
     if (connect(client, (struct sockaddr *)&listen_addr, sizeof listen_addr) != 0) return 1;
+    struct sockaddr_in peer;
+    socklen_t peer_len = sizeof peer;
+    int accepted = accept4(listener, (struct sockaddr *)&peer, &peer_len, SOCK_CLOEXEC);
+    if (accepted < 0) return 1;
+    close(accepted);
     int refused = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in closed_addr = loopback(CLOSED_PORT);
     connect(refused, (struct sockaddr *)&closed_addr, sizeof closed_addr);

@@ -152,17 +152,17 @@ pub mod item_flags {
 }
 
 /// Sizes the kernel captures, in the `CAPTURE_CONFIG` map: the largest any running session
-/// asked for (each session trims to its own).
+/// asked for (each session trims to its own). String arguments are always read up to
+/// [`MAX_STRING_CHARS`](super::MAX_STRING_CHARS): a read stops at the NUL, so a shorter limit
+/// would save little, and every session sees whole paths.
 pub mod capture_config {
-    /// Characters of a string argument (at most [`MAX_STRING_CHARS`](super::MAX_STRING_CHARS)).
-    pub const STRING_CHARS: u32 = 0;
     /// Bytes of a buffer, and characters of an argv element (at most
     /// [`MAX_DATA_BYTES`](super::MAX_DATA_BYTES)).
-    pub const DATA_BYTES: u32 = 1;
+    pub const DATA_BYTES: u32 = 0;
     /// argv elements (at most [`MAX_ARGV`](super::MAX_ARGV)).
-    pub const ARGV: u32 = 2;
+    pub const ARGV: u32 = 1;
     /// Number of entries.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 2;
 }
 
 /// One operation of a syscall's capture plan.
@@ -297,6 +297,10 @@ pub struct InflightSyscall {
     pub unreadable_args: u8,
     /// [`record_flags`] gathered at entry.
     pub flags: u8,
+    /// The size the caller gave for a structure the kernel returns (`*addrlen` at entry):
+    /// no more than this is read at exit.
+    pub out_len: u32,
+    pub _pad: u32,
 }
 
 /// One completed syscall, as written to the ring buffer by `sys_exit`.
@@ -379,7 +383,7 @@ mod tests {
     fn record_has_no_implicit_padding() {
         // 4 u64 + 6 u64 args + i64 ret + 4 u32 + 16 comm bytes.
         assert_eq!(SyscallRecord::SIZE, 4 * 8 + 6 * 8 + 8 + 4 * 4 + COMM_LEN);
-        assert_eq!(size_of::<InflightSyscall>(), 3 * 8 + 6 * 8 + 2 * 4);
+        assert_eq!(size_of::<InflightSyscall>(), 3 * 8 + 6 * 8 + 4 * 4);
         assert_eq!(size_of::<CaptureItem>(), 8);
         assert_eq!(size_of::<CapturePlan>(), 4 * CAPTURE_OPS);
         assert_eq!(CaptureItem::stride(0), 8);

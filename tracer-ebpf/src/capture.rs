@@ -21,12 +21,12 @@ use aya_ebpf::{
     maps::Array,
 };
 use tracer_common::{
-    capture_config, capture_kind, counter, item_flags, record_flags, CaptureItem, CapturePlan,
+    capture_config, capture_kind, item_flags, record_flags, CaptureItem, CapturePlan,
     CapturedRecord, InflightSyscall, SessionMask, CAPTURE_BYTES, CAPTURE_OPS, MAX_ARGV,
-    MAX_CAPTURE_ITEM, MAX_DATA_BYTES, MAX_ENVC, MAX_RAW_BYTES, MAX_STRING_CHARS, MAX_SYSCALLS,
+    MAX_DATA_BYTES, MAX_ENVC, MAX_RAW_BYTES, MAX_STRING_CHARS, MAX_SYSCALLS,
 };
 
-use crate::{bump, TaskStorage};
+use crate::TaskStorage;
 
 /// syscall number → what to read for it (no entry, or a first op of `NONE`: nothing).
 #[map]
@@ -45,6 +45,9 @@ static CAPTURE_CONFIG: Array<u64> = Array::with_max_entries(capture_config::COUN
 #[btf_map]
 static CAPTURES: TaskStorage<CapturedRecord> = TaskStorage::new();
 
+/// Characters of a string argument kept (the kernel reads one more, see `string`).
+const STRING_CHARS: u64 = MAX_STRING_CHARS as u64 - 1;
+
 // execve and execveat replace the caller's memory: nothing is read again at their exit.
 #[cfg(bpf_target_arch = "x86_64")]
 const EXEC_SYSCALLS: [u32; 2] = [59 /* execve */, 322 /* execveat */];
@@ -59,7 +62,8 @@ pub fn at_entry(inflight: &mut InflightSyscall, sessions: SessionMask) {
     };
     let out = CAPTURES.current(true);
     if out.is_null() {
-        bump(counter::CAPTURES_LOST);
+        // Counted when the record goes out (it may not: a failed-only session's call that
+        // succeeds).
         inflight.flags |= record_flags::CAPTURE_LOST as u8;
         return;
     }
@@ -76,23 +80,32 @@ pub fn at_entry(inflight: &mut InflightSyscall, sessions: SessionMask) {
         let at = arg(&args, op.arg);
         match op.kind {
             capture_kind::STRING => {
-                if !string(
-                    out,
-                    capture_kind::STRING,
-                    op.arg,
-                    at,
-                    config(capture_config::STRING_CHARS),
-                ) {
+                if !string(out, capture_kind::STRING, op.arg, at, STRING_CHARS) {
                     unreadable |= 1 << (op.arg & 7);
                 }
+            }
+            capture_kind::RAW_OUT => {
+                // The caller's buffer size: the kernel writes back the address's full
+                // length, which may be more than the buffer holds.
+                let len_at = arg(&args, op.len_arg) as *const i32;
+                // SAFETY: a read of user memory that may fail.
+                let len = unsafe { bpf_probe_read_user(len_at) }.unwrap_or(0);
+                inflight.out_len = len.max(0) as u32;
             }
             capture_kind::DATA_IN if data => {
                 let len = arg(&args, op.len_arg).min(config(capture_config::DATA_BYTES));
                 bytes(out, capture_kind::DATA_IN, op.arg, at, len);
             }
-            capture_kind::RAW_IN => {
-                let len = arg(&args, op.len_arg).min(u64::from(MAX_RAW_BYTES));
-                bytes(out, capture_kind::RAW_IN, op.arg, at, len);
+            capture_kind::RAW_IN if at != 0 => {
+                // The length is an `int` (`socklen_t`, `size_t` for open_how: both fit).
+                let len = (arg(&args, op.len_arg) as i32).max(0) as u64;
+                bytes(
+                    out,
+                    capture_kind::RAW_IN,
+                    op.arg,
+                    at,
+                    len.min(u64::from(MAX_RAW_BYTES)),
+                );
             }
             capture_kind::ARGV => argv(out, op.arg, at),
             capture_kind::ENVC => envc(out, op.arg, at),
@@ -129,12 +142,12 @@ pub fn at_exit(
                 let len = (ret as u64).min(config(capture_config::DATA_BYTES));
                 bytes(record, capture_kind::DATA_OUT, op.arg, at, len);
             }
-            capture_kind::RAW_OUT if ret >= 0 => {
+            capture_kind::RAW_OUT if ret >= 0 && at != 0 => {
                 let len_at = arg(&args, op.len_arg) as *const i32;
                 // SAFETY: a read of user memory that may fail.
                 let len = unsafe { bpf_probe_read_user(len_at) }.unwrap_or(0);
-                let len = (len.max(0) as u64).min(u64::from(MAX_RAW_BYTES));
-                bytes(record, capture_kind::RAW_OUT, op.arg, at, len);
+                let len = (len.max(0) as u32).min(inflight.out_len).min(MAX_RAW_BYTES);
+                bytes(record, capture_kind::RAW_OUT, op.arg, at, u64::from(len));
             }
             // A string in a page that was not resident could not be read at entry (a
             // tracepoint cannot take page faults); the syscall has faulted it in since. The
@@ -142,13 +155,7 @@ pub fn at_exit(
             capture_kind::STRING
                 if !exec && inflight.unreadable_args & (1 << (op.arg & 7)) != 0 =>
             {
-                string(
-                    record,
-                    capture_kind::STRING,
-                    op.arg,
-                    at,
-                    config(capture_config::STRING_CHARS),
-                );
+                string(record, capture_kind::STRING, op.arg, at, STRING_CHARS);
             }
             _ => {}
         }
@@ -228,10 +235,10 @@ fn string(out: &mut CapturedRecord, kind: u8, arg: u8, user: u64, chars: u64) ->
     let Some((item, payload, offset)) = next_item(out) else {
         return true;
     };
-    // One more character than asked for, and the NUL.
-    let size = chars.min(u64::from(MAX_STRING_CHARS).max(u64::from(MAX_DATA_BYTES))) + 2;
-    let size = if size > MAX_CAPTURE_ITEM as u64 - 16 {
-        MAX_CAPTURE_ITEM as u64 - 16
+    // One more character than asked for, and the NUL; the payload ends inside `data`.
+    let size = chars + 2;
+    let size = if size > u64::from(MAX_DATA_BYTES) + 2 {
+        u64::from(MAX_DATA_BYTES) + 2
     } else {
         size
     };

@@ -200,6 +200,8 @@ fn try_enter(ctx: &RawTracePointContext) {
         capturing: 0,
         unreadable_args: 0,
         flags: 0,
+        out_len: 0,
+        _pad: 0,
     };
     if NO_RETURN_SYSCALLS.contains(&nr) {
         // Never fails (it never returns), so failed-only sessions do not want it.
@@ -331,6 +333,9 @@ fn emit(
     let sessions = count_matched(sessions, inflight.enter_ns);
     if sessions == 0 {
         return;
+    }
+    if inflight.flags & record_flags::CAPTURE_LOST as u8 != 0 {
+        bump(counter::CAPTURES_LOST);
     }
     let written = match captured {
         None => {

@@ -133,8 +133,13 @@ impl Signatures {
 }
 
 /// The kernel's name for a syscall as the host's table spells it: the kernel prefixes a few
-/// whose layout changed (`newstat` is `stat`, `newuname` is `uname`).
+/// whose layout changed (`newstat` is `stat`, `newuname` is `uname`), and names `umount2`
+/// after the call it implements.
 fn host_sysno(kernel_name: &str) -> Option<syscalls::Sysno> {
+    let kernel_name = match kernel_name {
+        "umount" if "umount".parse::<syscalls::Sysno>().is_err() => "umount2",
+        name => name,
+    };
     kernel_name.parse().ok().or_else(|| {
         kernel_name
             .strip_prefix("new")
@@ -189,6 +194,13 @@ impl Signature {
                 Some(length) => op(capture_kind::DATA_IN, Some(position(length)?)),
                 None => op(capture_kind::DATA_OUT, None),
             });
+        }
+        // A path, whatever its type says (`umount2`'s is a `char *`), and `mount`'s strings
+        // (its source, target and filesystem type are `char *` too).
+        let nr = self.name.parse::<syscalls::Sysno>().ok()?.id() as u32;
+        let mount_string = self.name == "mount" && param.type_name == "char *";
+        if mount_string || super::syscalls::path_index(nr) == Some(index) {
+            return Some(op(capture_kind::STRING, None));
         }
         match param.type_name.as_str() {
             "const char *" => Some(op(capture_kind::STRING, None)),
@@ -340,6 +352,17 @@ pub(crate) mod fixtures {
             ],
         ),
         ("exit_group", &["int error_code"]),
+        (
+            "mount",
+            &[
+                "char * dev_name",
+                "char * dir_name",
+                "char * type",
+                "unsigned long flags",
+                "void * data",
+            ],
+        ),
+        ("umount", &["char * name", "int flags"]),
         ("getppid", &[]),
     ];
 
@@ -420,6 +443,12 @@ mod tests {
             [(STRING, 0, 0), (ARGV, 1, 0), (ENVC, 2, 0)]
         );
         assert!(plan(Sysno::mmap).is_empty());
+        assert_eq!(
+            plan(Sysno::mount),
+            [(STRING, 0, 0), (STRING, 1, 0), (STRING, 2, 0)]
+        );
+        // The kernel's `umount` event is the `umount2` call.
+        assert_eq!(plan(Sysno::umount2), [(STRING, 0, 0)]);
         assert!(plan(Sysno::kill).is_empty());
         let signatures = fixtures::signatures();
         let with_plans: Vec<u32> = signatures.capture_plans().map(|(nr, _)| nr).collect();

@@ -1,11 +1,13 @@
 //! `cargo xtask bench ringbuf`: the cost of tracing a deterministic getppid loop, side by side
 //! in one run — untraced; beside the idle daemon and beside a session on another cgroup
 //! ([`node_cost`]); untraced while tracerd's programs are attached; traced through each
-//! ring-buffer design and through tracerd's ftrace backend; all cores at once; and strace,
-//! bpftrace and an ftrace instance read as text.
+//! ring-buffer design and through tracerd's ftrace backend; all cores at once; strace,
+//! bpftrace and an ftrace instance read as text; and what capturing argument data costs
+//! ([`capture_cost`]).
 //!
 //! Every time is the loop time the workload measures itself (vDSO clock, no syscalls), so no
 //! tracer's start-up is counted. Medians over several runs; ratios to the untraced loop.
+mod capture_cost;
 mod node_cost;
 
 use std::{
@@ -58,6 +60,7 @@ fn main() {
     println!("untraced: {untraced:.1} ns/call");
     let node = node_cost::measure(&runtime);
     println!("node cost: {node}");
+    let capture = capture_cost::measure(&runtime);
 
     let ring_bytes = EbpfOptions::default().ring_bytes;
     let auto = auto_wakeup_every(ring_bytes);
@@ -134,6 +137,7 @@ fn main() {
         "runs": RUNS,
         "untraced_ns_per_call": untraced,
         "node": node,
+        "capture": capture,
         "ebpf": ebpf,
         "peers": peers,
     });
@@ -562,6 +566,7 @@ fn markdown(results: &Value) -> String {
         ));
     }
     out.push_str(&node_cost::markdown(&results["node"], untraced, floor));
+    out.push_str(&capture_cost::markdown(&results["capture"]));
     out.push_str(
         "\nReproduce with `cargo xtask bench ringbuf` (root). Raw numbers: `target/bench/ringbuf.json`.\n",
     );

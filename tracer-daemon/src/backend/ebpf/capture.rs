@@ -10,7 +10,7 @@ use aya::{
 };
 use tracer_common::{capture_config, CapturePlan, SessionMask, MAX_SYSCALLS};
 
-use super::{load::take_map, load_error::LoadError, MapUpdateError};
+use super::{load::take_map, load_error::LoadError, map_error::MapUpdateError};
 use crate::record::{decode::Limits, signatures::Signatures, CaptureSettings};
 
 pub struct CaptureMaps {
@@ -102,24 +102,20 @@ impl CaptureMaps {
         Ok(())
     }
 
-    /// Writes the largest sizes any running session asked for.
+    /// Writes the largest sizes any running session asked for (strings are always read
+    /// whole, up to what the kernel keeps).
     fn write_config(&mut self) -> Result<(), MapUpdateError> {
-        let largest = self.running.values().fold(
-            Limits {
-                string_chars: 0,
-                data_bytes: 0,
-                argv: 0,
-            },
-            |largest, settings| Limits {
-                string_chars: largest.string_chars.max(settings.limits.string_chars),
-                data_bytes: largest.data_bytes.max(settings.limits.data_bytes),
-                argv: largest.argv.max(settings.limits.argv),
-            },
-        );
+        let largest = |limit: fn(&Limits) -> usize| {
+            self.running
+                .values()
+                .map(|settings| limit(&settings.limits))
+                .max()
+                .unwrap_or(0)
+        };
+        let (data_bytes, argv) = (largest(|l| l.data_bytes), largest(|l| l.argv));
         for (index, value) in [
-            (capture_config::STRING_CHARS, largest.string_chars),
-            (capture_config::DATA_BYTES, largest.data_bytes),
-            (capture_config::ARGV, largest.argv),
+            (capture_config::DATA_BYTES, data_bytes),
+            (capture_config::ARGV, argv),
         ] {
             self.config
                 .set(index, value as u64, 0)

@@ -16,6 +16,7 @@
 mod capture;
 mod load;
 mod load_error;
+mod map_error;
 mod ring;
 mod slots;
 
@@ -45,29 +46,11 @@ use self::{
 pub use self::{
     load::{auto_wakeup_every, EbpfOptions, PROGRAM_NAMES},
     load_error::LoadError,
+    map_error::MapUpdateError,
     ring::RecordRing,
     slots::EbpfSessions,
 };
 use crate::record::TraceFilter;
-
-/// Programming the kernel for a slot failed: a map update, or attaching the programs.
-#[derive(Debug, thiserror::Error)]
-pub enum MapUpdateError {
-    #[error("updating kernel map {map}: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("attaching the programs: {0}")]
-    Attach(#[source] Box<LoadError>),
-}
-
-impl MapUpdateError {
-    fn attach(err: LoadError) -> Self {
-        Self::Attach(Box::new(err))
-    }
-}
 
 /// Totals of the kernel's per-CPU counters, over all sessions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
