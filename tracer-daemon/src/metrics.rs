@@ -56,6 +56,7 @@ pub async fn render(
     register_session_counts(&mut registry, manager).await?;
     register_session_counters(&mut registry, manager).await;
     register_engine(&mut registry, engine).await;
+    register_followers(&mut registry, manager);
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
@@ -194,5 +195,30 @@ async fn register_engine(registry: &mut Registry, engine: &Arc<Engine>) {
         "programs_attached",
         "1 while the eBPF programs are attached (an eBPF session runs), else 0",
         attached,
+    );
+}
+
+/// Live followers of sessions' events, and how far behind the slowest of each session is.
+fn register_followers(registry: &mut Registry, manager: &SessionManager) {
+    let lags = manager.followers().lags();
+    let followers = Family::<SessionLabel, Gauge>::default();
+    let lag = Family::<SessionLabel, Gauge>::default();
+    for (session, behind) in lags {
+        let label = SessionLabel {
+            session: session.to_string(),
+        };
+        followers.get_or_create(&label).inc();
+        let slowest = lag.get_or_create(&label);
+        slowest.set(slowest.get().max(behind as i64));
+    }
+    registry.register(
+        "stream_followers",
+        "Clients following a session's events (NDJSON follow or WebSocket)",
+        followers,
+    );
+    registry.register(
+        "stream_lag_events",
+        "Events recorded but not yet sent to a session's slowest follower",
+        lag,
     );
 }

@@ -103,7 +103,7 @@ impl Auth {
         Ok(Auth::Tokens(Arc::new(tokens)))
     }
 
-    fn principal(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
+    pub(super) fn principal(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
         match self {
             Auth::Open => Ok(Principal {
                 tenant: "default".into(),

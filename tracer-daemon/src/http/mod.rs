@@ -2,6 +2,7 @@
 pub mod auth;
 pub mod error;
 mod sessions;
+mod stream;
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -58,6 +59,7 @@ impl axum::extract::FromRef<AppState> for Auth {
         sessions::read,
         sessions::start,
         sessions::stop,
+        stream::stream,
         sessions::put_status,
         sessions::delete,
         sessions::events,

@@ -10,6 +10,7 @@ use axum::{
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
+use tokio_stream::StreamExt as _;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -24,7 +25,7 @@ use crate::{
         store::ListQuery,
         Principal,
     },
-    sink::eventlog::{read_events, EventFilter},
+    sink::{eventlog::EventFilter, follow::Followed},
 };
 
 pub fn router() -> Router<AppState> {
@@ -37,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/sessions/{id}/start", post(start))
         .route("/v1/sessions/{id}/stop", post(stop))
         .route("/v1/sessions/{id}/events", get(events))
+        .route("/v1/sessions/{id}/stream", get(super::stream::stream))
 }
 
 /// Create a session. Creating never starts tracing.
@@ -199,13 +201,54 @@ async fn delete(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct EventParams {
+pub(super) struct EventParams {
     /// Only events at or after this time (RFC 3339).
     since: Option<String>,
     /// Only events before this time (RFC 3339).
     until: Option<String>,
     /// Only these syscalls, comma-separated names.
     syscall: Option<String>,
+    /// Only events after this sequence number (resume where a stream left off).
+    after_seq: Option<u64>,
+    /// Only this process.
+    pid: Option<u32>,
+    /// Only threads of this name.
+    comm: Option<String>,
+    /// Only calls that failed.
+    failed: Option<bool>,
+    /// Keep the response open and send new events as they are recorded, until the session
+    /// stops (`/events` only).
+    follow: Option<bool>,
+    /// The bearer token, for clients that cannot set headers (`/stream` only: browsers'
+    /// WebSockets).
+    pub(super) token: Option<String>,
+}
+
+/// The filter a request's query asks for.
+pub(super) fn event_filter(params: &EventParams) -> Result<EventFilter, ApiError> {
+    Ok(EventFilter {
+        after_seq: params.after_seq,
+        since_unix_ns: params
+            .since
+            .as_deref()
+            .map(|t| parse_time("since", t))
+            .transpose()?,
+        until_unix_ns: params
+            .until
+            .as_deref()
+            .map(|t| parse_time("until", t))
+            .transpose()?,
+        syscalls: params.syscall.as_deref().map(|names| {
+            names
+                .split(',')
+                .map(|name| name.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect()
+        }),
+        pid: params.pid,
+        comm: params.comm.clone(),
+        failed: params.failed.unwrap_or(false),
+    })
 }
 
 fn parse_time(field: &'static str, text: &str) -> Result<i128, ApiError> {
@@ -220,6 +263,8 @@ fn parse_time(field: &'static str, text: &str) -> Result<i128, ApiError> {
 }
 
 /// The recorded events as NDJSON, oldest first, streamed; works while the session runs.
+/// With `follow=true` the response stays open and sends each new event as it is recorded
+/// until the session stops; `{"gap": n}` lines say how many events asked for were evicted.
 #[utoipa::path(get, path = "/v1/sessions/{id}/events", params(("id" = Uuid, Path, description = "session id"), EventParams),
     tag = "sessions",
     responses((status = 200, content_type = "application/x-ndjson", description = "one JSON event per line"),
@@ -230,51 +275,37 @@ async fn events(
     SessionId(id): SessionId,
     ApiQuery(params): ApiQuery<EventParams>,
 ) -> Result<Response, ApiError> {
-    let filter = EventFilter {
-        since_unix_ns: params
-            .since
-            .as_deref()
-            .map(|t| parse_time("since", t))
-            .transpose()?,
-        until_unix_ns: params
-            .until
-            .as_deref()
-            .map(|t| parse_time("until", t))
-            .transpose()?,
-        syscalls: params.syscall.map(|names| {
-            names
-                .split(',')
-                .map(|name| name.trim().to_owned())
-                .filter(|n| !n.is_empty())
-                .collect()
-        }),
-    };
-    let dir = state.manager.events_dir(&principal, id).await?;
-    let (chunks, body) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(8);
-    tokio::task::spawn_blocking(move || {
-        // Lines go out in chunks of about 64 KiB; a client that hangs up ends the reading.
-        let mut chunk = Vec::with_capacity(80 << 10);
-        let result = read_events(&dir, &filter, |line| {
-            chunk.extend_from_slice(line);
-            chunk.push(b'\n');
-            if chunk.len() < 64 << 10 {
-                return true;
+    if params.token.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "token: give the token in the Authorization header (only /stream takes it in the query)",
+        ));
+    }
+    let filter = event_filter(&params)?;
+    let follow = params.follow.unwrap_or(false);
+    let resuming = filter.after_seq.is_some();
+    let mut follower = state.manager.follower(&principal, id, filter).await?;
+    if !follow {
+        // A download: what is recorded now, and no more.
+        follower.live = None;
+    }
+    let (out, followed) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(follower.run(out));
+    let body = tokio_stream::wrappers::ReceiverStream::new(followed).filter_map(move |item| {
+        let bytes = match item {
+            Followed::Lines(lines) => Some(lines),
+            // Gaps are reported to clients that follow or resume; a plain download of an
+            // evicted log is what it always was, its first events gone (and counted).
+            Followed::Gap(gap) if follow || resuming => {
+                Some(Bytes::from(format!("{{\"gap\":{gap}}}\n")))
             }
-            chunks
-                .blocking_send(Ok(Bytes::from(std::mem::take(&mut chunk))))
-                .is_ok()
-        });
-        if let Err(err) = result {
-            tracing::error!(session = %id, %err, "reading the event log failed");
-        }
-        if !chunk.is_empty() {
-            let _ = chunks.blocking_send(Ok(Bytes::from(chunk)));
-        }
+            Followed::Gap(_) | Followed::End => None,
+        };
+        bytes.map(Ok::<_, Infallible>)
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(body);
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(stream),
+        Body::from_stream(body),
     )
         .into_response())
 }

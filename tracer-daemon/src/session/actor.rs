@@ -4,7 +4,7 @@
 //! store never wait for it.
 //!
 //! ```text
-//!  SessionManager ──Start/Stop/Delete/Snapshot/Shutdown──▶ actor ──owns──▶ Run
+//!  SessionManager ──Start/Stop/Delete/Snapshot/Subscribe/Shutdown──▶ actor ──owns──▶ Run
 //!  container follower ──Container(started/died/destroyed)──┘   └─ polls the run's ending
 //! ```
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
@@ -21,7 +21,7 @@ use super::{
     spec::TargetKind,
     watch::Ending,
 };
-use crate::{containers::Container, record::clock::now_rfc3339};
+use crate::{containers::Container, record::clock::now_rfc3339, sink::follow::Subscription};
 
 /// How often a running session's actor reads its counters for the store.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
@@ -50,6 +50,10 @@ pub enum Command {
     /// The run's live view, if it runs.
     Snapshot {
         reply: oneshot::Sender<Option<Snapshot>>,
+    },
+    /// A subscription to what the run records from now on, if it runs.
+    Subscribe {
+        reply: oneshot::Sender<Option<Subscription>>,
     },
     Container(ContainerChange),
 }
@@ -163,6 +167,9 @@ impl Actor {
             }
             Command::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot().await);
+            }
+            Command::Subscribe { reply } => {
+                let _ = reply.send(self.run.as_ref().map(Run::subscribe));
             }
             Command::Container(change) => self.container_changed(change).await,
         }

@@ -55,6 +55,8 @@ pub struct Context {
     /// [`super::actor::REPORT_INTERVAL`]): what the store saves, and what readers see while
     /// the actor is busy, without waiting for it.
     pub reported: std::sync::Mutex<HashMap<Uuid, Snapshot>>,
+    /// Followers of the sessions' events (live streams).
+    pub followers: Arc<crate::sink::follow::Followers>,
 }
 
 impl Context {

@@ -21,6 +21,10 @@ use crate::{
     backend::{Backend, Tracer},
     containers::{Container, ContainerRuntime},
     record::clock::rfc3339,
+    sink::{
+        eventlog::EventFilter,
+        follow::{Follower, Followers},
+    },
     sync::lock,
 };
 
@@ -49,6 +53,7 @@ impl SessionManager {
                 options,
                 running: RunningKeys::default(),
                 reported: std::sync::Mutex::new(HashMap::new()),
+                followers: Arc::new(Followers::default()),
             }),
             actors: std::sync::Mutex::new(HashMap::new()),
         })
@@ -181,6 +186,11 @@ impl SessionManager {
     }
 
     /// The directory of a session's event log, if `principal` may read it.
+    /// Every follower of every session, for `/metrics`.
+    pub fn followers(&self) -> &Followers {
+        &self.ctx.followers
+    }
+
     pub async fn events_dir(
         &self,
         principal: &Principal,
@@ -188,6 +198,30 @@ impl SessionManager {
     ) -> Result<std::path::PathBuf, SessionError> {
         self.visible(principal, id).await?;
         Ok(self.ctx.session_dir(id))
+    }
+
+    /// A follower of the session's events from `filter` on: it ends when the session's
+    /// current run does (at once, after what was recorded, if it does not run).
+    pub async fn follower(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        filter: EventFilter,
+    ) -> Result<Follower, SessionError> {
+        self.visible(principal, id).await?;
+        // Subscribed before anything is read, so nothing recorded meanwhile is missed.
+        let live = self
+            .actor(id)
+            .call(|reply| Command::Subscribe { reply })
+            .await
+            .flatten();
+        Ok(Follower {
+            session: id,
+            dir: self.ctx.session_dir(id),
+            filter,
+            live,
+            followers: self.ctx.followers.clone(),
+        })
     }
 
     pub async fn start(&self, principal: &Principal, id: Uuid) -> Result<Session, SessionError> {

@@ -26,6 +26,7 @@ use crate::{
         container_of::ContainerOf,
         eventlog::EventLogWriter,
         export::{span::SessionInfo, Export, ExportCounters, ExportStatus},
+        follow::{Feed, Subscription},
         writer::{ContainerJoin, RunProgress, RunWriter},
     },
 };
@@ -47,6 +48,8 @@ pub struct Run {
     joins: mpsc::Sender<ContainerJoin>,
     /// The run's span export, if it exports.
     export: Option<Export>,
+    /// What the writer publishes for followers.
+    feed: Feed,
     /// Resolves when the run ends by itself. Only the actor polls it (through `&mut`), so
     /// the run can be shared while it waits.
     pub ending: SyncWrapper<BoxFuture<'static, Ending>>,
@@ -268,6 +271,7 @@ fn assemble(
     started: Started,
 ) -> Run {
     let progress = Arc::new(RunProgress::default());
+    let feed = Feed::default();
     let (joins, joined) = mpsc::channel();
     let (limit_reached, limit) = oneshot::channel();
     let writer = RunWriter {
@@ -283,6 +287,7 @@ fn assemble(
         export: started.export.as_ref().map(Export::sink),
         clock: started.clock,
         limits: spec.capture.limits,
+        feed: feed.clone(),
     };
     let events = started.events;
     let writer = tokio::task::spawn_blocking(move || writer.run(events));
@@ -297,6 +302,7 @@ fn assemble(
         writer,
         joins,
         export: started.export,
+        feed,
         ending: SyncWrapper::new(run_ending(
             spec.ttl,
             resolved.presence,
@@ -360,6 +366,11 @@ impl Run {
 
     pub fn export_status(&self) -> Option<ExportStatus> {
         self.export.as_ref().map(Export::status)
+    }
+
+    /// A subscription to what the run's writer records from now on.
+    pub fn subscribe(&self) -> Subscription {
+        self.feed.subscribe()
     }
 
     /// Traces `container` if the run follows containers, it matches, and its tenant may see

@@ -12,6 +12,7 @@ use crate::record::{
 /// One event as JSON (see docs/api.md for the fields).
 #[derive(Serialize)]
 struct EventJson<'a> {
+    seq: u64,
     ts: String,
     ts_unix_ns: i128,
     syscall: &'a str,
@@ -54,13 +55,15 @@ impl Serialize for Params<'_> {
     }
 }
 
-/// Appends `event` as one JSON line to `out`, its arguments decoded within `limits`.
+/// Appends `event`, the session's `seq`-th, as one JSON line to `out`, its arguments decoded
+/// within `limits`.
 pub fn write_line(
     event: &Event,
     session: &Uuid,
     container: Option<&ContainerMeta>,
     clock: &WallClock,
     limits: &Limits,
+    seq: u64,
     out: &mut Vec<u8>,
 ) {
     let decoded = decode::decode(event, limits);
@@ -78,6 +81,7 @@ pub fn write_line(
         }
     };
     let json = EventJson {
+        seq,
         ts,
         ts_unix_ns: unix_ns,
         syscall,
@@ -149,10 +153,12 @@ mod tests {
             Some(&container),
             &clock,
             &limits,
+            42,
             &mut out,
         );
         assert_eq!(out.last(), Some(&b'\n'));
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["seq"], 42);
         assert_eq!(json["ts"], "2023-11-14T22:13:20.000001000Z");
         assert_eq!(json["ts_unix_ns"], 1_700_000_000_000_001_000i64);
         assert_eq!(json["syscall"], "openat");

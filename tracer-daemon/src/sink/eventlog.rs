@@ -6,8 +6,11 @@
 //! written so far while the session runs, and a crash of the daemon loses nothing that was
 //! written: a reader stops at the end of the last complete flush of an unfinished segment.
 //!
-//! Segment files are `NNNNNNNNNN.ndjson.gz` while open, `NNNNNNNNNN-EVENTS.ndjson.gz` once
-//! closed (EVENTS is the number of events in it, so eviction needs no decompression).
+//! Every event has a sequence number (`seq`, from 1, increasing across the session's runs).
+//! Segment files are named by their first event's: `SEQ.ndjson.gz` while open,
+//! `SEQ-EVENTS.ndjson.gz` once closed (EVENTS is the number of events in it, so eviction and
+//! reading from a given `seq` need no decompression of the segments before it). Events whose
+//! segment was evicted are a gap in the numbers, which readers report.
 use std::{
     fs::{self, File},
     io::{self, BufRead, BufReader, Write},
@@ -19,10 +22,21 @@ use flate2::{read::MultiGzDecoder, write::GzEncoder, Compression};
 /// A segment file in a session's directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct SegmentFile {
-    index: u64,
+    /// The `seq` of its first event.
+    first_seq: u64,
     /// Known for closed segments.
     events: Option<u64>,
     path: PathBuf,
+}
+
+impl SegmentFile {
+    /// Its number of events (counted for a segment a dead daemon left open).
+    fn event_count(&self) -> io::Result<u64> {
+        match self.events {
+            Some(events) => Ok(events),
+            None => count_lines(&self.path),
+        }
+    }
 }
 
 fn segment_files(dir: &Path) -> io::Result<Vec<SegmentFile>> {
@@ -38,19 +52,19 @@ fn segment_files(dir: &Path) -> io::Result<Vec<SegmentFile>> {
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".ndjson.gz")) else {
             continue;
         };
-        let (index, events) = match stem.split_once('-') {
-            Some((index, events)) => (index.parse().ok(), events.parse().ok()),
+        let (first_seq, events) = match stem.split_once('-') {
+            Some((first, events)) => (first.parse().ok(), events.parse().ok()),
             None => (stem.parse().ok(), None),
         };
-        if let Some(index) = index {
+        if let Some(first_seq) = first_seq {
             segments.push(SegmentFile {
-                index,
+                first_seq,
                 events,
                 path: entry.path(),
             });
         }
     }
-    segments.sort_by_key(|segment| segment.index);
+    segments.sort_by_key(|segment| segment.first_seq);
     Ok(segments)
 }
 
@@ -59,12 +73,13 @@ pub struct EventLogWriter {
     dir: PathBuf,
     cap_bytes: u64,
     segment_bytes: u64,
-    next_index: u64,
+    /// The `seq` the next event appended gets.
+    next_seq: u64,
     current: Option<OpenSegment>,
 }
 
 struct OpenSegment {
-    index: u64,
+    first_seq: u64,
     path: PathBuf,
     encoder: GzEncoder<File>,
     events: u64,
@@ -75,21 +90,28 @@ impl EventLogWriter {
     /// existing ones. The log is kept under about `cap_bytes` of compressed data.
     pub fn open(dir: &Path, cap_bytes: u64) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let next_index = segment_files(dir)?
-            .last()
-            .map_or(0, |segment| segment.index + 1);
+        let next_seq = match segment_files(dir)?.last() {
+            Some(last) => last.first_seq + last.event_count()?,
+            None => 1,
+        };
         Ok(Self {
             dir: dir.to_owned(),
             cap_bytes,
             // Eviction removes whole segments: keep them a small fraction of the cap.
             segment_bytes: (cap_bytes / 16).clamp(64 << 10, 16 << 20),
-            next_index,
+            next_seq,
             current: None,
         })
     }
 
-    /// Appends `lines` (complete NDJSON lines holding `events` events) and makes them
-    /// readable. Returns how many older events were evicted to stay under the cap.
+    /// The `seq` the next event appended gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends `lines` (complete NDJSON lines holding `events` events, numbered from
+    /// [`Self::next_seq`]) and makes them readable. Returns how many older events were
+    /// evicted to stay under the cap.
     pub fn append(&mut self, lines: &[u8], events: u64) -> io::Result<u64> {
         if lines.is_empty() {
             return Ok(0);
@@ -97,12 +119,11 @@ impl EventLogWriter {
         let segment = match &mut self.current {
             Some(segment) => segment,
             None => {
-                let index = self.next_index;
-                self.next_index += 1;
-                let path = self.dir.join(format!("{index:010}.ndjson.gz"));
+                let first_seq = self.next_seq;
+                let path = self.dir.join(format!("{first_seq:020}.ndjson.gz"));
                 let file = File::create(&path)?;
                 self.current.insert(OpenSegment {
-                    index,
+                    first_seq,
                     path,
                     encoder: GzEncoder::new(file, Compression::fast()),
                     events: 0,
@@ -113,6 +134,7 @@ impl EventLogWriter {
         // A sync flush: everything so far decompresses without the stream's end.
         segment.encoder.flush()?;
         segment.events += events;
+        self.next_seq += events;
         if segment.encoder.get_ref().metadata()?.len() >= self.segment_bytes {
             self.close_current()?;
             return self.enforce_cap();
@@ -131,8 +153,8 @@ impl EventLogWriter {
         };
         segment.encoder.finish()?;
         let closed = self.dir.join(format!(
-            "{:010}-{}.ndjson.gz",
-            segment.index, segment.events
+            "{:020}-{}.ndjson.gz",
+            segment.first_seq, segment.events
         ));
         fs::rename(&segment.path, closed)
     }
@@ -150,11 +172,8 @@ impl EventLogWriter {
             if total <= self.cap_bytes {
                 break;
             }
-            let events = match segment.events {
-                Some(events) => events,
-                // Left open by a daemon that died: count its complete lines.
-                None => count_lines(&segment.path)?,
-            };
+            // A segment left open by a daemon that died: its complete lines are counted.
+            let events = segment.event_count()?;
             fs::remove_file(&segment.path)?;
             total -= *size;
             evicted += events;
@@ -204,12 +223,20 @@ fn read_lines(path: &Path, mut each: impl FnMut(&[u8]) -> bool) -> io::Result<bo
 /// Which events to read back.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
+    /// Only events after this `seq`.
+    pub after_seq: Option<u64>,
     /// Only events at or after this time (Unix nanoseconds).
     pub since_unix_ns: Option<i128>,
     /// Only events before this time (Unix nanoseconds).
     pub until_unix_ns: Option<i128>,
     /// Only these syscalls (names).
     pub syscalls: Option<Vec<String>>,
+    /// Only this process.
+    pub pid: Option<u32>,
+    /// Only threads of this name.
+    pub comm: Option<String>,
+    /// Only calls that failed.
+    pub failed: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -217,11 +244,29 @@ struct LineKeys<'a> {
     ts_unix_ns: i128,
     #[serde(borrow)]
     syscall: &'a str,
+    #[serde(default)]
+    pid: u32,
+    #[serde(default, borrow)]
+    comm: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    ret: i64,
 }
 
 impl EventFilter {
-    fn accepts(&self, line: &[u8]) -> bool {
-        if self.since_unix_ns.is_none() && self.until_unix_ns.is_none() && self.syscalls.is_none() {
+    /// Whether every line passes whatever it holds (`after_seq` aside, which goes by
+    /// position).
+    pub fn accepts_all(&self) -> bool {
+        self.since_unix_ns.is_none()
+            && self.until_unix_ns.is_none()
+            && self.syscalls.is_none()
+            && self.pid.is_none()
+            && self.comm.is_none()
+            && !self.failed
+    }
+
+    /// Whether `line` (one event, without its newline) passes the filter's fields.
+    pub fn accepts(&self, line: &[u8]) -> bool {
+        if self.accepts_all() {
             return true;
         }
         let Ok(keys) = serde_json::from_slice::<LineKeys>(line) else {
@@ -236,7 +281,19 @@ impl EventFilter {
                 .syscalls
                 .as_ref()
                 .is_none_or(|names| names.iter().any(|name| name == keys.syscall))
+            && self.pid.is_none_or(|pid| keys.pid == pid)
+            && self.comm.as_deref().is_none_or(|comm| keys.comm == comm)
+            && (!self.failed || keys.ret < 0)
     }
+}
+
+/// Where a read of the log ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadPosition {
+    /// The `seq` after the last event in the log.
+    pub next_seq: u64,
+    /// Events after `after_seq` that the size cap evicted before they were read.
+    pub gap: u64,
 }
 
 /// Reads a session's events in order, calling `each` with every line (without its newline)
@@ -245,14 +302,33 @@ pub fn read_events(
     dir: &Path,
     filter: &EventFilter,
     mut each: impl FnMut(&[u8]) -> bool,
-) -> io::Result<()> {
+) -> io::Result<ReadPosition> {
+    let after = filter.after_seq.unwrap_or(0);
+    let mut position = ReadPosition {
+        next_seq: after + 1,
+        gap: 0,
+    };
     for segment in segment_files(dir)? {
-        let go_on = read_lines(&segment.path, |line| !filter.accepts(line) || each(line))?;
+        if let Some(events) = segment.events {
+            if segment.first_seq + events <= position.next_seq {
+                continue;
+            }
+        }
+        if segment.first_seq > position.next_seq {
+            position.gap += segment.first_seq - position.next_seq;
+        }
+        let mut seq = segment.first_seq;
+        let go_on = read_lines(&segment.path, |line| {
+            let wanted = seq > after;
+            seq += 1;
+            !wanted || !filter.accepts(line) || each(line)
+        })?;
+        position.next_seq = position.next_seq.max(seq);
         if !go_on {
             break;
         }
     }
-    Ok(())
+    Ok(position)
 }
 
 #[cfg(test)]
@@ -295,7 +371,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, ["0000000000-3.ndjson.gz"]);
+        assert_eq!(names, ["00000000000000000001-3.ndjson.gz"]);
         assert_eq!(all(&dir, &EventFilter::default()).len(), 3);
         // A new writer (a new run) continues in a new segment, after the old one.
         let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
@@ -331,6 +407,7 @@ mod tests {
             since_unix_ns: Some(3),
             until_unix_ns: Some(8),
             syscalls: Some(vec!["write".into()]),
+            ..EventFilter::default()
         };
         let lines = all(&dir, &filter);
         assert_eq!(
@@ -382,5 +459,75 @@ mod tests {
             .unwrap()
             .contains(&format!("\"ts_unix_ns\":{}", written - 1)));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn events_are_numbered_across_runs_and_read_from_a_seq_with_gaps_reported() {
+        let dir = temp_dir("seq");
+        let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
+        assert_eq!(writer.next_seq(), 1);
+        let batch: Vec<u8> = (0..5).flat_map(|ts| line(ts, "read")).collect();
+        writer.append(&batch, 5).unwrap();
+        writer.finish().unwrap();
+        let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
+        assert_eq!(writer.next_seq(), 6, "a new run goes on from the last");
+        writer.append(&line(5, "write"), 1).unwrap();
+        // The log is read from after seq 3: events 4, 5 and 6.
+        let from = |after| {
+            let mut lines = Vec::new();
+            let filter = EventFilter {
+                after_seq: Some(after),
+                ..EventFilter::default()
+            };
+            let position = read_events(&dir, &filter, |line| {
+                lines.push(String::from_utf8(line.to_vec()).unwrap());
+                true
+            })
+            .unwrap();
+            (lines.len(), position)
+        };
+        assert_eq!(
+            from(3),
+            (
+                3,
+                ReadPosition {
+                    next_seq: 7,
+                    gap: 0
+                }
+            )
+        );
+        // The first run's segment evicted: asking from the start reports 5 missing.
+        fs::remove_file(dir.join("00000000000000000001-5.ndjson.gz")).unwrap();
+        assert_eq!(
+            from(0),
+            (
+                1,
+                ReadPosition {
+                    next_seq: 7,
+                    gap: 5
+                }
+            )
+        );
+        assert_eq!(from(6).0, 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn filters_by_process_name_and_failure() {
+        let filter = EventFilter {
+            pid: Some(7),
+            comm: Some("nginx".into()),
+            failed: true,
+            ..EventFilter::default()
+        };
+        let event = |pid: u32, comm: &str, ret: i64| {
+            format!(
+                r#"{{"ts_unix_ns":1,"syscall":"openat","pid":{pid},"comm":"{comm}","ret":{ret}}}"#
+            )
+        };
+        assert!(filter.accepts(event(7, "nginx", -2).as_bytes()));
+        assert!(!filter.accepts(event(8, "nginx", -2).as_bytes()));
+        assert!(!filter.accepts(event(7, "bash", -2).as_bytes()));
+        assert!(!filter.accepts(event(7, "nginx", 3).as_bytes()));
     }
 }

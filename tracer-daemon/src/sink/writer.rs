@@ -14,6 +14,7 @@ use super::{
     event_json,
     eventlog::EventLogWriter,
     export::{ExportSink, SpanInput},
+    follow::{Feed, LogBatch},
 };
 use crate::{
     backend::EventReceiver,
@@ -57,6 +58,8 @@ pub struct RunWriter {
     pub clock: WallClock,
     /// How much of each argument's data the session shows.
     pub limits: Limits,
+    /// Where each batch goes once it is in the log, for the session's followers.
+    pub feed: Feed,
 }
 
 impl RunWriter {
@@ -70,6 +73,7 @@ impl RunWriter {
                 self.containers.add(cgroup_id, container);
             }
             lines.clear();
+            let first_seq = self.log.next_seq();
             let mut batch = 0u64;
             let mut over_limit = 0u64;
             let mut spans = Vec::new();
@@ -85,6 +89,7 @@ impl RunWriter {
                         container.as_deref(),
                         &self.clock,
                         &self.limits,
+                        first_seq + batch,
                         &mut lines,
                     );
                     if self.export.is_some() {
@@ -103,6 +108,13 @@ impl RunWriter {
                 };
             }
             let evicted = self.log.append(&lines, batch)?;
+            if batch > 0 {
+                self.feed.publish(LogBatch {
+                    first_seq,
+                    last_seq: first_seq + batch - 1,
+                    lines: bytes::Bytes::copy_from_slice(&lines),
+                });
+            }
             if let Some(export) = &self.export {
                 export.push(spans);
             }
@@ -153,6 +165,7 @@ mod tests {
             export: None,
             clock: WallClock::from_offset_ns(0),
             limits: Limits::default(),
+            feed: crate::sink::follow::Feed::default(),
         };
         (writer, joins_tx, limit_rx)
     }

@@ -68,7 +68,12 @@ fn traced(
         .block_on(engine.stop_session(session))
         .expect("stopping");
     let (records, bytes) = runtime.block_on(consumer).expect("consumer");
-    assert_eq!(records, RUNS as u64 * CALLS, "every traced call delivered");
+    // Every loop call, and the few calls around the loop (the workload's own output).
+    assert!(
+        records >= RUNS as u64 * CALLS,
+        "every traced call delivered"
+    );
+    assert_eq!(counters.dropped(), 0, "nothing dropped");
     (ns, bytes as f64 / records.max(1) as f64, counters.dropped())
 }
 

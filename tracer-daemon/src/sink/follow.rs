@@ -1,0 +1,440 @@
+//! Following a session's events as they are recorded: what `GET …/events?follow=true` and
+//! the WebSocket stream send.
+//!
+//! A follower reads from what was recorded, never from the session's own path: the run's
+//! writer appends each batch to the event log and then publishes it ([`Feed`]) on a broadcast
+//! channel that never waits for anyone. A follower first catches up from the log on disk
+//! (from `after_seq`, or the start), then takes the published batches; one that falls behind
+//! the channel's window (a slow client) goes back to the log for what it missed. So a slow
+//! follower only lags — the session neither slows down nor drops for it — and every event
+//! reaches it in order, exactly once. Events the log's size cap evicted before a follower
+//! read them are reported as a gap (`{"gap": n}`), never skipped silently.
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+use super::eventlog::{read_events, EventFilter};
+
+/// Batches a follower may be behind before it reads the rest from disk.
+pub const FEED_BATCHES: usize = 64;
+
+/// Lines the writer appended to the event log in one go, as it appended them.
+#[derive(Debug)]
+pub struct LogBatch {
+    /// The `seq` of the first and last event in `lines`.
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// NDJSON, every line ending in `\n`; shared by every follower without a copy.
+    pub lines: Bytes,
+}
+
+/// Where a run publishes what it recorded. Cheap to clone.
+#[derive(Clone)]
+pub struct Feed {
+    sender: broadcast::Sender<Arc<LogBatch>>,
+    /// The `seq` of the last event published.
+    recorded: Arc<AtomicU64>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(FEED_BATCHES).0,
+            recorded: Arc::default(),
+        }
+    }
+}
+
+impl Feed {
+    /// Publishes a batch that is in the log; never waits (a follower too far behind reads
+    /// the log instead).
+    pub fn publish(&self, batch: LogBatch) {
+        self.recorded.store(batch.last_seq, Ordering::Relaxed);
+        // Nobody listening is not an error: the batch is in the log.
+        let _ = self.sender.send(Arc::new(batch));
+    }
+
+    /// What is published from now on.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            receiver: self.sender.subscribe(),
+            recorded: self.recorded.clone(),
+        }
+    }
+}
+
+/// A follower's end of a [`Feed`].
+pub struct Subscription {
+    receiver: broadcast::Receiver<Arc<LogBatch>>,
+    recorded: Arc<AtomicU64>,
+}
+
+/// What a follower sends its client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Followed {
+    /// Complete NDJSON lines, in `seq` order.
+    Lines(Bytes),
+    /// Events evicted by the log's size cap before they could be read.
+    Gap(u64),
+    /// The stream is over: the session is not running (any more).
+    End,
+}
+
+/// The followers of every session, for `/metrics`: their count and how far each is behind.
+#[derive(Default)]
+pub struct Followers {
+    next_id: AtomicU64,
+    lags: Mutex<HashMap<u64, (Uuid, Arc<AtomicU64>)>>,
+}
+
+impl Followers {
+    fn register(self: &Arc<Self>, session: Uuid) -> FollowerGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let lag = Arc::new(AtomicU64::new(0));
+        self.lags
+            .lock()
+            .expect("followers lock")
+            .insert(id, (session, lag.clone()));
+        FollowerGuard {
+            followers: self.clone(),
+            id,
+            lag,
+        }
+    }
+
+    /// (session, events recorded but not yet sent) of every follower now.
+    pub fn lags(&self) -> Vec<(Uuid, u64)> {
+        self.lags
+            .lock()
+            .expect("followers lock")
+            .values()
+            .map(|(session, lag)| (*session, lag.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// A follower's entry in [`Followers`], removed when the follower ends.
+struct FollowerGuard {
+    followers: Arc<Followers>,
+    id: u64,
+    lag: Arc<AtomicU64>,
+}
+
+impl Drop for FollowerGuard {
+    fn drop(&mut self) {
+        self.followers
+            .lags
+            .lock()
+            .expect("followers lock")
+            .remove(&self.id);
+    }
+}
+
+/// One follower of session `session`.
+pub struct Follower {
+    pub session: Uuid,
+    /// The session's event log.
+    pub dir: PathBuf,
+    pub filter: EventFilter,
+    /// The running run's feed (subscribed before anything is read), `None` if the session
+    /// does not run: then the follower sends what was recorded and ends.
+    pub live: Option<Subscription>,
+    pub followers: Arc<Followers>,
+}
+
+impl Follower {
+    /// Sends the session's events to `out` until the run ends or `out` is closed (the client
+    /// left). Reading the log runs on the blocking pool.
+    pub async fn run(self, out: mpsc::Sender<Followed>) {
+        let guard = self.followers.register(self.session);
+        let Self {
+            dir,
+            mut filter,
+            mut live,
+            ..
+        } = self;
+        // The next seq wanted.
+        let mut next = filter.after_seq.unwrap_or(0) + 1;
+        loop {
+            filter.after_seq = Some(next - 1);
+            let Some(read) = catch_up(&dir, &filter, &out).await else {
+                return;
+            };
+            if read.gap > 0 && out.send(Followed::Gap(read.gap)).await.is_err() {
+                return;
+            }
+            next = next.max(read.next_seq);
+            let Some(subscription) = &mut live else {
+                let _ = out.send(Followed::End).await;
+                return;
+            };
+            match follow_live(subscription, &filter, &mut next, &out, &guard.lag).await {
+                Live::Lagged => {}
+                Live::Ended => {
+                    let _ = out.send(Followed::End).await;
+                    return;
+                }
+                Live::ClientGone => return,
+            }
+        }
+    }
+}
+
+enum Live {
+    /// Fell out of the feed's window: read the rest from disk.
+    Lagged,
+    /// The run ended (its writer published everything before it closed the feed).
+    Ended,
+    ClientGone,
+}
+
+/// Sends the published batches after `next`, filtered, keeping `lag` up to date.
+async fn follow_live(
+    subscription: &mut Subscription,
+    filter: &EventFilter,
+    next: &mut u64,
+    out: &mpsc::Sender<Followed>,
+    lag: &AtomicU64,
+) -> Live {
+    loop {
+        let recorded = subscription.recorded.load(Ordering::Relaxed);
+        lag.store(recorded.saturating_sub(*next - 1), Ordering::Relaxed);
+        let batch = match subscription.receiver.recv().await {
+            Ok(batch) => batch,
+            Err(broadcast::error::RecvError::Lagged(_)) => return Live::Lagged,
+            Err(broadcast::error::RecvError::Closed) => return Live::Ended,
+        };
+        if batch.last_seq < *next {
+            continue;
+        }
+        if batch.first_seq > *next {
+            // Published before this follower subscribed and not on disk when it read: the
+            // log has them now.
+            return Live::Lagged;
+        }
+        let lines = filtered(&batch, *next, filter);
+        *next = batch.last_seq + 1;
+        if !lines.is_empty() && out.send(Followed::Lines(lines)).await.is_err() {
+            return Live::ClientGone;
+        }
+    }
+}
+
+/// The lines of `batch` from seq `from` on that pass `filter` (the batch itself, shared, when
+/// all of it does).
+fn filtered(batch: &LogBatch, from: u64, filter: &EventFilter) -> Bytes {
+    if from <= batch.first_seq && filter.accepts_all() {
+        return batch.lines.clone();
+    }
+    let mut kept = Vec::new();
+    let lines = batch.lines.split_inclusive(|&b| b == b'\n');
+    for (seq, line) in (batch.first_seq..).zip(lines) {
+        if seq >= from && filter.accepts(&line[..line.len() - 1]) {
+            kept.extend_from_slice(line);
+        }
+    }
+    Bytes::from(kept)
+}
+
+/// What a catch-up from disk read.
+struct CaughtUp {
+    /// The seq after the last event in the log.
+    next_seq: u64,
+    gap: u64,
+}
+
+/// Sends what the log holds after `filter.after_seq`; `None` if the client left.
+async fn catch_up(
+    dir: &std::path::Path,
+    filter: &EventFilter,
+    out: &mpsc::Sender<Followed>,
+) -> Option<CaughtUp> {
+    let (dir, filter, out) = (dir.to_owned(), filter.clone(), out.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(80 << 10);
+        let mut client_left = false;
+        let position = read_events(&dir, &filter, |line| {
+            chunk.extend_from_slice(line);
+            chunk.push(b'\n');
+            if chunk.len() >= 64 << 10 {
+                let lines = Bytes::from(std::mem::take(&mut chunk));
+                client_left = out.blocking_send(Followed::Lines(lines)).is_err();
+            }
+            !client_left
+        });
+        let position = match position {
+            Ok(position) => position,
+            Err(err) => {
+                tracing::error!(dir = %dir.display(), %err, "reading the event log failed");
+                return None;
+            }
+        };
+        if client_left {
+            return None;
+        }
+        if !chunk.is_empty()
+            && out
+                .blocking_send(Followed::Lines(Bytes::from(chunk)))
+                .is_err()
+        {
+            return None;
+        }
+        Some(CaughtUp {
+            next_seq: position.next_seq,
+            gap: position.gap,
+        })
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::eventlog::EventLogWriter;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("tracerd-follow-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Appends events `seqs` to the log, then publishes them, as the writer does.
+    fn record(log: &mut EventLogWriter, feed: &Feed, seqs: std::ops::RangeInclusive<u64>) {
+        assert_eq!(log.next_seq(), *seqs.start());
+        let lines: Vec<u8> = seqs
+            .clone()
+            .flat_map(|seq| {
+                let syscall = if seq % 2 == 0 { "read" } else { "write" };
+                format!("{{\"seq\":{seq},\"ts_unix_ns\":{seq},\"syscall\":\"{syscall}\"}}\n")
+                    .into_bytes()
+            })
+            .collect();
+        log.append(&lines, seqs.clone().count() as u64).unwrap();
+        feed.publish(LogBatch {
+            first_seq: *seqs.start(),
+            last_seq: *seqs.end(),
+            lines: Bytes::from(lines),
+        });
+    }
+
+    async fn received(mut followed: mpsc::Receiver<Followed>) -> (Vec<u64>, Vec<u64>, bool) {
+        let (mut seqs, mut gaps, mut ended) = (Vec::new(), Vec::new(), false);
+        while let Some(item) = followed.recv().await {
+            match item {
+                Followed::Lines(lines) => {
+                    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                        let value: serde_json::Value = serde_json::from_slice(line).unwrap();
+                        seqs.push(value["seq"].as_u64().unwrap());
+                    }
+                }
+                Followed::Gap(gap) => gaps.push(gap),
+                Followed::End => ended = true,
+            }
+        }
+        (seqs, gaps, ended)
+    }
+
+    fn follower(dir: &std::path::Path, feed: Option<&Feed>, filter: EventFilter) -> Follower {
+        Follower {
+            session: Uuid::nil(),
+            dir: dir.to_owned(),
+            filter,
+            live: feed.map(Feed::subscribe),
+            followers: Arc::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_gets_the_log_then_every_new_event_in_order_until_the_run_ends() {
+        let dir = temp_dir("live");
+        let mut log = EventLogWriter::open(&dir, 1 << 30).unwrap();
+        let feed = Feed::default();
+        record(&mut log, &feed, 1..=3);
+        let (out, followed) = mpsc::channel(4);
+        let task = tokio::spawn(follower(&dir, Some(&feed), EventFilter::default()).run(out));
+        // More batches than the feed holds while the follower may not have read any: it
+        // falls behind and reads the rest from the log.
+        for batch in 0..(FEED_BATCHES as u64 + 10) {
+            let first = 4 + batch * 3;
+            record(&mut log, &feed, first..=first + 2);
+        }
+        drop(feed);
+        let (seqs, gaps, ended) = received(followed).await;
+        task.await.unwrap();
+        let last = 3 + (FEED_BATCHES as u64 + 10) * 3;
+        assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+        assert!(gaps.is_empty());
+        assert!(ended);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn resuming_after_a_seq_gets_exactly_the_rest_and_evicted_events_are_a_gap() {
+        let dir = temp_dir("resume");
+        let feed = Feed::default();
+        let mut log = EventLogWriter::open(&dir, 1 << 30).unwrap();
+        record(&mut log, &feed, 1..=4);
+        log.finish().unwrap();
+        let mut log = EventLogWriter::open(&dir, 1 << 30).unwrap();
+        record(&mut log, &feed, 5..=8);
+        let resume = |after, filter: EventFilter| {
+            let (out, followed) = mpsc::channel(4);
+            let filter = EventFilter {
+                after_seq: Some(after),
+                ..filter
+            };
+            tokio::spawn(follower(&dir, None, filter).run(out));
+            received(followed)
+        };
+        assert_eq!(
+            resume(5, EventFilter::default()).await,
+            (vec![6, 7, 8], vec![], true)
+        );
+        let reads = EventFilter {
+            syscalls: Some(vec!["read".into()]),
+            ..EventFilter::default()
+        };
+        assert_eq!(resume(0, reads).await, (vec![2, 4, 6, 8], vec![], true));
+        std::fs::remove_file(dir.join("00000000000000000001-4.ndjson.gz")).unwrap();
+        assert_eq!(
+            resume(2, EventFilter::default()).await,
+            (vec![5, 6, 7, 8], vec![2], true)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_follower_whose_client_left_ends_and_unregisters() {
+        let dir = temp_dir("gone");
+        let mut log = EventLogWriter::open(&dir, 1 << 30).unwrap();
+        let feed = Feed::default();
+        record(&mut log, &feed, 1..=2);
+        let followers = Arc::new(Followers::default());
+        let (out, followed) = mpsc::channel(1);
+        let mut follower = follower(&dir, Some(&feed), EventFilter::default());
+        follower.followers = followers.clone();
+        let task = tokio::spawn(follower.run(out));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(followers.lags().len(), 1);
+        drop(followed);
+        record(&mut log, &feed, 3..=4);
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("the follower ends once its client is gone")
+            .unwrap();
+        assert!(followers.lags().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
