@@ -93,31 +93,46 @@ pub enum Followed {
 #[derive(Default)]
 pub struct Followers {
     next_id: AtomicU64,
-    lags: Mutex<HashMap<u64, (Uuid, Arc<AtomicU64>)>>,
+    all: Mutex<HashMap<u64, Progress>>,
+}
+
+/// How far one follower is: the last `seq` it sent, and the last one its run recorded.
+#[derive(Clone)]
+struct Progress {
+    session: Uuid,
+    sent: Arc<AtomicU64>,
+    recorded: Option<Arc<AtomicU64>>,
 }
 
 impl Followers {
-    fn register(self: &Arc<Self>, session: Uuid) -> FollowerGuard {
+    fn register(self: &Arc<Self>, progress: Progress) -> FollowerGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let lag = Arc::new(AtomicU64::new(0));
-        self.lags
+        let sent = progress.sent.clone();
+        self.all
             .lock()
             .expect("followers lock")
-            .insert(id, (session, lag.clone()));
+            .insert(id, progress);
         FollowerGuard {
             followers: self.clone(),
             id,
-            lag,
+            sent,
         }
     }
 
     /// (session, events recorded but not yet sent) of every follower now.
     pub fn lags(&self) -> Vec<(Uuid, u64)> {
-        self.lags
+        self.all
             .lock()
             .expect("followers lock")
             .values()
-            .map(|(session, lag)| (*session, lag.load(Ordering::Relaxed)))
+            .map(|progress| {
+                let recorded = progress
+                    .recorded
+                    .as_ref()
+                    .map_or(0, |recorded| recorded.load(Ordering::Relaxed));
+                let sent = progress.sent.load(Ordering::Relaxed);
+                (progress.session, recorded.saturating_sub(sent))
+            })
             .collect()
     }
 }
@@ -126,13 +141,14 @@ impl Followers {
 struct FollowerGuard {
     followers: Arc<Followers>,
     id: u64,
-    lag: Arc<AtomicU64>,
+    /// The last `seq` sent (or skipped by the filter).
+    sent: Arc<AtomicU64>,
 }
 
 impl Drop for FollowerGuard {
     fn drop(&mut self) {
         self.followers
-            .lags
+            .all
             .lock()
             .expect("followers lock")
             .remove(&self.id);
@@ -155,7 +171,12 @@ impl Follower {
     /// Sends the session's events to `out` until the run ends or `out` is closed (the client
     /// left). Reading the log runs on the blocking pool.
     pub async fn run(self, out: mpsc::Sender<Followed>) {
-        let guard = self.followers.register(self.session);
+        let after = self.filter.after_seq.unwrap_or(0);
+        let guard = self.followers.register(Progress {
+            session: self.session,
+            sent: Arc::new(AtomicU64::new(after)),
+            recorded: self.live.as_ref().map(|live| live.recorded.clone()),
+        });
         let Self {
             dir,
             mut filter,
@@ -173,11 +194,12 @@ impl Follower {
                 return;
             }
             next = next.max(read.next_seq);
+            guard.sent.store(next - 1, Ordering::Relaxed);
             let Some(subscription) = &mut live else {
                 let _ = out.send(Followed::End).await;
                 return;
             };
-            match follow_live(subscription, &filter, &mut next, &out, &guard.lag).await {
+            match follow_live(subscription, &filter, &mut next, &out, &guard.sent).await {
                 Live::Lagged => {}
                 Live::Ended => {
                     let _ = out.send(Followed::End).await;
@@ -197,17 +219,16 @@ enum Live {
     ClientGone,
 }
 
-/// Sends the published batches after `next`, filtered, keeping `lag` up to date.
+/// Sends the published batches after `next`, filtered, keeping `sent` up to date.
 async fn follow_live(
     subscription: &mut Subscription,
     filter: &EventFilter,
     next: &mut u64,
     out: &mpsc::Sender<Followed>,
-    lag: &AtomicU64,
+    sent: &AtomicU64,
 ) -> Live {
     loop {
-        let recorded = subscription.recorded.load(Ordering::Relaxed);
-        lag.store(recorded.saturating_sub(*next - 1), Ordering::Relaxed);
+        sent.store(*next - 1, Ordering::Relaxed);
         let batch = match subscription.receiver.recv().await {
             Ok(batch) => batch,
             Err(broadcast::error::RecvError::Lagged(_)) => return Live::Lagged,
