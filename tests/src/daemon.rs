@@ -11,7 +11,16 @@ use serde_json::Value;
 /// Where the binary is: `TRACERD_BIN` (set by `cargo xtask test`), else `target/<profile>/tracerd`
 /// next to this test binary's `deps/` directory.
 pub fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TRACERD_BIN") {
+    built("TRACERD_BIN", "tracerd", "tracer-daemon")
+}
+
+/// Where `tracerctl` is: `TRACERCTL_BIN`, else next to `tracerd`.
+pub fn tracerctl() -> PathBuf {
+    built("TRACERCTL_BIN", "tracerctl", "tracerctl")
+}
+
+fn built(variable: &str, name: &str, package: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
         return path.into();
     }
     let exe = std::env::current_exe().expect("current test binary");
@@ -19,10 +28,10 @@ pub fn binary() -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps");
-    let path = profile_dir.join("tracerd");
+    let path = profile_dir.join(name);
     assert!(
         path.exists(),
-        "no tracerd binary at {}: run `cargo xtask test`, or `cargo build -p tracer-daemon` first",
+        "no {name} binary at {}: run `cargo xtask test`, or `cargo build -p {package}` first",
         path.display()
     );
     path

@@ -160,8 +160,13 @@ fn run_daemon(args: &[String]) -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    // The end-to-end tests drive the real binary: build it first, then tell them where it is.
+    // The end-to-end tests drive the real binaries: build them first, then say where they are.
     let tracerd = build_tracerd(false)?;
+    cmd::cargo(&["build", "--package", "tracerctl"])?;
+    let tracerctl = workspace_root()
+        .join("target")
+        .join("debug")
+        .join("tracerctl");
     // Every member but tracer-ebpf, which only builds for the BPF target; the end-to-end
     // suite (`tests`) is not a default member, so it is named here.
     let mut test_args = vec![
@@ -177,6 +182,7 @@ fn test(args: &[String]) -> Result<()> {
         &test_args,
         &[
             ("TRACERD_BIN", tracerd.as_os_str()),
+            ("TRACERCTL_BIN", tracerctl.as_os_str()),
             ("ROTEL_AGENT", setup::rotel_agent()?.as_os_str()),
         ],
     )?;

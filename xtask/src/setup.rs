@@ -22,13 +22,15 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The OTLP collector the tests run, from PyPI (a pre-release, so pinned exactly).
 const ROTEL_VERSION: &str = "0.0.1a15";
 /// Debian packages: the Docker engine, and the test and benchmark tools.
-const DEBIAN_PACKAGES: [&str; 6] = [
+const DEBIAN_PACKAGES: [&str; 7] = [
     "docker.io",
     "busybox-static",
     "strace",
     "bpftrace",
     "bpftool",
     "gcc",
+    // tracerctl is tested through a real terminal.
+    "tmux",
 ];
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
