@@ -12,6 +12,9 @@ pub enum Benchmark {
     Ringbuf,
     /// Latency of the sessions API under 100 concurrent clients with 10,000 stored sessions.
     Api,
+    /// Following a session live: events/s to one follower at full rate, latency at a low
+    /// rate, and the daemon's cost of 100 followers.
+    Stream,
     /// Span export: spans per second to a real collector and ns per span of encoding, on one
     /// core, tracerd's path next to the SDK's batch span processor.
     Otlp,
@@ -45,6 +48,20 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
             ],
             &[("ROTEL_AGENT", crate::setup::rotel_agent()?.as_os_str())],
         ),
+        Benchmark::Stream => {
+            let tracerd = build_tracerd(true)?;
+            cmd::cargo_with_env(
+                &[
+                    "run",
+                    "--release",
+                    "--package",
+                    "tracer-tests",
+                    "--bin",
+                    "bench_stream",
+                ],
+                &[("TRACERD_BIN", tracerd.as_os_str())],
+            )
+        }
         Benchmark::Api => {
             // The daemon under test is the release build.
             let tracerd = build_tracerd(true)?;
