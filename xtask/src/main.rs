@@ -151,6 +151,8 @@ pub fn build_tracerd(release: bool) -> Result<PathBuf> {
 
 fn run_daemon(args: &[String]) -> Result<()> {
     let tracerd = build_tracerd(true)?;
+    // The CLI that talks to it, beside it.
+    cmd::cargo(&["build", "--release", "--package", "tracerctl"])?;
     println!(
         "starting {} {} (Ctrl-C stops it)",
         tracerd.display(),
