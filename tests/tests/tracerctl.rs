@@ -198,3 +198,21 @@ fn trace_through_a_pipe_prints_json_and_ctrl_c_ends_it_cleanly() {
     let (code, _, _) = ctl(&["sessions", "rm", &id]);
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn trace_launch_ends_with_the_containers_exit_code() {
+    require_root();
+    let daemon = Daemon::start(&[]);
+    let image = tracer_tests::docker::test_image();
+    let output = Command::new(tracerctl())
+        .args(["--server", &daemon.url(""), "trace", "-e", "getppid", "--launch", image])
+        .args(["--", "/bin/syscall_loop", "getppid", "50", "bad-op", "1"])
+        .output()
+        .expect("tracerctl");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The workload makes its 50 calls, then refuses the unknown op with exit code 2.
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().filter(|l| l.contains(" getppid() = ")).count(), 50, "{stdout}");
+    assert!(stderr.contains("exited with code 2"), "{stderr}");
+}

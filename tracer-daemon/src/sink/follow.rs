@@ -172,11 +172,17 @@ impl Follower {
     /// left). Reading the log runs on the blocking pool.
     pub async fn run(self, out: mpsc::Sender<Followed>) {
         let after = self.filter.after_seq.unwrap_or(0);
-        let guard = self.followers.register(Progress {
-            session: self.session,
-            sent: Arc::new(AtomicU64::new(after)),
-            recorded: self.live.as_ref().map(|live| live.recorded.clone()),
+        // Only live followers count (a download is not following anything).
+        let guard = self.live.as_ref().map(|live| {
+            self.followers.register(Progress {
+                session: self.session,
+                sent: Arc::new(AtomicU64::new(after)),
+                recorded: Some(live.recorded.clone()),
+            })
         });
+        let sent = guard
+            .as_ref()
+            .map_or_else(|| Arc::new(AtomicU64::new(after)), |guard| guard.sent.clone());
         let Self {
             dir,
             mut filter,
@@ -194,12 +200,12 @@ impl Follower {
                 return;
             }
             next = next.max(read.next_seq);
-            guard.sent.store(next - 1, Ordering::Relaxed);
+            sent.store(next - 1, Ordering::Relaxed);
             let Some(subscription) = &mut live else {
                 let _ = out.send(Followed::End).await;
                 return;
             };
-            match follow_live(subscription, &filter, &mut next, &out, &guard.sent).await {
+            match follow_live(subscription, &filter, &mut next, &out, &sent).await {
                 Live::Lagged => {}
                 Live::Ended => {
                     let _ = out.send(Followed::End).await;
@@ -229,7 +235,13 @@ async fn follow_live(
 ) -> Live {
     loop {
         sent.store(*next - 1, Ordering::Relaxed);
-        let batch = match subscription.receiver.recv().await {
+        // A client that leaves while nothing is recorded is noticed at once, not at the
+        // next event.
+        let received = tokio::select! {
+            received = subscription.receiver.recv() => received,
+            () = out.closed() => return Live::ClientGone,
+        };
+        let batch = match received {
             Ok(batch) => batch,
             Err(broadcast::error::RecvError::Lagged(_)) => return Live::Lagged,
             Err(broadcast::error::RecvError::Closed) => return Live::Ended,
@@ -449,8 +461,8 @@ mod tests {
         let task = tokio::spawn(follower.run(out));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert_eq!(followers.lags().len(), 1);
+        // The client leaves while nothing new is recorded.
         drop(followed);
-        record(&mut log, &feed, 3..=4);
         tokio::time::timeout(std::time::Duration::from_secs(5), task)
             .await
             .expect("the follower ends once its client is gone")
