@@ -308,7 +308,9 @@ fn the_websocket_sends_state_batches_and_the_end_and_obeys_filters() {
     assert_eq!(status, 201, "{created}");
     let path = format!("/v1/sessions/{}/stream", created["id"].as_str().unwrap());
     let ws = |query: &str| {
-        let url = secured.url(&format!("{path}{query}")).replace("http://", "ws://");
+        let url = secured
+            .url(&format!("{path}{query}"))
+            .replace("http://", "ws://");
         match tungstenite::connect(url) {
             Ok((_, response)) => response.status().as_u16(),
             Err(tungstenite::Error::Http(response)) => response.status().as_u16(),

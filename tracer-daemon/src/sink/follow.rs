@@ -180,9 +180,10 @@ impl Follower {
                 recorded: Some(live.recorded.clone()),
             })
         });
-        let sent = guard
-            .as_ref()
-            .map_or_else(|| Arc::new(AtomicU64::new(after)), |guard| guard.sent.clone());
+        let sent = guard.as_ref().map_or_else(
+            || Arc::new(AtomicU64::new(after)),
+            |guard| guard.sent.clone(),
+        );
         let Self {
             dir,
             mut filter,

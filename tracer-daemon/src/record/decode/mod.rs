@@ -264,6 +264,10 @@ impl Call<'_> {
         if let Some(piece) = self.captured_arg(index, param) {
             return piece;
         }
+        if self.ret == 0 && self.has_op(index, capture_kind::DATA_OUT) {
+            // Nothing was read into the buffer: strace shows it empty.
+            return Piece::text("\"\"".to_owned());
+        }
         if let Some(piece) = self.symbolic(index, param, raw) {
             return piece;
         }
@@ -277,6 +281,13 @@ impl Call<'_> {
             return Piece::pointer(raw);
         }
         integer(&param.type_name, &param.name, raw)
+    }
+
+    fn has_op(&self, index: usize, kind: u8) -> bool {
+        let plan = self.signature.capture_plan();
+        plan.ops
+            .iter()
+            .any(|op| op.kind == kind && op.arg as usize == index)
     }
 
     /// Whether the kernel would read data for argument `index` of this call when capturing

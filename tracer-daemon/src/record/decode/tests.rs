@@ -109,6 +109,11 @@ fn strings_and_buffers_are_cut_at_the_limits_and_flagged() {
     };
     assert!(write.decode(&narrow).strace.contains(r#""0123"..."#));
 
+    assert_eq!(
+        call(Sysno::read, &[3, PATH, 32], 0).strace(),
+        r#"read(3, "", 32) = 0"#,
+        "end of file"
+    );
     let read = call(Sysno::read, &[3, PATH, 32], 6).with(capture_kind::DATA_OUT, 1, b"hello\n");
     assert_eq!(read.strace(), r#"read(3, "hello\n", 32) = 6"#);
     assert!(read.decode(&Limits::default()).truncated.is_empty());
