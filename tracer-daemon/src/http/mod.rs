@@ -1,6 +1,7 @@
 //! The REST API: shared state, the router, and the operational endpoints.
 pub mod auth;
 pub mod error;
+mod event_query;
 mod sessions;
 mod stream;
 
@@ -76,6 +77,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(sessions::router())
+        .merge(stream::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))

@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use super::{
     error::{ApiError, ApiQuery, SessionId},
-    sessions::{event_filter, EventParams},
+    event_query::{event_filter, EventParams},
     AppState,
 };
 use crate::{
@@ -42,6 +42,10 @@ use crate::{
 const FRAME_EVENTS: usize = 1000;
 /// ...and waits at most this long for more.
 const FRAME_INTERVAL: Duration = Duration::from_millis(100);
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/v1/sessions/{id}/stream", axum::routing::get(stream))
+}
 
 /// Follow a session's events over a WebSocket (see the module docs for the frames). The
 /// token is checked at the upgrade: an `Authorization` header, or `?token=` for browsers,
