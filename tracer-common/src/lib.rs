@@ -206,6 +206,17 @@ pub struct CaptureItem {
 }
 
 impl CaptureItem {
+    pub const fn new(kind: u8, arg: u8, flags: u8, len: u16, count: u16) -> Self {
+        Self {
+            kind,
+            arg,
+            flags,
+            _pad: 0,
+            len,
+            count,
+        }
+    }
+
     /// Bytes an item with a payload of `len` takes, padding included.
     pub const fn stride(len: usize) -> usize {
         (size_of::<Self>() + len + 7) & !7

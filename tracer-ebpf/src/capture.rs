@@ -254,14 +254,7 @@ fn string(out: &mut CapturedRecord, kind: u8, arg: u8, user: u64, chars: u64) ->
         out,
         item,
         offset,
-        CaptureItem {
-            kind,
-            arg,
-            flags,
-            _pad: 0,
-            len,
-            count: 0,
-        },
+        CaptureItem::new(kind, arg, flags, len, 0),
     );
     got > 0
 }
@@ -289,14 +282,7 @@ fn bytes(out: &mut CapturedRecord, kind: u8, arg: u8, user: u64, len: u64) {
         out,
         item,
         offset,
-        CaptureItem {
-            kind,
-            arg,
-            flags,
-            _pad: 0,
-            len,
-            count: 0,
-        },
+        CaptureItem::new(kind, arg, flags, len, 0),
     );
 }
 
@@ -310,14 +296,7 @@ fn marker(out: &mut CapturedRecord, kind: u8, arg: u8, flags: u8, count: u16) {
         out,
         item,
         offset,
-        CaptureItem {
-            kind,
-            arg,
-            flags,
-            _pad: 0,
-            len: 0,
-            count,
-        },
+        CaptureItem::new(kind, arg, flags, 0, count),
     );
 }
 

@@ -22,21 +22,8 @@ pub enum Benchmark {
 
 pub fn run(benchmark: Benchmark) -> Result<()> {
     match benchmark {
-        Benchmark::Ringbuf => {
-            // The node-cost rows run the release daemon.
-            let tracerd = build_tracerd(true)?;
-            cmd::cargo_with_env(
-                &[
-                    "run",
-                    "--release",
-                    "--package",
-                    "tracer-tests",
-                    "--bin",
-                    "bench_ringbuf",
-                ],
-                &[("TRACERD_BIN", tracerd.as_os_str())],
-            )
-        }
+        // The node-cost rows run the release daemon.
+        Benchmark::Ringbuf => against_release_daemon("bench_ringbuf"),
         Benchmark::Otlp => cmd::cargo_with_env(
             &[
                 "run",
@@ -48,34 +35,23 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
             ],
             &[("ROTEL_AGENT", crate::setup::rotel_agent()?.as_os_str())],
         ),
-        Benchmark::Stream => {
-            let tracerd = build_tracerd(true)?;
-            cmd::cargo_with_env(
-                &[
-                    "run",
-                    "--release",
-                    "--package",
-                    "tracer-tests",
-                    "--bin",
-                    "bench_stream",
-                ],
-                &[("TRACERD_BIN", tracerd.as_os_str())],
-            )
-        }
-        Benchmark::Api => {
-            // The daemon under test is the release build.
-            let tracerd = build_tracerd(true)?;
-            cmd::cargo_with_env(
-                &[
-                    "run",
-                    "--release",
-                    "--package",
-                    "tracer-tests",
-                    "--bin",
-                    "bench_api",
-                ],
-                &[("TRACERD_BIN", tracerd.as_os_str())],
-            )
-        }
+        Benchmark::Stream => against_release_daemon("bench_stream"),
+        Benchmark::Api => against_release_daemon("bench_api"),
     }
+}
+
+/// Runs benchmark binary `bench` (release) against the release build of tracerd.
+fn against_release_daemon(bench: &str) -> Result<()> {
+    let tracerd = build_tracerd(true)?;
+    cmd::cargo_with_env(
+        &[
+            "run",
+            "--release",
+            "--package",
+            "tracer-tests",
+            "--bin",
+            bench,
+        ],
+        &[("TRACERD_BIN", tracerd.as_os_str())],
+    )
 }
