@@ -277,6 +277,7 @@ fn the_websocket_sends_state_batches_and_the_end_and_obeys_filters() {
                 frames += 1;
                 let events = frame["events"].as_array().unwrap();
                 assert!(events.len() <= 1000, "{} events in a frame", events.len());
+                assert!(frame["lag"].is_u64(), "{frame}");
                 for event in events {
                     assert_eq!(event["syscall"], "getpid", "{event}");
                     if event["pid"] == pid {

@@ -235,7 +235,7 @@ async fn events(
             Followed::Gap(gap) if follow || resuming => {
                 Some(Bytes::from(format!("{{\"gap\":{gap}}}\n")))
             }
-            Followed::Gap(_) | Followed::End => None,
+            Followed::Gap(_) | Followed::Lag(_) | Followed::End => None,
         };
         bytes.map(Ok::<_, Infallible>)
     });

@@ -3,8 +3,8 @@
 //!
 //! Server → client, JSON text frames:
 //! - first `{"type": "state", "session": {…}}` (the session resource);
-//! - `{"type": "events", "events": [ … ], "last_seq": N}` at most every 100 ms or 1,000
-//!   events;
+//! - `{"type": "events", "events": [ … ], "last_seq": N, "lag": n}` at most every 100 ms or
+//!   1,000 events (`lag`: events recorded but not yet sent to this client);
 //! - `{"type": "gap", "gap": n}` when events the client asked for were evicted;
 //! - last `{"type": "end", "reason": "…"}`, then a close.
 //!
@@ -112,6 +112,8 @@ struct Frame {
     events: Vec<u8>,
     count: usize,
     last_seq: u64,
+    /// Events recorded after the last one taken, as the follower last said.
+    lag: u64,
 }
 
 impl Frame {
@@ -138,8 +140,8 @@ impl Frame {
         }
         let events = String::from_utf8_lossy(&self.events);
         let text = format!(
-            r#"{{"type":"events","last_seq":{},"events":[{events}]}}"#,
-            self.last_seq
+            r#"{{"type":"events","last_seq":{},"lag":{},"events":[{events}]}}"#,
+            self.last_seq, self.lag
         );
         self.events.clear();
         self.count = 0;
@@ -178,6 +180,7 @@ impl Connection {
                             }
                         }
                     }
+                    Some(Followed::Lag(lag)) => frame.lag = lag,
                     Some(Followed::Gap(gap)) => {
                         if !self.flush(&mut frame).await || !self.send(json!({"type": "gap", "gap": gap})).await {
                             break None;

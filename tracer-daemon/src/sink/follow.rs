@@ -83,6 +83,9 @@ pub struct Subscription {
 pub enum Followed {
     /// Complete NDJSON lines, in `seq` order.
     Lines(Bytes),
+    /// How many events were recorded but not sent yet, after the last lines (while the
+    /// session runs).
+    Lag(u64),
     /// Events evicted by the log's size cap before they could be read.
     Gap(u64),
     /// The stream is over: the session is not running (any more).
@@ -260,6 +263,11 @@ async fn follow_live(
         if !lines.is_empty() && out.send(Followed::Lines(lines)).await.is_err() {
             return Live::ClientGone;
         }
+        let recorded = subscription.recorded.load(Ordering::Relaxed);
+        let lag = Followed::Lag(recorded.saturating_sub(*next - 1));
+        if out.send(lag).await.is_err() {
+            return Live::ClientGone;
+        }
     }
 }
 
@@ -374,6 +382,7 @@ mod tests {
                     }
                 }
                 Followed::Gap(gap) => gaps.push(gap),
+                Followed::Lag(_) => {}
                 Followed::End => ended = true,
             }
         }
