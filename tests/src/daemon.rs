@@ -48,6 +48,8 @@ pub struct Daemon {
     data_dir: PathBuf,
     log_path: PathBuf,
     agent: ureq::Agent,
+    /// The address it listens on (its port aside).
+    host: &'static str,
 }
 
 impl Daemon {
@@ -68,7 +70,21 @@ impl Daemon {
         Self::start_as(args, &[], dropped)
     }
 
+    /// [`Daemon::start`] listening on every address (`0.0.0.0`), not only loopback.
+    pub fn start_on_all_addresses(args: &[&str]) -> Self {
+        Self::start_at("0.0.0.0", args, &[], &[])
+    }
+
     fn start_as(args: &[&str], envs: &[(&str, &str)], dropped: &[&str]) -> Self {
+        Self::start_at("127.0.0.1", args, envs, dropped)
+    }
+
+    fn start_at(
+        host: &'static str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        dropped: &[&str],
+    ) -> Self {
         let port = free_port();
         let data_dir =
             std::env::temp_dir().join(format!("tracerd-test-data-{}-{port}", std::process::id()));
@@ -81,7 +97,15 @@ impl Daemon {
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
         let dropped_caps: Vec<String> = dropped.iter().map(ToString::to_string).collect();
-        let child = spawn(port, &data_dir, &args, &envs, &dropped_caps, &log_path);
+        let child = spawn(
+            host,
+            port,
+            &data_dir,
+            &args,
+            &envs,
+            &dropped_caps,
+            &log_path,
+        );
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -96,6 +120,7 @@ impl Daemon {
             data_dir,
             log_path,
             agent,
+            host,
         };
         daemon.wait_healthy(Duration::from_secs(15));
         daemon
@@ -108,6 +133,7 @@ impl Daemon {
             self.stop_with(signal, Duration::from_secs(10));
         }
         self.child = spawn(
+            self.host,
             self.port,
             &self.data_dir,
             &self.args,
@@ -325,6 +351,7 @@ impl Drop for Daemon {
 }
 
 fn spawn(
+    host: &str,
     port: u16,
     data_dir: &Path,
     args: &[String],
@@ -354,7 +381,7 @@ fn spawn(
     };
     command
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
+        .arg(format!("{host}:{port}"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)

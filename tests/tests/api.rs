@@ -633,19 +633,26 @@ fn tenants_see_and_act_on_only_their_own_sessions() {
 }
 
 #[test]
-fn without_tokens_the_daemon_refuses_to_listen_beyond_loopback() {
+fn without_tokens_a_listener_beyond_loopback_requires_the_admin_token_it_made() {
     require_root();
-    let output = std::process::Command::new(tracer_tests::daemon::binary())
-        .args(["--listen", "0.0.0.0:18999", "--data-dir"])
-        .arg(std::env::temp_dir().join(format!("tracerd-test-refuse-{}", std::process::id())))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("refusing to listen on 0.0.0.0:18999 without --tokens"),
-        "{stderr}"
+    let daemon = Daemon::start_on_all_addresses(&[]);
+    let path = daemon.data_dir().join("admin-token");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only root may read it");
+    let token = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 64);
+    assert_eq!(daemon.call("GET", "/v1/sessions", None, None).0, 401);
+    assert_eq!(
+        daemon.call("GET", "/v1/sessions", None, Some(&token)).0,
+        200
     );
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("created an admin token in {}", path.display())),
+        "{log}"
+    );
+    assert!(log.contains("bearer tokens travel in clear text"), "{log}");
 }
 
 #[test]

@@ -31,8 +31,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let auth = authentication(&config)?;
     let mut data_dir = DataDir::open(&config.data_dir)?;
+    let auth = authentication(&config, data_dir.path())?;
     let store = Store::new(
         data_dir
             .take_db()
@@ -118,17 +118,39 @@ pub async fn run(
     Ok(())
 }
 
-/// Bearer tokens from `--tokens`; without them, only a loopback address is served.
-fn authentication(config: &Config) -> anyhow::Result<Auth> {
-    match &config.tokens {
-        Some(path) => Ok(Auth::load(path)?),
-        None if !config.listen.ip().is_loopback() => bail!(
-            "refusing to listen on {} without --tokens: without bearer tokens every caller is an \
-             admin, so tracerd only listens on loopback addresses",
+/// Bearer tokens from `--tokens`. Without them a loopback listener is open (every caller is
+/// the admin), and any other listener takes the admin token kept in the data directory
+/// (made on first start): an API reachable from the network never runs without a token.
+fn authentication(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<Auth> {
+    let auth = match &config.tokens {
+        Some(path) => Auth::load(path)?,
+        None if config.listen.ip().is_loopback() => Auth::Open,
+        None => {
+            let path = data_dir.join("admin-token");
+            let (token, created) = crate::http::auth::admin_token(&path)?;
+            if created {
+                tracing::warn!(
+                    "no --tokens and listening on {}: created an admin token in {} (mode 0600); \
+                     callers send it as `Authorization: Bearer <token>`",
+                    config.listen,
+                    path.display()
+                );
+            } else {
+                tracing::info!(
+                    "no --tokens: callers need the admin token in {}",
+                    path.display()
+                );
+            }
+            Auth::admin(token)
+        }
+    };
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} without TLS: bearer tokens travel in clear text on the network",
             config.listen
-        ),
-        None => Ok(Auth::Open),
+        );
     }
+    Ok(auth)
 }
 
 /// Where sessions keep their data and send their spans.

@@ -1,6 +1,6 @@
 //! Who is calling: bearer tokens mapped to tenants (and the admin role) by a token file.
-//! Without a token file every caller is the admin of tenant `default`, and the daemon
-//! listens on loopback only (`daemon.rs` refuses any other address).
+//! Without a token file a loopback listener treats every caller as the admin of tenant
+//! `default`; any other listener requires the admin token kept in the data directory.
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use axum::{
@@ -8,6 +8,7 @@ use axum::{
     http::request::Parts,
 };
 use serde::Deserialize;
+use subtle::ConstantTimeEq as _;
 
 use super::error::ApiError;
 use crate::session::{spec::validate_tenant, Principal};
@@ -103,6 +104,15 @@ impl Auth {
         Ok(Auth::Tokens(Arc::new(tokens)))
     }
 
+    /// Only the admin, with `token`.
+    pub fn admin(token: String) -> Self {
+        let admin = Principal {
+            tenant: "admin".into(),
+            admin: true,
+        };
+        Auth::Tokens(Arc::new(HashMap::from([(token, admin)])))
+    }
+
     pub(super) fn principal(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
         match self {
             Auth::Open => Ok(Principal {
@@ -115,8 +125,16 @@ impl Auth {
                     .ok_or_else(|| {
                         ApiError::unauthorized("send `Authorization: Bearer <token>`")
                     })?;
-                tokens
-                    .get(token.trim())
+                // Every token is compared, each in constant time: how long the check takes
+                // says nothing about how close a guess came.
+                let token = token.trim().as_bytes();
+                let mut found = None;
+                for (known, principal) in tokens.iter() {
+                    if bool::from(known.as_bytes().ct_eq(token)) {
+                        found = Some(principal);
+                    }
+                }
+                found
                     .cloned()
                     .ok_or_else(|| ApiError::unauthorized("unknown token"))
             }
@@ -141,6 +159,41 @@ where
     }
 }
 
+/// The admin token kept at `path`: read, or made (random, 64 hex characters) and written with
+/// mode 0600 if there is none. Returns it and whether it was made now.
+pub fn admin_token(path: &Path) -> Result<(String, bool), TokenFileError> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().len() >= 16 => return Ok((text.trim().to_owned(), false)),
+        Ok(_) => {
+            return Err(TokenFileError::Invalid {
+                path: name,
+                message: "the admin token is shorter than 16 characters".into(),
+            })
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(TokenFileError::Read { path: name, source }),
+    }
+    // Two version-4 UUIDs: 244 random bits from the operating system's generator.
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| TokenFileError::Read {
+            path: name.clone(),
+            source,
+        })?;
+    writeln!(file, "{token}").map_err(|source| TokenFileError::Read { path: name, source })?;
+    Ok((token, true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +203,27 @@ mod tests {
             std::env::temp_dir().join(format!("tracerd-tokens-{name}-{}.toml", std::process::id()));
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn an_admin_token_is_made_once_private_and_then_kept() {
+        let path = std::env::temp_dir().join(format!("tracerd-admin-token-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let (token, created) = admin_token(&path).unwrap();
+        assert!(created);
+        assert_eq!(token.len(), 64);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(admin_token(&path).unwrap(), (token.clone(), false));
+        let auth = Auth::admin(token.clone());
+        assert!(
+            auth.principal(Some(&format!("Bearer {token}")))
+                .unwrap()
+                .admin
+        );
+        assert!(auth.principal(Some("Bearer not-the-token-at-all")).is_err());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
