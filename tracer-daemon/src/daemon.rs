@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::{
