@@ -153,6 +153,15 @@ fn authentication(config: &Config, data_dir: &std::path::Path) -> anyhow::Result
     Ok(auth)
 }
 
+/// Why PIDs read here are not the host's (a container without `--pid=host`), said once.
+fn foreign_pids() -> Option<String> {
+    let why = crate::host_view::own_pid_namespace();
+    if let Some(why) = &why {
+        tracing::warn!("{why}; until then only cgroup targets can be traced");
+    }
+    why
+}
+
 /// Where sessions keep their data and send their spans.
 fn manager_options(config: &Config, data_dir: &DataDir) -> anyhow::Result<ManagerOptions> {
     let export_default = DaemonExport {
@@ -183,6 +192,7 @@ fn manager_options(config: &Config, data_dir: &DataDir) -> anyhow::Result<Manage
             ..ExportOptions::default()
         },
         export_resource: export::resource(),
+        foreign_pids: foreign_pids(),
     })
 }
 

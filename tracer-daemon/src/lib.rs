@@ -17,6 +17,7 @@ pub mod config;
 pub mod containers;
 pub mod daemon;
 pub mod data_dir;
+pub mod host_view;
 pub mod http;
 pub mod metrics;
 pub mod record;

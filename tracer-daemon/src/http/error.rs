@@ -122,6 +122,7 @@ impl From<SessionError> for ApiError {
             SessionError::BackendUnavailable { .. } => {
                 Self::unprocessable("backend_unavailable", message)
             }
+            SessionError::ForeignPids(_) => Self::unprocessable("host_pids_unavailable", message),
             SessionError::NoCapacity => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message)
             }

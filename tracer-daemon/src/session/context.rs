@@ -33,6 +33,9 @@ pub struct ManagerOptions {
     pub export_options: ExportOptions,
     /// What every span's resource says (service, host).
     pub export_resource: opentelemetry_sdk::Resource,
+    /// Why PIDs read in this process's `/proc` are not the host's, if they are not (see
+    /// `host_view`): targets that need them are refused.
+    pub foreign_pids: Option<String>,
 }
 
 /// A running session's live view.

@@ -46,6 +46,9 @@ pub enum SessionError {
     BackendUnavailable { backend: Backend, why: String },
     #[error("all kernel session slots are in use: stop a session first")]
     NoCapacity,
+    /// The target needs the host's PIDs, which this process does not see.
+    #[error("target: {0}")]
+    ForeignPids(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the engine: {0}")]

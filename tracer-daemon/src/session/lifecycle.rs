@@ -99,7 +99,10 @@ impl SessionManager {
         self.check_backend(&spec)?;
         // The target must exist now; it is resolved again at every start.
         match &spec.target {
-            TargetKind::Launch(request) => launch::check(&self.ctx, request).await?,
+            TargetKind::Launch(request) => {
+                super::resolve::check_host_pids(&self.ctx, &spec.target)?;
+                launch::check(&self.ctx, request).await?;
+            }
             _ => {
                 let resolving = Resolving {
                     spec: &spec,

@@ -73,6 +73,7 @@ impl Resolving<'_> {
 
     /// Resolves the target now (cgroup and /proc reads run on the blocking pool).
     pub async fn resolve(&self, ctx: &Context) -> Result<Resolved, SessionError> {
+        check_host_pids(ctx, &self.spec.target)?;
         if let Some(local) = self.local() {
             return Ok(tokio::task::spawn_blocking(move || local.resolve()).await??);
         }
@@ -212,5 +213,16 @@ impl Presence {
             }
         }
         true
+    }
+}
+
+/// Refuses a target that needs the host's PIDs when this process does not see them: only a
+/// cgroup target is the same in any PID namespace.
+pub fn check_host_pids(ctx: &Context, target: &TargetKind) -> Result<(), SessionError> {
+    match &ctx.options.foreign_pids {
+        Some(why) if !matches!(target, TargetKind::Cgroup(_)) => {
+            Err(SessionError::ForeignPids(why.clone()))
+        }
+        _ => Ok(()),
     }
 }

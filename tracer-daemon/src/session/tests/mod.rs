@@ -94,6 +94,7 @@ fn options(data: &DataDir) -> ManagerOptions {
         export_default: None,
         export_options: ExportOptions::default(),
         export_resource: crate::sink::export::resource(),
+        foreign_pids: None,
     }
 }
 
@@ -392,4 +393,36 @@ async fn bad_requests_and_unavailable_parts_are_the_callers_errors_with_their_ca
         h.create(&who, container_target("web")).await,
         Err(SessionError::ContainersUnavailable(_))
     ));
+}
+
+#[tokio::test]
+async fn without_the_hosts_pids_only_cgroup_targets_are_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = DataDir::open(dir.path()).unwrap();
+    let store = Store::new(data.take_db().unwrap()).unwrap();
+    let options = ManagerOptions {
+        foreign_pids: Some("run with --pid=host".into()),
+        ..options(&data)
+    };
+    let manager = SessionManager::new(
+        Arc::new(FakeTracer::default()),
+        Arc::new(FakeRuntime::default()),
+        store,
+        options,
+    );
+    for target in [
+        serde_json::json!({"pids": [1]}),
+        serde_json::json!({"container": "web"}),
+        serde_json::json!({"launch": {"image": "busybox"}}),
+    ] {
+        let json = serde_json::json!({"target": target});
+        let request: CreateSession = serde_json::from_value(json.clone()).unwrap();
+        match manager.create(&admin(), request, json.to_string()).await {
+            Err(SessionError::ForeignPids(why)) => assert!(why.contains("--pid=host")),
+            other => panic!(
+                "{target}: expected a refusal, got {:?}",
+                other.map(|s| s.id)
+            ),
+        }
+    }
 }
