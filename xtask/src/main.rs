@@ -5,6 +5,7 @@
 //! quick when there is nothing to do, so `cargo xtask test` works on a fresh machine.
 mod bench;
 mod cmd;
+mod image;
 mod modules;
 mod setup;
 
@@ -52,6 +53,8 @@ enum Command {
     },
     /// Check tracer-daemon's module graph for cycles (at every depth) and print its size.
     Modules,
+    /// Build the container image `tracerd:<version>` (and `tracerd:latest`) on this machine.
+    Image,
 }
 
 fn main() -> Result<()> {
@@ -76,6 +79,10 @@ fn main() -> Result<()> {
         }
         Command::Fuzz { seconds } => fuzz(seconds),
         Command::Modules => modules::check(&workspace_root().join("tracer-daemon").join("src")),
+        Command::Image => {
+            setup::run()?;
+            image::build(true, env!("CARGO_PKG_VERSION"))
+        }
     }
 }
 
@@ -169,6 +176,8 @@ fn test(args: &[String]) -> Result<()> {
         .join("target")
         .join("debug")
         .join("tracerctl");
+    // The image tests run the image made from these same (debug) binaries.
+    image::build(false, "test")?;
     // Every member but tracer-ebpf, which only builds for the BPF target; the end-to-end
     // suite (`tests`) is not a default member, so it is named here.
     let mut test_args = vec![
@@ -185,6 +194,7 @@ fn test(args: &[String]) -> Result<()> {
         &[
             ("TRACERD_BIN", tracerd.as_os_str()),
             ("TRACERCTL_BIN", tracerctl.as_os_str()),
+            ("TRACERD_IMAGE", std::ffi::OsStr::new("tracerd:test")),
             ("ROTEL_AGENT", setup::rotel_agent()?.as_os_str()),
         ],
     )?;
