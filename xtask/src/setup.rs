@@ -21,6 +21,8 @@ use crate::{cmd, workspace_root};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The OTLP collector the tests run, from PyPI (a pre-release, so pinned exactly).
 const ROTEL_VERSION: &str = "0.0.1a15";
+/// Validates the Kubernetes manifests offline against the API's schemas.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// Debian packages: the Docker engine, and the test and benchmark tools.
 const DEBIAN_PACKAGES: [&str; 7] = [
     "docker.io",
@@ -46,6 +48,7 @@ pub fn run() -> Result<()> {
     step("Debian packages", ensure_debian_packages)?;
     step("Docker engine", ensure_docker)?;
     step("rotel collector", ensure_rotel)?;
+    step("kubernetes-validate", ensure_kubernetes_validate)?;
     println!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -236,6 +239,26 @@ fn ensure_rotel() -> Result<String> {
     if let Ok(agent) = rotel_agent() {
         return Ok(format!("present ({})", agent.display()));
     }
+    pip_install(&format!("rotel=={ROTEL_VERSION}"))?;
+    let agent = rotel_agent()?;
+    Ok(format!("installed ({})", agent.display()))
+}
+
+fn ensure_kubernetes_validate() -> Result<String> {
+    let version = || cmd::output("python3", &["-m", "kubernetes_validate", "--version"]);
+    if version().as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
+        return Ok("present".into());
+    }
+    pip_install(&format!(
+        "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+    ))?;
+    match version() {
+        Some(version) => Ok(format!("installed {version}")),
+        None => bail!("kubernetes-validate does not run after pip installed it"),
+    }
+}
+
+fn pip_install(requirement: &str) -> Result<()> {
     let log = log_file("pip.log")?;
     run_logged(
         Command::new("python3")
@@ -246,11 +269,9 @@ fn ensure_rotel() -> Result<String> {
                 "--disable-pip-version-check",
                 "--root-user-action=ignore",
             ])
-            .arg(format!("rotel=={ROTEL_VERSION}")),
+            .arg(requirement),
         &log,
-    )?;
-    let agent = rotel_agent()?;
-    Ok(format!("installed ({})", agent.display()))
+    )
 }
 
 /// The `rotel-agent` binary shipped inside the `rotel` Python package.
