@@ -629,7 +629,41 @@ fn tenants_see_and_act_on_only_their_own_sessions() {
             .0,
         200
     );
+    // Metrics and the node's tally cover every tenant: the admin's only.
+    for path in ["/metrics", "/v1/tally"] {
+        let (status, body) = daemon.call("GET", path, None, a);
+        assert_eq!(
+            (status, &body["error"]),
+            (403, &json!("forbidden")),
+            "{path}: {body}"
+        );
+        assert_eq!(daemon.call("GET", path, None, admin).0, 200, "{path}");
+        assert_eq!(daemon.call("GET", path, None, None).0, 401, "{path}");
+    }
     std::fs::remove_file(tokens).unwrap();
+}
+
+#[test]
+fn metrics_listen_serves_prometheus_without_a_token() {
+    require_root();
+    let daemon = Daemon::start_on_all_addresses(&["--metrics-listen", "127.0.0.1:0"]);
+    let log = daemon.log();
+    let address = log
+        .lines()
+        .find(|line| line.contains("serving /metrics without a token"))
+        .and_then(|line| line.rsplit("listen=").next())
+        .unwrap_or_else(|| panic!("no metrics listener in the log:\n{log}"))
+        .trim()
+        .to_owned();
+    let text = ureq::get(&format!("http://{address}/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(text.contains("tracerd_programs_attached"), "{text}");
+    // The API itself wants the token for them.
+    assert_eq!(daemon.call("GET", "/metrics", None, None).0, 401);
 }
 
 #[test]

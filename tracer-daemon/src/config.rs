@@ -12,6 +12,11 @@ pub struct Config {
     #[arg(long, env = "TRACERD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Also serve `/metrics` (and `/healthz`) here without a token, for Prometheus: keep it
+    /// on loopback or a cluster-internal address. On the API, `/metrics` is for the admin.
+    #[arg(long, env = "TRACERD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Directory for the SQLite database and recorded events. Created if missing; one daemon
     /// at a time may use it.
     #[arg(long, env = "TRACERD_DATA_DIR", default_value = "/var/lib/tracerd")]

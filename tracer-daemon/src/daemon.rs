@@ -71,6 +71,19 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the API to {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "tracerd is serving");
+    let metrics_server = match config.metrics_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the metrics listener to {address}"))?;
+            tracing::info!(listen = %listener.local_addr()?, "serving /metrics without a token");
+            let router = http::metrics_router(state.clone());
+            Some(tokio::spawn(
+                async move { axum::serve(listener, router).await },
+            ))
+        }
+        None => None,
+    };
     // The router owns its state; once serving ends, the engine and manager are ours alone.
     let serve = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown);
     let server = tokio::spawn(async move { serve.await });
@@ -90,6 +103,11 @@ pub async fn run(
         .await
         .context("the API server task")?
         .context("serving the API")?;
+    if let Some(metrics_server) = metrics_server {
+        // It holds a copy of the state: it must end before the engine is released.
+        metrics_server.abort();
+        let _ = metrics_server.await;
+    }
 
     for task in [Some(persister), Some(follower), logger]
         .into_iter()

@@ -24,7 +24,7 @@ use self::{auth::Auth, error::ApiError};
 use crate::{
     backend::{Engine, SessionHandle},
     metrics,
-    session::SessionManager,
+    session::{Principal, SessionManager},
     sync::lock,
     tally::CgroupTally,
 };
@@ -80,7 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stream::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(prometheus))
+        .route("/metrics", get(prometheus_for_admin))
         .route("/openapi.json", get(openapi_json))
         .route("/v1/tally", get(tally))
         .route("/v1/containers", get(containers))
@@ -133,6 +133,36 @@ async fn openapi_json() -> impl IntoResponse {
     Json(openapi())
 }
 
+/// `/metrics` on the API: every tenant's session ids and counters, so for the admin only (or
+/// on the `--metrics-listen` address, which [`metrics_router`] serves without a token).
+async fn prometheus_for_admin(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(
+        &principal,
+        "metrics cover every tenant: they are for the admin (or scrape --metrics-listen)",
+    )?;
+    prometheus(State(state)).await
+}
+
+fn require_admin(principal: &Principal, why: &str) -> Result<(), ApiError> {
+    if principal.admin {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", why))
+    }
+}
+
+/// What `--metrics-listen` serves: `/metrics` (and `/healthz`), without a token.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(prometheus))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
 async fn prometheus(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let text = metrics::render(&state.manager, &state.engine)
         .await
@@ -164,7 +194,14 @@ async fn containers(
 
 /// What the start-up session has received, per cgroup and syscall, with its counters and
 /// the kernel's totals.
-async fn tally(State(state): State<AppState>) -> Json<Value> {
+async fn tally(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(
+        &principal,
+        "the node's tally covers every cgroup: it is for the admin",
+    )?;
     // Kernel maps and tracefs files are read on the blocking pool.
     let (engine, session) = (state.engine.clone(), state.startup_session.clone());
     let (counters, kernel) = tokio::task::spawn_blocking(move || {
@@ -174,5 +211,7 @@ async fn tally(State(state): State<AppState>) -> Json<Value> {
     .await
     .unwrap_or_default();
     let cgroups = lock(&state.tally).snapshot();
-    Json(json!({ "cgroups": cgroups, "counters": counters, "kernel": kernel }))
+    Ok(Json(
+        json!({ "cgroups": cgroups, "counters": counters, "kernel": kernel }),
+    ))
 }
