@@ -67,26 +67,7 @@ pub async fn run(
         tally: tally.clone(),
         startup_session: startup_session.clone(),
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the API to {}", config.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, "tracerd is serving");
-    let metrics_server = match config.metrics_listen {
-        Some(address) => {
-            let listener = TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding the metrics listener to {address}"))?;
-            tracing::info!(listen = %listener.local_addr()?, "serving /metrics without a token");
-            let router = http::metrics_router(state.clone());
-            Some(tokio::spawn(
-                async move { axum::serve(listener, router).await },
-            ))
-        }
-        None => None,
-    };
-    // The router owns its state; once serving ends, the engine and manager are ours alone.
-    let serve = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown);
-    let server = tokio::spawn(async move { serve.await });
+    let servers = Servers::start(&config, state, shutdown).await?;
 
     // Serving already, so /readyz can say recovery is under way.
     let (resumed, failed) = manager.recover().await?;
@@ -99,15 +80,7 @@ pub async fn run(
     let follower = tokio::spawn(follow_containers(manager.clone()));
     let persister = tokio::spawn(persist_counters(manager.clone()));
 
-    server
-        .await
-        .context("the API server task")?
-        .context("serving the API")?;
-    if let Some(metrics_server) = metrics_server {
-        // It holds a copy of the state: it must end before the engine is released.
-        metrics_server.abort();
-        let _ = metrics_server.await;
-    }
+    servers.wait().await?;
 
     for task in [Some(persister), Some(follower), logger]
         .into_iter()
@@ -169,6 +142,59 @@ fn authentication(config: &Config, data_dir: &std::path::Path) -> anyhow::Result
         );
     }
     Ok(auth)
+}
+
+/// The API server, and the metrics one of `--metrics-listen`.
+struct Servers {
+    api: tokio::task::JoinHandle<std::io::Result<()>>,
+    metrics: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Servers {
+    /// Binds and serves; the API until `shutdown` completes.
+    async fn start(
+        config: &Config,
+        state: AppState,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the API to {}", config.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, "tracerd is serving");
+        let metrics = match config.metrics_listen {
+            Some(address) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding the metrics listener to {address}"))?;
+                tracing::info!(listen = %listener.local_addr()?, "serving /metrics without a token");
+                let router = http::metrics_router(state.clone());
+                Some(tokio::spawn(
+                    async move { axum::serve(listener, router).await },
+                ))
+            }
+            None => None,
+        };
+        // The routers own their state; once serving ends, the engine and manager are ours.
+        let serve = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown);
+        Ok(Self {
+            api: tokio::spawn(async move { serve.await }),
+            metrics,
+        })
+    }
+
+    /// Waits for the API to stop serving, then stops the metrics server (it holds a copy of
+    /// the state, which must be gone before the engine is released).
+    async fn wait(self) -> anyhow::Result<()> {
+        self.api
+            .await
+            .context("the API server task")?
+            .context("serving the API")?;
+        if let Some(metrics) = self.metrics {
+            metrics.abort();
+            let _ = metrics.await;
+        }
+        Ok(())
+    }
 }
 
 /// Why PIDs read here are not the host's (a container without `--pid=host`), said once.
