@@ -877,3 +877,54 @@ fn lists_page_through_sessions_oldest_first() {
     }
     assert_eq!(seen, ids, "every session once, in creation order");
 }
+
+#[test]
+fn the_api_listens_on_a_unix_socket_with_its_mode_and_removes_it_at_exit() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("tracerd-test-unix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let socket = dir.join("run/tracerd.sock");
+    let mut daemon = std::process::Command::new(tracer_tests::daemon::binary())
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .args(["--listen-mode", "600", "--data-dir"])
+        .arg(dir.join("data"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let curl = |path: &str| {
+        let output = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(&socket)
+            .arg(format!("http://tracerd{path}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while curl("/healthz") != "200" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer on {}",
+            socket.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Local only: no token needed, as on loopback.
+    assert_eq!(curl("/v1/sessions"), "200");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    assert!(!socket.exists(), "the socket is removed at exit");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,9 +8,19 @@ use std::{net::SocketAddr, path::PathBuf};
     about = "Per-node syscall tracing daemon for containers"
 )]
 pub struct Config {
-    /// Address and port the REST API listens on.
+    /// Where the REST API listens: ADDRESS:PORT, or unix:/PATH for a unix socket (local
+    /// clients; its mode and group say who may connect).
     #[arg(long, env = "TRACERD_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub listen: crate::listen::Listen,
+
+    /// The unix socket's file mode (octal).
+    #[arg(long, env = "TRACERD_LISTEN_MODE", default_value = "660",
+          value_parser = crate::listen::parse_mode)]
+    pub listen_mode: u32,
+
+    /// The unix socket's group (a name): its members may use the API.
+    #[arg(long, env = "TRACERD_LISTEN_GROUP")]
+    pub listen_group: Option<String>,
 
     /// Also serve `/metrics` (and `/healthz`) here without a token, for Prometheus: keep it
     /// on loopback or a cluster-internal address. On the API, `/metrics` is for the admin.
@@ -245,7 +255,7 @@ mod tests {
     #[test]
     fn defaults_listen_on_loopback_8080() {
         let config = Config::try_parse_from(["tracerd"]).unwrap();
-        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/tracerd"));
     }
 

@@ -16,6 +16,7 @@ use crate::{
     containers::docker::DockerClient,
     data_dir::DataDir,
     http::{self, auth::Auth, AppState},
+    listen::Listen,
     record::TraceFilter,
     session::{follow_containers, store::Store, ManagerOptions, SessionManager},
     sink::export::{self, DaemonExport, ExportOptions},
@@ -115,7 +116,7 @@ pub async fn run(
 fn authentication(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<Auth> {
     let auth = match &config.tokens {
         Some(path) => Auth::load(path)?,
-        None if config.listen.ip().is_loopback() => Auth::Open,
+        None if config.listen.is_local() => Auth::Open,
         None => {
             let path = data_dir.join("admin-token");
             let (token, created) = crate::http::auth::admin_token(&path)?;
@@ -135,7 +136,7 @@ fn authentication(config: &Config, data_dir: &std::path::Path) -> anyhow::Result
             Auth::admin(token)
         }
     };
-    if !config.listen.ip().is_loopback() {
+    if !config.listen.is_local() {
         tracing::warn!(
             "listening on {} without TLS: bearer tokens travel in clear text on the network",
             config.listen
@@ -157,10 +158,6 @@ impl Servers {
         state: AppState,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding the API to {}", config.listen))?;
-        tracing::info!(listen = %listener.local_addr()?, "tracerd is serving");
         let metrics = match config.metrics_listen {
             Some(address) => {
                 let listener = TcpListener::bind(address)
@@ -175,11 +172,29 @@ impl Servers {
             None => None,
         };
         // The routers own their state; once serving ends, the engine and manager are ours.
-        let serve = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown);
-        Ok(Self {
-            api: tokio::spawn(async move { serve.await }),
-            metrics,
-        })
+        let router = http::router(state);
+        let api = match &config.listen {
+            Listen::Tcp(address) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding the API to {address}"))?;
+                tracing::info!(listen = %listener.local_addr()?, "tracerd is serving");
+                let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+                tokio::spawn(async move { serve.await })
+            }
+            Listen::Unix(path) => {
+                let listener = bind_unix(path, config.listen_mode, config.listen_group.as_deref())?;
+                tracing::info!(listen = %config.listen, "tracerd is serving");
+                let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+                let path = path.clone();
+                tokio::spawn(async move {
+                    let served = serve.await;
+                    let _ = std::fs::remove_file(&path);
+                    served
+                })
+            }
+        };
+        Ok(Self { api, metrics })
     }
 
     /// Waits for the API to stop serving, then stops the metrics server (it holds a copy of
@@ -195,6 +210,34 @@ impl Servers {
         }
         Ok(())
     }
+}
+
+/// Binds the API's unix socket at `path` (replacing a stale one) with `mode` and `group`.
+fn bind_unix(
+    path: &std::path::Path,
+    mode: u32,
+    group: Option<&str>,
+) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("making {}", parent.display()))?;
+    }
+    // A socket file left by a daemon that died: nobody answers on it.
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the API to unix:{}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    if let Some(name) = group {
+        let group = nix::unistd::Group::from_name(name)
+            .with_context(|| format!("looking up group {name}"))?
+            .with_context(|| format!("no group named {name}"))?;
+        nix::unistd::chown(path, None, Some(group.gid))
+            .with_context(|| format!("giving {} to group {name}", path.display()))?;
+    }
+    Ok(listener)
 }
 
 /// Why PIDs read here are not the host's (a container without `--pid=host`), said once.

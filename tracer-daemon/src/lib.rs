@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod data_dir;
 pub mod host_view;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod record;
 pub mod session;

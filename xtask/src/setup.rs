@@ -24,7 +24,7 @@ const ROTEL_VERSION: &str = "0.0.1a15";
 /// Validates the Kubernetes manifests offline against the API's schemas.
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// Debian packages: the Docker engine, and the test and benchmark tools.
-const DEBIAN_PACKAGES: [&str; 7] = [
+const DEBIAN_PACKAGES: [&str; 8] = [
     "docker.io",
     "busybox-static",
     "strace",
@@ -33,6 +33,8 @@ const DEBIAN_PACKAGES: [&str; 7] = [
     "gcc",
     // tracerctl is tested through a real terminal.
     "tmux",
+    // A client for the API's unix socket in the tests.
+    "curl",
 ];
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
