@@ -22,6 +22,18 @@ pub struct Config {
     #[arg(long, env = "TRACERD_LISTEN_GROUP")]
     pub listen_group: Option<String>,
 
+    /// Serve the API over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "TRACERD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "TRACERD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Accept only TLS clients with a certificate this CA (PEM) signed (mutual TLS).
+    #[arg(long, env = "TRACERD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Also serve `/metrics` (and `/healthz`) here without a token, for Prometheus: keep it
     /// on loopback or a cluster-internal address. On the API, `/metrics` is for the admin.
     #[arg(long, env = "TRACERD_METRICS_LISTEN")]

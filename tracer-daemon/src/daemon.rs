@@ -136,7 +136,7 @@ fn authentication(config: &Config, data_dir: &std::path::Path) -> anyhow::Result
             Auth::admin(token)
         }
     };
-    if !config.listen.is_local() {
+    if !config.listen.is_local() && config.tls_cert.is_none() {
         tracing::warn!(
             "listening on {} without TLS: bearer tokens travel in clear text on the network",
             config.listen
@@ -178,9 +178,21 @@ impl Servers {
                 let listener = TcpListener::bind(address)
                     .await
                     .with_context(|| format!("binding the API to {address}"))?;
-                tracing::info!(listen = %listener.local_addr()?, "tracerd is serving");
-                let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown);
-                tokio::spawn(async move { serve.await })
+                let local = listener.local_addr()?;
+                match (&config.tls_cert, &config.tls_key) {
+                    (Some(cert), Some(key)) => {
+                        let tls =
+                            http::tls::server_config(cert, key, config.tls_client_ca.as_deref())?;
+                        let mutual = config.tls_client_ca.is_some();
+                        tracing::info!(listen = %local, tls = true, mutual, "tracerd is serving");
+                        tokio::spawn(http::tls::serve(listener, tls, router, shutdown))
+                    }
+                    _ => {
+                        tracing::info!(listen = %local, "tracerd is serving");
+                        let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+                        tokio::spawn(async move { serve.await })
+                    }
+                }
             }
             Listen::Unix(path) => {
                 let listener = bind_unix(path, config.listen_mode, config.listen_group.as_deref())?;

@@ -5,32 +5,35 @@ use std::io::{BufRead, BufReader};
 use anyhow::{anyhow, Context as _, Result};
 use serde_json::Value;
 
+#[derive(Clone)]
 pub struct Client {
     server: String,
     token: Option<String>,
     agent: ureq::Agent,
 }
 
+/// PEM files for an `https://` server: the CA to trust (else the public roots), and a client
+/// certificate and key for mutual TLS.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
 impl Client {
-    pub fn new(server: &str, token: Option<String>) -> Self {
+    pub fn new(server: &str, token: Option<String>, tls: &TlsFiles) -> Result<Self> {
         let agent = ureq::Agent::config_builder()
             // API errors are answers to read, not transport failures.
             .http_status_as_error(false)
+            .tls_config(tls_config(tls)?)
             .build()
             .new_agent();
-        Self {
+        Ok(Self {
             server: server.trim_end_matches('/').to_owned(),
             token,
             agent,
-        }
-    }
-
-    pub fn server(&self) -> &str {
-        &self.server
-    }
-
-    pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+        })
     }
 
     fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
@@ -106,6 +109,44 @@ impl Client {
         }
         Ok(())
     }
+}
+
+fn tls_config(files: &TlsFiles) -> Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{parse_pem, ClientCert, PemItem, RootCerts, TlsConfig};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let mut config = TlsConfig::builder();
+    if let Some(ca) = &files.ca {
+        let pem = read(ca)?;
+        let certs: Vec<_> = parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(PemItem::Certificate(cert)) => Some(cert),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(anyhow!("{}: no certificate in it", ca.display()));
+        }
+        config = config.root_certs(RootCerts::new_with_certs(&certs));
+    }
+    match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => {
+            let pem = read(cert)?;
+            let chain: Vec<_> = parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(cert)) => Some(cert),
+                    _ => None,
+                })
+                .collect();
+            let key = ureq::tls::PrivateKey::from_pem(&read(key)?)
+                .map_err(|err| anyhow!("{}: {err}", key.display()))?;
+            config = config.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        (None, None) => {}
+        _ => return Err(anyhow!("--cert and --key go together")),
+    }
+    Ok(config.build())
 }
 
 /// An API error as one sentence: tracerd's `message`, else the body.

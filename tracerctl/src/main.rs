@@ -38,6 +38,15 @@ struct Cli {
     /// A bearer token, when tracerd has tokens.
     #[arg(long, env = "TRACERD_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// For an https:// server: the CA that signed its certificate (PEM; else the public roots).
+    #[arg(long, env = "TRACERD_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// A client certificate (PEM), for a server that asks for one (mutual TLS).
+    #[arg(long, env = "TRACERD_CERT", global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "TRACERD_KEY", global = true)]
+    key: Option<std::path::PathBuf>,
     /// How to print: `strace` lines and tables for people, `json` for tools.
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -116,7 +125,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<i32> {
-    let client = Client::new(&cli.server, cli.token.clone());
+    let tls = client::TlsFiles {
+        ca: cli.cacert.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
+    let client = Client::new(&cli.server, cli.token.clone(), &tls)?;
     match &cli.command {
         Command::Trace(args) => return trace::run(&client, args, cli.output),
         Command::Sessions(command) => sessions(&client, command, cli.output)?,

@@ -135,7 +135,7 @@ fn trace(client: &Client, id: &str, args: &TraceArgs, output: Output) -> Result<
     })
     .context("handling Ctrl-C")?;
     let follower = {
-        let client = Client::new(client.server(), client.token().map(str::to_owned));
+        let client = client.clone();
         let path = format!("/v1/sessions/{id}/events?follow=true");
         let summary_only = args.summary;
         std::thread::spawn(move || {

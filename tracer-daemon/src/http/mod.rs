@@ -4,6 +4,7 @@ pub mod error;
 mod event_query;
 mod sessions;
 mod stream;
+pub mod tls;
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
