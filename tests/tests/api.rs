@@ -922,6 +922,47 @@ fn the_api_listens_on_a_unix_socket_with_its_mode_and_removes_it_at_exit() {
     assert_eq!(mode & 0o777, 0o600);
     // Local only: no token needed, as on loopback.
     assert_eq!(curl("/v1/sessions"), "200");
+    // tracerctl speaks it too: a session's events, followed until it stops.
+    let server = format!("unix:{}", socket.display());
+    let ctl = |args: &[&str]| {
+        let output = std::process::Command::new(tracer_tests::daemon::tracerctl())
+            .args(["--server", &server])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "tracerctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(ctl(&["status"]).contains("status: ok"));
+    let cgroup = TestCgroup::create("unix-socket");
+    let request = json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]}).to_string();
+    let created: Value =
+        serde_json::from_str(&ctl(&["-o", "json", "sessions", "create", &request])).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    ctl(&["sessions", "start", &id]);
+    let follower = {
+        let (server, id) = (server.clone(), id.clone());
+        std::thread::spawn(move || {
+            std::process::Command::new(tracer_tests::daemon::tracerctl())
+                .args(["--server", &server, "-o", "json", "events", &id, "-f"])
+                .output()
+                .unwrap()
+        })
+    };
+    let (pid, status) = tracer_tests::workload::run_in(&cgroup, &["getppid", "200"]);
+    assert!(status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    ctl(&["sessions", "stop", &id]);
+    let followed = follower.join().unwrap();
+    let events = String::from_utf8_lossy(&followed.stdout)
+        .lines()
+        .filter(|line| line.contains(&format!("\"pid\":{pid},")))
+        .count();
+    assert_eq!(events, 200, "{}", String::from_utf8_lossy(&followed.stderr));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     assert!(daemon.wait().unwrap().success());

@@ -1,6 +1,9 @@
 //! The tracerd API as the CLI uses it: JSON requests, and followed NDJSON streams. Every
 //! failure becomes one readable sentence (the daemon's own message for an API error).
-use std::io::{BufRead, BufReader};
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+};
 
 use anyhow::{anyhow, Context as _, Result};
 use serde_json::Value;
@@ -10,6 +13,8 @@ pub struct Client {
     server: String,
     token: Option<String>,
     agent: ureq::Agent,
+    /// `--server unix:/PATH`: the API's unix socket.
+    socket: Option<PathBuf>,
 }
 
 /// PEM files for an `https://` server: the CA to trust (else the public roots), and a client
@@ -30,35 +35,51 @@ impl Client {
             .build()
             .new_agent();
         Ok(Self {
+            socket: server.strip_prefix("unix:").map(PathBuf::from),
             server: server.trim_end_matches('/').to_owned(),
             token,
             agent,
         })
     }
 
-    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+    /// Sends `method path` (with a JSON body) and returns the status and the body's reader.
+    fn open(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Box<dyn Read + Send>)> {
+        let mut headers = Vec::new();
+        if let Some(token) = &self.token {
+            headers.push(("Authorization", format!("Bearer {token}")));
+        }
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json".to_owned()));
+        }
+        let body = body.map_or_else(String::new, Value::to_string);
+        if let Some(socket) = &self.socket {
+            return crate::unix::exchange(socket, method, path, &headers, &body);
+        }
         let mut request = ureq::http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.server));
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
-        let body = match body {
-            Some(body) => {
-                request = request.header("Content-Type", "application/json");
-                body.to_string()
-            }
-            None => String::new(),
-        };
         let request = request.body(body).context("building the request")?;
-        let mut response = self
+        let response = self
             .agent
             .run(request)
             .map_err(|err| anyhow!("cannot reach tracerd at {}: {err}", self.server))?;
         let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .read_to_string()
+        Ok((status, Box::new(response.into_body().into_reader())))
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+        let (status, mut reader) = self.open(method, path, body)?;
+        let mut text = String::new();
+        reader
+            .read_to_string(&mut text)
             .context("reading tracerd's answer")?;
         Ok((status, text))
     }
@@ -83,19 +104,13 @@ impl Client {
     /// Calls `each` with every line of the NDJSON answer of `GET path`, as it arrives, until
     /// the stream ends or `each` returns false.
     pub fn lines(&self, path: &str, mut each: impl FnMut(Value) -> bool) -> Result<()> {
-        let mut request = self.agent.get(format!("{}{path}", self.server));
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let response = request
-            .call()
-            .map_err(|err| anyhow!("cannot reach tracerd at {}: {err}", self.server))?;
-        let status = response.status().as_u16();
+        let (status, mut body) = self.open("GET", path, None)?;
         if status != 200 {
-            let text = response.into_body().read_to_string().unwrap_or_default();
+            let mut text = String::new();
+            let _ = body.read_to_string(&mut text);
             return Err(api_error(status, &text));
         }
-        let reader = BufReader::new(response.into_body().into_reader());
+        let reader = BufReader::new(body);
         for line in reader.lines() {
             let line = line.context("reading the event stream")?;
             if line.is_empty() {

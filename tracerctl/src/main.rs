@@ -4,6 +4,7 @@ mod client;
 mod render;
 mod summary;
 mod trace;
+mod unix;
 
 use std::process::ExitCode;
 
