@@ -887,7 +887,13 @@ fn the_api_listens_on_a_unix_socket_with_its_mode_and_removes_it_at_exit() {
     let mut daemon = std::process::Command::new(tracer_tests::daemon::binary())
         .arg("--listen")
         .arg(format!("unix:{}", socket.display()))
-        .args(["--listen-mode", "600", "--data-dir"])
+        .args([
+            "--listen-mode",
+            "600",
+            "--listen-group",
+            "root",
+            "--data-dir",
+        ])
         .arg(dir.join("data"))
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -920,6 +926,12 @@ fn the_api_listens_on_a_unix_socket_with_its_mode_and_removes_it_at_exit() {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().gid(),
+        0,
+        "the group asked for"
+    );
     // Local only: no token needed, as on loopback.
     assert_eq!(curl("/v1/sessions"), "200");
     // tracerctl speaks it too: a session's events, followed until it stops.

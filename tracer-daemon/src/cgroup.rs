@@ -12,7 +12,10 @@ use std::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo)")]
+    #[error(
+        "no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo; in a container, \
+         add -v /sys/fs/cgroup:/sys/fs/cgroup)"
+    )]
     NoCgroup2Mount,
     #[error("reading {path}: {source}")]
     Io {

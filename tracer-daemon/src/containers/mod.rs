@@ -89,7 +89,10 @@ pub struct LaunchRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     /// The engine cannot be reached, or failed on its side: try again later.
-    #[error("the Docker engine at {socket} cannot be reached: {message}")]
+    #[error(
+        "the Docker engine at {socket} cannot be reached: {message} (in a container, add \
+         -v /var/run/docker.sock:/var/run/docker.sock)"
+    )]
     Unavailable { socket: String, message: String },
     /// The engine refused the request as given (a bad image reference, say): the caller's
     /// to fix.

@@ -225,7 +225,10 @@ static NONE: OnceLock<Signatures> = OnceLock::new();
 pub fn load_once(root: impl FnOnce() -> Option<PathBuf>) -> &'static Signatures {
     LOADED.get_or_init(|| {
         let Some(root) = root() else {
-            tracing::warn!("tracefs is not mounted: syscall arguments are shown as registers");
+            tracing::warn!(
+                "tracefs is not mounted: syscall arguments are shown as registers (in a \
+                 container, add -v /sys/kernel/tracing:/sys/kernel/tracing)"
+            );
             return Signatures::default();
         };
         match Signatures::from_tracefs(&root) {

@@ -14,7 +14,8 @@ pub const INSTANCE_PREFIX: &str = "tracerd-";
 pub enum TracefsError {
     #[error(
         "tracefs is not mounted (looked in /proc/self/mountinfo, /sys/kernel/tracing and \
-         /sys/kernel/debug/tracing); mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
+         /sys/kernel/debug/tracing); mount it with `mount -t tracefs nodev /sys/kernel/tracing` \
+         (in a container, add -v /sys/kernel/tracing:/sys/kernel/tracing)"
     )]
     NotMounted,
     #[error("{action} {path}: {source}")]
