@@ -338,3 +338,40 @@ fn tokens_file() -> String {
     .unwrap();
     path.display().to_string()
 }
+
+#[test]
+fn a_daemon_with_followers_connected_still_stops_promptly() {
+    require_root();
+    let mut daemon = Daemon::start(&[]);
+    let cgroup = TestCgroup::create("shutdown-followers");
+    let id = session_on(&daemon, &cgroup);
+    let follower = {
+        let lines = open_lines(&daemon, &format!("/v1/sessions/{id}/events?follow=true"));
+        std::thread::spawn(move || lines.count())
+    };
+    let url = daemon
+        .url(&format!("/v1/sessions/{id}/stream"))
+        .replace("http://", "ws://");
+    let (mut socket, _) = tungstenite::connect(url).expect("a WebSocket");
+    assert!(workload::run_in(&cgroup, &["getppid", "100"]).1.success());
+    daemon.wait_for_session(&id, None, "100 events", |s| {
+        s["counters"]["delivered"].as_u64() >= Some(100)
+    });
+    // SIGTERM: both streams end, and the daemon exits well within its 10 s.
+    let status = daemon.stop_with(libc::SIGTERM, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(follower.join().unwrap() >= 100);
+    let end = loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == "end" {
+                    break frame;
+                }
+            }
+            Ok(_) => {}
+            Err(err) => panic!("the WebSocket ended without its end frame: {err}"),
+        }
+    };
+    assert_eq!(end["reason"], "the session is not running");
+}

@@ -68,6 +68,13 @@ pub async fn run(
         tally: tally.clone(),
         startup_session: startup_session.clone(),
     };
+    // When the signal comes, live followers end their streams first: the server's graceful
+    // shutdown waits for responses in flight, and a followed stream would never end.
+    let followers = manager.followers().clone();
+    let shutdown = async move {
+        shutdown.await;
+        followers.close();
+    };
     let servers = Servers::start(&config, state, shutdown).await?;
 
     // Serving already, so /readyz can say recovery is under way.
@@ -233,8 +240,16 @@ fn bind_unix(
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("making {}", parent.display()))?;
     }
-    // A socket file left by a daemon that died: nobody answers on it.
-    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+    // A socket left by a daemon that died (nobody answers on it) is replaced; anything else
+    // at the path is not ours to remove.
+    if let Ok(existing) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt as _;
+        if !existing.file_type().is_socket() {
+            anyhow::bail!("{} exists and is not a socket", path.display());
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("{} is in use: another tracerd serves on it", path.display());
+        }
         std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
     }
     let listener = tokio::net::UnixListener::bind(path)

@@ -112,12 +112,21 @@ enum Happened {
 
 /// Runs a trace; returns the exit code (a launched container's own).
 pub fn run(client: &Client, args: &TraceArgs, output: Output) -> Result<i32> {
+    // Ctrl-C is handled before there is a session to leave behind.
+    let (happened, events) = mpsc::channel();
+    let interrupted = happened.clone();
+    ctrlc::set_handler(move || {
+        let _ = interrupted.send(Happened::Interrupted);
+    })
+    .context("handling Ctrl-C")?;
     let session = client.call("POST", "/v1/sessions", Some(&args.request()?))?;
     let id = session["id"]
         .as_str()
         .context("tracerd gave the session no id")?
         .to_owned();
-    let result = trace(client, &id, args, output);
+    let result = trace(client, &id, args, output, (happened, events));
+    // However the trace ended (Ctrl-C, a closed pipe, an error), the session stops recording.
+    let _ = client.call("POST", &format!("/v1/sessions/{id}/stop"), None);
     if args.keep {
         eprintln!("tracerctl: session {id} kept");
     } else if let Err(err) = client.call("DELETE", &format!("/v1/sessions/{id}"), None) {
@@ -126,14 +135,14 @@ pub fn run(client: &Client, args: &TraceArgs, output: Output) -> Result<i32> {
     result
 }
 
-fn trace(client: &Client, id: &str, args: &TraceArgs, output: Output) -> Result<i32> {
+fn trace(
+    client: &Client,
+    id: &str,
+    args: &TraceArgs,
+    output: Output,
+    (happened, events): (mpsc::Sender<Happened>, mpsc::Receiver<Happened>),
+) -> Result<i32> {
     client.call("POST", &format!("/v1/sessions/{id}/start"), None)?;
-    let (happened, events) = mpsc::channel();
-    let interrupted = happened.clone();
-    ctrlc::set_handler(move || {
-        let _ = interrupted.send(Happened::Interrupted);
-    })
-    .context("handling Ctrl-C")?;
     let follower = {
         let client = client.clone();
         let path = format!("/v1/sessions/{id}/events?follow=true");

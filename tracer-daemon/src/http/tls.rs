@@ -20,6 +20,9 @@ use rustls::{
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The server's TLS configuration from PEM files.
 pub fn server_config(
     cert: &Path,
@@ -76,8 +79,10 @@ pub async fn serve(
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
+                // Out of file descriptors, say: wait a little instead of spinning.
                 Err(err) => {
                     tracing::warn!(%err, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     continue;
                 }
             },
@@ -87,11 +92,17 @@ pub async fn serve(
         };
         let (acceptor, router) = (acceptor.clone(), router.clone());
         connections.spawn(async move {
-            let stream = match acceptor.accept(stream).await {
-                Ok(stream) => stream,
+            // A client that never finishes its handshake does not keep its connection.
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
                 // A client that does not speak TLS, or has no acceptable certificate.
-                Err(err) => {
+                Ok(Err(err)) => {
                     tracing::debug!(%peer, %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };

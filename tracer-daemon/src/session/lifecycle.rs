@@ -190,7 +190,7 @@ impl SessionManager {
 
     /// The directory of a session's event log, if `principal` may read it.
     /// Every follower of every session, for `/metrics`.
-    pub fn followers(&self) -> &Followers {
+    pub fn followers(&self) -> &Arc<Followers> {
         &self.ctx.followers
     }
 

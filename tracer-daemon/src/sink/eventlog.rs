@@ -305,15 +305,28 @@ pub fn read_events(
 ) -> io::Result<ReadPosition> {
     let after = filter.after_seq.unwrap_or(0);
     let mut position = ReadPosition {
-        next_seq: after + 1,
+        next_seq: after.saturating_add(1),
         gap: 0,
     };
-    for segment in segment_files(dir)? {
-        if let Some(events) = segment.events {
-            if segment.first_seq + events <= position.next_seq {
+    for listed in segment_files(dir)? {
+        if let Some(events) = listed.events {
+            if listed.first_seq + events <= position.next_seq {
                 continue;
             }
         }
+        // The writer may have closed (renamed) the segment since it was listed: find it again
+        // by its first seq. Gone altogether, it was evicted.
+        let segment = if listed.path.exists() {
+            listed
+        } else {
+            match segment_files(dir)?
+                .into_iter()
+                .find(|again| again.first_seq == listed.first_seq)
+            {
+                Some(again) => again,
+                None => continue,
+            }
+        };
         if segment.first_seq > position.next_seq {
             position.gap += segment.first_seq - position.next_seq;
         }

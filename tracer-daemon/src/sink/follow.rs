@@ -93,10 +93,22 @@ pub enum Followed {
 }
 
 /// The followers of every session, for `/metrics`: their count and how far each is behind.
-#[derive(Default)]
 pub struct Followers {
     next_id: AtomicU64,
     all: Mutex<HashMap<u64, Progress>>,
+    /// Set when the daemon shuts down: live followers end their streams, so the server's
+    /// graceful shutdown does not wait for clients that would follow forever.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Followers {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            all: Mutex::default(),
+            closing: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 /// How far one follower is: the last `seq` it sent, and the last one its run recorded.
@@ -108,6 +120,11 @@ struct Progress {
 }
 
 impl Followers {
+    /// Ends every live follower's stream (the daemon is shutting down).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
     fn register(self: &Arc<Self>, progress: Progress) -> FollowerGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sent = progress.sent.clone();
@@ -191,10 +208,11 @@ impl Follower {
             dir,
             mut filter,
             mut live,
+            followers,
             ..
         } = self;
         // The next seq wanted.
-        let mut next = filter.after_seq.unwrap_or(0) + 1;
+        let mut next = filter.after_seq.unwrap_or(0).saturating_add(1);
         loop {
             filter.after_seq = Some(next - 1);
             let Some(read) = catch_up(&dir, &filter, &out).await else {
@@ -209,7 +227,12 @@ impl Follower {
                 let _ = out.send(Followed::End).await;
                 return;
             };
-            match follow_live(subscription, &filter, &mut next, &out, &sent).await {
+            let mut closing = followers.closing.subscribe();
+            let live = tokio::select! {
+                live = follow_live(subscription, &filter, &mut next, &out, &sent) => live,
+                _ = closing.wait_for(|&closing| closing) => Live::Ended,
+            };
+            match live {
                 Live::Lagged => {}
                 Live::Ended => {
                     let _ = out.send(Followed::End).await;
