@@ -14,6 +14,24 @@ pub fn binary() -> PathBuf {
     built("TRACERD_BIN", "tracerd", "tracer-daemon")
 }
 
+/// A tokens file (for `--tokens`) with two tenants and an admin: `team-a-secret-token`
+/// (tenant `team-a`), `team-b-secret-token` (`team-b`) and `the-admin-secret-token` (`ops`,
+/// admin). `purpose` keeps the files of different tests apart.
+pub fn tokens_file(purpose: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "tracerd-test-tokens-{purpose}-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        "[[token]]\ntoken = \"team-a-secret-token\"\ntenant = \"team-a\"\n\n\
+         [[token]]\ntoken = \"team-b-secret-token\"\ntenant = \"team-b\"\n\n\
+         [[token]]\ntoken = \"the-admin-secret-token\"\ntenant = \"ops\"\nadmin = true\n",
+    )
+    .expect("writing a tokens file");
+    path
+}
+
 /// Where `tracerctl` is: `TRACERCTL_BIN`, else next to `tracerd`.
 pub fn tracerctl() -> PathBuf {
     built("TRACERCTL_BIN", "tracerctl", "tracerctl")

@@ -519,15 +519,7 @@ fn bad_inputs_get_a_4xx_with_a_json_error_naming_the_problem() {
 fn tenants_see_and_act_on_only_their_own_sessions() {
     require_root();
     let cgroup = TestCgroup::create("tenants");
-    let tokens =
-        std::env::temp_dir().join(format!("tracerd-test-tokens-{}.toml", std::process::id()));
-    std::fs::write(
-        &tokens,
-        "[[token]]\ntoken = \"team-a-secret-token\"\ntenant = \"team-a\"\n\n\
-         [[token]]\ntoken = \"team-b-secret-token\"\ntenant = \"team-b\"\n\n\
-         [[token]]\ntoken = \"the-admin-secret-token\"\ntenant = \"ops\"\nadmin = true\n",
-    )
-    .unwrap();
+    let tokens = tracer_tests::daemon::tokens_file("tenants");
     let daemon = Daemon::start(&["--tokens", tokens.to_str().unwrap()]);
     let (a, b, admin) = (
         Some("team-a-secret-token"),

@@ -297,7 +297,8 @@ fn the_websocket_sends_state_batches_and_the_end_and_obeys_filters() {
     assert_eq!(end["reason"], "the session is not running");
 
     // The token is checked at the upgrade, and a tenant follows only its own sessions.
-    let secured = Daemon::start(&["--tokens", &tokens_file()]);
+    let tokens = tracer_tests::daemon::tokens_file("stream");
+    let secured = Daemon::start(&["--tokens", tokens.to_str().unwrap()]);
     let own = TestCgroup::create("websocket-tenant");
     // Made by the admin for team-a (tenants themselves may only target their containers).
     let (status, created) = secured.call(
@@ -324,19 +325,6 @@ fn the_websocket_sends_state_batches_and_the_end_and_obeys_filters() {
     let events = format!("{}?follow=true", path.replace("/stream", "/events"));
     let (status, _) = secured.call("GET", &events, None, Some("team-b-secret-token"));
     assert_eq!(status, 404);
-}
-
-fn tokens_file() -> String {
-    let path =
-        std::env::temp_dir().join(format!("tracerd-stream-tokens-{}.toml", std::process::id()));
-    std::fs::write(
-        &path,
-        "[[token]]\ntoken = \"team-a-secret-token\"\ntenant = \"team-a\"\n\n\
-         [[token]]\ntoken = \"team-b-secret-token\"\ntenant = \"team-b\"\n\n\
-         [[token]]\ntoken = \"the-admin-secret-token\"\ntenant = \"ops\"\nadmin = true\n",
-    )
-    .unwrap();
-    path.display().to_string()
 }
 
 #[test]
