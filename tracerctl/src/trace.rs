@@ -210,9 +210,7 @@ fn exit_code(session: &Value, launched: bool) -> i32 {
         return 0;
     }
     let error = session["error"].as_str().unwrap_or_default();
-    if let Some(message) = session["error"].as_str() {
-        eprintln!("tracerctl: the session failed: {message}");
-    }
+    eprintln!("tracerctl: the session failed: {error}");
     if launched {
         if let Some(code) = error
             .rsplit("exited with code ")

@@ -116,7 +116,7 @@ fn run(daemon: &Daemon, followers: usize, args: &[&str]) -> (Value, Vec<Received
     let started = Instant::now();
     assert!(workload::run_in(&cgroup, args).1.success());
     // Recording is over once matched events are all delivered or dropped.
-    let session = daemon.wait_for_session(&id, None, "the run recorded", |s| {
+    daemon.wait_for_session(&id, None, "the run recorded", |s| {
         let c = &s["counters"];
         c["matched"].as_u64() >= Some(1)
             && c["delivered"].as_u64().unwrap_or(0) + c["dropped"].as_u64().unwrap_or(0)
@@ -129,7 +129,6 @@ fn run(daemon: &Daemon, followers: usize, args: &[&str]) -> (Value, Vec<Received
     let received: Vec<Received> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let (cpu_after, _) = daemon_usage(daemon.pid());
     let final_session = daemon.get(&format!("/v1/sessions/{id}"));
-    let _ = session;
     (
         final_session["counters"].clone(),
         received,

@@ -31,6 +31,9 @@ impl Param {
 pub struct Signature {
     pub name: &'static str,
     pub params: Vec<Param>,
+    /// What the kernel reads for it, worked out once from the above (decoding asks for it
+    /// with every event).
+    plan: CapturePlan,
 }
 
 /// The signatures of the syscalls of this kernel, by number.
@@ -103,10 +106,13 @@ impl Signatures {
         if self.by_nr.len() <= nr {
             self.by_nr.resize(nr + 1, None);
         }
-        self.by_nr[nr] = Some(Signature {
+        let mut signature = Signature {
             name: sysno.name(),
             params,
-        });
+            plan: CapturePlan::default(),
+        };
+        signature.plan = signature.make_capture_plan();
+        self.by_nr[nr] = Some(signature);
         true
     }
 
@@ -165,6 +171,10 @@ impl Signature {
     /// (given: read at entry; returned through an `int *`: at exit), `openat2`'s
     /// `struct open_how`, and `execve`'s argv and environment. At most [`CAPTURE_OPS`].
     pub fn capture_plan(&self) -> CapturePlan {
+        self.plan
+    }
+
+    fn make_capture_plan(&self) -> CapturePlan {
         let mut plan = CapturePlan::default();
         let ops = self
             .params
