@@ -45,7 +45,15 @@ pub struct TestContainer {
 impl TestContainer {
     /// Runs `sleep` in a new container named `tracerd-test-<purpose>-<pid>` with `labels`.
     pub fn run(purpose: &str, labels: &[(&str, &str)]) -> Self {
-        let name = format!("tracerd-test-{purpose}-{}", std::process::id());
+        Self::named(
+            &format!("tracerd-test-{purpose}-{}", std::process::id()),
+            labels,
+        )
+    }
+
+    /// Runs `sleep` in a new container named `name` (replacing any of that name).
+    pub fn named(name: &str, labels: &[(&str, &str)]) -> Self {
+        let name = name.to_owned();
         let _ = Command::new("docker").args(["rm", "-f", &name]).output();
         let mut command = Command::new("docker");
         command.args(["run", "-d", "--name", &name]);

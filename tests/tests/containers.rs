@@ -379,6 +379,43 @@ fn a_restarted_container_is_picked_up_again_and_a_removed_one_ends_the_session()
     assert_eq!(finished["counters"]["delivered"], 300);
 }
 
+#[test]
+fn an_exact_name_wins_over_names_that_contain_it_now_and_later() {
+    require_root();
+    let exact = TestContainer::run("pname", &[]);
+    let longer = TestContainer::named(&format!("{}-x", exact.name), &[]);
+    let daemon = Daemon::start(&[]);
+    let id = start_getppid_session(&daemon, json!({"container": exact.name}));
+    let later = TestContainer::named(&format!("{}-later", exact.name), &[]);
+    // Container events reach the session in order: once the restarted container's new
+    // cgroup is traced, `later`'s start has been handled too.
+    let traced_cgroup = |session: &Value| session["traced"]["containers"][0]["cgroup_id"].clone();
+    let before = traced_cgroup(&daemon.get(&format!("/v1/sessions/{id}")));
+    exact.docker("restart");
+    let session = daemon.wait_for_session(&id, None, "the restart followed", |s| {
+        traced_cgroup(s) != before
+    });
+    assert_eq!(session["traced"]["matched_by"], "name", "{session}");
+    let names: Vec<&str> = session["traced"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [exact.name.as_str()]);
+    for container in [&longer, &later, &exact] {
+        container.exec_workload(&["getppid", "100"]);
+    }
+    let session = wait_delivered(&daemon, &id, 100, None);
+    assert_eq!(session["counters"]["matched"], 100, "{session}");
+    let from_exact = daemon
+        .get_text(&format!("/v1/sessions/{id}/events"))
+        .lines()
+        .filter(|line| line.contains(&exact.id))
+        .count();
+    assert_eq!(from_exact, 100);
+}
+
 /// Creates and starts a session that launches `command` in the test image.
 fn launch(daemon: &Daemon, command: &[&str], extra: Value) -> String {
     let mut target =

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use futures_util::stream::BoxStream;
 use serde::Serialize;
 
-pub use self::select::{close_names, select};
+pub use self::select::{close_names, select, MatchedBy};
 use crate::record::ContainerMeta;
 
 /// The cgroup parent of containers tracerd launches. Under the cgroupfs driver a container's

@@ -1,34 +1,67 @@
 //! Which running containers a selector picks, and the names closest to one that picks none.
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 use super::{Container, ContainerSelector};
 
-/// The containers `selector` picks: by exact name if any has it, else by ID prefix, else
-/// by part of a name; and of those, the ones carrying every label.
-pub fn select<'a>(containers: &'a [Container], selector: &ContainerSelector) -> Vec<&'a Container> {
-    let labelled = |container: &&Container| {
-        selector
+/// How a selector's text picked its containers. Decided once, when a session's run starts,
+/// and kept for the containers that start later: a session on the exact name `web` does not
+/// take in `web-2` when it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchedBy {
+    /// No text: labels alone.
+    Labels,
+    /// A container's exact name.
+    Name,
+    /// The start of a container's ID.
+    IdPrefix,
+    /// Part of a container's name.
+    NamePart,
+}
+
+impl MatchedBy {
+    /// Whether `container` matches `selector` this way (labels included).
+    pub fn admits(self, selector: &ContainerSelector, container: &Container) -> bool {
+        let labelled = selector
             .labels
             .iter()
-            .all(|(key, value)| container.labels.get(key) == Some(value))
+            .all(|(key, value)| container.labels.get(key) == Some(value));
+        let text = selector.container.as_deref().unwrap_or_default();
+        labelled
+            && match self {
+                MatchedBy::Labels => true,
+                MatchedBy::Name => container.name == text,
+                MatchedBy::IdPrefix => container.id.starts_with(text),
+                MatchedBy::NamePart => container.name.contains(text),
+            }
+    }
+}
+
+/// The containers `selector` picks: by exact name if any has it, else by ID prefix, else
+/// by part of a name; and of those, the ones carrying every label. Also says which of those
+/// ways picked them (`NamePart` when none did).
+pub fn select<'a>(
+    containers: &'a [Container],
+    selector: &ContainerSelector,
+) -> (MatchedBy, Vec<&'a Container>) {
+    let ways: &[MatchedBy] = if selector.container.is_none() {
+        &[MatchedBy::Labels]
+    } else {
+        &[MatchedBy::Name, MatchedBy::IdPrefix, MatchedBy::NamePart]
     };
-    let Some(text) = &selector.container else {
-        return containers.iter().filter(labelled).collect();
-    };
-    let by = |matches: &dyn Fn(&Container) -> bool| -> Vec<&'a Container> {
-        containers
+    let mut last = (MatchedBy::NamePart, Vec::new());
+    for &way in ways {
+        let chosen: Vec<&Container> = containers
             .iter()
-            .filter(|c| matches(c))
-            .filter(labelled)
-            .collect()
-    };
-    let exact = by(&|c| c.name == *text);
-    if !exact.is_empty() {
-        return exact;
+            .filter(|c| way.admits(selector, c))
+            .collect();
+        if !chosen.is_empty() {
+            return (way, chosen);
+        }
+        last = (way, chosen);
     }
-    let by_id = by(&|c| c.id.starts_with(text.as_str()));
-    if !by_id.is_empty() {
-        return by_id;
-    }
-    by(&|c| c.name.contains(text.as_str()))
+    last
 }
 
 /// Up to five running containers' names closest to `text`, closest first.
@@ -70,7 +103,7 @@ mod tests {
         }
     }
 
-    fn names(found: Vec<&Container>) -> Vec<&str> {
+    fn names((_, found): (MatchedBy, Vec<&Container>)) -> Vec<&str> {
         found.into_iter().map(|c| c.name.as_str()).collect()
     }
 
@@ -84,7 +117,25 @@ mod tests {
         assert_eq!(names(select(&all, &selector(Some("web"), &[]))), ["web"]);
         assert_eq!(names(select(&all, &selector(Some("def"), &[]))), ["web-2"]);
         assert_eq!(names(select(&all, &selector(Some("eb-"), &[]))), ["web-2"]);
-        assert!(select(&all, &selector(Some("cache"), &[])).is_empty());
+        assert!(select(&all, &selector(Some("cache"), &[])).1.is_empty());
+        assert_eq!(select(&all, &selector(Some("web"), &[])).0, MatchedBy::Name);
+        assert_eq!(
+            select(&all, &selector(Some("def"), &[])).0,
+            MatchedBy::IdPrefix
+        );
+        assert_eq!(
+            select(&all, &selector(Some("eb-"), &[])).0,
+            MatchedBy::NamePart
+        );
+    }
+
+    #[test]
+    fn the_way_a_selector_matched_decides_for_containers_that_start_later() {
+        let exact = selector(Some("pname"), &[]);
+        let later = container("fff000", "pname-x", &[]);
+        assert!(!MatchedBy::Name.admits(&exact, &later));
+        assert!(MatchedBy::NamePart.admits(&exact, &later));
+        assert!(MatchedBy::Name.admits(&exact, &container("aaa111", "pname", &[])));
     }
 
     #[test]
@@ -102,7 +153,9 @@ mod tests {
             names(select(&all, &selector(Some("web"), &[("app", "shop")]))),
             ["shop-web"]
         );
-        assert!(select(&all, &selector(None, &[("app", "none")])).is_empty());
+        assert!(select(&all, &selector(None, &[("app", "none")]))
+            .1
+            .is_empty());
     }
 
     #[test]

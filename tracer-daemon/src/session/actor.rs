@@ -206,6 +206,7 @@ impl Actor {
                     Snapshot {
                         counters: Some(row.counters),
                         export_status: run.export_status(),
+                        traced: run.traced(),
                         tenant: run.tenant.clone(),
                         cgroups: run.cgroups.clone(),
                     },
@@ -333,6 +334,7 @@ impl Actor {
         Some(Snapshot {
             counters,
             export_status: run.export_status(),
+            traced: run.traced(),
             tenant: run.tenant.clone(),
             cgroups: run.cgroups.clone(),
         })

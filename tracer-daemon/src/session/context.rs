@@ -44,6 +44,7 @@ pub struct Snapshot {
     /// Over all runs; `None` if the kernel's counters could not be read.
     pub counters: Option<Counters>,
     pub export_status: Option<ExportStatus>,
+    pub traced: Option<super::model::TracedContainers>,
     pub tenant: String,
     pub cgroups: Vec<u64>,
 }

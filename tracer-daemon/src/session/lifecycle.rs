@@ -283,7 +283,10 @@ impl SessionManager {
         }
         let snapshot = self.snapshot(row.id).await;
         let mut session = row.to_resource(snapshot.as_ref().and_then(|s| s.counters));
-        session.export_status = snapshot.and_then(|s| s.export_status);
+        if let Some(snapshot) = snapshot {
+            session.export_status = snapshot.export_status;
+            session.traced = snapshot.traced;
+        }
         session
     }
 

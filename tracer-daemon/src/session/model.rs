@@ -94,6 +94,31 @@ impl std::ops::Add for Counters {
     }
 }
 
+/// The containers a container session's run traces, and how its selector matched them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TracedContainers {
+    pub matched_by: crate::containers::MatchedBy,
+    pub containers: Vec<TracedContainer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TracedContainer {
+    pub id: String,
+    pub name: String,
+    /// Its cgroup's id (what the kernel filters on).
+    pub cgroup_id: u64,
+}
+
+impl TracedContainer {
+    pub fn of(container: &crate::containers::Container) -> Self {
+        TracedContainer {
+            id: container.id.clone(),
+            name: container.name.clone(),
+            cgroup_id: container.cgroup_id,
+        }
+    }
+}
+
 /// A tracing session, as `GET /v1/sessions/{id}` returns it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Session {
@@ -121,6 +146,10 @@ pub struct Session {
     /// Span export of the current run: its collector and how it is going.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub export_status: Option<crate::sink::export::ExportStatus>,
+    /// For a running container session: the containers it traces now, and how its selector
+    /// matched them (an exact name, then an ID prefix, wins over part of a name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traced: Option<TracedContainers>,
     pub status: Status,
     /// Why the session finished (`ttl`, `max_events`, `targets_gone`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,6 +211,7 @@ impl SessionRow {
             limits: self.request.limits.clone(),
             export: self.request.export.clone(),
             export_status: None,
+            traced: None,
             status: self.status,
             finished_reason: self.finished_reason.clone(),
             error: self.error.clone(),

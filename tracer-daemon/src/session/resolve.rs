@@ -8,11 +8,12 @@ use super::{
     context::Context,
     error::{SessionError, TargetError},
     launch,
+    model::{TracedContainer, TracedContainers},
     spec::{SessionSpec, TargetKind},
 };
 use crate::{
     cgroup::Cgroup,
-    containers::{self, ContainerSelector},
+    containers::{self, ContainerSelector, MatchedBy},
     record::{ContainerMeta, TraceFilter},
 };
 
@@ -32,9 +33,24 @@ pub enum Presence {
 /// added, those that exit are removed, and the session finishes when all it traced are gone.
 pub struct Follow {
     pub selector: ContainerSelector,
+    /// How the selector matched when the run started: containers that start later must
+    /// match the same way.
+    pub matched_by: MatchedBy,
     pub restricted: bool,
-    /// Containers traced by this run (id → cgroup id), until they are destroyed.
-    pub traced: HashMap<String, u64>,
+    /// Containers traced by this run (by id), until they are destroyed.
+    pub traced: HashMap<String, TracedContainer>,
+}
+
+impl Follow {
+    /// What the session shows of the containers it traces.
+    pub fn view(&self) -> TracedContainers {
+        let mut containers: Vec<TracedContainer> = self.traced.values().cloned().collect();
+        containers.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        TracedContainers {
+            matched_by: self.matched_by,
+            containers,
+        }
+    }
 }
 
 /// A target resolved now.
@@ -119,7 +135,7 @@ impl Resolving<'_> {
         selector: &ContainerSelector,
     ) -> Result<Resolved, SessionError> {
         let visible = ctx.visible_containers(self.tenant, self.restricted).await?;
-        let chosen = containers::select(&visible, selector);
+        let (matched_by, chosen) = containers::select(&visible, selector);
         if chosen.is_empty() {
             let close = selector
                 .container
@@ -135,7 +151,7 @@ impl Resolving<'_> {
         let mut metas = HashMap::new();
         let mut traced = HashMap::new();
         for container in chosen {
-            traced.insert(container.id.clone(), container.cgroup_id);
+            traced.insert(container.id.clone(), TracedContainer::of(container));
             if !cgroups.contains(&container.cgroup_id) {
                 cgroups.push(container.cgroup_id);
             }
@@ -147,6 +163,7 @@ impl Resolving<'_> {
             presence: Presence::ContainerEvents,
             follow: Some(Follow {
                 selector: selector.clone(),
+                matched_by,
                 restricted: self.restricted,
                 traced,
             }),

@@ -13,14 +13,14 @@ use super::{
     context::Context,
     error::SessionError,
     launch,
-    model::{Counters, SessionRow, Status},
+    model::{Counters, SessionRow, Status, TracedContainer, TracedContainers},
     resolve::{Follow, Resolved, Resolving},
     spec::{BackendChoice, SessionSpec},
     watch::{run_ending, Ending},
 };
 use crate::{
     backend::{Backend, EventReceiver, SessionCounters, SessionOptions, Trace},
-    containers::{self, Container},
+    containers::Container,
     record::{clock::now_rfc3339, WallClock},
     sink::{
         container_of::ContainerOf,
@@ -368,6 +368,10 @@ impl Run {
         self.export.as_ref().map(Export::status)
     }
 
+    pub fn traced(&self) -> Option<TracedContainers> {
+        self.follow.as_ref().map(Follow::view)
+    }
+
     /// A subscription to what the run's writer records from now on.
     pub fn subscribe(&self) -> Subscription {
         self.feed.subscribe()
@@ -380,9 +384,9 @@ impl Run {
             return;
         };
         let owned = !follow.restricted || owns(container, owner_label, &self.tenant);
-        let selected =
-            !containers::select(std::slice::from_ref(container), &follow.selector).is_empty();
-        if !owned || !selected || follow.traced.get(&container.id) == Some(&container.cgroup_id) {
+        let selected = follow.matched_by.admits(&follow.selector, container);
+        let known = follow.traced.get(&container.id).map(|c| c.cgroup_id);
+        if !owned || !selected || known == Some(container.cgroup_id) {
             return;
         }
         // The writer learns the container before its first event can exist.
@@ -403,7 +407,9 @@ impl Run {
             }
         }
         if let Some(follow) = &mut self.follow {
-            follow.traced.insert(container.id.clone(), cgroup_id);
+            follow
+                .traced
+                .insert(container.id.clone(), TracedContainer::of(container));
         }
         self.cgroups.push(cgroup_id);
         tracing::info!(session = %id, container = %container.name, "tracing a container that started");
@@ -414,7 +420,8 @@ impl Run {
         let Some(cgroup_id) = self
             .follow
             .as_ref()
-            .and_then(|follow| follow.traced.get(container).copied())
+            .and_then(|follow| follow.traced.get(container))
+            .map(|traced| traced.cgroup_id)
         else {
             return;
         };
@@ -443,7 +450,9 @@ impl Run {
             .visible_containers(&self.tenant, follow.restricted)
             .await
         {
-            Ok(visible) => !containers::select(&visible, &follow.selector).is_empty(),
+            Ok(visible) => visible
+                .iter()
+                .any(|container| follow.matched_by.admits(&follow.selector, container)),
             Err(_) => false,
         }
     }

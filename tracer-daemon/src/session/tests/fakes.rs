@@ -211,6 +211,23 @@ impl FakeRuntime {
         self.publish(&ContainerEvent::Destroyed(format!("{name}-id")));
     }
 
+    /// Restarts a container in a new cgroup, as `docker restart` does: it dies, then starts
+    /// again with the same id.
+    pub fn restart(&self, name: &str, cgroup_id: u64) {
+        let labels: Vec<(String, String)> = lock(&self.containers)
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.labels.clone().into_iter().collect())
+            .unwrap_or_default();
+        self.remove(name);
+        self.publish(&ContainerEvent::Died(format!("{name}-id")));
+        let labels: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.start(name, cgroup_id, &labels);
+    }
+
     /// Image look-ups are refused from now on, as a bad request.
     pub fn reject_images(&self, message: &str) {
         *lock(&self.reject_images) = Some(message.to_owned());

@@ -366,6 +366,32 @@ async fn containers_that_start_are_followed_and_the_last_one_destroyed_finishes_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_name_keeps_containers_that_only_contain_it_out_when_they_start_later() {
+    let h = Harness::new();
+    h.runtime.add("pname", 101, &[]);
+    let follower = tokio::spawn(super::follow_containers(h.manager.clone()));
+    let who = admin();
+    let id = h.create(&who, container_target("pname")).await.unwrap().id;
+    h.manager.start(&who, id).await.unwrap();
+    h.runtime.start("pname-x", 102, &[]);
+    // The one that does match comes back in a new cgroup after the one that must not
+    // started: once it is in, the other's event has been handled too.
+    h.runtime.restart("pname", 103);
+    for _ in 0..500 {
+        if h.tracer.cgroups().contains(&103) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.tracer.cgroups(), [103], "pname-x is not traced");
+    let traced = h.manager.get(&who, id).await.unwrap().traced.unwrap();
+    assert_eq!(traced.matched_by, crate::containers::MatchedBy::Name);
+    let names: Vec<&str> = traced.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["pname"]);
+    follower.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_and_unavailable_parts_are_the_callers_errors_with_their_cause() {
     let h = Harness::with(
         FakeTracer::without_ebpf("turned off (--no-ebpf)"),
