@@ -446,7 +446,7 @@ fn container_exists(id: &str) -> bool {
 #[test]
 fn a_launched_container_is_traced_from_its_first_syscall_and_its_exit_ends_the_session() {
     require_root();
-    let daemon = Daemon::start(&[]);
+    let mut daemon = Daemon::start(&[]);
     let id = launch(&daemon, &["/bin/cat", "/etc/hostname"], json!({}));
     let finished = wait_status(&daemon, &id, "finished");
     assert_eq!(finished["finished_reason"], "exited", "{finished}");
@@ -474,15 +474,28 @@ fn a_launched_container_is_traced_from_its_first_syscall_and_its_exit_ends_the_s
         finished["counters"]["delivered"]
     );
 
-    // Deleting the session removes the container it launched.
-    assert!(container_exists(&container));
+    // The run is over and its events are recorded: the container it launched is gone.
+    assert!(!container_exists(&container), "{container} still exists");
     assert_eq!(
         daemon
             .call("DELETE", &format!("/v1/sessions/{id}"), None, None)
             .0,
         204
     );
-    assert!(!container_exists(&container), "{container} still exists");
+    // Once the daemon stops, the launch parent cgroup goes from every hierarchy where no
+    // other launched container (another test's, say) still has its cgroup.
+    let status = daemon.stop_with(libc::SIGTERM, Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap() {
+        let parent = hierarchy.unwrap().path().join("tracerd");
+        let Ok(children) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        let busy = children
+            .filter_map(Result::ok)
+            .any(|entry| entry.path().is_dir());
+        assert!(busy, "{} outlived the daemon", parent.display());
+    }
 }
 
 #[test]
@@ -511,13 +524,7 @@ fn a_launch_ttl_kills_the_container_and_finishes_the_session() {
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
     let container = events[0]["container"]["id"].as_str().unwrap().to_owned();
-    let running = std::process::Command::new("docker")
-        .args(["inspect", "-f", "{{.State.Running}}", &container])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "false");
-    daemon.call("DELETE", &format!("/v1/sessions/{id}"), None, None);
-    assert!(!container_exists(&container));
+    assert!(!container_exists(&container), "{container} still exists");
 }
 
 /// The host pid of the workload `docker exec` started in `container_cgroup`, once it is there.

@@ -97,14 +97,30 @@ impl Iterator for Subtree {
     }
 }
 
-/// Parses mountinfo text (proc(5)): `id parent major:minor root mount-point options
-/// [optional fields…] - fstype source super-options`.
+/// Every mounted cgroup hierarchy, v1 and v2 (a hybrid host has both), from
+/// `/proc/self/mountinfo`; empty if it cannot be read.
+pub fn hierarchy_mounts() -> Vec<PathBuf> {
+    let Ok(mountinfo) = read(Path::new("/proc/self/mountinfo")) else {
+        return Vec::new();
+    };
+    cgroup_mounts(&mountinfo)
+        .filter(|(fstype, _)| matches!(*fstype, "cgroup" | "cgroup2"))
+        .map(|(_, mount)| mount)
+        .collect()
+}
+
 fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
+    cgroup_mounts(mountinfo).find_map(|(fstype, mount)| (fstype == "cgroup2").then_some(mount))
+}
+
+/// Parses mountinfo text (proc(5)): `id parent major:minor root mount-point options
+/// [optional fields…] - fstype source super-options`; each mount's type and mount point.
+fn cgroup_mounts(mountinfo: &str) -> impl Iterator<Item = (&str, PathBuf)> {
+    mountinfo.lines().filter_map(|line| {
         let (before, after) = line.split_once(" - ")?;
         let fstype = after.split_whitespace().next()?;
         let mount_point = before.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+        Some((fstype, PathBuf::from(unescape_mountinfo(mount_point))))
     })
 }
 

@@ -40,6 +40,8 @@ pub async fn run(
             .context("the data directory's database")?,
     )?;
     tracing::info!(data_dir = %data_dir.path().display(), "data directory ready");
+    // A daemon that died without its shutdown left the launch parent cgroup behind.
+    tokio::task::spawn_blocking(crate::session::remove_launch_parent_cgroups).await?;
     let options = manager_options(&config, &data_dir)?;
     // Loading programs and cleaning up tracefs is blocking work: on the blocking pool (which
     // runs inside the runtime, so the drain tasks it spawns are the runtime's).
@@ -100,6 +102,8 @@ pub async fn run(
     // Running sessions stay `running` in the store: the next start resumes them.
     manager.shutdown().await;
     drop(manager);
+    // No session runs now: the launch parent cgroup is not needed until the next start.
+    tokio::task::spawn_blocking(crate::session::remove_launch_parent_cgroups).await?;
     if let Some(session) = startup_session.and_then(Arc::into_inner) {
         let counters = engine.stop_session(session).await?;
         tracing::info!(?counters, "start-up session stopped");

@@ -98,6 +98,36 @@ fn make_cgroup(id: &str) -> Result<Cgroup, TargetError> {
         .map_err(|message| TargetError::LaunchCgroup { path, message })
 }
 
+/// Removes a launched container once its run has ended (its events are recorded by then),
+/// and the cgroup made for it if the engine left it.
+pub async fn release(ctx: &Context, id: &str) {
+    ctx.runtime.remove(id).await;
+    let id = id.to_owned();
+    let _ = tokio::task::spawn_blocking(move || {
+        for mount in cgroup::hierarchy_mounts() {
+            let parent = mount.join(LAUNCH_CGROUP_PARENT.trim_start_matches('/'));
+            // Gone already (the engine removes what it made) or never made: fine.
+            let _ = std::fs::remove_dir(parent.join(&id));
+        }
+    })
+    .await;
+}
+
+/// Removes the launch parent cgroup (`/tracerd`) from every hierarchy where it is empty: at
+/// shutdown, once no session runs, so it does not outlive the daemon's need. Blocking.
+pub fn remove_parent_cgroups() {
+    for mount in cgroup::hierarchy_mounts() {
+        let parent = mount.join(LAUNCH_CGROUP_PARENT.trim_start_matches('/'));
+        match std::fs::remove_dir(&parent) {
+            Ok(()) => tracing::debug!(path = %parent.display(), "launch parent cgroup removed"),
+            // Absent, or still holding a container of a session that outlives us (EBUSY).
+            Err(err) => {
+                tracing::trace!(path = %parent.display(), %err, "launch parent cgroup kept")
+            }
+        }
+    }
+}
+
 /// Starts a launched container and checks it runs in the cgroup made for it.
 pub async fn start(ctx: &Context, id: &str, cgroups: &[u64]) -> Result<(), SessionError> {
     ctx.runtime

@@ -28,5 +28,6 @@ pub use self::{
     context::ManagerOptions,
     error::{Forbidden, SessionError, TargetError},
     follow::follow_containers,
+    launch::remove_parent_cgroups as remove_launch_parent_cgroups,
     lifecycle::{ContainerView, SessionManager},
 };

@@ -336,6 +336,10 @@ impl Run {
         // On an error the engine has still released the session's route (see `stop_slot`):
         // the writer and the export are finished either way.
         let kernel = self.trace.stop().await;
+        // Its events are all read: the launched container has nothing more to give.
+        if let Some(container) = &self.launched {
+            launch::release(ctx, container).await;
+        }
         // The engine dropped the session's channel: the writer ends once it has written
         // everything that was delivered.
         match self.writer.await {
