@@ -201,11 +201,15 @@ fn ftrace_traces_docker_exec_processes() {
     for event in ours {
         assert_eq!(event["container"]["id"], container.id.as_str(), "{event}");
     }
-    // Each exec joined the container's cgroup from outside; the stop reports how many joins
-    // were followed and how long the slowest took to be traced.
-    let (status, _) = daemon.call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
+    // Each exec joined the container's cgroup from outside (runc's set-up, before the
+    // workload's exec, ran untraced for a while): the session counts those late joins.
+    let (status, stopped) = daemon.call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
     assert_eq!(status, 200);
-    assert!(daemon.log().contains("joins_followed="), "{}", daemon.log());
+    assert!(
+        stopped["counters"]["late_joins"].as_u64().unwrap() >= 2,
+        "{stopped}"
+    );
+    assert!(daemon.log().contains("late_joins="), "{}", daemon.log());
     assert!(!instance_exists(&id));
 }
 
@@ -302,17 +306,22 @@ fn a_daemon_that_cannot_load_ebpf_falls_back_to_ftrace() {
 }
 
 #[test]
-fn a_small_ftrace_buffer_counts_what_it_drops() {
+fn a_small_ftrace_buffer_counts_the_syscalls_it_drops_exactly() {
     require_root();
     let daemon = Daemon::start(&[]);
     let cgroup = TestCgroup::create("ftrace-drops");
+    let calls = 300_000u64;
+    // In the cgroup before the session starts (a thread joining later is traced from when
+    // tracerd sees the join: see the late-join test), waiting on stdin.
+    let paused = workload::spawn_in(
+        &cgroup,
+        &["pause-stdin", "1", "getppid", &calls.to_string()],
+    );
     let id = daemon.create_and_start(
         &json!({"target": {"cgroup": cgroup.path()}, "backend": "ftrace",
                "syscalls": ["getppid"], "limits": {"ftrace_buffer_kb": 64}}),
     );
-    let calls = 300_000u64;
-    let (_, status) = workload::run_in(&cgroup, &["getppid", &calls.to_string()]);
-    assert!(status.success());
+    assert!(workload::resume_and_wait(paused).success());
     let (status, stopped) = daemon.call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
     assert_eq!(status, 200, "{stopped}");
     let counters = &stopped["counters"];
@@ -326,6 +335,9 @@ fn a_small_ftrace_buffer_counts_what_it_drops() {
         "a 64 KiB buffer cannot hold a burst of {calls} calls: {stopped}"
     );
     assert_eq!(delivered + dropped, matched, "{stopped}");
+    // Lost events are counted in syscalls (two events each), not one syscall per event.
+    assert_eq!(matched, calls, "{stopped}");
+    assert_eq!(counters["late_joins"], 0, "{stopped}");
     assert!(delivered < calls, "{stopped}");
     assert!(!instance_exists(&id), "stop removes the instance");
     // Out-of-range sizes are refused.
@@ -340,6 +352,54 @@ fn a_small_ftrace_buffer_counts_what_it_drops() {
         (422, &json!("invalid_field")),
         "{body}"
     );
+}
+
+/// `sh -c 'echo $$ > CG/cgroup.procs; exec syscall_loop getppid 100'`, `cycles` times, in a
+/// getppid session on `backend`; the session when stopped.
+fn short_lived_joiners(daemon: &Daemon, backend: &str, cycles: usize) -> Value {
+    let cgroup = TestCgroup::create(&format!("joiners-{backend}"));
+    let id = daemon.create_and_start(&json!({"target": {"cgroup": cgroup.path()},
+        "backend": backend, "syscalls": ["getppid"]}));
+    let script = format!(
+        "echo $$ > {}/cgroup.procs; exec {} getppid 100",
+        cgroup.path().display(),
+        workload::path().display()
+    );
+    for _ in 0..cycles {
+        let status = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let (status, stopped) = daemon.call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
+    assert_eq!(status, 200, "{stopped}");
+    stopped
+}
+
+#[test]
+fn threads_that_join_a_cgroup_late_are_counted_with_how_late_never_silently_missed() {
+    require_root();
+    let daemon = Daemon::start(&[]);
+    let cycles = 20;
+    // eBPF filters by cgroup in the kernel: every call of every joiner, no late join.
+    let ebpf = short_lived_joiners(&daemon, "ebpf", cycles);
+    let counters = &ebpf["counters"];
+    assert_eq!(counters["matched"], 100 * cycles as u64, "{ebpf}");
+    assert_eq!(counters["late_joins"], 0, "{ebpf}");
+    // ftrace follows joins by thread, from when it sees them: each joiner is counted as a
+    // late join, with how late, whether it was caught in time or exited first.
+    let ftrace = short_lived_joiners(&daemon, "ftrace", cycles);
+    let counters = &ftrace["counters"];
+    assert_eq!(counters["late_joins"], cycles as u64, "{ftrace}");
+    let max_delay = counters["late_join_max_delay_us"].as_u64().unwrap();
+    let total_delay = counters["late_join_delay_us"].as_u64().unwrap();
+    assert!(max_delay > 0 && total_delay >= max_delay, "{ftrace}");
+    assert!(
+        counters["matched"].as_u64().unwrap() <= 100 * cycles as u64,
+        "{ftrace}"
+    );
+    assert_eq!(counters["matched"], counters["delivered"], "{ftrace}");
 }
 
 #[test]

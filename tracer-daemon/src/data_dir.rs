@@ -49,6 +49,10 @@ const MIGRATIONS: &[&str] = &[
     // 4: span export: spans that went through the spool, and spans that never will be sent.
     "ALTER TABLE sessions ADD COLUMN spooled INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE sessions ADD COLUMN export_failed INTEGER NOT NULL DEFAULT 0;",
+    // 5: ftrace sessions: threads that joined a target cgroup and were traced late.
+    "ALTER TABLE sessions ADD COLUMN late_joins INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE sessions ADD COLUMN late_join_delay_us INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE sessions ADD COLUMN late_join_max_delay_us INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, thiserror::Error)]

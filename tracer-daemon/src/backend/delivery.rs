@@ -31,6 +31,18 @@ pub struct SessionCounters {
     pub dropped_kernel: u64,
     /// Records the session's consumer was too slow to take (its channel was full).
     pub dropped_userspace: u64,
+    /// Threads traced late after joining a target cgroup (ftrace only).
+    pub late_joins: LateJoins,
+}
+
+/// Threads that joined a target cgroup from outside and were traced only from when the
+/// daemon saw the join, or never (they exited first): ftrace filters by thread, not cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LateJoins {
+    pub count: u64,
+    /// Their untraced time after joining, summed.
+    pub delay_ns: u64,
+    pub max_delay_ns: u64,
 }
 
 impl SessionCounters {
@@ -59,13 +71,17 @@ impl DeliveryCounters {
             delivered: self.delivered.load(Ordering::Relaxed),
             dropped_kernel,
             dropped_userspace: self.dropped.load(Ordering::Relaxed),
+            late_joins: LateJoins::default(),
         }
     }
 
     /// On ftrace every record made is delivered or dropped by the queue, and events the
     /// ring buffer lost never became records.
-    pub fn with_ftrace(&self, produced: u64, lost: u64) -> SessionCounters {
-        self.with_kernel(produced + lost, lost)
+    pub fn with_ftrace(&self, produced: u64, lost: u64, late_joins: LateJoins) -> SessionCounters {
+        SessionCounters {
+            late_joins,
+            ..self.with_kernel(produced + lost, lost)
+        }
     }
 }
 
@@ -124,7 +140,7 @@ mod tests {
 
     #[test]
     fn ftrace_losses_count_as_matched_and_dropped() {
-        let counters = DeliveryCounters::default().with_ftrace(10, 4);
+        let counters = DeliveryCounters::default().with_ftrace(10, 4, LateJoins::default());
         assert_eq!((counters.matched, counters.dropped_kernel), (14, 4));
     }
 }

@@ -372,9 +372,11 @@ impl SessionHandle {
                 let kernel = ebpf.slot_counters(*slot)?;
                 Ok(self.counters.with_kernel(kernel.matched, kernel.dropped))
             }
-            SessionBackend::Ftrace { session, .. } => Ok(self
-                .counters
-                .with_ftrace(session.produced(), session.lost_events())),
+            SessionBackend::Ftrace { session, .. } => Ok(self.counters.with_ftrace(
+                session.produced(),
+                session.lost_syscalls(),
+                session.late_joins(),
+            )),
         }
     }
 
@@ -400,8 +402,9 @@ impl SessionHandle {
             SessionBackend::Ebpf { slot, ebpf } => stop_slot(slot, ebpf, self.counters).await,
             SessionBackend::Ftrace { session, .. } => {
                 // The reader's last pass and the instance's removal are blocking file work.
-                let (produced, lost) = tokio::task::spawn_blocking(move || session.stop()).await?;
-                Ok(self.counters.with_ftrace(produced, lost))
+                let (produced, lost, late) =
+                    tokio::task::spawn_blocking(move || session.stop()).await?;
+                Ok(self.counters.with_ftrace(produced, lost, late))
             }
         }
     }

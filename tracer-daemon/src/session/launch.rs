@@ -122,7 +122,7 @@ pub fn remove_parent_cgroups() {
             Ok(()) => tracing::debug!(path = %parent.display(), "launch parent cgroup removed"),
             // Absent, or still holding a container of a session that outlives us (EBUSY).
             Err(err) => {
-                tracing::trace!(path = %parent.display(), %err, "launch parent cgroup kept")
+                tracing::trace!(path = %parent.display(), %err, "launch parent cgroup kept");
             }
         }
     }

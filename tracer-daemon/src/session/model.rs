@@ -76,6 +76,17 @@ pub struct Counters {
     /// Recorded events removed from the event log to keep it under its size cap (oldest
     /// first).
     pub evicted: u64,
+    /// ftrace only: threads that joined a target cgroup from outside (`docker exec`, a write
+    /// to `cgroup.procs`) and were traced only from when tracerd saw the join, or not at all
+    /// if they exited first (ftrace cannot filter by cgroup; eBPF can, and has no such gap).
+    #[serde(default)]
+    pub late_joins: u64,
+    /// Their untraced time after joining, summed, in microseconds.
+    #[serde(default)]
+    pub late_join_delay_us: u64,
+    /// The longest of those, in microseconds.
+    #[serde(default)]
+    pub late_join_max_delay_us: u64,
 }
 
 impl std::ops::Add for Counters {
@@ -90,6 +101,11 @@ impl std::ops::Add for Counters {
             spooled: self.spooled + other.spooled,
             export_failed: self.export_failed + other.export_failed,
             evicted: self.evicted + other.evicted,
+            late_joins: self.late_joins + other.late_joins,
+            late_join_delay_us: self.late_join_delay_us + other.late_join_delay_us,
+            late_join_max_delay_us: self
+                .late_join_max_delay_us
+                .max(other.late_join_max_delay_us),
         }
     }
 }

@@ -498,5 +498,8 @@ fn run_counters(
         spooled: exported(|e| &e.spooled),
         export_failed: exported(|e| &e.failed),
         evicted: progress.evicted.load(Ordering::Relaxed),
+        late_joins: kernel.late_joins.count,
+        late_join_delay_us: kernel.late_joins.delay_ns / 1000,
+        late_join_max_delay_us: kernel.late_joins.max_delay_ns / 1000,
     }
 }

@@ -50,7 +50,8 @@ fn target_text(target: &Target) -> String {
 
 const COLUMNS: &str = "id, tenant, name, status, request, duplicate_key, created_at, updated_at, \
     started_at, stopped_at, runs, backend_in_use, backend_reason, finished_reason, error, \
-    matched, delivered, dropped, exported, evicted, restricted, spooled, export_failed";
+    matched, delivered, dropped, exported, evicted, restricted, spooled, export_failed, \
+    late_joins, late_join_delay_us, late_join_max_delay_us";
 
 fn conversion_error(
     column: usize,
@@ -89,6 +90,9 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
             evicted: row.get::<_, i64>(19)? as u64,
             spooled: row.get::<_, i64>(21)? as u64,
             export_failed: row.get::<_, i64>(22)? as u64,
+            late_joins: row.get::<_, i64>(23)? as u64,
+            late_join_delay_us: row.get::<_, i64>(24)? as u64,
+            late_join_max_delay_us: row.get::<_, i64>(25)? as u64,
         },
         restricted: row.get(20)?,
     })
@@ -361,7 +365,7 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
 
 fn insert(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
     db.prepare_cached(&format!(
-        "INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?23, ?24, ?22)"
+        "INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?23, ?24, ?25, ?26, ?27, ?22)"
     ))?
     .execute(params![
         session.id.to_string(),
@@ -388,6 +392,9 @@ fn insert(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
         target_text(&session.request.target),
         session.counters.spooled as i64,
         session.counters.export_failed as i64,
+        session.counters.late_joins as i64,
+        session.counters.late_join_delay_us as i64,
+        session.counters.late_join_max_delay_us as i64,
     ])?;
     Ok(())
 }
@@ -397,7 +404,8 @@ fn save(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
         "UPDATE sessions SET status = ?2, updated_at = ?3, started_at = ?4, stopped_at = ?5, runs = ?6, \
          backend_in_use = ?7, backend_reason = ?8, finished_reason = ?9, error = ?10, \
          matched = ?11, delivered = ?12, dropped = ?13, exported = ?14, evicted = ?15, \
-         spooled = ?16, export_failed = ?17 WHERE id = ?1",
+         spooled = ?16, export_failed = ?17, late_joins = ?18, late_join_delay_us = ?19, \
+         late_join_max_delay_us = ?20 WHERE id = ?1",
     )?
     .execute(params![
         session.id.to_string(),
@@ -417,6 +425,9 @@ fn save(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
         session.counters.evicted as i64,
         session.counters.spooled as i64,
         session.counters.export_failed as i64,
+        session.counters.late_joins as i64,
+        session.counters.late_join_delay_us as i64,
+        session.counters.late_join_max_delay_us as i64,
     ])?;
     Ok(())
 }
@@ -424,7 +435,8 @@ fn save(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
 fn save_counters(db: &Connection, counters: &[(Uuid, Counters)]) -> rusqlite::Result<()> {
     let mut update = db.prepare_cached(
         "UPDATE sessions SET matched = ?2, delivered = ?3, dropped = ?4, exported = ?5, evicted = ?6, \
-         spooled = ?7, export_failed = ?8 WHERE id = ?1 AND status = 'running'",
+         spooled = ?7, export_failed = ?8, late_joins = ?9, late_join_delay_us = ?10, \
+         late_join_max_delay_us = ?11 WHERE id = ?1 AND status = 'running'",
     )?;
     for (id, c) in counters {
         update.execute(params![
@@ -435,7 +447,10 @@ fn save_counters(db: &Connection, counters: &[(Uuid, Counters)]) -> rusqlite::Re
             c.exported as i64,
             c.evicted as i64,
             c.spooled as i64,
-            c.export_failed as i64
+            c.export_failed as i64,
+            c.late_joins as i64,
+            c.late_join_delay_us as i64,
+            c.late_join_max_delay_us as i64,
         ])?;
     }
     Ok(())

@@ -12,13 +12,18 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::{self, File, OpenOptions},
-    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+    io::Write as _,
+    os::{
+        fd::AsRawFd,
+        unix::{fs::OpenOptionsExt as _, net::UnixStream},
+    },
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex, Weak,
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use tracefs_parse::PageHeaderLayout;
@@ -28,7 +33,7 @@ use super::{
     tracefs::{Instance, TracefsError, INSTANCE_PREFIX},
     tracker::TaskInfo,
 };
-use crate::{cgroup::Subtree, record::monotonic_ns, sync::lock};
+use crate::{backend::delivery::LateJoins, cgroup::Subtree, record::monotonic_ns, sync::lock};
 
 /// The threads one session's instance traces.
 pub struct PidSync {
@@ -42,8 +47,7 @@ pub struct PidSync {
     /// What was known of each thread when it was added (read from /proc while it surely
     /// lived), until the reader first needs it: a short-lived thread may be gone by then.
     introduced: Mutex<HashMap<u32, TaskInfo>>,
-    joins: AtomicU64,
-    slowest_join_ns: AtomicU64,
+    late: Mutex<LateJoins>,
 }
 
 impl PidSync {
@@ -54,8 +58,7 @@ impl PidSync {
             tgids,
             added: Mutex::new(HashSet::new()),
             introduced: Mutex::new(HashMap::new()),
-            joins: AtomicU64::new(0),
-            slowest_join_ns: AtomicU64::new(0),
+            late: Mutex::new(LateJoins::default()),
         }
     }
 
@@ -200,34 +203,43 @@ impl PidSync {
 
     /// Traces threads that joined target cgroups.
     fn joined(&self, joins: &[Join]) {
+        // A thread traced already (moving between cgroups of the targets) missed nothing.
+        let joins: Vec<&Join> = {
+            let added = lock(&self.added);
+            joins
+                .iter()
+                .filter(|join| !added.contains(&join.tid))
+                .collect()
+        };
+        if joins.is_empty() {
+            return;
+        }
         let tids: Vec<(u32, Option<u64>)> = joins
             .iter()
             .map(|join| (join.tid, Some(join.cgroup_id)))
             .collect();
-        match self.introduce(&tids) {
-            Ok(()) => {
-                let now = monotonic_ns();
-                for &Join { tid, joined_ns, .. } in joins {
-                    let delay = now.saturating_sub(joined_ns);
-                    self.joins.fetch_add(1, Ordering::Relaxed);
-                    self.slowest_join_ns.fetch_max(delay, Ordering::Relaxed);
-                    tracing::debug!(
-                        tid,
-                        delay_us = delay / 1000,
-                        "traced a thread that joined a target cgroup"
-                    );
-                }
-            }
-            Err(err) => tracing::debug!(%err, "joining threads were gone before they were traced"),
+        if let Err(err) = self.introduce(&tids) {
+            // Counted all the same: they ran untraced from their join until they exited.
+            tracing::debug!(%err, "joining threads were gone before they were traced");
+        }
+        let now = monotonic_ns();
+        let mut late = lock(&self.late);
+        for join in joins {
+            let delay = now.saturating_sub(join.joined_ns);
+            late.count += 1;
+            late.delay_ns += delay;
+            late.max_delay_ns = late.max_delay_ns.max(delay);
+            tracing::debug!(
+                tid = join.tid,
+                delay_us = delay / 1000,
+                "traced a thread that joined a target cgroup"
+            );
         }
     }
 
-    /// (joins followed, the slowest join's delay in ns).
-    pub fn join_stats(&self) -> (u64, u64) {
-        (
-            self.joins.load(Ordering::Relaxed),
-            self.slowest_join_ns.load(Ordering::Relaxed),
-        )
+    /// Threads that joined a target cgroup from outside, and how late they were traced.
+    pub fn late_joins(&self) -> LateJoins {
+        *lock(&self.late)
     }
 }
 
@@ -346,6 +358,24 @@ impl Joins {
         }
     }
 
+    /// Waits until the watcher has handled every join made before now (each then traced, and
+    /// counted as a late join): a session stopping right after a join still counts it.
+    pub fn flush(&self) {
+        let (ack, done) = mpsc::channel();
+        {
+            let watcher = lock(&self.watcher);
+            let Some(watcher) = watcher.as_ref() else {
+                return;
+            };
+            lock(&watcher.flushes).push(ack);
+            let _ = (&watcher.wake).write(&[1]);
+        }
+        // Bounded: a watcher busy adding a large batch of threads must not hold a stop.
+        if done.recv_timeout(FLUSH_WAIT).is_err() {
+            tracing::warn!("the cgroup join watcher did not catch up in time");
+        }
+    }
+
     /// Unregisters a stopping session; the watcher stops too once no session needs it.
     pub fn unregister_all(&self, sync: &Arc<PidSync>) {
         let ids: Vec<u64> = lock(&sync.cgroups).keys().copied().collect();
@@ -372,7 +402,14 @@ impl Joins {
 struct Watcher {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Wakes the thread (a byte written here) for a flush.
+    wake: UnixStream,
+    /// Flushes asked for: each is answered after the pass that follows.
+    flushes: Arc<Mutex<Vec<mpsc::Sender<()>>>>,
 }
+
+/// The longest a flush waits for the watcher.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// The watcher's instance (named with the prefix, so a crashed daemon's is cleaned up too).
 const WATCHER_INSTANCE: &str = "cgroup-joins";
@@ -400,17 +437,29 @@ impl Watcher {
         instance.write(&format!("{event}/filter"), "dst_root == 0")?;
         instance.write(&format!("{event}/enable"), "1")?;
         let cpus = open_cpu_buffers(&instance)?;
+        let (wake, woken) = UnixStream::pair()
+            .and_then(|(wake, woken)| woken.set_nonblocking(true).map(|()| (wake, woken)))
+            .map_err(|err| TracefsError::io("making the join watcher's wake-up for", root, err))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let flushes = Arc::new(Mutex::new(Vec::new()));
         let thread = std::thread::Builder::new()
             .name("tracerd-joins".into())
             .spawn({
                 let stop = stop.clone();
-                move || watch(instance, cpus, layout, decoder, sessions, stop)
+                let watching = Watching {
+                    cpus,
+                    woken,
+                    flushes: flushes.clone(),
+                    stop: stop.clone(),
+                };
+                move || watch(instance, watching, layout, decoder, sessions)
             })
             .map_err(|err| TracefsError::io("starting the join watcher for", root, err))?;
         Ok(Self {
             stop,
             thread: Some(thread),
+            wake,
+            flushes,
         })
     }
 }
@@ -448,31 +497,46 @@ pub fn open_cpu_buffers(instance: &Instance) -> Result<Vec<File>, TracefsError> 
         .collect()
 }
 
+/// What the watcher's thread reads and answers.
+struct Watching {
+    cpus: Vec<File>,
+    /// The read end of [`Watcher::wake`].
+    woken: UnixStream,
+    flushes: Arc<Mutex<Vec<mpsc::Sender<()>>>>,
+    stop: Arc<AtomicBool>,
+}
+
 fn watch(
     instance: Instance,
-    mut cpus: Vec<File>,
+    mut watching: Watching,
     layout: PageHeaderLayout,
     decoder: Arc<Decoder>,
     sessions: Arc<Registry>,
-    stop: Arc<AtomicBool>,
 ) {
     use std::io::Read as _;
     let mut page = vec![0u8; layout.page_size()];
     let mut batch = Vec::new();
     let mut ancestry = Ancestry::default();
-    while !stop.load(Ordering::Relaxed) {
-        let mut fds: Vec<libc::pollfd> = cpus
+    while !watching.stop.load(Ordering::Relaxed) {
+        // Asked before this pass: answered after it.
+        let flushes = std::mem::take(&mut *lock(&watching.flushes));
+        let mut fds: Vec<libc::pollfd> = watching
+            .cpus
             .iter()
-            .map(|cpu| libc::pollfd {
-                fd: cpu.as_raw_fd(),
+            .map(AsRawFd::as_raw_fd)
+            .chain([watching.woken.as_raw_fd()])
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             })
             .collect();
+        let timeout = if flushes.is_empty() { 100 } else { 0 };
         // SAFETY: `fds` is a valid array of pollfd for the call's duration. The timeout
         // bounds how long a stop waits.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
-        for cpu in &mut cpus {
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        while let Ok(1..) = watching.woken.read(&mut page) {}
+        for cpu in &mut watching.cpus {
             while let Ok(len @ 1..) = cpu.read(&mut page) {
                 decode_page(&layout, &decoder, &page[..len], &mut batch);
             }
@@ -509,7 +573,10 @@ fn watch(
         for (sync, list) in joins {
             sync.joined(&list);
         }
+        for flush in flushes {
+            let _ = flush.send(());
+        }
     }
-    drop(cpus);
+    drop(watching);
     drop(instance);
 }

@@ -12,7 +12,8 @@
 //! string: such records say `path_unavailable`), and a thread that joins a cgroup from
 //! outside is traced from the moment the daemon has seen the join (measured, see [`joins`]).
 //! Events the ring buffer could not keep (`per_cpu/cpuN/stats`: overrun and dropped events)
-//! count as the session's dropped records.
+//! become the session's dropped records, counted in syscalls: a call is two events, and the
+//! reader counts the calls of which it saw only one (see [`lost_syscalls`]).
 //!
 //! [`SyscallRecord`]: tracer_common::SyscallRecord
 mod decode;
@@ -42,7 +43,7 @@ use self::{
     tracker::{RecordFilter, TaskInfo, Tracker},
 };
 use crate::{
-    backend::delivery::{DrainStats, Route},
+    backend::delivery::{DrainStats, LateJoins, Route},
     cgroup,
     record::{signatures, syscalls::path_syscalls, TraceFilter},
 };
@@ -128,6 +129,7 @@ impl FtraceBackend {
             reader: None,
             control: None,
             produced: Arc::new(AtomicU64::new(0)),
+            halves: Arc::new(AtomicU64::new(0)),
         };
         let armed = self.arm(&session, filter);
         let cpus = match armed {
@@ -151,6 +153,7 @@ impl FtraceBackend {
                     .or_else(|| TaskInfo::from_proc(tid))
             }),
         );
+        let halves = tracker.halves();
         let reader = Reader {
             instance: instance.clone(),
             cpus,
@@ -181,6 +184,7 @@ impl FtraceBackend {
         Ok(FtraceSession {
             reader: Some(thread),
             control: Some(control),
+            halves,
             ..session
         })
     }
@@ -240,6 +244,8 @@ pub struct FtraceSession {
     reader: Option<JoinHandle<()>>,
     control: Option<mpsc::Sender<Control>>,
     produced: Arc<AtomicU64>,
+    /// Syscalls the reader saw only half of (see [`tracker::Tracker::halves`]).
+    halves: Arc<AtomicU64>,
 }
 
 impl FtraceSession {
@@ -249,8 +255,11 @@ impl FtraceSession {
     }
 
     /// Stops the session: no more events are recorded, everything recorded is read, the
-    /// instance is removed. Returns (records made, events lost). Blocks on the reader.
-    pub fn stop(mut self) -> (u64, u64) {
+    /// instance is removed. Returns (records made, syscalls lost, late joins). Blocks on the
+    /// reader.
+    pub fn stop(mut self) -> (u64, u64, LateJoins) {
+        // Threads that joined before the stop are traced (and counted) first.
+        self.joins.flush();
         let _ = self.instance.write("tracing_on", "0");
         if let Some(control) = self.control.take() {
             let _ = control.send(Control::Stop);
@@ -261,16 +270,31 @@ impl FtraceSession {
             }
         }
         self.joins.unregister_all(&self.pids);
-        let (joins, slowest) = self.pids.join_stats();
-        if joins > 0 {
+        let late = self.late_joins();
+        if late.count > 0 {
             tracing::info!(
                 instance = %self.instance.path().display(),
-                joins_followed = joins,
-                slowest_join_us = slowest / 1000,
+                late_joins = late.count,
+                slowest_join_us = late.max_delay_ns / 1000,
                 "threads that joined a target cgroup were traced from when their join was seen"
             );
         }
-        (self.produced(), self.lost_events())
+        let (lost_events, halves) = (self.lost_events(), self.halves.load(Ordering::Relaxed));
+        if lost_events > 0 {
+            tracing::info!(
+                instance = %self.instance.path().display(),
+                lost_events,
+                halves,
+                records = self.produced(),
+                "the instance's ring buffer was full: events were lost"
+            );
+        }
+        (self.produced(), lost_syscalls(lost_events, halves), late)
+    }
+
+    /// Threads that joined a target cgroup and were traced late (or never).
+    pub fn late_joins(&self) -> LateJoins {
+        self.pids.late_joins()
     }
 
     /// Records made so far.
@@ -278,8 +302,13 @@ impl FtraceSession {
         self.produced.load(Ordering::Relaxed)
     }
 
+    /// Syscalls of the session the instance's ring buffer lost, wholly or in half.
+    pub fn lost_syscalls(&self) -> u64 {
+        lost_syscalls(self.lost_events(), self.halves.load(Ordering::Relaxed))
+    }
+
     /// Events the instance's ring buffer could not keep, over all CPUs.
-    pub fn lost_events(&self) -> u64 {
+    fn lost_events(&self) -> u64 {
         let dir = self.instance.path().join("per_cpu");
         let Ok(cpus) = std::fs::read_dir(&dir) else {
             return 0;
@@ -300,6 +329,19 @@ impl FtraceSession {
     pub fn instance_path(&self) -> &Path {
         self.instance.path()
     }
+}
+
+/// Syscalls lost, from the events lost and the syscalls the reader saw only half of: each of
+/// those lost one event, every other lost syscall two. Exact when every lost event is a
+/// syscall event; the task events (fork, exec, exit: a few per process) that were lost with
+/// them are rounded away when odd and add one per pair otherwise. Nothing is lost when no
+/// event was.
+fn lost_syscalls(lost_events: u64, halves: u64) -> u64 {
+    if lost_events == 0 {
+        return 0;
+    }
+    let halves = halves.min(lost_events);
+    halves + (lost_events - halves) / 2
 }
 
 /// `overrun` (overwritten events) plus `dropped events` (refused when full) from a
@@ -400,5 +442,19 @@ mod tests {
         let stats = "entries: 5\noverrun: 3\ncommit overrun: 0\nbytes: 100\n\
                      oldest event ts: 1.0\nnow ts: 2.0\ndropped events: 4\nread events: 9\n";
         assert_eq!(lost_in_stats(stats), 7);
+    }
+
+    #[test]
+    fn lost_events_are_counted_in_syscalls() {
+        // 3 calls lost whole (6 events) and 2 halves.
+        assert_eq!(lost_syscalls(8, 2), 5);
+        // One lost task event beside them.
+        assert_eq!(lost_syscalls(9, 2), 5);
+        assert_eq!(
+            lost_syscalls(0, 3),
+            0,
+            "nothing lost: halves were not losses"
+        );
+        assert_eq!(lost_syscalls(1, 4), 1);
     }
 }

@@ -6,7 +6,10 @@
 //! can show its exit before its entry: both orders pair, by timestamp.
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use tracer_common::{record_flags, SyscallRecord};
@@ -54,6 +57,8 @@ struct Entered {
 struct Exited {
     ts: u64,
     ret: i64,
+    /// The thread's first event in the session.
+    first: bool,
 }
 
 /// The session's conditions that are applied here rather than in the kernel.
@@ -74,6 +79,12 @@ pub struct Tracker {
     /// Looks a thread up when the stream has not introduced it (it predates the session, or
     /// joined a target cgroup).
     lookup: Box<dyn Fn(u32) -> Option<TaskInfo> + Send>,
+    /// Threads with a syscall event in this session: a thread's first event may be the exit
+    /// of a call it entered before the session (or of the fork that made it), which is not a
+    /// loss; any later exit without its entry is.
+    seen: HashSet<u32>,
+    /// Syscalls of which one event was read and the other lost (the ring buffer was full).
+    halves: Arc<AtomicU64>,
 }
 
 /// Syscalls that never return, so they have no `sys_exit`: recorded at entry, as the eBPF
@@ -97,6 +108,28 @@ impl Tracker {
             filter,
             data_syscalls,
             lookup,
+            seen: HashSet::new(),
+            halves: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Syscalls of which only the entry or only the exit was read: the other event was lost.
+    /// Shared with the session, which turns lost events into lost syscalls with it.
+    pub fn halves(&self) -> Arc<AtomicU64> {
+        self.halves.clone()
+    }
+
+    /// Counts a syscall half of which was lost, if it is the session's (its process passes
+    /// the session's filter).
+    fn lost_half(&mut self, tid: u32) {
+        let tgid = self.task(tid).tgid;
+        if self
+            .filter
+            .tgids
+            .as_ref()
+            .is_none_or(|tgids| tgids.contains(&tgid))
+        {
+            self.halves.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -133,30 +166,42 @@ impl Tracker {
                     }
                     return;
                 }
+                self.seen.insert(tid);
                 match self.exited.remove(&tid) {
                     // The exit was read first (the thread changed CPUs).
                     Some(exited) if exited.ts >= ts => {
                         self.complete(tid, entered, exited.ts, exited.ret, emit);
+                        return;
                     }
+                    // An older exit whose entry never came: lost, unless it was the thread's
+                    // first event (a call entered before the session).
+                    Some(exited) if !exited.first => self.lost_half(tid),
+                    _ => {}
+                }
+                // A thread is in one syscall at a time: an older entry whose exit never
+                // came is replaced. Lost, unless failed-only sessions filter exits out.
+                if self.entered.insert(tid, entered).is_some() && !self.filter.failed_only {
+                    self.lost_half(tid);
+                }
+            }
+            Raw::Exit { tid, ret, .. } => {
+                let first = self.seen.insert(tid);
+                match self.entered.get(&tid) {
+                    Some(entered) if entered.ts <= ts => {
+                        let entered = *entered;
+                        self.entered.remove(&tid);
+                        self.complete(tid, entered, ts, ret, emit);
+                    }
+                    // Its entry may still be unread on another CPU's buffer (or predates the
+                    // session, and then a later entry of the thread replaces it).
                     _ => {
-                        // A thread is in one syscall at a time: an older entry whose exit
-                        // never came (filtered out, or lost) is replaced.
-                        self.entered.insert(tid, entered);
+                        let older = self.exited.insert(tid, Exited { ts, ret, first });
+                        if older.is_some_and(|older| !older.first) {
+                            self.lost_half(tid);
+                        }
                     }
                 }
             }
-            Raw::Exit { tid, ret, .. } => match self.entered.get(&tid) {
-                Some(entered) if entered.ts <= ts => {
-                    let entered = *entered;
-                    self.entered.remove(&tid);
-                    self.complete(tid, entered, ts, ret, emit);
-                }
-                // Its entry may still be unread on another CPU's buffer (or predates the
-                // session, and then a later entry of the thread replaces it).
-                _ => {
-                    self.exited.insert(tid, Exited { ts, ret });
-                }
-            },
             Raw::NewTask {
                 tid,
                 child,
@@ -186,6 +231,7 @@ impl Tracker {
                 self.tasks.insert(tid, info);
             }
             Raw::ProcessExit { tid } => {
+                self.seen.remove(&tid);
                 self.tasks.remove(&tid);
                 self.entered.remove(&tid);
                 self.exited.remove(&tid);
@@ -316,6 +362,29 @@ mod tests {
         );
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].duration_ns, 2);
+        assert_eq!(tracker.halves().load(Ordering::Relaxed), 0, "not a loss");
+    }
+
+    #[test]
+    fn calls_seen_in_half_count_as_lost_halves() {
+        let mut tracker = tracker(RecordFilter::default());
+        let records = run(
+            &mut tracker,
+            &[
+                (1, enter(1, 39)),
+                (2, exit(1, 39, 0)),
+                // Its exit lost.
+                (3, enter(1, 39)),
+                (5, enter(1, 39)),
+                (6, exit(1, 39, 0)),
+                // Its entry lost.
+                (8, exit(1, 39, 0)),
+                (9, enter(1, 39)),
+                (10, exit(1, 39, 0)),
+            ],
+        );
+        assert_eq!(records.len(), 3);
+        assert_eq!(tracker.halves().load(Ordering::Relaxed), 2);
     }
 
     #[test]
