@@ -60,8 +60,8 @@ pub struct Daemon {
     port: u16,
     args: Vec<String>,
     envs: Vec<(String, String)>,
-    /// Capabilities the daemon runs without (dropped with `setpriv`).
-    dropped_caps: Vec<String>,
+    /// A command the daemon runs under (`setpriv …`, `prlimit …`), if any.
+    wrapper: Vec<String>,
     base_url: String,
     data_dir: PathBuf,
     log_path: PathBuf,
@@ -85,7 +85,23 @@ impl Daemon {
     /// [`Daemon::start`] as root without the capabilities `dropped` (`bpf`, `perfmon`, …):
     /// removed from its bounding and inheritable sets by `setpriv`.
     pub fn start_without_capabilities(args: &[&str], dropped: &[&str]) -> Self {
-        Self::start_as(args, &[], dropped)
+        let drop = dropped
+            .iter()
+            .map(|cap| format!("-{cap}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let setpriv = [
+            "setpriv".to_owned(),
+            format!("--inh-caps={drop}"),
+            format!("--bounding-set={drop}"),
+        ];
+        Self::start_at("127.0.0.1", args, &[], &setpriv)
+    }
+
+    /// [`Daemon::start`] with at most `files` open files (soft and hard limit, by `prlimit`).
+    pub fn start_with_open_files_limit(args: &[&str], files: u32) -> Self {
+        let prlimit = ["prlimit".to_owned(), format!("--nofile={files}:{files}")];
+        Self::start_at("127.0.0.1", args, &[], &prlimit)
     }
 
     /// [`Daemon::start`] listening on every address (`0.0.0.0`), not only loopback.
@@ -93,15 +109,15 @@ impl Daemon {
         Self::start_at("0.0.0.0", args, &[], &[])
     }
 
-    fn start_as(args: &[&str], envs: &[(&str, &str)], dropped: &[&str]) -> Self {
-        Self::start_at("127.0.0.1", args, envs, dropped)
+    fn start_as(args: &[&str], envs: &[(&str, &str)], wrapper: &[String]) -> Self {
+        Self::start_at("127.0.0.1", args, envs, wrapper)
     }
 
     fn start_at(
         host: &'static str,
         args: &[&str],
         envs: &[(&str, &str)],
-        dropped: &[&str],
+        wrapper: &[String],
     ) -> Self {
         let port = free_port();
         let data_dir =
@@ -114,16 +130,8 @@ impl Daemon {
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
-        let dropped_caps: Vec<String> = dropped.iter().map(ToString::to_string).collect();
-        let child = spawn(
-            host,
-            port,
-            &data_dir,
-            &args,
-            &envs,
-            &dropped_caps,
-            &log_path,
-        );
+        let wrapper = wrapper.to_vec();
+        let child = spawn(host, port, &data_dir, &args, &envs, &wrapper, &log_path);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -133,7 +141,7 @@ impl Daemon {
             port,
             args,
             envs,
-            dropped_caps,
+            wrapper,
             base_url: format!("http://127.0.0.1:{port}"),
             data_dir,
             log_path,
@@ -156,7 +164,7 @@ impl Daemon {
             &self.data_dir,
             &self.args,
             &self.envs,
-            &self.dropped_caps,
+            &self.wrapper,
             &self.log_path,
         );
         self.wait_healthy(Duration::from_secs(15));
@@ -374,7 +382,7 @@ fn spawn(
     data_dir: &Path,
     args: &[String],
     envs: &[(String, String)],
-    dropped_caps: &[String],
+    wrapper: &[String],
     log_path: &Path,
 ) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -382,20 +390,13 @@ fn spawn(
         .append(true)
         .open(log_path)
         .expect("daemon log file");
-    let mut command = if dropped_caps.is_empty() {
-        Command::new(binary())
-    } else {
-        let drop = dropped_caps
-            .iter()
-            .map(|cap| format!("-{cap}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut command = Command::new("setpriv");
-        command
-            .arg(format!("--inh-caps={drop}"))
-            .arg(format!("--bounding-set={drop}"))
-            .arg(binary());
-        command
+    let mut command = match wrapper.split_first() {
+        None => Command::new(binary()),
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary());
+            command
+        }
     };
     command
         .arg("--listen")

@@ -39,6 +39,27 @@ pub struct Config {
     #[arg(long, env = "TRACERD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// The most API connections served at once (fewer if the open-files limit, raised to its
+    /// hard limit at start, leaves less room). At the cap a new connection closes the
+    /// longest-idle one; with none idle it is refused with a 503.
+    #[arg(long, env = "TRACERD_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// How long a client may take to send a request's head (e.g. `10s`).
+    #[arg(long, env = "TRACERD_HEADER_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub header_timeout: std::time::Duration,
+
+    /// How long a client may take to send a request's body.
+    #[arg(long, env = "TRACERD_BODY_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub body_timeout: std::time::Duration,
+
+    /// A connection with no request for this long is closed.
+    #[arg(long, env = "TRACERD_IDLE_TIMEOUT", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    pub idle_timeout: std::time::Duration,
+
     /// Directory for the SQLite database and recorded events. Created if missing; one daemon
     /// at a time may use it.
     #[arg(long, env = "TRACERD_DATA_DIR", default_value = "/var/lib/tracerd")]

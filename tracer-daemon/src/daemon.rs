@@ -15,7 +15,12 @@ use crate::{
     config::Config,
     containers::docker::DockerClient,
     data_dir::DataDir,
-    http::{self, auth::Auth, AppState},
+    http::{
+        self,
+        auth::Auth,
+        serve::{self, ServeLimits, Transport},
+        AppState,
+    },
     listen::Listen,
     record::TraceFilter,
     session::{follow_containers, store::Store, ManagerOptions, SessionManager},
@@ -169,6 +174,12 @@ impl Servers {
         state: AppState,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Self> {
+        let limits = ServeLimits {
+            max_connections: serve::raise_fd_limit(config.max_connections),
+            header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
+            idle_timeout: config.idle_timeout,
+        };
         let metrics = match config.metrics_listen {
             Some(address) => {
                 let listener = TcpListener::bind(address)
@@ -176,9 +187,14 @@ impl Servers {
                     .with_context(|| format!("binding the metrics listener to {address}"))?;
                 tracing::info!(listen = %listener.local_addr()?, "serving /metrics without a token");
                 let router = http::metrics_router(state.clone());
-                Some(tokio::spawn(
-                    async move { axum::serve(listener, router).await },
-                ))
+                let serving = serve::serve(
+                    listener,
+                    Transport::Plain,
+                    router,
+                    limits,
+                    std::future::pending(),
+                );
+                Some(tokio::spawn(serving))
             }
             None => None,
         };
@@ -190,28 +206,28 @@ impl Servers {
                     .await
                     .with_context(|| format!("binding the API to {address}"))?;
                 let local = listener.local_addr()?;
-                match (&config.tls_cert, &config.tls_key) {
+                let transport = match (&config.tls_cert, &config.tls_key) {
                     (Some(cert), Some(key)) => {
                         let tls =
                             http::tls::server_config(cert, key, config.tls_client_ca.as_deref())?;
                         let mutual = config.tls_client_ca.is_some();
                         tracing::info!(listen = %local, tls = true, mutual, "tracerd is serving");
-                        tokio::spawn(http::tls::serve(listener, tls, router, shutdown))
+                        Transport::Tls(tls.into())
                     }
                     _ => {
                         tracing::info!(listen = %local, "tracerd is serving");
-                        let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown);
-                        tokio::spawn(async move { serve.await })
+                        Transport::Plain
                     }
-                }
+                };
+                tokio::spawn(serve::serve(listener, transport, router, limits, shutdown))
             }
             Listen::Unix(path) => {
                 let listener = bind_unix(path, config.listen_mode, config.listen_group.as_deref())?;
                 tracing::info!(listen = %config.listen, "tracerd is serving");
-                let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+                let serving = serve::serve(listener, Transport::Plain, router, limits, shutdown);
                 let path = path.clone();
                 tokio::spawn(async move {
-                    let served = serve.await;
+                    let served = serving.await;
                     let _ = std::fs::remove_file(&path);
                     served
                 })

@@ -170,6 +170,18 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// Whether reading a body failed because it did not arrive within `--body-timeout`.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// axum's messages start with a generic sentence; keep the part that names the problem.
 fn body_error(text: &str) -> String {
     text.split_once(": ")
@@ -203,6 +215,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJsonVerbatim<T> 
             .map_err(|err| {
                 if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::body_too_large()
+                } else if timed_out(&err) {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        "the body did not arrive in time (see --body-timeout)",
+                    )
                 } else {
                     ApiError::bad_request("bad_body", err.body_text())
                 }

@@ -2,6 +2,7 @@
 pub mod auth;
 pub mod error;
 mod event_query;
+pub mod serve;
 mod sessions;
 mod stream;
 pub mod tls;
