@@ -95,22 +95,27 @@ impl Daemon {
             format!("--inh-caps={drop}"),
             format!("--bounding-set={drop}"),
         ];
-        Self::start_at("127.0.0.1", args, &[], &setpriv)
+        Self::start_at("127.0.0.1", args, &[], &setpriv, None)
     }
 
     /// [`Daemon::start`] with at most `files` open files (soft and hard limit, by `prlimit`).
     pub fn start_with_open_files_limit(args: &[&str], files: u32) -> Self {
         let prlimit = ["prlimit".to_owned(), format!("--nofile={files}:{files}")];
-        Self::start_at("127.0.0.1", args, &[], &prlimit)
+        Self::start_at("127.0.0.1", args, &[], &prlimit, None)
     }
 
     /// [`Daemon::start`] listening on every address (`0.0.0.0`), not only loopback.
     pub fn start_on_all_addresses(args: &[&str]) -> Self {
-        Self::start_at("0.0.0.0", args, &[], &[])
+        Self::start_at("0.0.0.0", args, &[], &[], None)
     }
 
     fn start_as(args: &[&str], envs: &[(&str, &str)], wrapper: &[String]) -> Self {
-        Self::start_at("127.0.0.1", args, envs, wrapper)
+        Self::start_at("127.0.0.1", args, envs, wrapper, None)
+    }
+
+    /// [`Daemon::start`] with its data directory at `data_dir` (removed when dropped).
+    pub fn start_with_data_dir(args: &[&str], data_dir: PathBuf) -> Self {
+        Self::start_at("127.0.0.1", args, &[], &[], Some(data_dir))
     }
 
     fn start_at(
@@ -118,10 +123,12 @@ impl Daemon {
         args: &[&str],
         envs: &[(&str, &str)],
         wrapper: &[String],
+        data_dir: Option<PathBuf>,
     ) -> Self {
         let port = free_port();
-        let data_dir =
-            std::env::temp_dir().join(format!("tracerd-test-data-{}-{port}", std::process::id()));
+        let data_dir = data_dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("tracerd-test-data-{}-{port}", std::process::id()))
+        });
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).expect("test data dir");
         let log_path = data_dir.join("tracerd.log");

@@ -23,8 +23,16 @@ use crate::{
     },
     listen::Listen,
     record::TraceFilter,
-    session::{follow_containers, store::Store, ManagerOptions, SessionManager},
-    sink::export::{self, DaemonExport, ExportOptions},
+    session::{
+        follow_containers,
+        store::{FullDisk, Store},
+        ManagerOptions, SessionManager,
+    },
+    sink::{
+        eventlog::finish_unfinished_segments,
+        export::{self, DaemonExport, ExportOptions},
+    },
+    space::SpaceReserve,
     sync::lock,
     tally::CgroupTally,
 };
@@ -39,14 +47,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut data_dir = DataDir::open(&config.data_dir)?;
     let auth = authentication(&config, data_dir.path())?;
-    let store = Store::new(
-        data_dir
-            .take_db()
-            .context("the data directory's database")?,
-    )?;
-    tracing::info!(data_dir = %data_dir.path().display(), "data directory ready");
-    // A daemon that died without its shutdown left the launch parent cgroup behind.
-    tokio::task::spawn_blocking(crate::session::remove_launch_parent_cgroups).await?;
+    let reserve = data_dir.reserve();
+    let store = open_store(&mut data_dir).await?;
     let options = manager_options(&config, &data_dir)?;
     // Loading programs and cleaning up tracefs is blocking work: on the blocking pool (which
     // runs inside the runtime, so the drain tasks it spawns are the runtime's).
@@ -74,6 +76,7 @@ pub async fn run(
         ready: ready.clone(),
         tally: tally.clone(),
         startup_session: startup_session.clone(),
+        reserve: reserve.clone(),
     };
     // When the signal comes, live followers end their streams first: the server's graceful
     // shutdown waits for responses in flight, and a followed stream would never end.
@@ -93,7 +96,7 @@ pub async fn run(
         "sessions that were running are resumed; ready"
     );
     let follower = tokio::spawn(follow_containers(manager.clone()));
-    let persister = tokio::spawn(persist_counters(manager.clone()));
+    let persister = tokio::spawn(persist_counters(manager.clone(), reserve));
 
     servers.wait().await?;
 
@@ -296,6 +299,25 @@ fn foreign_pids() -> Option<String> {
     why
 }
 
+/// The sessions' store on the data directory's database, once what a dead daemon left
+/// behind is tidied: the launch parent cgroup, and its sessions' unfinished event-log
+/// segments.
+async fn open_store(data_dir: &mut DataDir) -> anyhow::Result<Store> {
+    let full_disk = FullDisk {
+        reserve: data_dir.reserve(),
+        reopen: data_dir.read_only().then(|| data_dir.db_path()),
+    };
+    let db = data_dir
+        .take_db()
+        .context("the data directory's database")?;
+    let store = Store::new(db, Some(full_disk))?;
+    tracing::info!(data_dir = %data_dir.path().display(), "data directory ready");
+    tokio::task::spawn_blocking(crate::session::remove_launch_parent_cgroups).await?;
+    let sessions_dir = data_dir.path().join("sessions");
+    tokio::task::spawn_blocking(move || finish_unfinished_segments(&sessions_dir)).await?;
+    Ok(store)
+}
+
 /// Where sessions keep their data and send their spans.
 fn manager_options(config: &Config, data_dir: &DataDir) -> anyhow::Result<ManagerOptions> {
     let export_default = DaemonExport {
@@ -327,6 +349,7 @@ fn manager_options(config: &Config, data_dir: &DataDir) -> anyhow::Result<Manage
         },
         export_resource: export::resource(),
         foreign_pids: foreign_pids(),
+        reserve: Some(data_dir.reserve()),
     })
 }
 
@@ -354,12 +377,23 @@ fn start_engine(config: &Config) -> anyhow::Result<Engine> {
 }
 
 /// Saves running sessions' counters every [`PERSIST_INTERVAL`], for as long as it runs.
-async fn persist_counters(manager: Arc<SessionManager>) {
+async fn persist_counters(manager: Arc<SessionManager>, reserve: Arc<SpaceReserve>) {
     let mut every = tokio::time::interval(PERSIST_INTERVAL);
+    // Said once per failure, not every tick.
+    let mut failing = false;
     loop {
         every.tick().await;
-        if let Err(err) = manager.persist_counters().await {
-            tracing::error!(%err, "saving session counters failed");
+        match manager.persist_counters().await {
+            Ok(()) => failing = false,
+            Err(err) if !failing => {
+                failing = true;
+                tracing::error!(%err, "saving session counters failed (said once until it works)");
+            }
+            Err(_) => {}
+        }
+        if reserve.is_released() {
+            let reserve = reserve.clone();
+            let _ = tokio::task::spawn_blocking(move || reserve.restore_if_room()).await;
         }
     }
 }

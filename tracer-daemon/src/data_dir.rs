@@ -4,9 +4,12 @@ use std::{
     fs::{self, File},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use rusqlite::Connection;
+
+use crate::space::SpaceReserve;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
 /// Append only: a released migration never changes.
@@ -86,6 +89,9 @@ pub enum DataDirError {
 pub struct DataDir {
     path: PathBuf,
     db: Option<Connection>,
+    /// The database could only be opened read-only (the disk is full).
+    read_only: bool,
+    reserve: Arc<SpaceReserve>,
     // Held for the process's lifetime; the kernel releases the flock when the process dies,
     // so a crashed daemon never leaves a stale lock behind.
     _lock: File,
@@ -110,20 +116,48 @@ impl DataDir {
             path: db_path.clone(),
             source,
         };
-        let mut db = Connection::open(&db_path).map_err(database_error)?;
-        db.pragma_update(None, "journal_mode", "WAL")
-            .map_err(database_error)?;
-        db.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(database_error)?;
-        migrate(&mut db, &db_path)?;
-        db.execute(
-            "INSERT INTO daemon_starts (started_at, pid, version) VALUES (strftime('%Y-%m-%dT%H:%M:%fZ'), ?1, ?2)",
-            (std::process::id(), env!("CARGO_PKG_VERSION")),
-        )
-        .map_err(database_error)?;
+        let reserve = Arc::new(SpaceReserve::open(path));
+        let mut db = match open_writable(&db_path) {
+            Ok(db) => db,
+            // Not a byte free (SQLite cannot even make its shared-memory file): serve what is
+            // recorded, read-only, until space returns (see `Store`). Only if the write-ahead
+            // log holds nothing: a read-only open would not see what it holds.
+            Err(err) if reserve.is_full() && db_path.exists() && !has_wal(&db_path) => {
+                tracing::warn!(%err, "the disk is full: the database is opened read-only until space returns");
+                let db = open_read_only(&db_path).map_err(database_error)?;
+                return Ok(Self {
+                    path: path.to_owned(),
+                    db: Some(db),
+                    read_only: true,
+                    reserve,
+                    _lock: lock,
+                });
+            }
+            Err(err) => return Err(database_error(err)),
+        };
+        // On a full disk: with the reserve's room, or not at all.
+        if let Err(err) = migrate(&mut db, &db_path) {
+            if !reserve.release() {
+                return Err(err);
+            }
+            migrate(&mut db, &db_path)?;
+        }
+        let record_start = |db: &Connection| {
+            db.execute(
+                "INSERT INTO daemon_starts (started_at, pid, version) \
+                 VALUES (strftime('%Y-%m-%dT%H:%M:%fZ'), ?1, ?2)",
+                (std::process::id(), env!("CARGO_PKG_VERSION")),
+            )
+        };
+        if let Err(err) = record_start(&db) {
+            // A record for operators only: a full disk must not keep the daemon down.
+            tracing::warn!(%err, "the daemon's start could not be recorded in the database");
+        }
         Ok(Self {
             path: path.to_owned(),
             db: Some(db),
+            read_only: false,
+            reserve,
             _lock: lock,
         })
     }
@@ -132,10 +166,57 @@ impl DataDir {
         &self.path
     }
 
+    /// Whether the database is open read-only for now (the disk was full at start).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The database's file.
+    pub fn db_path(&self) -> PathBuf {
+        self.path.join("tracerd.db")
+    }
+
+    /// The room kept for the database on a full disk.
+    pub fn reserve(&self) -> Arc<SpaceReserve> {
+        self.reserve.clone()
+    }
+
     /// The database connection, for the store to own (once).
     pub fn take_db(&mut self) -> Option<Connection> {
         self.db.take()
     }
+}
+
+/// Whether the database's write-ahead log holds changes not yet in the database file.
+fn has_wal(db_path: &Path) -> bool {
+    let mut wal = db_path.as_os_str().to_owned();
+    wal.push("-wal");
+    fs::metadata(wal).is_ok_and(|wal| wal.len() > 0)
+}
+
+/// Opens the database for writing, as tracerd uses it (write-ahead log).
+pub fn open_writable(db_path: &Path) -> rusqlite::Result<Connection> {
+    let db = Connection::open(db_path)?;
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    db.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(db)
+}
+
+/// Opens the database read-only without the shared-memory file WAL mode needs (`immutable`:
+/// nobody writes it meanwhile, which the data directory's lock makes true).
+pub fn open_read_only(db_path: &Path) -> rusqlite::Result<Connection> {
+    // A URI: `%`, `?` and `#` in the path would be read as its syntax.
+    let path = db_path
+        .display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23");
+    let uri = format!("file:{path}?immutable=1");
+    Connection::open_with_flags(
+        uri,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
 }
 
 fn migrate(db: &mut Connection, db_path: &Path) -> Result<(), DataDirError> {

@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod record;
 pub mod session;
 pub mod sink;
+pub mod space;
 pub mod sync;
 pub mod tally;

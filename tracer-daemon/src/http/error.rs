@@ -126,6 +126,14 @@ impl From<SessionError> for ApiError {
             SessionError::NoCapacity => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message)
             }
+            SessionError::DiskFull => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", message)
+            }
+            SessionError::Store(store) if store.is_disk_full() => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                format!("{}: {store}", SessionError::DiskFull),
+            ),
             SessionError::Store(_)
             | SessionError::Engine(_)
             | SessionError::EventLog { .. }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub tally: Arc<Mutex<CgroupTally>>,
     /// The session tracing the `--trace-cgroup` cgroups, if any.
     pub startup_session: Option<Arc<SessionHandle>>,
+    /// The data directory's space reserve (released: the disk is full).
+    pub reserve: Arc<crate::space::SpaceReserve>,
 }
 
 impl axum::extract::FromRef<AppState> for Auth {
@@ -107,8 +109,25 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
     } else {
         "ftrace"
     };
+    // Alive either way (a liveness probe must not restart a daemon for a full disk), but
+    // degraded when something does not record.
+    let mut problems = Vec::new();
+    if state.reserve.is_released() {
+        problems.push(json!({
+            "reason": "disk_full",
+            "message": crate::session::SessionError::DiskFull.to_string(),
+        }));
+    }
+    for (session, not_recording) in state.manager.not_recording() {
+        problems.push(json!({
+            "session": session,
+            "reason": not_recording.reason,
+            "message": not_recording.message,
+        }));
+    }
     Json(json!({
-        "status": "ok",
+        "status": if problems.is_empty() { "ok" } else { "degraded" },
+        "problems": problems,
         "backend": default_backend,
         "backends": {
             "ebpf": status(engine.ebpf_status()),

@@ -207,6 +207,7 @@ impl Actor {
                         counters: Some(row.counters),
                         export_status: run.export_status(),
                         traced: run.traced(),
+                        not_recording: run.not_recording(),
                         tenant: run.tenant.clone(),
                         cgroups: run.cgroups.clone(),
                     },
@@ -235,7 +236,18 @@ impl Actor {
     async fn delete(&mut self) -> Result<(), SessionError> {
         let row = self.row().await?;
         if row.status == Status::Running {
-            self.end_run(Some((Status::Stopped, None))).await?;
+            // The run ends (its kernel objects are released) even when its final state
+            // cannot be saved: the session goes anyway.
+            if let Err(err) = self.end_run(Some((Status::Stopped, None))).await {
+                tracing::warn!(session = %self.id, %err, "saving the stopped session failed; deleting it all the same");
+            }
+        }
+        // The events go first: on a full disk, that frees the space the database needs.
+        let dir = self.ctx.session_dir(self.id);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SessionError::EventLog { path: dir, source }),
         }
         self.ctx.store.delete(self.id).await?;
         if matches!(
@@ -250,12 +262,6 @@ impl Actor {
             {
                 tracing::warn!(session = %self.id, %err, "removing the session's launched containers failed");
             }
-        }
-        let dir = self.ctx.session_dir(self.id);
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(SessionError::EventLog { path: dir, source }),
         }
         tracing::info!(session = %self.id, "session deleted");
         Ok(())
@@ -335,6 +341,7 @@ impl Actor {
             counters,
             export_status: run.export_status(),
             traced: run.traced(),
+            not_recording: run.not_recording(),
             tenant: run.tenant.clone(),
             cgroups: run.cgroups.clone(),
         })

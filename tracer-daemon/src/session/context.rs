@@ -16,6 +16,7 @@ use crate::{
     containers::{Container, ContainerRuntime},
     record::clock::now_rfc3339,
     sink::export::{ExportOptions, ExportStatus, OtlpConfig},
+    space::SpaceReserve,
     sync::lock,
 };
 
@@ -36,6 +37,9 @@ pub struct ManagerOptions {
     /// Why PIDs read in this process's `/proc` are not the host's, if they are not (see
     /// `host_view`): targets that need them are refused.
     pub foreign_pids: Option<String>,
+    /// The data directory's space reserve: released, the disk is full and nothing new is
+    /// started.
+    pub reserve: Option<Arc<SpaceReserve>>,
 }
 
 /// A running session's live view.
@@ -45,6 +49,7 @@ pub struct Snapshot {
     pub counters: Option<Counters>,
     pub export_status: Option<ExportStatus>,
     pub traced: Option<super::model::TracedContainers>,
+    pub not_recording: Option<super::model::NotRecording>,
     pub tenant: String,
     pub cgroups: Vec<u64>,
 }
@@ -98,11 +103,27 @@ impl Context {
         lock(&self.reported).remove(&id);
     }
 
+    /// Refuses new recording while the data directory's disk is full.
+    pub fn check_space(&self) -> Result<(), SessionError> {
+        match &self.options.reserve {
+            Some(reserve) if reserve.is_full() => Err(SessionError::DiskFull),
+            _ => Ok(()),
+        }
+    }
+
     /// The last reported counters of every running session.
     pub fn reported(&self) -> Vec<(Uuid, Counters)> {
         lock(&self.reported)
             .iter()
             .filter_map(|(id, snapshot)| Some((*id, snapshot.counters?)))
+            .collect()
+    }
+
+    /// Running sessions that are not recording, as last reported.
+    pub fn not_recording(&self) -> Vec<(Uuid, super::model::NotRecording)> {
+        lock(&self.reported)
+            .iter()
+            .filter_map(|(id, snapshot)| Some((*id, snapshot.not_recording.clone()?)))
             .collect()
     }
 

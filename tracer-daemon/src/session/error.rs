@@ -49,6 +49,12 @@ pub enum SessionError {
     /// The target needs the host's PIDs, which this process does not see.
     #[error("target: {0}")]
     ForeignPids(String),
+    /// The data directory's disk is full: nothing new is recorded until space returns.
+    #[error(
+        "the data directory's disk is full: new sessions and starts are refused until space \
+         returns (running sessions, stops and deletes go on)"
+    )]
+    DiskFull,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the engine: {0}")]

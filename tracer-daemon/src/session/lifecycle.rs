@@ -12,7 +12,7 @@ use super::{
     duplicates::RunningKeys,
     error::SessionError,
     launch,
-    model::{default_name, Counters, Session, SessionRow, Status},
+    model::{default_name, Counters, NotRecording, Session, SessionRow, Status},
     resolve::Resolving,
     spec::{BackendChoice, CreateSession, SessionSpec, TargetKind},
     store::{ListQuery, Store, StoreError},
@@ -96,6 +96,7 @@ impl SessionManager {
     ) -> Result<Session, SessionError> {
         let spec = request.validate()?;
         let (tenant, restricted) = principal.owner_of(&request, &spec.target)?;
+        self.ctx.check_space()?;
         self.check_backend(&spec)?;
         // The target must exist now; it is resolved again at every start.
         match &spec.target {
@@ -229,6 +230,7 @@ impl SessionManager {
 
     pub async fn start(&self, principal: &Principal, id: Uuid) -> Result<Session, SessionError> {
         self.visible(principal, id).await?;
+        self.ctx.check_space()?;
         let started = self
             .actor(id)
             .call(|reply| Command::Start {
@@ -283,11 +285,27 @@ impl SessionManager {
         }
         let snapshot = self.snapshot(row.id).await;
         let mut session = row.to_resource(snapshot.as_ref().and_then(|s| s.counters));
-        if let Some(snapshot) = snapshot {
-            session.export_status = snapshot.export_status;
-            session.traced = snapshot.traced;
+        match snapshot {
+            Some(snapshot) => {
+                session.export_status = snapshot.export_status;
+                session.traced = snapshot.traced;
+                session.not_recording = snapshot.not_recording;
+            }
+            // Stored as running, but no run here yet: tracerd restarted and resumes it.
+            None => {
+                session.not_recording = Some(NotRecording {
+                    reason: "resuming".into(),
+                    message: "tracerd restarted and has not resumed this session yet".into(),
+                    since: None,
+                });
+            }
         }
         session
+    }
+
+    /// Running sessions that are not recording, and why (as last reported).
+    pub fn not_recording(&self) -> Vec<(Uuid, NotRecording)> {
+        self.ctx.not_recording()
     }
 
     /// Counters of every running session now, for metrics.
@@ -362,7 +380,10 @@ impl SessionManager {
                     tracing::error!(session = %id, %err, "could not resume the session");
                     if let Ok(Some(mut row)) = self.ctx.store.get(id).await {
                         let reason = format!("could not resume after a restart: {err}");
-                        self.ctx.mark_failed(&mut row, reason).await?;
+                        // The daemon serves on even if this cannot be saved (a full disk).
+                        if let Err(err) = self.ctx.mark_failed(&mut row, reason).await {
+                            tracing::error!(session = %id, %err, "recording the failed resume failed");
+                        }
                     }
                 }
             }

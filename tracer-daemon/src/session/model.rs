@@ -110,6 +110,21 @@ impl std::ops::Add for Counters {
     }
 }
 
+/// Why a running session records nothing now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NotRecording {
+    /// `disk_full` (the event log's disk is full: events are counted as dropped until space
+    /// returns, then recording resumes by itself), `write_failed` (another write error),
+    /// `resuming` (tracerd restarted and has not resumed the session yet), or
+    /// `runtime_unavailable` (the container runtime is away: containers it starts are not
+    /// followed until it is back).
+    pub reason: String,
+    pub message: String,
+    /// Since when (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
 /// The containers a container session's run traces, and how its selector matched them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TracedContainers {
@@ -167,6 +182,9 @@ pub struct Session {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traced: Option<TracedContainers>,
     pub status: Status,
+    /// Present while a `running` session is not recording, with why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_recording: Option<NotRecording>,
     /// Why the session finished (`ttl`, `max_events`, `targets_gone`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_reason: Option<String>,
@@ -229,6 +247,7 @@ impl SessionRow {
             export_status: None,
             traced: None,
             status: self.status,
+            not_recording: None,
             finished_reason: self.finished_reason.clone(),
             error: self.error.clone(),
             runs: self.runs,

@@ -13,7 +13,7 @@ use super::{
     context::Context,
     error::SessionError,
     launch,
-    model::{Counters, SessionRow, Status, TracedContainer, TracedContainers},
+    model::{Counters, NotRecording, SessionRow, Status, TracedContainer, TracedContainers},
     resolve::{Follow, Resolved, Resolving},
     spec::{BackendChoice, SessionSpec},
     watch::{run_ending, Ending},
@@ -29,6 +29,7 @@ use crate::{
         follow::{Feed, Subscription},
         writer::{ContainerJoin, RunProgress, RunWriter},
     },
+    sync::lock,
 };
 
 /// A session that is running now.
@@ -137,13 +138,22 @@ pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRo
         }
     }
     let run = assemble(ctx, &row, &spec, resolved, started);
+    let resuming = row.status == Status::Running;
     mark_running(&mut row, run.trace.as_ref());
-    if let Err(err) = ctx.store.save(row.clone()).await {
-        // Not recorded as running: nothing of it may stay behind.
-        if let Err(end) = run.end(ctx, row.id).await {
-            tracing::error!(session = %row.id, %end, "ending a run that could not be recorded");
+    match ctx.store.save(row.clone()).await {
+        Ok(()) => {}
+        // Stored as running already: on a full disk only the run's count and start time are
+        // not saved, and the session records again rather than failing.
+        Err(err) if resuming && err.is_disk_full() => {
+            tracing::warn!(session = %row.id, %err, "resumed, but the disk is full: the run's start is not saved");
         }
-        return Err(err.into());
+        Err(err) => {
+            // Not recorded as running: nothing of it may stay behind.
+            if let Err(end) = run.end(ctx, row.id).await {
+                tracing::error!(session = %row.id, %end, "ending a run that could not be recorded");
+            }
+            return Err(err.into());
+        }
     }
     tracing::info!(session = %row.id, run = row.runs, "session running");
     Ok((run, row))
@@ -288,6 +298,7 @@ fn assemble(
         clock: started.clock,
         limits: spec.capture.limits,
         feed: feed.clone(),
+        space: ctx.options.reserve.clone(),
     };
     let events = started.events;
     let writer = tokio::task::spawn_blocking(move || writer.run(events));
@@ -370,6 +381,31 @@ impl Run {
 
     pub fn export_status(&self) -> Option<ExportStatus> {
         self.export.as_ref().map(Export::status)
+    }
+
+    /// Why the run records nothing now, if it does not.
+    pub fn not_recording(&self) -> Option<NotRecording> {
+        let failure = lock(&self.progress.failure).clone()?;
+        let (reason, message) = if failure.out_of_space {
+            (
+                "disk_full",
+                format!(
+                    "the data directory's disk is full ({}): events are counted as dropped \
+                     until space returns",
+                    failure.message
+                ),
+            )
+        } else {
+            (
+                "write_failed",
+                format!("writing the event log fails: {}", failure.message),
+            )
+        };
+        Some(NotRecording {
+            reason: reason.into(),
+            message,
+            since: Some(failure.since),
+        })
     }
 
     pub fn traced(&self) -> Option<TracedContainers> {
@@ -493,7 +529,10 @@ fn run_counters(
     Counters {
         matched: kernel.matched,
         delivered: progress.written.load(Ordering::Relaxed),
-        dropped: kernel.dropped_kernel + kernel.dropped_userspace + over_limit,
+        dropped: kernel.dropped_kernel
+            + kernel.dropped_userspace
+            + over_limit
+            + progress.unwritten.load(Ordering::Relaxed),
         exported: exported(|e| &e.exported),
         spooled: exported(|e| &e.spooled),
         export_failed: exported(|e| &e.failed),

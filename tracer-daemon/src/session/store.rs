@@ -7,6 +7,7 @@
 //! and to the cache only once committed.
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::{Arc, Mutex, RwLock},
 };
 
@@ -17,7 +18,11 @@ use super::{
     model::{Counters, SessionRow, Status},
     spec::Target,
 };
-use crate::sync::lock;
+use crate::{
+    data_dir::{open_read_only, open_writable},
+    space::SpaceReserve,
+    sync::lock,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -136,7 +141,8 @@ pub struct Store {
 impl Store {
     /// Opens the store on `db` (the writer's connection; a second one is opened for reads),
     /// loading every session into memory.
-    pub fn new(db: Connection) -> Result<Self, StoreError> {
+    /// On a full disk its writer releases the reserve and tries again (see [`FullDisk`]).
+    pub fn new(db: Connection, full_disk: Option<FullDisk>) -> Result<Self, StoreError> {
         let rows = db
             .prepare(&format!("SELECT {COLUMNS} FROM sessions"))?
             .query_map([], from_row)?
@@ -144,19 +150,28 @@ impl Store {
         let cache: Arc<RwLock<HashMap<Uuid, SessionRow>>> = Arc::new(RwLock::new(
             rows.into_iter().map(|row| (row.id, row)).collect(),
         ));
-        let reader = match db.path() {
-            Some(path) if !path.is_empty() => Connection::open(path)?,
+        let read_only = full_disk.as_ref().and_then(|full| full.reopen.clone());
+        let reader = match (db.path(), &read_only) {
+            (_, Some(path)) => open_read_only(path)?,
+            (Some(path), None) if !path.is_empty() => Connection::open(path)?,
             // An in-memory database has one connection only.
             _ => Connection::open_in_memory()?,
         };
+        let reader = Arc::new(Mutex::new(reader));
         let (writes, requests) = tokio::sync::mpsc::unbounded_channel();
-        let writer_cache = cache.clone();
+        let writer = Writer {
+            db,
+            read_only,
+            reader: reader.clone(),
+            cache: cache.clone(),
+            reserve: full_disk.map(|full| full.reserve),
+        };
         std::thread::Builder::new()
             .name("tracerd-store".into())
-            .spawn(move || write_batches(db, requests, &writer_cache))
+            .spawn(move || writer.run(requests))
             .map_err(StoreError::WriterThread)?;
         Ok(Self {
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
             writes,
             cache,
         })
@@ -289,39 +304,117 @@ impl Store {
     }
 }
 
-/// The writer thread: applies every change queued at that moment in one transaction (group
-/// commit), each in its own savepoint so one failure does not undo the others, then updates
-/// the cache and answers each caller.
-fn write_batches(
-    mut db: Connection,
-    mut requests: tokio::sync::mpsc::UnboundedReceiver<WriteRequest>,
-    cache: &RwLock<HashMap<Uuid, SessionRow>>,
-) {
-    const MAX_BATCH: usize = 256;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while requests
-        .blocking_recv()
-        .map(|first| batch.push(first))
-        .is_some()
-    {
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
+impl StoreError {
+    /// Whether the database could not be written for want of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        let code = match self {
+            StoreError::Sqlite(err) => err.sqlite_error_code(),
+            StoreError::Write(err) => err.sqlite_error_code(),
+            _ => None,
+        };
+        code == Some(rusqlite::ErrorCode::DiskFull)
+    }
+}
+
+/// How the store copes with a full disk.
+pub struct FullDisk {
+    /// Released (and the write tried again) when a write fails for want of space.
+    pub reserve: Arc<SpaceReserve>,
+    /// Set when the database could only be opened read-only: every write is refused (as a
+    /// full disk) until it can be opened for writing again, which each write tries first.
+    pub reopen: Option<PathBuf>,
+}
+
+/// The writer thread's state.
+struct Writer {
+    db: Connection,
+    /// The database's path while it is open read-only.
+    read_only: Option<PathBuf>,
+    /// The readers' connection, replaced when the database becomes writable.
+    reader: Arc<Mutex<Connection>>,
+    cache: Arc<RwLock<HashMap<Uuid, SessionRow>>>,
+    reserve: Option<Arc<SpaceReserve>>,
+}
+
+impl Writer {
+    /// Applies every change queued at that moment in one transaction (group commit), each in
+    /// its own savepoint so one failure does not undo the others, then updates the cache and
+    /// answers each caller.
+    fn run(mut self, mut requests: tokio::sync::mpsc::UnboundedReceiver<WriteRequest>) {
+        const MAX_BATCH: usize = 256;
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while requests
+            .blocking_recv()
+            .map(|first| batch.push(first))
+            .is_some()
+        {
+            while batch.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let results = self.apply(&batch);
+            let committed = results.is_ok();
+            let mut cache = self
+                .cache
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let outcomes = results.unwrap_or_else(|err| vec![Err(err); batch.len()]);
+            for (request, outcome) in batch.drain(..).zip(outcomes) {
+                if committed && outcome.is_ok() {
+                    update_cache(&mut cache, request.write);
+                }
+                let _ = request.done.send(outcome);
             }
         }
-        let results = apply_batch(&mut db, &batch);
-        let committed = results.is_ok();
-        let mut cache = cache
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let outcomes = results.unwrap_or_else(|err| vec![Err(err); batch.len()]);
-        for (request, outcome) in batch.drain(..).zip(outcomes) {
-            if committed && outcome.is_ok() {
-                update_cache(&mut cache, request.write);
-            }
-            let _ = request.done.send(outcome);
+    }
+
+    /// Applies a batch: with the reserve's room if the disk is full, not at all while the
+    /// database cannot be written.
+    fn apply(&mut self, batch: &[WriteRequest]) -> Outcome<Vec<Outcome<()>>> {
+        if !self.writable() {
+            return Err(Arc::new(disk_full_error()));
         }
+        let writes: Vec<&Write> = batch.iter().map(|request| &request.write).collect();
+        let results = apply_batch(&mut self.db, &writes);
+        if out_of_space(&results) && self.reserve.as_deref().is_some_and(SpaceReserve::release) {
+            return retry(&mut self.db, &writes, results);
+        }
+        results
+    }
+
+    /// Whether the database can be written, reopening it for writing if it was read-only.
+    fn writable(&mut self) -> bool {
+        let Some(path) = &self.read_only else {
+            return true;
+        };
+        let (Ok(writable), Ok(reader)) = (open_writable(path), Connection::open(path)) else {
+            return false;
+        };
+        self.db = writable;
+        *lock(&self.reader) = reader;
+        self.read_only = None;
+        tracing::info!("the database is writable again");
+        true
+    }
+}
+
+/// What SQLite says when the disk is full.
+fn disk_full_error() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+        Some("the database is read-only until the disk has room".into()),
+    )
+}
+
+/// Whether a batch, or a change in it, failed because the disk is full.
+fn out_of_space(results: &Outcome<Vec<Outcome<()>>>) -> bool {
+    let full =
+        |err: &rusqlite::Error| err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
+    match results {
+        Ok(outcomes) => outcomes.iter().any(|o| o.as_ref().is_err_and(|e| full(e))),
+        Err(err) => full(err),
     }
 }
 
@@ -330,12 +423,12 @@ type Outcome<T> = Result<T, Arc<rusqlite::Error>>;
 
 /// One transaction for the batch; the outcome of each change, or the error that lost them
 /// all (the commit failed).
-fn apply_batch(db: &mut Connection, batch: &[WriteRequest]) -> Outcome<Vec<Outcome<()>>> {
+fn apply_batch(db: &mut Connection, writes: &[&Write]) -> Outcome<Vec<Outcome<()>>> {
     let mut tx = db.transaction()?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for request in batch {
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for write in writes {
         let mut savepoint = tx.savepoint()?;
-        match apply(&savepoint, &request.write) {
+        match apply(&savepoint, write) {
             Ok(()) => {
                 savepoint.commit()?;
                 outcomes.push(Ok(()));
@@ -347,6 +440,28 @@ fn apply_batch(db: &mut Connection, batch: &[WriteRequest]) -> Outcome<Vec<Outco
         }
     }
     tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Applies again what `first` did not commit (all of it if the commit failed, else the
+/// changes that failed).
+fn retry(
+    db: &mut Connection,
+    writes: &[&Write],
+    first: Outcome<Vec<Outcome<()>>>,
+) -> Outcome<Vec<Outcome<()>>> {
+    let Ok(mut outcomes) = first else {
+        return apply_batch(db, writes);
+    };
+    let failed: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| outcomes[i].is_err())
+        .collect();
+    let again: Vec<&Write> = failed.iter().map(|&i| writes[i]).collect();
+    if let Ok(retried) = apply_batch(db, &again) {
+        for (i, outcome) in failed.into_iter().zip(retried) {
+            outcomes[i] = outcome;
+        }
+    }
     Ok(outcomes)
 }
 

@@ -1,9 +1,12 @@
 //! A run's writer: takes the events the engine delivers to one session, writes them to its
 //! event log and hands them to its span export, on a thread of the blocking pool (it does
 //! file I/O), enforcing the session's event limit.
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    mpsc, Arc,
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use tokio::sync::oneshot;
@@ -18,11 +21,16 @@ use super::{
 };
 use crate::{
     backend::EventReceiver,
-    record::{decode::Limits, ContainerMeta, WallClock},
+    record::{clock::now_rfc3339, decode::Limits, ContainerMeta, WallClock},
+    space::{is_out_of_space, SpaceReserve},
+    sync::lock,
 };
 
 /// A batch is written once it holds this many bytes of JSON (or the channel is empty).
 const BATCH_BYTES: usize = 1 << 20;
+/// While writes fail (a full disk), how often one is tried again; the batches in between
+/// are counted as dropped without a try.
+const RETRY_WRITES_EVERY: Duration = Duration::from_secs(1);
 
 /// What the writer of a run has done so far.
 #[derive(Debug, Default)]
@@ -33,6 +41,20 @@ pub struct RunProgress {
     pub over_limit: AtomicU64,
     /// Written events the event log removed to stay under its size cap.
     pub evicted: AtomicU64,
+    /// Delivered events the event log could not take (the disk was full): dropped.
+    pub unwritten: AtomicU64,
+    /// Why the event log takes nothing now, while it does not.
+    pub failure: Mutex<Option<WriteFailure>>,
+}
+
+/// The event log's writes fail: the run delivers events but records none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteFailure {
+    /// The disk (or the quota) is full, rather than another I/O error.
+    pub out_of_space: bool,
+    pub message: String,
+    /// When the first write failed (RFC 3339).
+    pub since: String,
 }
 
 /// A container that joined the run: events of its cgroup say they come from it.
@@ -60,6 +82,9 @@ pub struct RunWriter {
     pub limits: Limits,
     /// Where each batch goes once it is in the log, for the session's followers.
     pub feed: Feed,
+    /// The data directory's space reserve: while it is released (the disk was found full)
+    /// the log takes nothing, so what room there is goes to the database.
+    pub space: Option<Arc<SpaceReserve>>,
 }
 
 impl RunWriter {
@@ -68,6 +93,8 @@ impl RunWriter {
     pub fn run(mut self, mut events: EventReceiver) -> std::io::Result<()> {
         let mut lines = Vec::with_capacity(BATCH_BYTES);
         let mut written = 0u64;
+        // While writes fail: when the next one is tried.
+        let mut retry_at: Option<Instant> = None;
         while let Some(first) = events.blocking_recv() {
             for (cgroup_id, container) in self.joins.try_iter() {
                 self.containers.add(cgroup_id, container);
@@ -107,7 +134,13 @@ impl RunWriter {
                     None
                 };
             }
-            let evicted = self.log.append(&lines, batch)?;
+            let Some(evicted) = self.append(&lines, batch, &mut retry_at) else {
+                self.progress.unwritten.fetch_add(batch, Ordering::Relaxed);
+                self.progress
+                    .over_limit
+                    .fetch_add(over_limit, Ordering::Relaxed);
+                continue;
+            };
             if batch > 0 {
                 self.feed.publish(LogBatch {
                     first_seq,
@@ -131,6 +164,43 @@ impl RunWriter {
             }
         }
         self.log.finish()
+    }
+
+    /// Appends a batch to the event log; `None` if it is not in the log (the write failed,
+    /// or writes fail and it is not time to try again), and then the run says why.
+    fn append(&mut self, lines: &[u8], events: u64, retry_at: &mut Option<Instant>) -> Option<u64> {
+        if retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
+        let disk_full = self.space.as_deref().is_some_and(SpaceReserve::is_released);
+        let appended = if disk_full {
+            Err(std::io::ErrorKind::StorageFull.into())
+        } else {
+            self.log.append(lines, events)
+        };
+        match appended {
+            Ok(evicted) => {
+                if retry_at.take().is_some() {
+                    *lock(&self.progress.failure) = None;
+                    tracing::info!(session = %self.session, "the event log takes events again");
+                }
+                Some(evicted)
+            }
+            Err(err) => {
+                *retry_at = Some(Instant::now() + RETRY_WRITES_EVERY);
+                let mut failure = lock(&self.progress.failure);
+                if failure.is_none() {
+                    tracing::error!(session = %self.session, %err,
+                        "writing the event log failed: events are dropped until it works again");
+                    *failure = Some(WriteFailure {
+                        out_of_space: is_out_of_space(&err),
+                        message: err.to_string(),
+                        since: now_rfc3339(),
+                    });
+                }
+                None
+            }
+        }
     }
 }
 
@@ -166,6 +236,7 @@ mod tests {
             clock: WallClock::from_offset_ns(0),
             limits: Limits::default(),
             feed: crate::sink::follow::Feed::default(),
+            space: None,
         };
         (writer, joins_tx, limit_rx)
     }

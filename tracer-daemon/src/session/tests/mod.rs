@@ -33,7 +33,7 @@ impl Harness {
     fn with(tracer: FakeTracer, runtime: FakeRuntime) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut data = DataDir::open(dir.path()).unwrap();
-        let store = Store::new(data.take_db().unwrap()).unwrap();
+        let store = Store::new(data.take_db().unwrap(), None).unwrap();
         let (tracer, runtime) = (Arc::new(tracer), Arc::new(runtime));
         let manager = SessionManager::new(tracer.clone(), runtime.clone(), store, options(&data));
         Self {
@@ -95,6 +95,7 @@ fn options(data: &DataDir) -> ManagerOptions {
         export_options: ExportOptions::default(),
         export_resource: crate::sink::export::resource(),
         foreign_pids: None,
+        reserve: None,
     }
 }
 
@@ -425,7 +426,7 @@ async fn bad_requests_and_unavailable_parts_are_the_callers_errors_with_their_ca
 async fn without_the_hosts_pids_only_cgroup_targets_are_taken() {
     let dir = tempfile::tempdir().unwrap();
     let mut data = DataDir::open(dir.path()).unwrap();
-    let store = Store::new(data.take_db().unwrap()).unwrap();
+    let store = Store::new(data.take_db().unwrap(), None).unwrap();
     let options = ManagerOptions {
         foreign_pids: Some("run with --pid=host".into()),
         ..options(&data)
