@@ -75,6 +75,11 @@ pub enum DataDirError {
         source: rusqlite::Error,
     },
     #[error(
+        "the disk of {path} is full, and its database's write-ahead log holds changes a \
+         read-only start would not see: free some space on it and start again"
+    )]
+    FullWithWal { path: PathBuf },
+    #[error(
         "the database {path} has schema version {found}, newer than this tracerd knows ({known}); \
          run a newer tracerd or use another --data-dir"
     )]
@@ -132,6 +137,11 @@ impl DataDir {
                     reserve,
                     _lock: lock,
                 });
+            }
+            Err(_) if reserve.is_full() => {
+                return Err(DataDirError::FullWithWal {
+                    path: path.to_owned(),
+                })
             }
             Err(err) => return Err(database_error(err)),
         };
