@@ -196,6 +196,10 @@ fn test(args: &[String]) -> Result<()> {
             ("TRACERCTL_BIN", tracerctl.as_os_str()),
             ("TRACERD_IMAGE", std::ffi::OsStr::new("tracerd:test")),
             ("ROTEL_AGENT", setup::rotel_agent()?.as_os_str()),
+            (
+                "SCHEMATHESIS_PYTHON",
+                setup::schemathesis_python().as_os_str(),
+            ),
         ],
     )?;
     unit_tests_without_root()

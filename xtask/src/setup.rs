@@ -23,6 +23,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const ROTEL_VERSION: &str = "0.0.1a15";
 /// Validates the Kubernetes manifests offline against the API's schemas.
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// Fuzzes the API against its OpenAPI document; in a virtualenv of its own, so its many
+/// dependencies do not meet rotel's and kubernetes-validate's.
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// Debian packages: the Docker engine, and the test and benchmark tools.
 const DEBIAN_PACKAGES: [&str; 8] = [
     "docker.io",
@@ -51,6 +54,7 @@ pub fn run() -> Result<()> {
     step("Docker engine", ensure_docker)?;
     step("rotel collector", ensure_rotel)?;
     step("kubernetes-validate", ensure_kubernetes_validate)?;
+    step("schemathesis", ensure_schemathesis)?;
     println!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -257,6 +261,42 @@ fn ensure_kubernetes_validate() -> Result<String> {
     match version() {
         Some(version) => Ok(format!("installed {version}")),
         None => bail!("kubernetes-validate does not run after pip installed it"),
+    }
+}
+
+/// The Python of schemathesis' virtualenv (`python -m schemathesis.cli`).
+pub fn schemathesis_python() -> PathBuf {
+    PathBuf::from(format!(
+        "/var/cache/tracerd-dev/schemathesis-{SCHEMATHESIS_VERSION}/bin/python"
+    ))
+}
+
+fn ensure_schemathesis() -> Result<String> {
+    let python = schemathesis_python();
+    let version = || {
+        cmd::output(
+            python.to_str()?,
+            &["-c", "import schemathesis; print(schemathesis.__version__)"],
+        )
+    };
+    if version().as_deref() == Some(SCHEMATHESIS_VERSION) {
+        return Ok(format!("present ({})", python.display()));
+    }
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .context("the virtualenv's directory")?;
+    let log = log_file("pip.log")?;
+    run_logged(Command::new("python3").args(["-m", "venv"]).arg(venv), &log)?;
+    run_logged(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check"])
+            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
+        &log,
+    )?;
+    match version() {
+        Some(version) => Ok(format!("installed {version} ({})", python.display())),
+        None => bail!("schemathesis does not run after pip installed it"),
     }
 }
 

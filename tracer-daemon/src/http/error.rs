@@ -150,10 +150,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+        let body = ApiJsonVerbatim::<T>::from_request(request, state).await?;
+        Ok(Self(body.value))
     }
 }
 
@@ -235,6 +233,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJsonVerbatim<T> 
             })?;
         let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| ApiError::bad_request("malformed_json", "the body is not UTF-8"))?;
+        // Every body is an object (serde would also read a struct from an array).
+        if text.trim_start().starts_with('[') {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
+        }
         let mut deserializer = serde_json::Deserializer::from_str(&text);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
             let message = err.to_string();

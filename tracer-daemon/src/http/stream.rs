@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::{
     extract::{
-        ws::{Message, WebSocket, WebSocketUpgrade},
+        ws::{rejection::WebSocketUpgradeRejection, Message, WebSocket, WebSocketUpgrade},
         State,
     },
     http::header,
@@ -60,8 +60,18 @@ pub async fn stream(
     SessionId(id): SessionId,
     ApiQuery(params): ApiQuery<EventParams>,
     headers: axum::http::HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::bad_request(
+            "websocket_required",
+            format!(
+                "this is a WebSocket endpoint: {} (GET /v1/sessions/{{id}}/events downloads \
+                 the same events over plain HTTP)",
+                rejection.body_text()
+            ),
+        )
+    })?;
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())

@@ -17,19 +17,45 @@ pub struct Capture {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// Characters kept of each string argument (paths, names): 1 to 255, default 255.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::whole::option"
+    )]
     pub string_chars: Option<u32>,
     /// Bytes kept of each buffer (`read`, `write`…) and characters of each argv element, like
     /// strace's `-s`: 0 (no buffers) to 1024, default 32.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::whole::option"
+    )]
     pub data_bytes: Option<u32>,
     /// argv elements kept: 0 to 64, default 32.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::whole::option"
+    )]
     pub argv: Option<u32>,
     /// Capture buffers of these syscalls only (of `read`, `pread64`, `recvfrom`, `write`,
     /// `pwrite64`, `sendto`); absent for all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_syscalls: Option<Vec<String>>,
+}
+
+const STRING_CHARS: std::ops::RangeInclusive<u32> = 1..=tracer_common::PATH_MAX_LEN as u32 - 1;
+const DATA_BYTES: std::ops::RangeInclusive<u32> = 0..=tracer_common::MAX_DATA_BYTES;
+const ARGV: std::ops::RangeInclusive<u32> = 0..=tracer_common::MAX_ARGV;
+
+/// Each numeric `capture` field and its (min, max), for the OpenAPI document.
+pub fn capture_bounds() -> [(&'static str, (u32, u32)); 3] {
+    let bounds = |range: std::ops::RangeInclusive<u32>| (*range.start(), *range.end());
+    [
+        ("string_chars", bounds(STRING_CHARS)),
+        ("data_bytes", bounds(DATA_BYTES)),
+        ("argv", bounds(ARGV)),
+    ]
 }
 
 impl Capture {
@@ -50,21 +76,16 @@ impl Capture {
             string_chars: bounded(
                 "capture.string_chars",
                 self.string_chars,
-                1..=tracer_common::PATH_MAX_LEN as u32 - 1,
+                STRING_CHARS,
                 defaults.string_chars as u32,
             )?,
             data_bytes: bounded(
                 "capture.data_bytes",
                 self.data_bytes,
-                0..=tracer_common::MAX_DATA_BYTES,
+                DATA_BYTES,
                 defaults.data_bytes as u32,
             )?,
-            argv: bounded(
-                "capture.argv",
-                self.argv,
-                0..=tracer_common::MAX_ARGV,
-                defaults.argv as u32,
-            )?,
+            argv: bounded("capture.argv", self.argv, ARGV, defaults.argv as u32)?,
         };
         let data_syscalls = match &self.data_syscalls {
             None => None,

@@ -1,8 +1,10 @@
 //! Checks of single fields, each error naming its field.
 use std::time::Duration;
 
-const MAX_NAME_LEN: usize = 128;
-const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const MAX_NAME_LEN: usize = 128;
+/// A duration as sessions take it: a whole number and one unit (the OpenAPI document says
+/// the same with this pattern).
+pub const TTL_PATTERN: &str = "^[1-9][0-9]{0,8}(ms|s|m|h|d)$";
 
 /// A request that cannot be accepted, naming the field at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,17 +27,29 @@ pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> Invali
     }
 }
 
+/// Parses a [`TTL_PATTERN`] duration: `500ms`, `30s`, `5m`, `2h`, `7d`.
 pub(super) fn parse_ttl(field: &'static str, text: &str) -> Result<Duration, InvalidField> {
-    let ttl = humantime::parse_duration(text).map_err(|err| {
+    let bad = || {
         invalid(
             field,
-            format!("`{text}` is not a duration like \"30s\" or \"5m\": {err}"),
+            format!("`{text}` is not a duration: a number from 1 and one of ms, s, m, h, d (\"30s\", \"5m\")"),
         )
-    })?;
-    if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(invalid(field, "must be more than 0 and at most 30 days"));
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() || number.len() > 9 || number.starts_with('0') {
+        return Err(bad());
     }
-    Ok(ttl)
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(number * seconds))
 }
 
 pub(super) fn validate_name(name: &str) -> Result<(), InvalidField> {

@@ -5,7 +5,9 @@
 //! numbers, durations parsed, names and labels checked. Every problem names the field.
 mod capture;
 mod field;
+mod object;
 mod target;
+mod whole;
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -14,8 +16,8 @@ use utoipa::ToSchema;
 
 use self::field::{invalid, parse_ttl, validate_name};
 pub use self::{
-    capture::Capture,
-    field::{validate_tenant, InvalidField},
+    capture::{capture_bounds, Capture, DATA_SYSCALLS},
+    field::{validate_tenant, InvalidField, MAX_NAME_LEN, TTL_PATTERN},
     target::{Launch, Target, TargetKind},
 };
 
@@ -27,11 +29,12 @@ pub struct CreateSession {
     #[serde(default)]
     pub name: Option<String>,
     /// What to trace.
+    #[serde(deserialize_with = "object::only")]
     pub target: Target,
     /// Syscall names to record; absent for all.
     #[serde(default)]
     pub syscalls: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::only")]
     pub conditions: Conditions,
     /// A free string carried into every exported span, to find the session in a tracing
     /// backend.
@@ -39,18 +42,26 @@ pub struct CreateSession {
     pub label: Option<String>,
     #[serde(default)]
     pub backend: BackendChoice,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::only")]
     pub limits: Limits,
     /// Where its spans go: `{"otlp": {"endpoint": …, "protocol": "grpc"}}`, or
     /// `{"otlp": null}` for none; absent, the daemon's default collector (if any).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object::option"
+    )]
     pub export: Option<crate::sink::export::ExportRequest>,
     /// The tenant the session belongs to; only an admin may set it (default: the caller's).
     #[serde(default)]
     pub tenant: Option<String>,
     /// What argument data the kernel reads (strings, buffers, socket addresses, argv) and
     /// how much of it is kept; absent for the defaults.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object::option"
+    )]
     pub capture: Option<Capture>,
 }
 
@@ -58,7 +69,11 @@ pub struct CreateSession {
 #[serde(deny_unknown_fields)]
 pub struct Conditions {
     /// Only these processes (tgids).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "self::whole::option_list"
+    )]
     pub tgids: Option<Vec<u32>>,
     /// Only calls that fail (return value < 0).
     #[serde(default)]
@@ -85,11 +100,19 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
     /// Stop after this many delivered events; the session finishes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "self::whole::option"
+    )]
     pub max_events: Option<u64>,
     /// Ring-buffer size per CPU, in KiB, of the session's tracefs instance when it runs on
     /// the ftrace backend (default: the daemon's `--ftrace-buffer-kb`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "self::whole::option"
+    )]
     pub ftrace_buffer_kb: Option<u32>,
 }
 
@@ -142,8 +165,8 @@ impl SessionSpec {
     }
 }
 
-const MAX_LABEL_LEN: usize = 256;
-const MAX_LIST_LEN: usize = 4096;
+pub const MAX_LABEL_LEN: usize = 256;
+pub const MAX_LIST_LEN: usize = 4096;
 
 impl CreateSession {
     pub fn validate(&self) -> Result<SessionSpec, InvalidField> {

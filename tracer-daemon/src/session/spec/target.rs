@@ -17,7 +17,11 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     /// Processes by pid (their threads; not the children they start later).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::whole::option_list"
+    )]
     pub pids: Option<Vec<u32>>,
     /// Running Docker containers by exact name, else ID prefix, else part of a name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -26,7 +30,11 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
     /// A container tracerd creates and starts itself, traced from its first syscall.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::object::option"
+    )]
     pub launch: Option<Launch>,
 }
 

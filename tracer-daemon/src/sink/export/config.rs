@@ -81,6 +81,44 @@ pub fn check_endpoint(field: &'static str, endpoint: &str) -> Result<(), ConfigE
     Ok(())
 }
 
+/// What [`check_endpoint`] takes, as a pattern for the OpenAPI document.
+pub const ENDPOINT_PATTERN: &str = "^https?://[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\
+    (:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?\
+    (/[A-Za-z0-9._~/-]*)?$";
+
+/// Whether `endpoint` matches [`ENDPOINT_PATTERN`] (written out: no regex engine for one
+/// check).
+fn has_endpoint_shape(endpoint: &str) -> bool {
+    let Some(rest) = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let alphanumeric = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let host_ok = (1..=253).contains(&host.len())
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && alphanumeric(host.chars().next())
+        && alphanumeric(host.chars().last());
+    let port_ok = port.is_none_or(|port| {
+        (1..=5).contains(&port.len())
+            && !port.starts_with('0')
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|port| port <= 65_535)
+    });
+    let path_ok = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._~/-".contains(c));
+    host_ok && port_ok && path_ok
+}
+
 /// `key=value,key2=value2` (the `OTEL_EXPORTER_OTLP_HEADERS` form; values may be
 /// percent-encoded).
 pub fn parse_headers(
@@ -259,11 +297,17 @@ pub struct ExportRequest {
     pub otlp: Option<Option<OtlpRequest>>,
 }
 
-/// Tells `"otlp": null` (`Some(None)`) from a missing `otlp` (`None`).
+/// Tells `"otlp": null` (`Some(None)`) from a missing `otlp` (`None`); reads it from an
+/// object only (serde would take an array of its fields too).
 fn present_or_null<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Option<OtlpRequest>>, D::Error> {
-    Option::<OtlpRequest>::deserialize(deserializer).map(Some)
+    match Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)? {
+        Some(object) => OtlpRequest::deserialize(serde_json::Value::Object(object))
+            .map(|otlp| Some(Some(otlp)))
+            .map_err(serde::de::Error::custom),
+        None => Ok(Some(None)),
+    }
 }
 
 /// A session's own collector.
@@ -285,6 +329,18 @@ pub struct OtlpRequest {
 impl OtlpRequest {
     /// Checks the request and makes it a config (TLS and timeout from the daemon's).
     pub fn to_config(&self, daemon: Option<&OtlpConfig>) -> Result<OtlpConfig, ConfigError> {
+        // Narrower than the daemon's own `--otlp-endpoint` (which may be IPv6): what the
+        // OpenAPI document can state exactly.
+        if !has_endpoint_shape(&self.endpoint) {
+            return Err(error(
+                "export.otlp.endpoint",
+                format!(
+                    "{:?} is not http(s)://HOST[:PORT][/PATH] (a host name or IPv4 address, a \
+                     port from 1 to 65535, a path of letters, digits and . _ ~ / -)",
+                    self.endpoint
+                ),
+            ));
+        }
         check_endpoint("export.otlp.endpoint", &self.endpoint)?;
         let protocol = match &self.protocol {
             None => Protocol::Grpc,
