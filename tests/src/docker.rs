@@ -1,6 +1,11 @@
 //! Real containers for tests: an image built locally from busybox-static and the static
 //! workload (`docker import`; no registry is needed), and containers removed when dropped.
-use std::{process::Command, sync::OnceLock};
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
 use crate::workload;
 
@@ -8,32 +13,152 @@ use crate::workload;
 pub fn test_image() -> &'static str {
     static IMAGE: OnceLock<&'static str> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        const IMAGE: &str = "tracerd-test:latest";
-        let root = std::env::temp_dir().join(format!("tracerd-test-image-{}", std::process::id()));
-        let bin = root.join("bin");
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&bin).expect("image directory");
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|path| std::path::Path::new(path).exists())
-            .expect("busybox-static (cargo xtask setup installs it)");
-        std::fs::copy(busybox, bin.join("busybox")).expect("copying busybox");
-        for tool in ["sh", "sleep", "cat", "ls", "echo", "true"] {
-            std::os::unix::fs::symlink("busybox", bin.join(tool)).expect("busybox link");
-        }
-        std::fs::copy(workload::path(), bin.join("syscall_loop")).expect("copying the workload");
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "tar -C {} -c . | docker import - {IMAGE} > /dev/null",
-                root.display()
-            ))
-            .status()
-            .expect("running docker import");
-        assert!(status.success(), "docker import of the test image failed");
-        let _ = std::fs::remove_dir_all(&root);
-        IMAGE
+        import_test_image(&[]);
+        TEST_IMAGE
     })
+}
+
+const TEST_IMAGE: &str = "tracerd-test:latest";
+
+/// Imports the test image (busybox and the workload) into the engine `docker_args` reach.
+fn import_test_image(docker_args: &[&str]) {
+    let root = std::env::temp_dir().join(format!("tracerd-test-image-{}", std::process::id()));
+    let bin = root.join("bin");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&bin).expect("image directory");
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .expect("busybox-static (cargo xtask setup installs it)");
+    std::fs::copy(busybox, bin.join("busybox")).expect("copying busybox");
+    for tool in ["sh", "sleep", "cat", "ls", "echo", "true"] {
+        std::os::unix::fs::symlink("busybox", bin.join(tool)).expect("busybox link");
+    }
+    std::fs::copy(workload::path(), bin.join("syscall_loop")).expect("copying the workload");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} -c . | docker {} import - {TEST_IMAGE} > /dev/null",
+            root.display(),
+            docker_args.join(" ")
+        ))
+        .status()
+        .expect("running docker import");
+    assert!(status.success(), "docker import of the test image failed");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A second Docker engine of the test's own (so the main one is never restarted), with its
+/// own data, socket and cgroup parent; stopped and cleaned up when dropped.
+pub struct SecondEngine {
+    pub dir: PathBuf,
+    /// Its cgroup parent's name (`/sys/fs/cgroup/<hierarchy>/<it>/<container id>`).
+    pub cgroup_parent: String,
+    dockerd: Option<Child>,
+}
+
+impl SecondEngine {
+    pub fn start() -> Self {
+        let name = format!("tracerd-test-engine-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the engine's directory");
+        let mut engine = Self {
+            dir,
+            cgroup_parent: name,
+            dockerd: None,
+        };
+        engine.launch();
+        import_test_image(&["-H", &engine.host()]);
+        engine
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// Starts dockerd and waits until it answers.
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))
+            .expect("the engine's log");
+        let dir = |sub: &str| self.dir.join(sub).display().to_string();
+        let child = Command::new("dockerd")
+            .args(["--data-root", &dir("root"), "--exec-root", &dir("exec")])
+            .args(["-H", &self.host(), "--pidfile", &dir("pid")])
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+            ])
+            .args(["--cgroup-parent", &format!("/{}", self.cgroup_parent)])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting a second dockerd");
+        self.dockerd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.docker(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "the second dockerd did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops dockerd (SIGTERM: it stops its containers, and `--restart always` ones come back
+    /// at its next start) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut dockerd) = self.dockerd.take() {
+            // SAFETY: kill on the pid of a child we have not reaped.
+            unsafe { libc::kill(dockerd.id() as i32, libc::SIGTERM) };
+            let _ = dockerd.wait();
+        }
+    }
+
+    /// Stops dockerd and starts it again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// `docker -H <this engine> <args>`.
+    pub fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker")
+            .args(["-H", &self.host()])
+            .args(args)
+            .output()
+            .expect("running docker")
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        let all = self.docker(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&all.stdout).split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        self.stop();
+        // dockerd bind-mounts its data root on itself.
+        for mount in [self.dir.join("exec/netns/default"), self.dir.join("root")] {
+            let _ = Command::new("umount").arg(&mount).output();
+        }
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for hierarchy in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(hierarchy.path().join(&self.cgroup_parent));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A running container of the test image, removed (with `docker rm -f`) when dropped.

@@ -64,6 +64,10 @@ pub enum ContainerChange {
     Started(Container),
     Died(String),
     Destroyed(String),
+    /// The runtime's event stream ended, at this time (RFC 3339).
+    RuntimeLost(String),
+    /// Following (again): every container running now.
+    Resync(Arc<Vec<Container>>),
 }
 
 /// The way to a session's actor. Cheap to clone.
@@ -357,6 +361,15 @@ impl Actor {
                     .await;
             }
             ContainerChange::Died(container) => run.container_died(self.id, &container).await,
+            ContainerChange::RuntimeLost(since) => {
+                run.runtime_lost(&since);
+                self.report().await;
+            }
+            ContainerChange::Resync(running) => {
+                run.resync(self.id, &running, &self.ctx.options.owner_label)
+                    .await;
+                self.report().await;
+            }
             ContainerChange::Destroyed(container) => {
                 // Gone for good only if no running container matches either.
                 if run.container_destroyed(&container) && !run.still_matched(&self.ctx).await {

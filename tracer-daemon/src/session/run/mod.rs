@@ -1,6 +1,8 @@
 //! One run of a session: started from its stored row (target resolved, engine session,
 //! event-log writer, span export, launched container), and ended (everything drained,
 //! counters final). Owned by the session's actor.
+mod containers;
+
 use std::sync::{atomic::Ordering, mpsc, Arc};
 
 use futures_util::future::BoxFuture;
@@ -9,18 +11,16 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use uuid::Uuid;
 
 use super::{
-    access::owns,
     context::Context,
     error::SessionError,
     launch,
-    model::{Counters, NotRecording, SessionRow, Status, TracedContainer, TracedContainers},
+    model::{Counters, NotRecording, SessionRow, Status, TracedContainers},
     resolve::{Follow, Resolved, Resolving},
     spec::{BackendChoice, SessionSpec},
     watch::{run_ending, Ending},
 };
 use crate::{
     backend::{Backend, EventReceiver, SessionCounters, SessionOptions, Trace},
-    containers::Container,
     record::{clock::now_rfc3339, WallClock},
     sink::{
         container_of::ContainerOf,
@@ -51,6 +51,8 @@ pub struct Run {
     export: Option<Export>,
     /// What the writer publishes for followers.
     feed: Feed,
+    /// Since when the container runtime has been away, while it is.
+    runtime_outage: Option<String>,
     /// Resolves when the run ends by itself. Only the actor polls it (through `&mut`), so
     /// the run can be shared while it waits.
     pub ending: SyncWrapper<BoxFuture<'static, Ending>>,
@@ -314,6 +316,7 @@ fn assemble(
         joins,
         export: started.export,
         feed,
+        runtime_outage: None,
         ending: SyncWrapper::new(run_ending(
             spec.ttl,
             resolved.presence,
@@ -385,7 +388,15 @@ impl Run {
 
     /// Why the run records nothing now, if it does not.
     pub fn not_recording(&self) -> Option<NotRecording> {
-        let failure = lock(&self.progress.failure).clone()?;
+        let Some(failure) = lock(&self.progress.failure).clone() else {
+            return self.runtime_outage.as_ref().map(|since| NotRecording {
+                reason: "runtime_unavailable".into(),
+                message: "the container runtime is away: containers that start or restart are \
+                          not traced until it is back"
+                    .into(),
+                since: Some(since.clone()),
+            });
+        };
         let (reason, message) = if failure.out_of_space {
             (
                 "disk_full",
@@ -415,104 +426,6 @@ impl Run {
     /// A subscription to what the run's writer records from now on.
     pub fn subscribe(&self) -> Subscription {
         self.feed.subscribe()
-    }
-
-    /// Traces `container` if the run follows containers, it matches, and its tenant may see
-    /// it (and it is not traced already).
-    pub async fn container_started(&mut self, id: Uuid, container: &Container, owner_label: &str) {
-        let Some(follow) = &self.follow else {
-            return;
-        };
-        let owned = !follow.restricted || owns(container, owner_label, &self.tenant);
-        let selected = follow.matched_by.admits(&follow.selector, container);
-        let known = follow.traced.get(&container.id).map(|c| c.cgroup_id);
-        if !owned || !selected || known == Some(container.cgroup_id) {
-            return;
-        }
-        // The writer learns the container before its first event can exist.
-        let _ = self
-            .joins
-            .send((container.cgroup_id, Arc::new(container.meta())));
-        let trace = self.trace.clone();
-        let cgroup_id = container.cgroup_id;
-        match tokio::task::spawn_blocking(move || trace.add_cgroup(cgroup_id)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::error!(session = %id, %err, "adding a container to the session failed");
-                return;
-            }
-            Err(err) => {
-                tracing::error!(session = %id, %err, "adding a container to the session failed");
-                return;
-            }
-        }
-        if let Some(follow) = &mut self.follow {
-            follow
-                .traced
-                .insert(container.id.clone(), TracedContainer::of(container));
-        }
-        self.cgroups.push(cgroup_id);
-        tracing::info!(session = %id, container = %container.name, "tracing a container that started");
-    }
-
-    /// Stops tracing a traced container that exited (it may start again).
-    pub async fn container_died(&mut self, id: Uuid, container: &str) {
-        let Some(cgroup_id) = self
-            .follow
-            .as_ref()
-            .and_then(|follow| follow.traced.get(container))
-            .map(|traced| traced.cgroup_id)
-        else {
-            return;
-        };
-        let trace = self.trace.clone();
-        let removed = tokio::task::spawn_blocking(move || trace.remove_cgroup(cgroup_id)).await;
-        if !matches!(removed, Ok(Ok(()))) {
-            tracing::error!(session = %id, ?removed, "removing an exited container failed");
-        }
-        self.cgroups.retain(|&cgroup| cgroup != cgroup_id);
-    }
-
-    /// Forgets a destroyed container; whether the run now traces no container at all.
-    pub fn container_destroyed(&mut self, container: &str) -> bool {
-        let Some(follow) = &mut self.follow else {
-            return false;
-        };
-        follow.traced.remove(container).is_some() && follow.traced.is_empty()
-    }
-
-    /// Whether any running container the run may see still matches its selector.
-    pub async fn still_matched(&self, ctx: &Context) -> bool {
-        let Some(follow) = &self.follow else {
-            return false;
-        };
-        match ctx
-            .visible_containers(&self.tenant, follow.restricted)
-            .await
-        {
-            Ok(visible) => visible
-                .iter()
-                .any(|container| follow.matched_by.admits(&follow.selector, container)),
-            Err(_) => false,
-        }
-    }
-
-    /// Adds the matching containers that started between the run's resolution and now,
-    /// which no container event may have told it about.
-    pub async fn catch_up(&mut self, ctx: &Context, id: Uuid) {
-        let Some(follow) = &self.follow else {
-            return;
-        };
-        let Ok(visible) = ctx
-            .visible_containers(&self.tenant, follow.restricted)
-            .await
-        else {
-            return;
-        };
-        for container in &visible {
-            self.container_started(id, container, &ctx.options.owner_label)
-                .await;
-        }
     }
 }
 
