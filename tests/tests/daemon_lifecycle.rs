@@ -71,3 +71,92 @@ fn kill_9_leaves_no_program_behind() {
     daemon.stop_with(libc::SIGKILL, Duration::from_secs(10));
     assert_programs_unloaded(&ours);
 }
+
+/// The pin directories of the daemon's data directory (see `tracer_daemon::pins`).
+fn pinned_instances(daemon: &Daemon) -> Vec<std::path::PathBuf> {
+    let node = std::fs::read_to_string(daemon.data_dir().join("node-id")).unwrap();
+    let dir = std::path::Path::new("/sys/fs/bpf/tracerd").join(node.trim());
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_default()
+}
+
+/// A session on `backend` killed (with the daemon) just after a burst of `calls` getppid the
+/// pipeline is still working through, then resumed and stopped: its counters, and the
+/// daemon (running again).
+fn crash_under_load(backend: &str, calls: u64) -> (Daemon, serde_json::Value) {
+    let cgroup = tracer_tests::cgroup::TestCgroup::create(&format!("crash-{backend}"));
+    let mut daemon = Daemon::start(&[]);
+    // In the cgroup before the session starts, waiting on stdin.
+    let paused = tracer_tests::workload::spawn_in(
+        &cgroup,
+        &["pause-stdin", "1", "getppid", &calls.to_string()],
+    );
+    let id = daemon.create_and_start(&serde_json::json!({
+        "target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"], "backend": backend
+    }));
+    assert!(tracer_tests::workload::resume_and_wait(paused).success());
+    // What the kernel counted, what was written and what was saved all differ now.
+    daemon.restart_after(libc::SIGKILL);
+    daemon.wait_for_session(&id, None, "the session to run again", |s| s["runs"] == 2);
+    let (status, stopped) = daemon.call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
+    assert_eq!(status, 200, "{stopped}");
+    let counters = &stopped["counters"];
+    let count = |name: &str| counters[name].as_u64().unwrap();
+    assert_eq!(
+        count("delivered") + count("dropped"),
+        count("matched"),
+        "{stopped}"
+    );
+    assert_eq!(
+        daemon.events(&id).len() as u64,
+        count("delivered"),
+        "{stopped}"
+    );
+    // The crashed run's gzip segments were finished when the daemon came back.
+    let segments = daemon.data_dir().join("sessions").join(&id);
+    for segment in std::fs::read_dir(&segments).unwrap().flatten() {
+        let tested = std::process::Command::new("gzip")
+            .arg("-t")
+            .arg(segment.path())
+            .status()
+            .unwrap();
+        assert!(
+            tested.success(),
+            "{} is not a complete gzip file",
+            segment.path().display()
+        );
+    }
+    (daemon, stopped)
+}
+
+#[test]
+fn a_crash_under_load_leaves_counters_that_reconcile_with_the_kernel_and_the_log() {
+    require_root();
+    let calls = 2_000_000u64;
+    let (mut daemon, stopped) = crash_under_load("ebpf", calls);
+    // Every call was made while the programs were attached: the kernel counted them all,
+    // and the next daemon read its final count from the pinned counters.
+    assert_eq!(stopped["counters"]["matched"], calls, "{stopped}");
+    // The dead daemon's pins were removed once its run was settled; a clean stop removes
+    // the new one's.
+    assert_eq!(pinned_instances(&daemon).len(), 1);
+    let status = daemon.stop_with(libc::SIGTERM, Duration::from_secs(20));
+    assert!(status.success());
+    assert!(
+        pinned_instances(&daemon).is_empty(),
+        "a clean stop removes its pins"
+    );
+}
+
+#[test]
+fn a_crash_under_load_on_ftrace_leaves_counters_that_reconcile_with_the_log() {
+    require_root();
+    // ftrace's counts live in the dead daemon's reader: matched is as last saved (never
+    // below what the log holds), and the rest reconciles exactly.
+    let (_daemon, stopped) = crash_under_load("ftrace", 300_000);
+    assert!(
+        stopped["counters"]["matched"].as_u64().unwrap() > 0,
+        "{stopped}"
+    );
+}

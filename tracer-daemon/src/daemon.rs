@@ -2,6 +2,7 @@
 //! sessions that were running, serve the API, and take everything down again on shutdown.
 use std::{
     future::Future,
+    path::PathBuf,
     sync::{atomic::AtomicBool, Arc, Mutex},
     time::Duration,
 };
@@ -22,6 +23,7 @@ use crate::{
         AppState,
     },
     listen::Listen,
+    pins::CounterPins,
     record::TraceFilter,
     session::{
         follow_containers,
@@ -49,15 +51,20 @@ pub async fn run(
     let auth = authentication(&config, data_dir.path())?;
     let reserve = data_dir.reserve();
     let store = open_store(&mut data_dir).await?;
-    let options = manager_options(&config, &data_dir)?;
+    let pins = CounterPins::for_data_dir(data_dir.path());
+    let mut options = manager_options(&config, &data_dir)?;
+    options.pinned_counters = pins
+        .as_ref()
+        .map(|pins| pins.counters().display().to_string());
     // Loading programs and cleaning up tracefs is blocking work: on the blocking pool (which
     // runs inside the runtime, so the drain tasks it spawns are the runtime's).
     let engine = {
-        let config = config.clone();
-        Arc::new(tokio::task::spawn_blocking(move || start_engine(&config)).await??)
+        let (config, pin) = (config.clone(), pins.as_ref().map(CounterPins::counters));
+        Arc::new(tokio::task::spawn_blocking(move || start_engine(&config, pin)).await??)
     };
     let docker = Arc::new(DockerClient::new(&config.docker_socket));
     let manager = SessionManager::new(engine.clone(), docker, store, options);
+    settle_after_crash(&manager, pins.as_ref()).await?;
 
     let tally = Arc::new(Mutex::new(CgroupTally::default()));
     let startup_session = start_cgroup_tally(&engine, &config, &tally)?;
@@ -123,6 +130,9 @@ pub async fn run(
         None => tracing::warn!(
             "the engine is still referenced at shutdown; its programs detach as the process exits"
         ),
+    }
+    if let Some(pins) = &pins {
+        pins.remove_own();
     }
     tracing::info!("tracerd stopped; eBPF programs detached, tracefs instances removed");
     drop(data_dir);
@@ -350,17 +360,20 @@ fn manager_options(config: &Config, data_dir: &DataDir) -> anyhow::Result<Manage
         export_resource: export::resource(),
         foreign_pids: foreign_pids(),
         reserve: Some(data_dir.reserve()),
+        // Set once the engine's pins are known.
+        pinned_counters: None,
     })
 }
 
 /// Loads the backends (start-up: before anything is served).
-fn start_engine(config: &Config) -> anyhow::Result<Engine> {
+fn start_engine(config: &Config, pin_counters: Option<PathBuf>) -> anyhow::Result<Engine> {
     let engine = Engine::start(&EngineOptions {
         ebpf: EbpfOptions {
             ring_bytes: config.ring_bytes,
             wakeup_every: config.ring_wakeup_every,
             per_cpu_rings: !config.shared_ring,
             cgroup_cache: true,
+            pin_counters,
         },
         use_ebpf: !config.no_ebpf,
         ftrace_buffer_kb: config.ftrace_buffer_kb,
@@ -374,6 +387,22 @@ fn start_engine(config: &Config) -> anyhow::Result<Engine> {
         );
     }
     Ok(engine)
+}
+
+/// Settles the runs an earlier daemon died during (before anything is served, so no request
+/// meets a session with unsettled counters), then removes what that daemon pinned.
+async fn settle_after_crash(
+    manager: &SessionManager,
+    pins: Option<&CounterPins>,
+) -> anyhow::Result<()> {
+    let settled = manager.settle_crashed_runs().await?;
+    if settled > 0 {
+        tracing::info!(settled, "runs the previous daemon died during are settled");
+    }
+    if let Some(pins) = pins {
+        pins.remove_stale();
+    }
+    Ok(())
 }
 
 /// Saves running sessions' counters every [`PERSIST_INTERVAL`], for as long as it runs.

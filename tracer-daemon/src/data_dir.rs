@@ -56,6 +56,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sessions ADD COLUMN late_joins INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE sessions ADD COLUMN late_join_delay_us INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE sessions ADD COLUMN late_join_max_delay_us INTEGER NOT NULL DEFAULT 0;",
+    // 6: runs in progress, so a daemon that starts after one died can settle their counters:
+    // where the dead daemon pinned its kernel counters, the run's slot in them, and the
+    // session's counters when the run began (JSON).
+    "CREATE TABLE live_runs (
+        session TEXT PRIMARY KEY,
+        pinned_counters TEXT,
+        slot INTEGER,
+        base TEXT NOT NULL
+    );",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,7 @@ pub mod host_view;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod pins;
 pub mod record;
 pub mod session;
 pub mod sink;

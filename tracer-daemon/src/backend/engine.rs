@@ -471,6 +471,10 @@ impl Trace for SessionHandle {
         SessionHandle::backend_reason(self)
     }
 
+    fn slot(&self) -> Option<u32> {
+        SessionHandle::slot(self)
+    }
+
     fn add_cgroup(&self, cgroup_id: u64) -> Result<(), EngineError> {
         SessionHandle::add_cgroup(self, cgroup_id)
     }

@@ -103,6 +103,11 @@ pub trait Trace: Send + Sync + 'static {
     /// Why the session runs on its backend.
     fn backend_reason(&self) -> &str;
 
+    /// Its slot in the kernel's per-session counters, on the eBPF backend.
+    fn slot(&self) -> Option<u32> {
+        None
+    }
+
     /// Adds a cgroup (a container that started).
     fn add_cgroup(&self, cgroup_id: u64) -> Result<(), EngineError>;
 

@@ -287,6 +287,7 @@ impl Actor {
         if row.status != Status::Running {
             return Ok(row);
         }
+        let had_run = ended.is_some();
         match ended {
             Some(Ok(counters)) => row.counters = counters,
             // The session must not stay stuck: it ends, and says its last counters may be short.
@@ -309,6 +310,9 @@ impl Actor {
             }
         }
         self.ctx.store.save(row.clone()).await?;
+        if had_run {
+            self.ctx.store.end_run(self.id).await?;
+        }
         tracing::info!(session = %self.id, status = row.status.as_str(), counters = ?row.counters, "session run ended");
         Ok(row)
     }

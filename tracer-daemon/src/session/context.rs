@@ -40,6 +40,9 @@ pub struct ManagerOptions {
     /// The data directory's space reserve: released, the disk is full and nothing new is
     /// started.
     pub reserve: Option<Arc<SpaceReserve>>,
+    /// Where the engine pinned its per-session kernel counters (recorded with each run, for
+    /// the daemon that starts after this one if it dies).
+    pub pinned_counters: Option<String>,
 }
 
 /// A running session's live view.

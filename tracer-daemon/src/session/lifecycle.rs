@@ -337,6 +337,11 @@ impl SessionManager {
         }
     }
 
+    /// Settles the counters of runs a daemon died during (before [`Self::recover`]).
+    pub async fn settle_crashed_runs(&self) -> Result<usize, SessionError> {
+        super::settle::settle_crashed_runs(&self.ctx).await
+    }
+
     /// Restarts every session that was running when the daemon last stopped or died.
     /// Returns how many run again and how many failed (their target is gone).
     pub async fn recover(&self) -> Result<(usize, usize), SessionError> {

@@ -16,6 +16,7 @@ mod lifecycle;
 pub mod model;
 mod resolve;
 mod run;
+mod settle;
 pub mod spec;
 pub mod store;
 mod watch;

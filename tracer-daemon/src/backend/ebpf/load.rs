@@ -36,6 +36,10 @@ pub struct EbpfOptions {
     /// Cache each cgroup's sessions in the kernel (the default), or walk its ancestors on
     /// every syscall: the alternative is kept for the benchmark that compares the two.
     pub cgroup_cache: bool,
+    /// Pin the per-session counter map here (a path on bpffs), so a daemon that starts after
+    /// this one died reads the kernel's final counts (see [`super::pinned`]). Only maps are
+    /// pinned: programs still detach when this process ends.
+    pub pin_counters: Option<std::path::PathBuf>,
 }
 
 impl Default for EbpfOptions {
@@ -45,6 +49,7 @@ impl Default for EbpfOptions {
             wakeup_every: None,
             per_cpu_rings: true,
             cgroup_cache: true,
+            pin_counters: None,
         }
     }
 }

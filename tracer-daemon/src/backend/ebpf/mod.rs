@@ -17,6 +17,7 @@ mod capture;
 mod load;
 mod load_error;
 mod map_error;
+pub mod pinned;
 mod ring;
 mod slots;
 
@@ -149,6 +150,9 @@ impl EbpfBackend {
         let signatures =
             crate::record::signatures::load_once(|| crate::backend::ftrace::tracefs_root().ok());
         let capture = CaptureMaps::load(&mut ebpf, signatures)?;
+        if let Some(path) = &options.pin_counters {
+            pinned::pin_slots(&ebpf, path);
+        }
         let rings = if options.per_cpu_rings {
             per_cpu_rings(&mut ebpf, cpu_count, options.ring_bytes)?
         } else {

@@ -17,6 +17,7 @@ use super::{
     model::{Counters, NotRecording, SessionRow, Status, TracedContainers},
     resolve::{Follow, Resolved, Resolving},
     spec::{BackendChoice, SessionSpec},
+    store::LiveRun,
     watch::{run_ending, Ending},
 };
 use crate::{
@@ -156,6 +157,16 @@ pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRo
             }
             return Err(err.into());
         }
+    }
+    // Until the run ends: what a daemon starting after this one died needs to settle it.
+    let live = LiveRun {
+        session: row.id,
+        pinned_counters: ctx.options.pinned_counters.clone(),
+        slot: run.trace.slot(),
+        base: run.base,
+    };
+    if let Err(err) = ctx.store.begin_run(live).await {
+        tracing::warn!(session = %row.id, %err, "the run is not recorded as live: after a crash its counts since the last save are estimated");
     }
     tracing::info!(session = %row.id, run = row.runs, "session running");
     Ok((run, row))

@@ -96,6 +96,7 @@ fn options(data: &DataDir) -> ManagerOptions {
         export_resource: crate::sink::export::resource(),
         foreign_pids: None,
         reserve: None,
+        pinned_counters: None,
     }
 }
 

@@ -75,6 +75,15 @@ fn segment_files(dir: &Path) -> io::Result<Vec<SegmentFile>> {
     Ok(segments)
 }
 
+/// How many events the session's log in `dir` has recorded, over all runs (evicted ones
+/// included: `seq` numbers them all).
+pub fn recorded_events(dir: &Path) -> io::Result<u64> {
+    match segment_files(dir)?.last() {
+        Some(last) => Ok(last.first_seq + last.event_count()? - 1),
+        None => Ok(0),
+    }
+}
+
 /// Appends events to a session's log.
 pub struct EventLogWriter {
     dir: PathBuf,
@@ -103,10 +112,7 @@ impl EventLogWriter {
         if let Err(err) = repair::finish_unfinished(dir) {
             tracing::warn!(dir = %dir.display(), %err, "an unfinished segment stays as it is");
         }
-        let next_seq = match segment_files(dir)?.last() {
-            Some(last) => last.first_seq + last.event_count()?,
-            None => 1,
-        };
+        let next_seq = recorded_events(dir)? + 1;
         Ok(Self {
             dir: dir.to_owned(),
             cap_bytes,
