@@ -368,6 +368,35 @@ async fn containers_that_start_are_followed_and_the_last_one_destroyed_finishes_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_session_not_resumed_yet_says_so() {
+    let h = Harness::new();
+    h.runtime.add("web", 101, &[]);
+    let who = admin();
+    let id = h.create(&who, container_target("web")).await.unwrap().id;
+    h.manager.start(&who, id).await.unwrap();
+    // What a daemon started on the same data sees before it has resumed the session.
+    let db = rusqlite::Connection::open(h.data.path().join("tracerd.db")).unwrap();
+    let next = SessionManager::new(
+        h.tracer.clone(),
+        h.runtime.clone(),
+        Store::new(db, None).unwrap(),
+        options(&h.data),
+    );
+    let session = next.get(&who, id).await.unwrap();
+    assert_eq!(session.status, Status::Running);
+    let not_recording = session.not_recording.expect("a reason not to record");
+    assert_eq!(not_recording.reason, "resuming");
+    // The daemon that runs it records.
+    assert!(h
+        .manager
+        .get(&who, id)
+        .await
+        .unwrap()
+        .not_recording
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exact_name_keeps_containers_that_only_contain_it_out_when_they_start_later() {
     let h = Harness::new();
     h.runtime.add("pname", 101, &[]);
