@@ -54,6 +54,9 @@ pub struct SecondEngine {
     pub dir: PathBuf,
     /// Its cgroup parent's name (`/sys/fs/cgroup/<hierarchy>/<it>/<container id>`).
     pub cgroup_parent: String,
+    /// A bridge of its own: dockerd with `--bridge=none` deletes the host's `docker0`, which
+    /// the main engine's containers need.
+    bridge: String,
     dockerd: Option<Child>,
 }
 
@@ -63,9 +66,18 @@ impl SecondEngine {
         let dir = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("the engine's directory");
+        let bridge = format!("trd{}", std::process::id() % 1_000_000);
+        for args in [
+            vec!["link", "add", "name", &bridge, "type", "bridge"],
+            vec!["addr", "add", "172.31.250.1/24", "dev", &bridge],
+        ] {
+            let output = Command::new("ip").args(&args).output().expect("running ip");
+            assert!(output.status.success(), "ip {args:?}: {output:?}");
+        }
         let mut engine = Self {
             dir,
             cgroup_parent: name,
+            bridge,
             dockerd: None,
         };
         engine.launch();
@@ -92,12 +104,8 @@ impl SecondEngine {
         let child = Command::new("dockerd")
             .args(["--data-root", &dir("root"), "--exec-root", &dir("exec")])
             .args(["-H", &self.host(), "--pidfile", &dir("pid")])
-            .args([
-                "--bridge=none",
-                "--iptables=false",
-                "--ip-forward=false",
-                "--ip-masq=false",
-            ])
+            .arg(format!("--bridge={}", self.bridge))
+            .args(["--iptables=false", "--ip-forward=false", "--ip-masq=false"])
             .args(["--cgroup-parent", &format!("/{}", self.cgroup_parent)])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
@@ -157,6 +165,9 @@ impl Drop for SecondEngine {
                 let _ = std::fs::remove_dir(hierarchy.path().join(&self.cgroup_parent));
             }
         }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -200,11 +200,16 @@ impl Servers {
                     .with_context(|| format!("binding the metrics listener to {address}"))?;
                 tracing::info!(listen = %listener.local_addr()?, "serving /metrics without a token");
                 let router = http::metrics_router(state.clone());
+                // Prometheus needs a few connections; the API keeps the rest of the room.
+                let metrics_limits = ServeLimits {
+                    max_connections: limits.max_connections.min(64),
+                    ..limits
+                };
                 let serving = serve::serve(
                     listener,
                     Transport::Plain,
                     router,
-                    limits,
+                    metrics_limits,
                     std::future::pending(),
                 );
                 Some(tokio::spawn(serving))
@@ -395,12 +400,15 @@ async fn settle_after_crash(
     manager: &SessionManager,
     pins: Option<&CounterPins>,
 ) -> anyhow::Result<()> {
-    let settled = manager.settle_crashed_runs().await?;
-    if settled > 0 {
-        tracing::info!(settled, "runs the previous daemon died during are settled");
+    let outcome = manager.settle_crashed_runs().await?;
+    if outcome.settled > 0 {
+        tracing::info!(
+            settled = outcome.settled,
+            "runs the previous daemon died during are settled"
+        );
     }
     if let Some(pins) = pins {
-        pins.remove_stale();
+        pins.remove_stale(&outcome.kept_pins);
     }
     Ok(())
 }

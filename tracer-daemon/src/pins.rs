@@ -46,14 +46,17 @@ impl CounterPins {
         self.instance_dir.join("slots")
     }
 
-    /// Removes what earlier daemons on this data directory pinned (once their runs are
-    /// settled).
-    pub fn remove_stale(&self) {
+    /// Removes what earlier daemons on this data directory pinned, once their runs are
+    /// settled (`keep`: pinned counters of runs still to settle).
+    pub fn remove_stale(&self, keep: &[String]) {
         let Ok(instances) = fs::read_dir(&self.node_dir) else {
             return;
         };
         for instance in instances.flatten() {
-            if instance.path() != self.instance_dir {
+            let kept = keep
+                .iter()
+                .any(|pin| Path::new(pin).parent() == Some(instance.path().as_path()));
+            if instance.path() != self.instance_dir && !kept {
                 remove_dir(&instance.path());
             }
         }

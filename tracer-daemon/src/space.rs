@@ -23,6 +23,8 @@ pub struct SpaceReserve {
     path: PathBuf,
     /// Released for want of space and not made again yet.
     released: AtomicBool,
+    /// The filesystem cannot hold one (no `fallocate`): never made, never released.
+    unsupported: AtomicBool,
 }
 
 impl SpaceReserve {
@@ -32,18 +34,28 @@ impl SpaceReserve {
         let reserve = Self {
             path: dir.join("space-reserve"),
             released: AtomicBool::new(false),
+            unsupported: AtomicBool::new(false),
         };
-        if let Err(err) = reserve.allocate() {
-            tracing::warn!(path = %reserve.path.display(), %err,
-                "the data directory has no room for its space reserve: the disk is full");
-            reserve.released.store(true, Ordering::Relaxed);
+        match reserve.allocate() {
+            Ok(()) => {}
+            Err(err) if is_out_of_space(&err) => {
+                tracing::warn!(path = %reserve.path.display(), %err,
+                    "the data directory has no room for its space reserve: the disk is full");
+                reserve.released.store(true, Ordering::Relaxed);
+            }
+            // Not a full disk (a filesystem without fallocate, say): run without a reserve.
+            Err(err) => {
+                tracing::warn!(path = %reserve.path.display(), %err,
+                    "no space reserve on this filesystem: on a full disk, stops and deletes may not be saved");
+                reserve.unsupported.store(true, Ordering::Relaxed);
+            }
         }
         reserve
     }
 
     /// Deletes the reserve to make room; whether that freed anything.
     pub fn release(&self) -> bool {
-        if self.released.swap(true, Ordering::AcqRel) {
+        if self.unsupported.load(Ordering::Acquire) || self.released.swap(true, Ordering::AcqRel) {
             return false;
         }
         let freed = fs::remove_file(&self.path).is_ok();

@@ -77,7 +77,8 @@ struct ApiDoc;
 /// The OpenAPI 3 document, generated from the handlers and types, with what the handlers
 /// check besides (see [`openapi`]).
 pub fn openapi() -> Value {
-    openapi::document()
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(openapi::document).clone()
 }
 
 pub fn router(state: AppState) -> Router {

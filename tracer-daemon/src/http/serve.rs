@@ -252,6 +252,32 @@ impl Drop for Busy {
     }
 }
 
+/// A response body that keeps its connection [`Busy`] until it is sent or dropped.
+struct BusyBody {
+    body: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for BusyBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Whether a request comes with a body (a length above zero, or chunks).
 fn has_body<B>(request: &Request<B>) -> bool {
     let headers = request.headers();
@@ -303,8 +329,11 @@ impl Serving {
             let router = router.clone();
             let sends_body = has_body(&request);
             async move {
-                let mut response = router.oneshot(request.map(Body::new)).await;
-                drop(busy);
+                // Busy until the response's body is sent: a download or a followed stream
+                // is not an idle connection.
+                let response = router.oneshot(request.map(Body::new)).await;
+                let mut response = response
+                    .map(|response| response.map(|body| Body::new(BusyBody { body, _busy: busy })));
                 // Refused early (413, 415, 401…), its body may be unread: the connection
                 // cannot carry another request, and the client must know.
                 if let Ok(response) = &mut response {

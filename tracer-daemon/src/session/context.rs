@@ -67,6 +67,9 @@ pub struct Context {
     /// [`super::actor::REPORT_INTERVAL`]): what the store saves, and what readers see while
     /// the actor is busy, without waiting for it.
     pub reported: std::sync::Mutex<HashMap<Uuid, Snapshot>>,
+    /// Sessions that were running when the daemon last stopped and that `recover` has not
+    /// resumed yet.
+    pub resuming: std::sync::Mutex<std::collections::HashSet<Uuid>>,
     /// Followers of the sessions' events (live streams).
     pub followers: Arc<crate::sink::follow::Followers>,
 }

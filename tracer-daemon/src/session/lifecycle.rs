@@ -53,6 +53,7 @@ impl SessionManager {
                 options,
                 running: RunningKeys::default(),
                 reported: std::sync::Mutex::new(HashMap::new()),
+                resuming: std::sync::Mutex::new(std::collections::HashSet::new()),
                 followers: Arc::new(Followers::default()),
             }),
             actors: std::sync::Mutex::new(HashMap::new()),
@@ -95,6 +96,7 @@ impl SessionManager {
         request_text: String,
     ) -> Result<Session, SessionError> {
         let spec = request.validate()?;
+        request.check_new()?;
         let (tenant, restricted) = principal.owner_of(&request, &spec.target)?;
         self.ctx.check_space()?;
         self.check_backend(&spec)?;
@@ -291,14 +293,15 @@ impl SessionManager {
                 session.traced = snapshot.traced;
                 session.not_recording = snapshot.not_recording;
             }
-            // Stored as running, but no run here yet: tracerd restarted and resumes it.
-            None => {
+            // Stored as running, with no run here yet: tracerd restarted and resumes it.
+            None if lock(&self.ctx.resuming).contains(&row.id) => {
                 session.not_recording = Some(NotRecording {
                     reason: "resuming".into(),
                     message: "tracerd restarted and has not resumed this session yet".into(),
                     since: None,
                 });
             }
+            None => {}
         }
         session
     }
@@ -337,8 +340,14 @@ impl SessionManager {
         }
     }
 
+    /// Marks a session as waiting to be resumed, as `recover` does (tests).
+    #[cfg(test)]
+    pub(super) fn mark_resuming(&self, id: Uuid) {
+        lock(&self.ctx.resuming).insert(id);
+    }
+
     /// Settles the counters of runs a daemon died during (before [`Self::recover`]).
-    pub async fn settle_crashed_runs(&self) -> Result<usize, SessionError> {
+    pub async fn settle_crashed_runs(&self) -> Result<super::settle::Settled, SessionError> {
         super::settle::settle_crashed_runs(&self.ctx).await
     }
 
@@ -346,8 +355,12 @@ impl SessionManager {
     /// Returns how many run again and how many failed (their target is gone).
     pub async fn recover(&self) -> Result<(usize, usize), SessionError> {
         let (mut resumed, mut failed) = (0, 0);
-        for mut row in self.ctx.store.with_status(Status::Running).await? {
+        let rows = self.ctx.store.with_status(Status::Running).await?;
+        lock(&self.ctx.resuming).extend(rows.iter().map(|row| row.id));
+        for mut row in rows {
             let id = row.id;
+            // Whatever comes of it, it is no longer waiting to be resumed.
+            let _resumed = Resumed(&self.ctx, id);
             if matches!(
                 row.request.validate().map(|spec| spec.target),
                 Ok(TargetKind::Launch(_))
@@ -435,6 +448,15 @@ impl SessionManager {
                 }
             })
             .collect())
+    }
+}
+
+/// Takes a session off the list of those waiting to be resumed when dropped.
+struct Resumed<'a>(&'a Context, Uuid);
+
+impl Drop for Resumed<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.resuming).remove(&self.1);
     }
 }
 

@@ -5,19 +5,44 @@
 //! holds exactly after a crash, and `delivered` agrees with the log.
 use crate::{backend::ebpf::pinned, sink::eventlog};
 
-use super::{context::Context, error::SessionError, model::Counters, store::LiveRun};
+use super::{
+    context::Context,
+    error::SessionError,
+    model::{Counters, Status},
+    store::LiveRun,
+};
 
-/// Settles every run left live by a daemon that died; returns how many.
-pub async fn settle_crashed_runs(ctx: &Context) -> Result<usize, SessionError> {
-    let live = ctx.store.live_runs().await?;
-    for run in &live {
-        settle(ctx, run).await?;
+/// What settling found.
+#[derive(Debug, Default)]
+pub struct Settled {
+    pub settled: usize,
+    /// Pinned counters of runs that could not be settled now (a full disk): kept for a later
+    /// start.
+    pub kept_pins: Vec<String>,
+}
+
+/// Settles every run left live by a daemon that died. One that cannot be settled now (its
+/// log unreadable, the database not writable) is logged and kept for the next start: the
+/// daemon starts all the same.
+pub async fn settle_crashed_runs(ctx: &Context) -> Result<Settled, SessionError> {
+    let mut outcome = Settled::default();
+    for run in ctx.store.live_runs().await? {
+        match settle(ctx, &run).await {
+            Ok(()) => outcome.settled += 1,
+            Err(err) => {
+                tracing::warn!(session = %run.session, %err, "a run the previous daemon died during cannot be settled now; trying again at the next start");
+                outcome.kept_pins.extend(run.pinned_counters);
+            }
+        }
     }
-    Ok(live.len())
+    Ok(outcome)
 }
 
 async fn settle(ctx: &Context, run: &LiveRun) -> Result<(), SessionError> {
-    let Some(mut row) = ctx.store.get(run.session).await? else {
+    let row = ctx.store.get(run.session).await?;
+    // Gone, or ended with its final counters saved (the daemon died between saving them and
+    // forgetting the run): nothing to settle.
+    let Some(mut row) = row.filter(|row| row.status == Status::Running) else {
         ctx.store.end_run(run.session).await?;
         return Ok(());
     };

@@ -203,17 +203,16 @@ impl PidSync {
 
     /// Traces threads that joined target cgroups.
     fn joined(&self, joins: &[Join]) {
-        // A thread traced already (moving between cgroups of the targets) missed nothing.
-        let joins: Vec<&Join> = {
+        // Every joiner is (re)added (harmless if present: a reused thread id may be stale in
+        // `added`), but one traced already (moving between the targets' cgroups) missed
+        // nothing and is not a late join.
+        let late: Vec<&Join> = {
             let added = lock(&self.added);
             joins
                 .iter()
                 .filter(|join| !added.contains(&join.tid))
                 .collect()
         };
-        if joins.is_empty() {
-            return;
-        }
         let tids: Vec<(u32, Option<u64>)> = joins
             .iter()
             .map(|join| (join.tid, Some(join.cgroup_id)))
@@ -223,12 +222,12 @@ impl PidSync {
             tracing::debug!(%err, "joining threads were gone before they were traced");
         }
         let now = monotonic_ns();
-        let mut late = lock(&self.late);
-        for join in joins {
+        let mut counted = lock(&self.late);
+        for join in late {
             let delay = now.saturating_sub(join.joined_ns);
-            late.count += 1;
-            late.delay_ns += delay;
-            late.max_delay_ns = late.max_delay_ns.max(delay);
+            counted.count += 1;
+            counted.delay_ns += delay;
+            counted.max_delay_ns = counted.max_delay_ns.max(delay);
             tracing::debug!(
                 tid = join.tid,
                 delay_us = delay / 1000,

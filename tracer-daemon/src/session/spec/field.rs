@@ -27,8 +27,20 @@ pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> Invali
     }
 }
 
-/// Parses a [`TTL_PATTERN`] duration: `500ms`, `30s`, `5m`, `2h`, `7d`.
+/// Parses a duration: the [`TTL_PATTERN`] form new requests must use, or the freer one
+/// (`"1h30m"`, up to 30 days) requests stored by earlier releases may hold, so those
+/// sessions still resume.
 pub(super) fn parse_ttl(field: &'static str, text: &str) -> Result<Duration, InvalidField> {
+    parse_strict_ttl(field, text).or_else(|strict| {
+        humantime::parse_duration(text)
+            .ok()
+            .filter(|ttl| !ttl.is_zero() && *ttl <= Duration::from_secs(30 * 24 * 3600))
+            .ok_or(strict)
+    })
+}
+
+/// Parses a [`TTL_PATTERN`] duration: `500ms`, `30s`, `5m`, `2h`, `7d`.
+pub(super) fn parse_strict_ttl(field: &'static str, text: &str) -> Result<Duration, InvalidField> {
     let bad = || {
         invalid(
             field,

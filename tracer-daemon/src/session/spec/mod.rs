@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, time::Duration};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use self::field::{invalid, parse_ttl, validate_name};
+use self::field::{invalid, parse_strict_ttl, parse_ttl, validate_name};
 pub use self::{
     capture::{capture_bounds, Capture, DATA_SYSCALLS},
     field::{validate_tenant, InvalidField, MAX_NAME_LEN, TTL_PATTERN},
@@ -207,6 +207,23 @@ impl CreateSession {
             export,
             capture,
         })
+    }
+
+    /// What a new request must meet besides [`Self::validate`]: durations in the one form
+    /// the API documents (stored requests may hold an older, freer one).
+    pub fn check_new(&self) -> Result<(), InvalidField> {
+        if let Some(ttl) = &self.limits.ttl {
+            parse_strict_ttl("limits.ttl", ttl)?;
+        }
+        if let Some(ttl) = self
+            .target
+            .launch
+            .as_ref()
+            .and_then(|launch| launch.ttl.as_ref())
+        {
+            parse_strict_ttl("target.launch.ttl", ttl)?;
+        }
+        Ok(())
     }
 
     fn check_target(&self, target: &TargetKind) -> Result<(), InvalidField> {

@@ -382,6 +382,9 @@ async fn a_running_session_not_resumed_yet_says_so() {
         Store::new(db, None).unwrap(),
         options(&h.data),
     );
+    // Not resumed yet, or not to be resumed here: nothing said.
+    assert!(next.get(&who, id).await.unwrap().not_recording.is_none());
+    next.mark_resuming(id);
     let session = next.get(&who, id).await.unwrap();
     assert_eq!(session.status, Status::Running);
     let not_recording = session.not_recording.expect("a reason not to record");

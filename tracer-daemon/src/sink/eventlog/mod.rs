@@ -252,13 +252,17 @@ fn count_lines(path: &Path) -> io::Result<u64> {
 
 /// Calls `each` with every complete line of one segment (without its newline), stopping
 /// early when `each` returns false. An unfinished segment ends at its last sync flush.
-fn read_lines(path: &Path, mut each: impl FnMut(&[u8]) -> bool) -> io::Result<bool> {
-    let file = match File::open(path) {
-        Ok(file) => file,
+fn read_lines(path: &Path, each: impl FnMut(&[u8]) -> bool) -> io::Result<bool> {
+    match File::open(path) {
+        Ok(file) => read_file_lines(file, each),
         // Evicted between listing and opening: nothing left to read.
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(true),
-        Err(err) => return Err(err),
-    };
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(err) => Err(err),
+    }
+}
+
+/// [`read_lines`] of a segment already open.
+fn read_file_lines(file: File, mut each: impl FnMut(&[u8]) -> bool) -> io::Result<bool> {
     let mut reader = BufReader::with_capacity(64 << 10, MultiGzDecoder::new(file));
     let mut line = Vec::with_capacity(512);
     loop {
@@ -355,6 +359,28 @@ pub struct ReadPosition {
     pub gap: u64,
 }
 
+/// Opens a listed segment. The writer may have closed (renamed) it since it was listed, or a
+/// repair finished it under a new name: it is found again by its first seq. `None`: gone
+/// altogether (evicted).
+fn open_segment(dir: &Path, listed: SegmentFile) -> io::Result<Option<(SegmentFile, File)>> {
+    match File::open(&listed.path) {
+        Ok(file) => return Ok(Some((listed, file))),
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        Err(_) => {}
+    }
+    let again = segment_files(dir)?
+        .into_iter()
+        .find(|again| again.first_seq == listed.first_seq);
+    let Some(again) = again else {
+        return Ok(None);
+    };
+    match File::open(&again.path) {
+        Ok(file) => Ok(Some((again, file))),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
 /// Reads a session's events in order, calling `each` with every line (without its newline)
 /// that passes `filter`, until `each` returns false.
 pub fn read_events(
@@ -373,24 +399,14 @@ pub fn read_events(
                 continue;
             }
         }
-        // The writer may have closed (renamed) the segment since it was listed: find it again
-        // by its first seq. Gone altogether, it was evicted.
-        let segment = if listed.path.exists() {
-            listed
-        } else {
-            match segment_files(dir)?
-                .into_iter()
-                .find(|again| again.first_seq == listed.first_seq)
-            {
-                Some(again) => again,
-                None => continue,
-            }
+        let Some((segment, file)) = open_segment(dir, listed)? else {
+            continue;
         };
         if segment.first_seq > position.next_seq {
             position.gap += segment.first_seq - position.next_seq;
         }
         let mut seq = segment.first_seq;
-        let go_on = read_lines(&segment.path, |line| {
+        let go_on = read_file_lines(file, |line| {
             let wanted = seq > after;
             seq += 1;
             !wanted || !filter.accepts(line) || each(line)
