@@ -335,8 +335,8 @@ impl OtlpRequest {
             return Err(error(
                 "export.otlp.endpoint",
                 format!(
-                    "{:?} is not http(s)://HOST[:PORT][/PATH] (a host name or IPv4 address, a \
-                     port from 1 to 65535, a path of letters, digits and . _ ~ / -)",
+                    "{:?} must be http:// or https://, then HOST[:PORT][/PATH] (a host name or \
+                     IPv4 address, a port from 1 to 65535, a path of letters, digits and . _ ~ / -)",
                     self.endpoint
                 ),
             ));
