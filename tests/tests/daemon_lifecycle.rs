@@ -153,10 +153,12 @@ fn a_crash_under_load_leaves_counters_that_reconcile_with_the_kernel_and_the_log
 fn a_crash_under_load_on_ftrace_leaves_counters_that_reconcile_with_the_log() {
     require_root();
     // ftrace's counts live in the dead daemon's reader: matched is as last saved (never
-    // below what the log holds), and the rest reconciles exactly.
+    // below what the log holds, which may be nothing yet), and the rest reconciles exactly
+    // (checked by `crash_under_load`).
     let (_daemon, stopped) = crash_under_load("ftrace", 300_000);
+    let counters = &stopped["counters"];
     assert!(
-        stopped["counters"]["matched"].as_u64().unwrap() > 0,
+        counters["matched"].as_u64() >= counters["delivered"].as_u64(),
         "{stopped}"
     );
 }

@@ -79,8 +79,9 @@ fn soak(backend: &str, count: usize) {
     let took = started.elapsed();
     let after = settled(&daemon, before.threads);
     eprintln!("{count} {backend} lifecycles in {took:?}: before {before:?}, after {after:?}");
-    assert_eq!(
-        after.fds, before.fds,
+    // Not more (an idle keep-alive connection, to the Docker engine say, may have closed).
+    assert!(
+        after.fds <= before.fds,
         "file descriptors left: {before:?} → {after:?}"
     );
     assert_eq!(after.instances, 0, "tracefs instances left");

@@ -180,11 +180,13 @@ fn test(args: &[String]) -> Result<()> {
     image::build(false, "test")?;
     // Every member but tracer-ebpf, which only builds for the BPF target; the end-to-end
     // suite (`tests`) is not a default member, so it is named here.
+    // Every test binary runs even after one fails, so one run shows every failure.
     let mut test_args = vec![
         "test",
         "--workspace",
         "--exclude",
         "tracer-ebpf",
+        "--no-fail-fast",
         "--",
         "--test-threads=1",
     ];

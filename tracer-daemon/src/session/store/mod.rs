@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 pub use self::{rows::LiveRun, writer::FullDisk};
 use self::{
-    rows::{from_row, COLUMNS},
+    rows::{columns, from_row},
     writer::{Write, WriteRequest, Writer},
 };
 use super::model::{Counters, SessionRow, Status};
@@ -66,7 +66,7 @@ impl Store {
     /// On a full disk its writer releases the reserve and tries again (see [`FullDisk`]).
     pub fn new(db: Connection, full_disk: Option<FullDisk>) -> Result<Self, StoreError> {
         let rows = db
-            .prepare(&format!("SELECT {COLUMNS} FROM sessions"))?
+            .prepare(&format!("SELECT {} FROM sessions", columns()))?
             .query_map([], from_row)?
             .collect::<Result<Vec<_>, _>>()?;
         let cache: Arc<RwLock<HashMap<Uuid, SessionRow>>> = Arc::new(RwLock::new(
@@ -169,7 +169,7 @@ impl Store {
     /// A page of sessions in creation order, and whether more follow.
     pub async fn list(&self, query: ListQuery) -> Result<(Vec<SessionRow>, bool), StoreError> {
         self.with_db(move |db| {
-            let mut sql = format!("SELECT {COLUMNS} FROM sessions WHERE 1 = 1");
+            let mut sql = format!("SELECT {} FROM sessions WHERE 1 = 1", columns());
             let mut values: Vec<String> = Vec::new();
             let mut bind = |sql: &mut String, clause: &str, value: String| {
                 values.push(value);
@@ -222,7 +222,8 @@ impl Store {
         self.with_db(move |db| {
             Ok(db
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM sessions WHERE status = ?1 ORDER BY created_at"
+                    "SELECT {} FROM sessions WHERE status = ?1 ORDER BY created_at",
+                    columns()
                 ))?
                 .query_map([status.as_str()], from_row)?
                 .collect::<Result<Vec<_>, _>>()?)

@@ -1,6 +1,6 @@
 //! Session rows and their SQL: reading a row, inserting and saving one, and the runs in
 //! progress.
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, Row, ToSql};
 use uuid::Uuid;
 
 use crate::session::{
@@ -23,11 +23,105 @@ pub(super) fn target_text(target: &Target) -> String {
     target.container.clone().unwrap_or_default()
 }
 
-pub(super) const COLUMNS: &str =
-    "id, tenant, name, status, request, duplicate_key, created_at, updated_at, \
-    started_at, stopped_at, runs, backend_in_use, backend_reason, finished_reason, error, \
-    matched, delivered, dropped, exported, evicted, restricted, spooled, export_failed, \
-    late_joins, late_join_delay_us, late_join_max_delay_us";
+/// The counters' columns, in [`counter_values`]' order.
+const COUNTER_COLUMNS: [&str; 10] = [
+    "matched",
+    "delivered",
+    "dropped",
+    "exported",
+    "evicted",
+    "spooled",
+    "export_failed",
+    "late_joins",
+    "late_join_delay_us",
+    "late_join_max_delay_us",
+];
+
+/// A session's counters as SQLite stores them.
+fn counter_values(c: &Counters) -> [i64; 10] {
+    [
+        c.matched,
+        c.delivered,
+        c.dropped,
+        c.exported,
+        c.evicted,
+        c.spooled,
+        c.export_failed,
+        c.late_joins,
+        c.late_join_delay_us,
+        c.late_join_max_delay_us,
+    ]
+    .map(|value| value as i64)
+}
+
+/// The counters from the row's columns `first..first + 10`.
+fn counters_at(row: &Row<'_>, first: usize) -> rusqlite::Result<Counters> {
+    let value = |i: usize| row.get::<_, i64>(first + i).map(|value| value as u64);
+    Ok(Counters {
+        matched: value(0)?,
+        delivered: value(1)?,
+        dropped: value(2)?,
+        exported: value(3)?,
+        evicted: value(4)?,
+        spooled: value(5)?,
+        export_failed: value(6)?,
+        late_joins: value(7)?,
+        late_join_delay_us: value(8)?,
+        late_join_max_delay_us: value(9)?,
+    })
+}
+
+/// `a = ?n, b = ?n+1, …` for the counters, from parameter `first`.
+fn counter_assignments(first: usize) -> String {
+    COUNTER_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, column)| format!("{column} = ?{}", first + i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The columns that change over a session's life, in [`changing_values`]' order.
+const CHANGING_COLUMNS: [&str; 9] = [
+    "status",
+    "updated_at",
+    "started_at",
+    "stopped_at",
+    "runs",
+    "backend_in_use",
+    "backend_reason",
+    "finished_reason",
+    "error",
+];
+
+impl ToSql for Status {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+fn changing_values(session: &SessionRow) -> [&dyn ToSql; 9] {
+    [
+        &session.status,
+        &session.updated_at,
+        &session.started_at,
+        &session.stopped_at,
+        &session.runs,
+        &session.backend_in_use,
+        &session.backend_reason,
+        &session.finished_reason,
+        &session.error,
+    ]
+}
+
+/// Every column a session row is read from: what never changes, what does, the counters.
+pub(super) fn columns() -> String {
+    format!(
+        "id, tenant, name, request, duplicate_key, created_at, restricted, {}, {}",
+        CHANGING_COLUMNS.join(", "),
+        COUNTER_COLUMNS.join(", ")
+    )
+}
 
 fn conversion_error(
     column: usize,
@@ -38,134 +132,103 @@ fn conversion_error(
 
 pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
     let id: String = row.get(0)?;
-    let status: String = row.get(3)?;
-    let request: String = row.get(4)?;
+    let request: String = row.get(3)?;
+    let status: String = row.get(7)?;
     Ok(SessionRow {
         id: Uuid::parse_str(&id).map_err(|err| conversion_error(0, err))?,
         tenant: row.get(1)?,
         name: row.get(2)?,
-        status: Status::parse(&status)
-            .ok_or_else(|| conversion_error(3, format!("unknown status {status}")))?,
-        request: serde_json::from_str(&request).map_err(|err| conversion_error(4, err))?,
+        request: serde_json::from_str(&request).map_err(|err| conversion_error(3, err))?,
         request_text: request,
-        duplicate_key: row.get(5)?,
-        created_at: row.get(6)?,
-        updated_at: row.get(7)?,
-        started_at: row.get(8)?,
-        stopped_at: row.get(9)?,
-        runs: row.get(10)?,
-        backend_in_use: row.get(11)?,
-        backend_reason: row.get(12)?,
-        finished_reason: row.get(13)?,
-        error: row.get(14)?,
-        counters: Counters {
-            matched: row.get::<_, i64>(15)? as u64,
-            delivered: row.get::<_, i64>(16)? as u64,
-            dropped: row.get::<_, i64>(17)? as u64,
-            exported: row.get::<_, i64>(18)? as u64,
-            evicted: row.get::<_, i64>(19)? as u64,
-            spooled: row.get::<_, i64>(21)? as u64,
-            export_failed: row.get::<_, i64>(22)? as u64,
-            late_joins: row.get::<_, i64>(23)? as u64,
-            late_join_delay_us: row.get::<_, i64>(24)? as u64,
-            late_join_max_delay_us: row.get::<_, i64>(25)? as u64,
-        },
-        restricted: row.get(20)?,
+        duplicate_key: row.get(4)?,
+        created_at: row.get(5)?,
+        restricted: row.get(6)?,
+        status: Status::parse(&status)
+            .ok_or_else(|| conversion_error(7, format!("unknown status {status}")))?,
+        updated_at: row.get(8)?,
+        started_at: row.get(9)?,
+        stopped_at: row.get(10)?,
+        runs: row.get(11)?,
+        backend_in_use: row.get(12)?,
+        backend_reason: row.get(13)?,
+        finished_reason: row.get(14)?,
+        error: row.get(15)?,
+        counters: counters_at(row, 16)?,
     })
 }
 
-pub(super) fn insert(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
-    db.prepare_cached(&format!(
-        "INSERT INTO sessions ({COLUMNS}, target_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?23, ?24, ?25, ?26, ?27, ?22)"
-    ))?
-    .execute(params![
-        session.id.to_string(),
-        session.tenant,
-        session.name,
-        session.status.as_str(),
-        session.request_text,
-        session.duplicate_key,
-        session.created_at,
-        session.updated_at,
-        session.started_at,
-        session.stopped_at,
-        session.runs,
-        session.backend_in_use,
-        session.backend_reason,
-        session.finished_reason,
-        session.error,
-        session.counters.matched as i64,
-        session.counters.delivered as i64,
-        session.counters.dropped as i64,
-        session.counters.exported as i64,
-        session.counters.evicted as i64,
-        session.restricted,
-        target_text(&session.request.target),
-        session.counters.spooled as i64,
-        session.counters.export_failed as i64,
-        session.counters.late_joins as i64,
-        session.counters.late_join_delay_us as i64,
-        session.counters.late_join_max_delay_us as i64,
-    ])?;
+/// Runs `sql` with `values`, then the session's changing values and counters if given.
+fn execute(
+    db: &Connection,
+    sql: &str,
+    values: &[&dyn ToSql],
+    session: Option<&SessionRow>,
+    counters: &Counters,
+) -> rusqlite::Result<()> {
+    let changing = session.map(changing_values);
+    let counters = counter_values(counters);
+    let all: Vec<&dyn ToSql> = values
+        .iter()
+        .copied()
+        .chain(changing.into_iter().flatten())
+        .chain(counters.iter().map(|value| value as &dyn ToSql))
+        .collect();
+    db.prepare_cached(sql)?.execute(all.as_slice())?;
     Ok(())
 }
 
+pub(super) fn insert(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
+    let placeholders: Vec<String> = (1..=27).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "INSERT INTO sessions (target_text, {}) VALUES ({})",
+        columns(),
+        placeholders.join(", ")
+    );
+    let id = session.id.to_string();
+    let target = target_text(&session.request.target);
+    let fixed: [&dyn ToSql; 8] = [
+        &target,
+        &id,
+        &session.tenant,
+        &session.name,
+        &session.request_text,
+        &session.duplicate_key,
+        &session.created_at,
+        &session.restricted,
+    ];
+    execute(db, &sql, &fixed, Some(session), &session.counters)
+}
+
 pub(super) fn save(db: &Connection, session: &SessionRow) -> rusqlite::Result<()> {
-    db.prepare_cached(
-        "UPDATE sessions SET status = ?2, updated_at = ?3, started_at = ?4, stopped_at = ?5, runs = ?6, \
-         backend_in_use = ?7, backend_reason = ?8, finished_reason = ?9, error = ?10, \
-         matched = ?11, delivered = ?12, dropped = ?13, exported = ?14, evicted = ?15, \
-         spooled = ?16, export_failed = ?17, late_joins = ?18, late_join_delay_us = ?19, \
-         late_join_max_delay_us = ?20 WHERE id = ?1",
-    )?
-    .execute(params![
-        session.id.to_string(),
-        session.status.as_str(),
-        session.updated_at,
-        session.started_at,
-        session.stopped_at,
-        session.runs,
-        session.backend_in_use,
-        session.backend_reason,
-        session.finished_reason,
-        session.error,
-        session.counters.matched as i64,
-        session.counters.delivered as i64,
-        session.counters.dropped as i64,
-        session.counters.exported as i64,
-        session.counters.evicted as i64,
-        session.counters.spooled as i64,
-        session.counters.export_failed as i64,
-        session.counters.late_joins as i64,
-        session.counters.late_join_delay_us as i64,
-        session.counters.late_join_max_delay_us as i64,
-    ])?;
-    Ok(())
+    let assignments: Vec<String> = CHANGING_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, column)| format!("{column} = ?{}", i + 2))
+        .collect();
+    let sql = format!(
+        "UPDATE sessions SET {}, {} WHERE id = ?1",
+        assignments.join(", "),
+        counter_assignments(2 + CHANGING_COLUMNS.len())
+    );
+    execute(
+        db,
+        &sql,
+        &[&session.id.to_string()],
+        Some(session),
+        &session.counters,
+    )
 }
 
 pub(super) fn save_counters(
     db: &Connection,
     counters: &[(Uuid, Counters)],
 ) -> rusqlite::Result<()> {
-    let mut update = db.prepare_cached(
-        "UPDATE sessions SET matched = ?2, delivered = ?3, dropped = ?4, exported = ?5, evicted = ?6, \
-         spooled = ?7, export_failed = ?8, late_joins = ?9, late_join_delay_us = ?10, \
-         late_join_max_delay_us = ?11 WHERE id = ?1 AND status = 'running'",
-    )?;
+    let sql = format!(
+        "UPDATE sessions SET {} WHERE id = ?1 AND status = 'running'",
+        counter_assignments(2)
+    );
     for (id, c) in counters {
-        update.execute(params![
-            id.to_string(),
-            c.matched as i64,
-            c.delivered as i64,
-            c.dropped as i64,
-            c.exported as i64,
-            c.evicted as i64,
-            c.spooled as i64,
-            c.export_failed as i64,
-            c.late_joins as i64,
-            c.late_join_delay_us as i64,
-            c.late_join_max_delay_us as i64,
-        ])?;
+        execute(db, &sql, &[&id.to_string()], None, c)?;
     }
     Ok(())
 }
