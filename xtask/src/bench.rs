@@ -15,6 +15,9 @@ pub enum Benchmark {
     /// Following a session live: events/s to one follower at full rate, latency at a low
     /// rate, and the daemon's cost of 100 followers.
     Stream,
+    /// The whole daemon keeping up with one busy process: drops, events/s and CPU per event
+    /// with the event log on, per backend and number of sessions, next to the untraced loop.
+    Pipeline,
     /// Span export: spans per second to a real collector and ns per span of encoding, on one
     /// core, tracerd's path next to the SDK's batch span processor.
     Otlp,
@@ -37,6 +40,7 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
         ),
         Benchmark::Stream => against_release_daemon("bench_stream"),
         Benchmark::Api => against_release_daemon("bench_api"),
+        Benchmark::Pipeline => against_release_daemon("bench_pipeline"),
     }
 }
 
