@@ -24,7 +24,8 @@ fn calls() -> u64 {
 
 const RUNS: usize = 3;
 
-/// The daemon's CPU seconds (user + system) and peak resident memory (MiB) so far.
+/// The daemon's CPU seconds (user + system) and peak resident memory (MiB) so far: the
+/// high-water mark over its life, so a row shows the most of it and the rows before.
 fn usage(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<f64> = stat
