@@ -379,23 +379,8 @@ impl Drop for Daemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        // What it pinned for a successor that will never come (see tracer_daemon::pins).
-        if let Ok(node) = std::fs::read_to_string(self.data_dir.join("node-id")) {
-            let pins = std::path::Path::new("/sys/fs/bpf/tracerd").join(node.trim());
-            if let Ok(instances) = std::fs::read_dir(&pins) {
-                for instance in instances.flatten() {
-                    for pin in std::fs::read_dir(instance.path())
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                    {
-                        let _ = std::fs::remove_file(pin.path());
-                    }
-                    let _ = std::fs::remove_dir(instance.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&pins);
-        }
+        // What it pinned for a successor that will never come.
+        tracer_daemon::pins::remove_node(&self.data_dir);
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }

@@ -74,8 +74,7 @@ fn kill_9_leaves_no_program_behind() {
 
 /// The pin directories of the daemon's data directory (see `tracer_daemon::pins`).
 fn pinned_instances(daemon: &Daemon) -> Vec<std::path::PathBuf> {
-    let node = std::fs::read_to_string(daemon.data_dir().join("node-id")).unwrap();
-    let dir = std::path::Path::new("/sys/fs/bpf/tracerd").join(node.trim());
+    let dir = tracer_daemon::pins::node_dir(daemon.data_dir()).expect("a node id");
     std::fs::read_dir(dir)
         .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
         .unwrap_or_default()

@@ -68,6 +68,26 @@ impl CounterPins {
     }
 }
 
+/// Where the daemons on `data_dir` pin, if one ever did (its node id is kept).
+pub fn node_dir(data_dir: &Path) -> Option<PathBuf> {
+    let id = fs::read_to_string(data_dir.join("node-id")).ok()?;
+    Some(Path::new(BPF_ROOT).join("tracerd").join(id.trim()))
+}
+
+/// Removes everything the daemons on `data_dir` pinned (a data directory given up for good:
+/// no daemon will settle its runs).
+pub fn remove_node(data_dir: &Path) {
+    let Some(node_dir) = node_dir(data_dir) else {
+        return;
+    };
+    if let Ok(instances) = fs::read_dir(&node_dir) {
+        for instance in instances.flatten() {
+            remove_dir(&instance.path());
+        }
+    }
+    let _ = fs::remove_dir(&node_dir);
+}
+
 /// A pin directory and the pins in it (bpffs removes a map once no pin or descriptor holds
 /// it).
 fn remove_dir(dir: &Path) {
