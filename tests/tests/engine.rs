@@ -5,9 +5,8 @@
 //! engine is flushed, so every record of theirs is in a ring by then: counts are exact.
 use std::{collections::BTreeMap, sync::Arc};
 
-use tokio::sync::mpsc;
 use tracer_daemon::{
-    backend::{ebpf::EbpfOptions, Engine, EngineOptions},
+    backend::{ebpf::EbpfOptions, Engine, EngineOptions, EventReceiver},
     record::{Event, TraceFilter},
 };
 use tracer_tests::{cgroup::TestCgroup, require_root, workload};
@@ -30,10 +29,10 @@ fn syscalls(names: &[&str]) -> Option<Vec<u32>> {
 }
 
 /// Everything queued for a session now.
-fn received(events: &mut mpsc::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
+fn received(events: &mut EventReceiver) -> Vec<Arc<Event>> {
     let mut all = Vec::new();
-    while let Ok(event) = events.try_recv() {
-        all.push(event);
+    while let Some(batch) = events.try_recv() {
+        all.extend(batch.events().map(Arc::new));
     }
     all
 }

@@ -26,10 +26,10 @@ fn getppid_in(cgroup: &TestCgroup) -> TraceFilter {
     }
 }
 
-fn drain(events: &mut tokio::sync::mpsc::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
+fn drain(events: &mut tracer_daemon::backend::EventReceiver) -> Vec<Arc<Event>> {
     let mut all = Vec::new();
-    while let Ok(event) = events.try_recv() {
-        all.push(event);
+    while let Some(batch) = events.try_recv() {
+        all.extend(batch.events().map(Arc::new));
     }
     all
 }

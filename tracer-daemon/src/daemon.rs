@@ -457,8 +457,11 @@ fn start_cgroup_tally(
     })?;
     let tally = tally.clone();
     tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            lock(&tally).add(&event.record);
+        while let Some(batch) = events.recv().await {
+            let mut tally = lock(&tally);
+            for (record, _) in batch.iter() {
+                tally.add(&record);
+            }
         }
     });
     Ok(Some(Arc::new(session)))

@@ -3,7 +3,7 @@
 //! the counters that make `delivered + dropped == matched` hold.
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -11,14 +11,42 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use crate::record::Event;
+use crate::record::batch::RecordBatch;
 
 /// How often readers read their buffers even without a wake-up: the bound on delivery
 /// latency at low rates, when the kernel batches wake-ups.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 
-/// What a session's consumer receives.
-pub type EventReceiver = mpsc::Receiver<Arc<Event>>;
+/// What a session's consumer receives: batches of its records, holding up to the route's
+/// capacity in records at once.
+pub struct EventReceiver {
+    receiver: mpsc::UnboundedReceiver<RecordBatch>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl EventReceiver {
+    pub async fn recv(&mut self) -> Option<RecordBatch> {
+        let batch = self.receiver.recv().await?;
+        Some(self.taken(batch))
+    }
+
+    /// Waits for the next batch (off the runtime: the writer's thread).
+    pub fn blocking_recv(&mut self) -> Option<RecordBatch> {
+        let batch = self.receiver.blocking_recv()?;
+        Some(self.taken(batch))
+    }
+
+    /// The next batch if one is waiting.
+    pub fn try_recv(&mut self) -> Option<RecordBatch> {
+        let batch = self.receiver.try_recv().ok()?;
+        Some(self.taken(batch))
+    }
+
+    fn taken(&self, batch: RecordBatch) -> RecordBatch {
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        batch
+    }
+}
 
 /// Counters of one session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -85,26 +113,52 @@ impl DeliveryCounters {
     }
 }
 
-/// Where a session's records go: its bounded channel, and its delivery counters.
+/// Where a session's records go: its channel (bounded in records, not batches: a batch
+/// holds whatever one read of a buffer found), and its delivery counters.
 #[derive(Clone)]
 pub struct Route {
-    sender: mpsc::Sender<Arc<Event>>,
+    sender: mpsc::UnboundedSender<RecordBatch>,
+    /// Records sent and not yet received.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     counters: Arc<DeliveryCounters>,
 }
 
 impl Route {
     /// A route holding up to `capacity` records (at least 1), and its receiving end.
     pub fn new(capacity: usize, counters: Arc<DeliveryCounters>) -> (Self, EventReceiver) {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
-        (Self { sender, counters }, receiver)
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let route = Self {
+            sender,
+            queued: queued.clone(),
+            capacity: capacity.max(1),
+            counters,
+        };
+        (route, EventReceiver { receiver, queued })
     }
 
-    /// Hands one event to the session; a full channel is the session's counted drop.
-    pub fn deliver(&self, event: Arc<Event>) {
-        match self.sender.try_send(event) {
-            Ok(()) => self.counters.delivered.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.counters.dropped.fetch_add(1, Ordering::Relaxed),
-        };
+    /// Hands a batch to the session whole, or drops it whole if the session's channel has
+    /// no room for it (the session's counted drop). A batch is never larger than a read of
+    /// one buffer, so the consumer falls behind by at most that much before it loses
+    /// anything.
+    pub fn deliver(&self, batch: RecordBatch) {
+        let records = batch.len();
+        if records == 0 {
+            return;
+        }
+        let queued = self.queued.fetch_add(records, Ordering::Relaxed);
+        let sent = queued + records <= self.capacity && self.sender.send(batch).is_ok();
+        if sent {
+            self.counters
+                .delivered
+                .fetch_add(records as u64, Ordering::Relaxed);
+        } else {
+            self.queued.fetch_sub(records, Ordering::Relaxed);
+            self.counters
+                .dropped
+                .fetch_add(records as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -119,23 +173,32 @@ pub struct DrainStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::samples;
+    use crate::record::{batch::BatchBuilder, samples};
 
-    fn event() -> Arc<Event> {
-        Arc::new(Event::new(&samples::record(39, 1, 1, 7), &[]))
+    fn batch(records: u32) -> RecordBatch {
+        let mut builder = BatchBuilder::default();
+        for tid in 0..records {
+            builder.push(&samples::record(39, 1, tid, 7), &[]);
+        }
+        builder.take()
     }
 
     #[test]
-    fn a_full_channel_is_a_counted_drop() {
+    fn a_batch_without_room_is_a_counted_drop_and_room_comes_back_when_taken() {
         let counters = Arc::new(DeliveryCounters::default());
-        let (route, mut receiver) = Route::new(2, counters.clone());
-        for _ in 0..5 {
-            route.deliver(event());
-        }
-        let counters = counters.with_kernel(5, 0);
-        assert_eq!((counters.delivered, counters.dropped_userspace), (2, 3));
-        assert!(counters.balanced());
-        assert!(receiver.try_recv().is_ok());
+        let (route, mut receiver) = Route::new(5, counters.clone());
+        route.deliver(batch(3));
+        route.deliver(batch(3));
+        route.deliver(batch(2));
+        let now = counters.with_kernel(8, 0);
+        assert_eq!((now.delivered, now.dropped_userspace), (5, 3));
+        assert!(now.balanced());
+        assert_eq!(receiver.try_recv().unwrap().len(), 3);
+        route.deliver(batch(3));
+        assert_eq!(counters.with_kernel(11, 0).delivered, 8);
+        assert_eq!(receiver.try_recv().unwrap().len(), 2);
+        assert_eq!(receiver.try_recv().unwrap().len(), 3);
+        assert!(receiver.try_recv().is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What a record is, shared by every backend and every sink: the syscall event, the filter
 //! that selects it, the container it came from, its clocks and its syscall's name. A leaf:
 //! it depends on nothing else in the daemon.
+pub mod batch;
 pub mod captured;
 pub mod clock;
 pub mod decode;
@@ -106,7 +107,7 @@ pub struct TraceFilter {
 }
 
 /// What events say about the container they come from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ContainerMeta {
     pub id: String,
     pub name: String,

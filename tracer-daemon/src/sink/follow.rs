@@ -22,19 +22,24 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
-use super::eventlog::{read_events, EventFilter};
+use super::{
+    eventlog::{read_events, EventFilter},
+    render::LineRenderer,
+};
+use crate::record::batch::RecordBatch;
 
 /// Batches a follower may be behind before it reads the rest from disk.
 pub const FEED_BATCHES: usize = 64;
 
-/// Lines the writer appended to the event log in one go, as it appended them.
+/// Records the writer appended to the event log in one go, as it appended them.
 #[derive(Debug)]
 pub struct LogBatch {
-    /// The `seq` of the first and last event in `lines`.
+    /// The `seq` of the first and last event in `records`.
     pub first_seq: u64,
     pub last_seq: u64,
-    /// NDJSON, every line ending in `\n`; shared by every follower without a copy.
-    pub lines: Bytes,
+    /// Shared by every follower without a copy; rendered by each (its filter picks).
+    pub records: RecordBatch,
+    pub renderer: LineRenderer,
 }
 
 /// Where a run publishes what it recorded. Cheap to clone.
@@ -294,20 +299,13 @@ async fn follow_live(
     }
 }
 
-/// The lines of `batch` from seq `from` on that pass `filter` (the batch itself, shared, when
-/// all of it does).
+/// The lines of `batch` from seq `from` on that pass `filter`.
 fn filtered(batch: &LogBatch, from: u64, filter: &EventFilter) -> Bytes {
-    if from <= batch.first_seq && filter.accepts_all() {
-        return batch.lines.clone();
-    }
-    let mut kept = Vec::new();
-    let lines = batch.lines.split_inclusive(|&b| b == b'\n');
-    for (seq, line) in (batch.first_seq..).zip(lines) {
-        if seq >= from && filter.accepts(&line[..line.len() - 1]) {
-            kept.extend_from_slice(line);
-        }
-    }
-    Bytes::from(kept)
+    let mut lines = Vec::new();
+    batch
+        .renderer
+        .write_batch(&batch.records, batch.first_seq, from, filter, &mut lines);
+    Bytes::from(lines)
 }
 
 /// What a catch-up from disk read.
@@ -365,8 +363,13 @@ async fn catch_up(
 
 #[cfg(test)]
 mod tests {
+    use syscalls::Sysno;
+
     use super::*;
-    use crate::sink::eventlog::EventLogWriter;
+    use crate::{
+        record::{batch::BatchBuilder, decode::Limits, samples},
+        sink::{eventlog::EventLogWriter, render::RunContext},
+    };
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir =
@@ -375,22 +378,32 @@ mod tests {
         dir
     }
 
-    /// Appends events `seqs` to the log, then publishes them, as the writer does.
+    fn open(dir: &std::path::Path) -> EventLogWriter {
+        let clock = crate::record::WallClock::from_offset_ns(0);
+        let context = RunContext::new(Uuid::nil(), clock, Limits::default());
+        EventLogWriter::open(dir, 1 << 30, context).unwrap()
+    }
+
+    /// Appends events `seqs` to the log (even ones `read`, odd ones `write`), then publishes
+    /// them, as the writer does.
     fn record(log: &mut EventLogWriter, feed: &Feed, seqs: std::ops::RangeInclusive<u64>) {
         assert_eq!(log.next_seq(), *seqs.start());
-        let lines: Vec<u8> = seqs
-            .clone()
-            .flat_map(|seq| {
-                let syscall = if seq % 2 == 0 { "read" } else { "write" };
-                format!("{{\"seq\":{seq},\"ts_unix_ns\":{seq},\"syscall\":\"{syscall}\"}}\n")
-                    .into_bytes()
-            })
-            .collect();
-        log.append(&lines, seqs.clone().count() as u64).unwrap();
+        let mut batch = BatchBuilder::default();
+        for seq in seqs.clone() {
+            let syscall = if seq % 2 == 0 {
+                Sysno::read
+            } else {
+                Sysno::write
+            };
+            batch.push(&samples::record(syscall.id() as u32, 1, 1, 7), &[]);
+        }
+        let records = batch.take();
+        log.append(&records).unwrap();
         feed.publish(LogBatch {
             first_seq: *seqs.start(),
             last_seq: *seqs.end(),
-            lines: Bytes::from(lines),
+            records,
+            renderer: log.renderer(),
         });
     }
 
@@ -425,7 +438,7 @@ mod tests {
     #[tokio::test]
     async fn a_follower_gets_the_log_then_every_new_event_in_order_until_the_run_ends() {
         let dir = temp_dir("live");
-        let mut log = EventLogWriter::open(&dir, 1 << 30).unwrap();
+        let mut log = open(&dir);
         let feed = Feed::default();
         record(&mut log, &feed, 1..=3);
         let (out, followed) = mpsc::channel(4);
@@ -450,10 +463,10 @@ mod tests {
     async fn resuming_after_a_seq_gets_exactly_the_rest_and_evicted_events_are_a_gap() {
         let dir = temp_dir("resume");
         let feed = Feed::default();
-        let mut log = EventLogWriter::open(&dir, 1 << 30).unwrap();
+        let mut log = open(&dir);
         record(&mut log, &feed, 1..=4);
         log.finish().unwrap();
-        let mut log = EventLogWriter::open(&dir, 1 << 30).unwrap();
+        let mut log = open(&dir);
         record(&mut log, &feed, 5..=8);
         let resume = |after, filter: EventFilter| {
             let (out, followed) = mpsc::channel(4);
@@ -473,7 +486,7 @@ mod tests {
             ..EventFilter::default()
         };
         assert_eq!(resume(0, reads).await, (vec![2, 4, 6, 8], vec![], true));
-        std::fs::remove_file(dir.join("00000000000000000001-4.ndjson.gz")).unwrap();
+        std::fs::remove_file(dir.join("00000000000000000001-4.tlog")).unwrap();
         assert_eq!(
             resume(2, EventFilter::default()).await,
             (vec![5, 6, 7, 8], vec![2], true)
@@ -484,7 +497,7 @@ mod tests {
     #[tokio::test]
     async fn a_follower_whose_client_left_ends_and_unregisters() {
         let dir = temp_dir("gone");
-        let mut log = EventLogWriter::open(&dir, 1 << 30).unwrap();
+        let mut log = open(&dir);
         let feed = Feed::default();
         record(&mut log, &feed, 1..=2);
         let followers = Arc::new(Followers::default());

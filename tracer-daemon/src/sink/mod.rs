@@ -1,10 +1,12 @@
-//! Where a run's events go: its event log on disk ([`eventlog`], each event as one JSON line,
-//! [`event_json`]), span export ([`export`]), and the writer that feeds both ([`writer`]),
-//! naming each event's container ([`container_of`]); and the followers of a running session
-//! ([`follow`]), fed by the writer once each batch is in the log.
+//! Where a run's events go: its event log on disk ([`eventlog`]: records as the kernel wrote
+//! them, shown as JSON lines ([`event_json`]) when read, [`render`]), span export
+//! ([`export`]), and the writer that feeds both ([`writer`]), naming each event's container
+//! ([`container_of`]); and the followers of a running session ([`follow`]), fed by the
+//! writer once each batch is in the log.
 pub mod container_of;
 pub mod event_json;
 pub mod eventlog;
 pub mod export;
 pub mod follow;
+pub mod render;
 pub mod writer;

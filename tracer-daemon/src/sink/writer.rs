@@ -2,6 +2,7 @@
 //! event log and hands them to its span export, on a thread of the blocking pool (it does
 //! file I/O), enforcing the session's event limit.
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         mpsc, Arc, Mutex,
@@ -14,20 +15,17 @@ use uuid::Uuid;
 
 use super::{
     container_of::ContainerOf,
-    event_json,
     eventlog::EventLogWriter,
     export::{ExportSink, SpanInput},
     follow::{Feed, LogBatch},
 };
 use crate::{
     backend::EventReceiver,
-    record::{clock::now_rfc3339, decode::Limits, ContainerMeta, WallClock},
+    record::{batch::RecordBatch, clock::now_rfc3339, ContainerMeta, WallClock},
     space::{is_out_of_space, SpaceReserve},
     sync::lock,
 };
 
-/// A batch is written once it holds this many bytes of JSON (or the channel is empty).
-const BATCH_BYTES: usize = 1 << 20;
 /// While writes fail (a full disk), how often one is tried again; the batches in between
 /// are counted as dropped without a try.
 const RETRY_WRITES_EVERY: Duration = Duration::from_secs(1);
@@ -78,8 +76,6 @@ pub struct RunWriter {
     pub export: Option<ExportSink>,
     /// The run's wall-clock conversion, shared with its spans.
     pub clock: WallClock,
-    /// How much of each argument's data the session shows.
-    pub limits: Limits,
     /// Where each batch goes once it is in the log, for the session's followers.
     pub feed: Feed,
     /// The data directory's space reserve: while it is released (the disk was found full)
@@ -88,71 +84,50 @@ pub struct RunWriter {
 }
 
 impl RunWriter {
-    /// Writes the run's events until the engine closes the channel (the run ended), then
+    /// Writes the run's records until the engine closes the channel (the run ended), then
     /// closes the event log. Blocking: run it on the blocking pool.
     pub fn run(mut self, mut events: EventReceiver) -> std::io::Result<()> {
-        let mut lines = Vec::with_capacity(BATCH_BYTES);
         let mut written = 0u64;
         // While writes fail: when the next one is tried.
         let mut retry_at: Option<Instant> = None;
-        while let Some(first) = events.blocking_recv() {
+        // Cgroups whose container (or none) the log knows, and whether they are in one.
+        let mut placed: HashMap<u64, bool> = HashMap::new();
+        while let Some(mut batch) = events.blocking_recv() {
             for (cgroup_id, container) in self.joins.try_iter() {
                 self.containers.add(cgroup_id, container);
+                // Cgroups in no container so far may be under this one.
+                placed.retain(|_, in_container| *in_container);
+                placed.remove(&cgroup_id);
             }
-            lines.clear();
-            let first_seq = self.log.next_seq();
-            let mut batch = 0u64;
             let mut over_limit = 0u64;
-            let mut spans = Vec::new();
-            let mut next = Some(first);
-            while let Some(event) = next {
-                if self.max_events.is_some_and(|max| written + batch >= max) {
-                    over_limit += 1;
-                } else {
-                    let container = self.containers.get(event.record.cgroup_id);
-                    event_json::write_line(
-                        &event,
-                        &self.session,
-                        container.as_deref(),
-                        &self.clock,
-                        &self.limits,
-                        first_seq + batch,
-                        &mut lines,
-                    );
-                    if self.export.is_some() {
-                        spans.push(SpanInput {
-                            event: event.clone(),
-                            container,
-                            clock: self.clock,
-                        });
-                    }
-                    batch += 1;
-                }
-                next = if lines.len() < BATCH_BYTES {
-                    events.try_recv().ok()
-                } else {
-                    None
-                };
+            if let Some(max) = self.max_events {
+                let room = max.saturating_sub(written) as usize;
+                over_limit = batch.len().saturating_sub(room) as u64;
+                batch = batch.split_to(room);
             }
-            let Some(evicted) = self.append(&lines, batch, &mut retry_at) else {
-                self.progress.unwritten.fetch_add(batch, Ordering::Relaxed);
+            self.place_containers(&batch, &mut placed);
+            let count = batch.len() as u64;
+            let first_seq = self.log.next_seq();
+            let Some(evicted) = self.append(&batch, &mut retry_at) else {
+                self.progress.unwritten.fetch_add(count, Ordering::Relaxed);
                 self.progress
                     .over_limit
                     .fetch_add(over_limit, Ordering::Relaxed);
                 continue;
             };
-            if batch > 0 {
+            if count > 0 {
+                if let Some(export) = &self.export {
+                    export.push(self.span_inputs(&batch));
+                }
                 self.feed.publish(LogBatch {
                     first_seq,
-                    last_seq: first_seq + batch - 1,
-                    lines: bytes::Bytes::copy_from_slice(&lines),
+                    last_seq: first_seq + count - 1,
+                    records: batch,
+                    renderer: self.log.renderer(),
                 });
             }
-            if let Some(export) = &self.export {
-                export.push(spans);
-            }
-            written += batch;
-            self.progress.written.fetch_add(batch, Ordering::Relaxed);
+            written += count;
+            self.progress.written.fetch_add(count, Ordering::Relaxed);
             self.progress
                 .over_limit
                 .fetch_add(over_limit, Ordering::Relaxed);
@@ -166,9 +141,40 @@ impl RunWriter {
         self.log.finish()
     }
 
+    /// Tells the log which container each new cgroup of `batch` belongs to (events of a
+    /// thread come in runs of one cgroup: one comparison per event otherwise).
+    fn place_containers(&mut self, batch: &RecordBatch, placed: &mut HashMap<u64, bool>) {
+        let mut last = None;
+        for cgroup_id in batch.cgroup_ids() {
+            if last == Some(cgroup_id) || placed.contains_key(&cgroup_id) {
+                last = Some(cgroup_id);
+                continue;
+            }
+            last = Some(cgroup_id);
+            let container = self.containers.get(cgroup_id);
+            placed.insert(cgroup_id, container.is_some());
+            if let Some(container) = container {
+                self.log.add_container(cgroup_id, container);
+            }
+        }
+    }
+
+    /// The batch's records on their way to becoming spans.
+    fn span_inputs(&self, batch: &RecordBatch) -> Vec<SpanInput> {
+        let renderer = self.log.renderer();
+        batch
+            .events()
+            .map(|event| SpanInput {
+                container: renderer.containers.get(&event.record.cgroup_id).cloned(),
+                event: Arc::new(event),
+                clock: self.clock,
+            })
+            .collect()
+    }
+
     /// Appends a batch to the event log; `None` if it is not in the log (the write failed,
     /// or writes fail and it is not time to try again), and then the run says why.
-    fn append(&mut self, lines: &[u8], events: u64, retry_at: &mut Option<Instant>) -> Option<u64> {
+    fn append(&mut self, batch: &RecordBatch, retry_at: &mut Option<Instant>) -> Option<u64> {
         if retry_at.is_some_and(|at| Instant::now() < at) {
             return None;
         }
@@ -176,7 +182,7 @@ impl RunWriter {
         let appended = if disk_full {
             Err(std::io::ErrorKind::StorageFull.into())
         } else {
-            self.log.append(lines, events)
+            self.log.append(batch)
         };
         match appended {
             Ok(evicted) => {
@@ -206,12 +212,14 @@ impl RunWriter {
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::mpsc as tokio_mpsc;
-
     use super::*;
     use crate::{
-        record::{samples, Event},
-        sink::eventlog::{read_events, EventFilter},
+        backend::delivery::{DeliveryCounters, Route},
+        record::{batch::BatchBuilder, decode::Limits, samples},
+        sink::{
+            eventlog::{read_events, EventFilter},
+            render::RunContext,
+        },
     };
 
     fn writer(
@@ -224,21 +232,35 @@ mod tests {
     ) {
         let (joins_tx, joins) = mpsc::channel();
         let (limit_tx, limit_rx) = oneshot::channel();
+        let clock = WallClock::from_offset_ns(0);
+        let context = RunContext::new(Uuid::nil(), clock, Limits::default());
         let writer = RunWriter {
             session: Uuid::nil(),
-            log: EventLogWriter::open(dir, 1 << 30).unwrap(),
+            log: EventLogWriter::open(dir, 1 << 30, context).unwrap(),
             containers: ContainerOf::new(Default::default()),
             joins,
             progress: Arc::default(),
             max_events,
             limit_reached: Some(limit_tx),
             export: None,
-            clock: WallClock::from_offset_ns(0),
-            limits: Limits::default(),
+            clock,
             feed: crate::sink::follow::Feed::default(),
             space: None,
         };
         (writer, joins_tx, limit_rx)
+    }
+
+    /// Delivers batches of records (by thread id and cgroup) and closes the channel.
+    fn delivered(batches: &[&[(u32, u64)]]) -> EventReceiver {
+        let (route, events) = Route::new(1024, Arc::new(DeliveryCounters::default()));
+        for records in batches {
+            let mut batch = BatchBuilder::default();
+            for (tid, cgroup_id) in records.iter() {
+                batch.push(&samples::record(39, 1, *tid, *cgroup_id), &[]);
+            }
+            route.deliver(batch.take());
+        }
+        events
     }
 
     fn read_back(dir: &std::path::Path) -> Vec<serde_json::Value> {
@@ -256,18 +278,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (writer, _joins, mut limit) = writer(dir.path(), Some(3));
         let progress = writer.progress.clone();
-        let (events_tx, events) = tokio_mpsc::channel(16);
-        for tid in 0..5 {
-            events_tx
-                .try_send(Arc::new(Event::new(&samples::record(39, 1, tid, 7), &[])))
-                .unwrap();
-        }
-        drop(events_tx);
+        let events = delivered(&[&[(0, 7), (1, 7)], &[(2, 7), (3, 7), (4, 7)]]);
         writer.run(events).unwrap();
         assert_eq!(progress.written.load(Ordering::Relaxed), 3);
         assert_eq!(progress.over_limit.load(Ordering::Relaxed), 2);
         assert!(limit.try_recv().is_ok());
-        assert_eq!(read_back(dir.path()).len(), 3);
+        let tids: Vec<_> = read_back(dir.path())
+            .iter()
+            .map(|e| e["tid"].clone())
+            .collect();
+        assert_eq!(tids, [0, 1, 2]);
     }
 
     #[test]
@@ -280,17 +300,10 @@ mod tests {
             image: "shop:1".into(),
         };
         joins.send((7, Arc::new(meta))).unwrap();
-        let (events_tx, events) = tokio_mpsc::channel(16);
-        events_tx
-            .try_send(Arc::new(Event::new(&samples::record(39, 1, 1, 7), &[])))
-            .unwrap();
-        events_tx
-            .try_send(Arc::new(Event::new(&samples::record(39, 1, 1, 8), &[])))
-            .unwrap();
-        drop(events_tx);
-        writer.run(events).unwrap();
+        writer.run(delivered(&[&[(1, 7), (1, 8)]])).unwrap();
         let lines = read_back(dir.path());
         assert_eq!(lines[0]["container"]["name"], "web");
+        assert_eq!(lines[0]["seq"], 1);
         assert!(lines[1].get("container").is_none());
     }
 }

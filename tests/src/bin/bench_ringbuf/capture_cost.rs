@@ -2,7 +2,6 @@
 //! traced with capture off (registers only) and with the default capture, for a call with a
 //! path (`openat` of a missing file) and a call with a buffer (`write` of one byte), and the
 //! bytes each record takes in the ring.
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tracer_common::SyscallRecord;
@@ -54,11 +53,12 @@ fn traced(
         .expect("a session");
     let consumer = runtime.spawn(async move {
         let (mut records, mut bytes) = (0u64, 0u64);
-        while let Some(event) = events.recv().await {
-            let event: Arc<_> = event;
-            if event.record.nr == nr {
-                records += 1;
-                bytes += (SyscallRecord::SIZE + event.data.len()) as u64;
+        while let Some(batch) = events.recv().await {
+            for (record, data) in batch.iter() {
+                if record.nr == nr {
+                    records += 1;
+                    bytes += (SyscallRecord::SIZE + data.len()) as u64;
+                }
             }
         }
         (records, bytes)

@@ -177,13 +177,13 @@ fn measure_design(runtime: &tokio::runtime::Runtime, design: &Design, untraced: 
         // Delivery latency of the low-rate phase's getppid calls: from the syscall's exit
         // to the consumer having it.
         let mut latencies_ms = Vec::new();
-        while let Some(event) = events.recv().await {
-            received += 1;
-            if event.record.nr == getppid
-                && event.record.tgid == LOW_RATE_TGID.load(Ordering::Relaxed)
-            {
-                let exit_ns = event.record.enter_ns + event.record.duration_ns;
-                latencies_ms.push(monotonic_ns().saturating_sub(exit_ns) as f64 / 1e6);
+        while let Some(batch) = events.recv().await {
+            received += batch.len() as u64;
+            for (record, _) in batch.iter() {
+                if record.nr == getppid && record.tgid == LOW_RATE_TGID.load(Ordering::Relaxed) {
+                    let exit_ns = record.enter_ns + record.duration_ns;
+                    latencies_ms.push(monotonic_ns().saturating_sub(exit_ns) as f64 / 1e6);
+                }
             }
         }
         (received, latencies_ms)

@@ -154,8 +154,8 @@ fn subtree_costs(runtime: &tokio::runtime::Runtime, cache: bool) -> Value {
         .expect("a session");
     let consumer = runtime.spawn(async move {
         let mut received = 0u64;
-        while events.recv().await.is_some() {
-            received += 1;
+        while let Some(batch) = events.recv().await {
+            received += batch.len() as u64;
         }
         received
     });

@@ -10,7 +10,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
-use tracer_common::{SyscallRecord, MAX_SESSIONS};
+use tracer_common::{SessionMask, SyscallRecord, MAX_SESSIONS};
 
 use super::{
     ring::RecordRing, EbpfBackend, EbpfOptions, KernelCounters, LoadError, MapUpdateError,
@@ -18,9 +18,14 @@ use super::{
 };
 use crate::{
     backend::delivery::{DrainStats, Route, FLUSH_INTERVAL},
-    record::{monotonic_ns, Event, TraceFilter},
+    record::{batch::BatchBuilder, monotonic_ns, TraceFilter},
     sync::lock,
 };
+
+/// A session's batch is delivered once it holds this many bytes of records, even in the
+/// middle of a drain pass: its writer starts on it sooner, and no batch comes near a
+/// session's queue capacity.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// The loaded programs and maps, the slots, and the drain tasks.
 pub struct EbpfSessions {
@@ -196,21 +201,21 @@ async fn drain_task(
             .iter()
             .all(Option::is_none);
         tokio::select! {
-            ready = ring.drain_when_ready(|record, path| fan_out.collect(record, path)) => {
+            ready = ring.drain_when_ready(|record, data| fan_out.take(record, data, &routes)) => {
                 if let Err(err) = ready {
                     tracing::error!(%err, "waiting on a record ring buffer failed");
                     tokio::time::sleep(FLUSH_INTERVAL).await;
                 }
             }
             _ = tick.tick(), if !idle => {
-                ring.drain_now(|record, path| fan_out.collect(record, path));
+                ring.drain_now(|record, data| fan_out.take(record, data, &routes));
             }
             request = flush_requests.recv() => {
-                ring.drain_now(|record, path| fan_out.collect(record, path));
+                ring.drain_now(|record, data| fan_out.take(record, data, &routes));
                 ack = request;
             }
         }
-        let (handled, busy_ns) = fan_out.deliver(&routes);
+        let (handled, busy_ns) = fan_out.finish_pass(&routes);
         if handled > 0 {
             stats.records.fetch_add(handled as u64, Ordering::Relaxed);
             stats.passes.fetch_add(1, Ordering::Relaxed);
@@ -222,44 +227,81 @@ async fn drain_task(
     }
 }
 
-/// Collects one drain pass's events, then delivers them with one lock of the routes.
+/// Sorts one drain pass's records into a batch per session, delivered when it is full and
+/// at the end of the pass, with one lock of the routes per delivery.
 #[derive(Default)]
 struct FanOut {
-    batch: Vec<Arc<Event>>,
+    /// By slot: the records read for it and not yet delivered.
+    batches: Vec<BatchBuilder>,
+    /// Slots with records waiting.
+    pending: SessionMask,
+    /// Records read in this pass.
+    read: usize,
     /// When the pass's first record was read: the start of its userspace work.
     first_read: Option<Instant>,
 }
 
 impl FanOut {
-    fn collect(&mut self, record: &SyscallRecord, path: &[u8]) {
+    /// Copies a record into the batch of every session it belongs to; returns the slots
+    /// whose batch is full (deliver them before reading on).
+    fn collect(&mut self, record: &SyscallRecord, data: &[u8]) -> SessionMask {
         self.first_read.get_or_insert_with(Instant::now);
-        self.batch.push(Arc::new(Event::new(record, path)));
+        if self.batches.is_empty() {
+            self.batches
+                .resize_with(MAX_SESSIONS as usize, BatchBuilder::default);
+        }
+        self.read += 1;
+        let mut full = 0;
+        let mut sessions = record.sessions;
+        while sessions != 0 {
+            let slot = sessions.trailing_zeros();
+            sessions &= sessions - 1;
+            let batch = &mut self.batches[slot as usize];
+            batch.push(record, data);
+            self.pending |= 1 << slot;
+            if batch.bytes() >= BATCH_BYTES {
+                full |= 1 << slot;
+            }
+        }
+        full
     }
 
-    /// Sends each event to every session it belongs to; a full channel is that session's
-    /// counted drop. Returns how many events there were and the nanoseconds spent on them,
-    /// from reading the first to delivering the last.
-    fn deliver(&mut self, routes: &RwLock<Vec<Option<Route>>>) -> (usize, u64) {
-        let count = self.batch.len();
-        let Some(first_read) = self.first_read.take() else {
-            return (0, 0);
-        };
+    /// Delivers the batches of `slots` to their sessions; a session without room for its
+    /// batch drops it, counted. Records of a slot with no route (its session stopped, its
+    /// counters final before the route went) are let go.
+    fn deliver(&mut self, slots: SessionMask, routes: &RwLock<Vec<Option<Route>>>) {
         let routes = routes
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for event in self.batch.drain(..) {
-            let mut sessions = event.record.sessions;
-            while sessions != 0 {
-                let slot = sessions.trailing_zeros() as usize;
-                sessions &= sessions - 1;
-                // No route: the session stopped; its counters were final before the route went.
-                let Some(Some(route)) = routes.get(slot) else {
-                    continue;
-                };
-                route.deliver(event.clone());
+        let mut slots = slots & self.pending;
+        self.pending &= !slots;
+        while slots != 0 {
+            let slot = slots.trailing_zeros() as usize;
+            slots &= slots - 1;
+            let batch = self.batches[slot].take();
+            if let Some(Some(route)) = routes.get(slot) {
+                route.deliver(batch);
             }
         }
-        (count, first_read.elapsed().as_nanos() as u64)
+    }
+
+    /// Ends a pass: delivers every batch. Returns how many records the pass read and the
+    /// nanoseconds spent on them, from reading the first to delivering the last.
+    fn finish_pass(&mut self, routes: &RwLock<Vec<Option<Route>>>) -> (usize, u64) {
+        let Some(first_read) = self.first_read.take() else {
+            return (0, 0);
+        };
+        self.deliver(SessionMask::MAX, routes);
+        let read = std::mem::take(&mut self.read);
+        (read, first_read.elapsed().as_nanos() as u64)
+    }
+
+    /// Reads a record in a drain pass, delivering batches that fill up.
+    fn take(&mut self, record: &SyscallRecord, data: &[u8], routes: &RwLock<Vec<Option<Route>>>) {
+        let full = self.collect(record, data);
+        if full != 0 {
+            self.deliver(full, routes);
+        }
     }
 }
 
@@ -283,10 +325,10 @@ mod tests {
         let mut record = samples::record(39, 1, 1, 7);
         // Slots 0, 1 (no route: stopped) and 2.
         record.sessions = 0b111;
-        fan_out.collect(&record, &[]);
-        assert_eq!(fan_out.deliver(&routes).0, 1);
+        fan_out.take(&record, &[], &routes);
+        assert_eq!(fan_out.finish_pass(&routes).0, 1);
         for receiver in &mut receivers {
-            assert!(receiver.try_recv().is_ok());
+            assert_eq!(receiver.try_recv().unwrap().len(), 1);
         }
         assert_eq!(counters[0].with_kernel(1, 0).delivered, 1);
         assert_eq!(counters[1].with_kernel(1, 0).delivered, 1);

@@ -164,6 +164,7 @@ impl FtraceBackend {
             produced: session.produced.clone(),
             pids,
             stats,
+            records: Default::default(),
         };
         let (control, requests) = mpsc::channel();
         let short: String = options.name.chars().take(8).collect();

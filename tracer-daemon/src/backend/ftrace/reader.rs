@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     backend::delivery::{DrainStats, Route, FLUSH_INTERVAL},
-    record::Event,
+    record::batch::BatchBuilder,
 };
 
 /// Pages read from one CPU per pass before moving to the next, so one busy CPU cannot delay
@@ -53,6 +53,8 @@ pub(super) struct Reader {
     pub pids: Arc<PidSync>,
     /// The engine's totals of drain work (records, time), shared with the eBPF drains.
     pub stats: Arc<DrainStats>,
+    /// The pass's records, delivered together at its end.
+    pub records: BatchBuilder,
 }
 
 impl Reader {
@@ -122,16 +124,15 @@ impl Reader {
         }
         // Stable: events of one CPU keep their order when timestamps tie.
         batch.sort_by_key(|(ts, _)| *ts);
-        let (route, produced) = (&self.route, &self.produced);
-        let mut records = 0u64;
+        let records = &mut self.records;
         for (ts, raw) in batch.drain(..) {
-            self.tracker.handle(ts, raw, &mut |record| {
-                records += 1;
-                // Counted before it is delivered, so delivered never exceeds matched.
-                produced.fetch_add(1, Ordering::Relaxed);
-                route.deliver(Arc::new(Event::new(&record, &[])));
-            });
+            self.tracker
+                .handle(ts, raw, &mut |record| records.push(&record, &[]));
         }
+        let records = records.len() as u64;
+        // Counted before they are delivered, so delivered never exceeds matched.
+        self.produced.fetch_add(records, Ordering::Relaxed);
+        self.route.deliver(self.records.take());
         if let (Some(first_read), 1..) = (first_read, records) {
             self.stats.records.fetch_add(records, Ordering::Relaxed);
             self.stats.passes.fetch_add(1, Ordering::Relaxed);

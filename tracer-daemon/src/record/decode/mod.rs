@@ -21,7 +21,7 @@ use super::{
 pub use self::quote::quoted;
 
 /// How much of each kind of data a session shows (its `capture` settings).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Characters of a string argument (a path, a name).
     pub string_chars: usize,

@@ -28,6 +28,7 @@ use crate::{
         eventlog::EventLogWriter,
         export::{span::SessionInfo, Export, ExportCounters, ExportStatus},
         follow::{Feed, Subscription},
+        render::RunContext,
         writer::{ContainerJoin, RunProgress, RunWriter},
     },
     sync::lock,
@@ -97,7 +98,8 @@ pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRo
         session: row.id,
         run: row.runs + 1,
     };
-    let (resolved, log, trace, events) = match prepare(ctx, &row, &spec, &resolving).await {
+    let clock = WallClock::now();
+    let (resolved, log, trace, events) = match prepare(ctx, &row, &spec, &resolving, clock).await {
         Ok(prepared) => prepared,
         Err(Unprepared::Target(err)) => {
             ctx.mark_failed(&mut row, err.to_string()).await?;
@@ -116,7 +118,6 @@ pub async fn begin(ctx: &Context, mut row: SessionRow) -> Result<(Run, SessionRo
     };
     // Before a launched container starts: nothing it does should wait for an export that
     // cannot start.
-    let clock = WallClock::now();
     let mut started = Started {
         trace,
         events,
@@ -194,6 +195,7 @@ async fn prepare(
     row: &SessionRow,
     spec: &SessionSpec,
     resolving: &Resolving<'_>,
+    clock: WallClock,
 ) -> Result<Prepared, Unprepared> {
     let options = SessionOptions {
         backend: match spec.backend {
@@ -208,8 +210,9 @@ async fn prepare(
     let tracer = ctx.tracer.clone();
     let dir = ctx.session_dir(row.id);
     let cap = ctx.options.event_log_cap_bytes;
+    let context = RunContext::new(row.id, clock, spec.capture.limits);
     let start = move |resolved: Resolved| {
-        let started = EventLogWriter::open(&dir, cap)
+        let started = EventLogWriter::open(&dir, cap, context)
             .map_err(|source| SessionError::EventLog { path: dir, source })
             .and_then(|log| {
                 let (trace, events) = tracer.start(&resolved.filter, &options)?;
@@ -309,7 +312,6 @@ fn assemble(
         limit_reached: Some(limit_reached),
         export: started.export.as_ref().map(Export::sink),
         clock: started.clock,
-        limits: spec.capture.limits,
         feed: feed.clone(),
         space: ctx.options.reserve.clone(),
     };

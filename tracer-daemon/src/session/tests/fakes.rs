@@ -21,7 +21,7 @@ use crate::{
         Backend, EngineError, SessionOptions, Trace, Tracer,
     },
     containers::{Container, ContainerError, ContainerEvent, ContainerRuntime, LaunchRequest},
-    record::{samples, Event, TraceFilter},
+    record::{batch::BatchBuilder, samples, TraceFilter},
     sync::lock,
 };
 
@@ -79,7 +79,9 @@ impl FakeTracer {
             for tid in 0..count {
                 trace.matched.fetch_add(1, Ordering::Relaxed);
                 let record = samples::record(nr, 1, tid, cgroup_id);
-                trace.route.deliver(Arc::new(Event::new(&record, &[])));
+                let mut batch = BatchBuilder::default();
+                batch.push(&record, &[]);
+                trace.route.deliver(batch.take());
             }
         }
     }

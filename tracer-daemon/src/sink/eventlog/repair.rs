@@ -1,7 +1,8 @@
 //! Finishing segments that were never finished: a daemon killed while writing, or a write
-//! that failed when the disk was full, leaves a gzip stream without its end. Readers read such
-//! a segment to its last flush, but `gzip -t` and other tools call it truncated: it is
-//! rewritten as a finished segment, named with its number of events.
+//! that failed when the disk was full, leaves a segment named without its number of events,
+//! maybe ending in a torn frame. Readers read such a segment to its last whole frame; it is
+//! cut there and renamed with its number of events. (A segment of the old format is a gzip
+//! stream without its end, which `gzip -t` calls truncated: it is rewritten.)
 use std::{
     fs::{self, File},
     io::{self, Write as _},
@@ -10,7 +11,7 @@ use std::{
 
 use flate2::{write::GzEncoder, Compression};
 
-use super::{read_lines, segment_files, SegmentFile};
+use super::{ndjson::read_lines, segment, segment_files, Format, SegmentFile};
 
 /// Finishes every unfinished segment of the session log in `dir` (none may be being
 /// written). Returns how many were finished; stops at the first that cannot be.
@@ -46,9 +47,31 @@ pub fn finish_all(sessions_dir: &Path) {
     }
 }
 
-/// Rewrites one unfinished segment as `SEQ-EVENTS.ndjson.gz` (removed if it holds no
-/// complete event). The original stays until the new one is complete.
 fn finish(dir: &Path, segment: &SegmentFile) -> io::Result<()> {
+    match segment.format {
+        Format::Records => finish_records(dir, segment),
+        Format::Ndjson => finish_ndjson(dir, segment),
+    }
+}
+
+/// Cuts an unfinished segment after its last whole frame and names it with its number of
+/// events (removed if it holds none).
+fn finish_records(dir: &Path, unfinished: &SegmentFile) -> io::Result<()> {
+    let (events, whole_len) = segment::whole_frames(&unfinished.path)?;
+    if events == 0 {
+        return fs::remove_file(&unfinished.path);
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&unfinished.path)?
+        .set_len(whole_len)?;
+    let finished = SegmentFile::closed_name(unfinished.first_seq, events, Format::Records);
+    fs::rename(&unfinished.path, dir.join(finished))
+}
+
+/// Rewrites one unfinished segment of the old format as `SEQ-EVENTS.ndjson.gz` (removed if
+/// it holds no complete event). The original stays until the new one is complete.
+fn finish_ndjson(dir: &Path, segment: &SegmentFile) -> io::Result<()> {
     let temporary = dir.join(format!("{:020}.repair", segment.first_seq));
     let written = write_finished(segment, &temporary);
     let events = match written {
@@ -59,7 +82,11 @@ fn finish(dir: &Path, segment: &SegmentFile) -> io::Result<()> {
         }
     };
     if events > 0 {
-        let finished = dir.join(format!("{:020}-{events}.ndjson.gz", segment.first_seq));
+        let finished = dir.join(SegmentFile::closed_name(
+            segment.first_seq,
+            events,
+            Format::Ndjson,
+        ));
         fs::rename(&temporary, finished)?;
     } else {
         fs::remove_file(&temporary)?;

@@ -1,5 +1,19 @@
-//! The event log against real files: reading while writing, crashes, caps, filters.
+//! The event log against real files: reading while writing, crashes, torn frames, caps,
+//! filters, containers, and segments of the old format.
+use std::{io::Write as _, sync::Arc};
+
+use syscalls::Sysno;
+use uuid::Uuid;
+
 use super::*;
+use crate::{
+    record::{
+        batch::{BatchBuilder, RecordBatch},
+        decode::Limits,
+        samples, ContainerMeta, WallClock,
+    },
+    sink::render::RunContext,
+};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tracerd-eventlog-{name}-{}", std::process::id()));
@@ -7,106 +21,188 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn line(ts: i128, syscall: &str) -> Vec<u8> {
-    format!("{{\"ts_unix_ns\":{ts},\"syscall\":\"{syscall}\"}}\n").into_bytes()
+/// Wall clock = monotonic clock: an event's `ts_unix_ns` is its record's `enter_ns`.
+fn open(dir: &Path, cap: u64) -> EventLogWriter {
+    let context = RunContext::new(Uuid::nil(), WallClock::from_offset_ns(0), Limits::default());
+    EventLogWriter::open(dir, cap, context).unwrap()
 }
 
-fn all(dir: &Path, filter: &EventFilter) -> Vec<String> {
+/// Records of `(enter_ns, syscall)`, by process 1 in cgroup 7.
+fn batch(events: &[(u64, Sysno)]) -> RecordBatch {
+    let mut builder = BatchBuilder::default();
+    for (ts, nr) in events {
+        let mut record = samples::record(nr.id() as u32, 1, 1, 7);
+        record.enter_ns = *ts;
+        builder.push(&record, &[]);
+    }
+    builder.take()
+}
+
+fn all(dir: &Path, filter: &EventFilter) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
     read_events(dir, filter, |line| {
-        lines.push(String::from_utf8(line.to_vec()).unwrap());
+        lines.push(serde_json::from_slice(line).unwrap());
         true
     })
     .unwrap();
     lines
 }
 
+fn field(lines: &[serde_json::Value], name: &str) -> Vec<serde_json::Value> {
+    lines.iter().map(|line| line[name].clone()).collect()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn events_are_readable_while_the_segment_is_open_and_after_it_is_closed() {
     let dir = temp_dir("open");
-    let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
+    let mut writer = open(&dir, 1 << 30);
     writer
-        .append(&[line(1, "read"), line(2, "write")].concat(), 2)
+        .append(&batch(&[(1, Sysno::read), (2, Sysno::write)]))
         .unwrap();
     assert_eq!(all(&dir, &EventFilter::default()).len(), 2);
-    writer.append(&line(3, "read"), 1).unwrap();
-    assert_eq!(all(&dir, &EventFilter::default()).len(), 3);
+    writer.append(&batch(&[(3, Sysno::read)])).unwrap();
+    let lines = all(&dir, &EventFilter::default());
+    assert_eq!(field(&lines, "seq"), [1, 2, 3]);
+    assert_eq!(field(&lines, "syscall"), ["read", "write", "read"]);
+    assert_eq!(field(&lines, "ts_unix_ns"), [1, 2, 3]);
     writer.finish().unwrap();
-    let names: Vec<_> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, ["00000000000000000001-3.ndjson.gz"]);
+    assert_eq!(names(&dir), ["00000000000000000001-3.tlog"]);
     assert_eq!(all(&dir, &EventFilter::default()).len(), 3);
     // A new writer (a new run) continues in a new segment, after the old one.
-    let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
-    writer.append(&line(4, "openat"), 1).unwrap();
+    let mut writer = open(&dir, 1 << 30);
+    writer.append(&batch(&[(4, Sysno::openat)])).unwrap();
     let lines = all(&dir, &EventFilter::default());
-    assert_eq!(lines.len(), 4);
-    assert!(lines[3].contains("openat"));
+    assert_eq!(field(&lines, "seq"), [1, 2, 3, 4]);
+    assert_eq!(lines[3]["syscall"], "openat");
     fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
-fn a_segment_left_open_by_a_dead_daemon_is_read_to_its_last_flush() {
+fn a_segment_a_dead_daemon_left_is_read_to_its_last_whole_frame_then_finished() {
     let dir = temp_dir("crash");
-    let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
+    let mut writer = open(&dir, 1 << 30);
     writer
-        .append(&[line(1, "read"), line(2, "read")].concat(), 2)
+        .append(&batch(&[(1, Sysno::read), (2, Sysno::read)]))
         .unwrap();
-    // The process dies: the encoder is never finished.
+    // The process dies in the middle of its next write: half a frame is in the file.
     std::mem::forget(writer);
+    let left = dir.join("00000000000000000001.tlog");
+    let whole = fs::metadata(&left).unwrap().len();
+    let mut file = fs::OpenOptions::new().append(true).open(&left).unwrap();
+    file.write_all(&[3, 9, 0, 0, 0, 200, 4, 0, 0, 80]).unwrap();
+    drop(file);
+    assert_eq!(all(&dir, &EventFilter::default()).len(), 2);
+    assert_eq!(recorded_events(&dir).unwrap(), 2);
+    let writer = open(&dir, 1 << 30);
+    assert_eq!(writer.next_seq(), 3);
+    assert_eq!(names(&dir), ["00000000000000000001-2.tlog"]);
+    let finished = dir.join("00000000000000000001-2.tlog");
+    assert_eq!(
+        fs::metadata(finished).unwrap().len(),
+        whole,
+        "the torn frame is cut"
+    );
     assert_eq!(all(&dir, &EventFilter::default()).len(), 2);
     fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
-fn filters_by_time_range_and_syscall() {
+fn a_segment_with_no_whole_event_is_removed_when_finished() {
+    let dir = temp_dir("empty");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("00000000000000000001.tlog"),
+        b"tracerd\x01\x01\x00",
+    )
+    .unwrap();
+    assert!(all(&dir, &EventFilter::default()).is_empty());
+    let writer = open(&dir, 1 << 30);
+    assert_eq!(writer.next_seq(), 1);
+    assert!(names(&dir).is_empty());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn filters_by_time_range_syscall_process_name_and_failure() {
     let dir = temp_dir("filter");
-    let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
-    let batch: Vec<u8> = (0..10)
-        .flat_map(|ts| line(ts, if ts % 2 == 0 { "read" } else { "write" }))
-        .collect();
-    writer.append(&batch, 10).unwrap();
-    let filter = EventFilter {
+    let mut writer = open(&dir, 1 << 30);
+    let mut builder = BatchBuilder::default();
+    for ts in 0..10u64 {
+        let nr = if ts % 2 == 0 {
+            Sysno::read
+        } else {
+            Sysno::write
+        };
+        let mut record = samples::record(nr.id() as u32, 1 + (ts % 3) as u32, 1, 7);
+        record.enter_ns = ts;
+        record.ret = if ts == 5 { -2 } else { 0 };
+        builder.push(&record, &[]);
+    }
+    writer.append(&builder.take()).unwrap();
+    let range = EventFilter {
         since_unix_ns: Some(3),
         until_unix_ns: Some(8),
         syscalls: Some(vec!["write".into()]),
         ..EventFilter::default()
     };
-    let lines = all(&dir, &filter);
-    assert_eq!(
-        lines,
-        [3, 5, 7].map(|ts| format!("{{\"ts_unix_ns\":{ts},\"syscall\":\"write\"}}"))
-    );
+    assert_eq!(field(&all(&dir, &range), "ts_unix_ns"), [3, 5, 7]);
+    let process = EventFilter {
+        pid: Some(2),
+        comm: Some("test".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(field(&all(&dir, &process), "ts_unix_ns"), [1, 4, 7]);
+    let failed = EventFilter {
+        failed: true,
+        ..EventFilter::default()
+    };
+    assert_eq!(field(&all(&dir, &failed), "seq"), [6]);
+    let other_comm = EventFilter {
+        comm: Some("bash".into()),
+        ..EventFilter::default()
+    };
+    assert!(all(&dir, &other_comm).is_empty());
     fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A batch of `n` records whose arguments are noise (they compress poorly).
+fn noisy_batch(first_ts: u64, n: u64, state: &mut u64) -> RecordBatch {
+    let mut builder = BatchBuilder::default();
+    for i in 0..n {
+        let mut record = samples::record(0, 1, 1, 7);
+        record.enter_ns = first_ts + i;
+        for arg in &mut record.args {
+            *state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *arg = *state;
+        }
+        builder.push(&record, &[]);
+    }
+    builder.take()
 }
 
 #[test]
 fn the_cap_evicts_the_oldest_segments_and_counts_their_events() {
     let dir = temp_dir("cap");
-    // A 256 KiB cap makes 64 KiB segments; write ~3.5 MiB of poorly compressible lines.
+    // A 256 KiB cap makes 64 KiB segments; write ~3 MiB of poorly compressible records.
     const CAP: u64 = 256 << 10;
-    let mut writer = EventLogWriter::open(&dir, CAP).unwrap();
-    let mut evicted = 0;
-    let mut written = 0u64;
-    let mut state = 1u64;
-    for batch in 0..2000 {
-        let lines: Vec<u8> = (0..20)
-            .flat_map(|i| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                format!(
-                    "{{\"ts_unix_ns\":{},\"syscall\":\"read\",\"noise\":\"{state:x}{:x}\"}}\n",
-                    batch * 20 + i,
-                    state.rotate_left(17)
-                )
-                .into_bytes()
-            })
-            .collect();
-        evicted += writer.append(&lines, 20).unwrap();
-        written += 20;
+    let mut writer = open(&dir, CAP);
+    let (mut evicted, mut written, mut state) = (0, 0u64, 1u64);
+    for _ in 0..500 {
+        evicted += writer
+            .append(&noisy_batch(written, 50, &mut state))
+            .unwrap();
+        written += 50;
     }
     writer.finish().unwrap();
     let total: u64 = fs::read_dir(&dir)
@@ -119,66 +215,145 @@ fn the_cap_evicts_the_oldest_segments_and_counts_their_events() {
     let remaining = all(&dir, &EventFilter::default());
     assert_eq!(remaining.len() as u64 + evicted, written);
     // What is left is the newest, in order.
-    assert!(remaining
-        .last()
-        .unwrap()
-        .contains(&format!("\"ts_unix_ns\":{}", written - 1)));
+    assert_eq!(remaining.last().unwrap()["seq"], written);
+    assert_eq!(remaining.last().unwrap()["ts_unix_ns"], written - 1);
     fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn events_are_numbered_across_runs_and_read_from_a_seq_with_gaps_reported() {
     let dir = temp_dir("seq");
-    let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
+    let mut writer = open(&dir, 1 << 30);
     assert_eq!(writer.next_seq(), 1);
-    let batch: Vec<u8> = (0..5).flat_map(|ts| line(ts, "read")).collect();
-    writer.append(&batch, 5).unwrap();
+    let five: Vec<(u64, Sysno)> = (0..5).map(|ts| (ts, Sysno::read)).collect();
+    writer.append(&batch(&five)).unwrap();
     writer.finish().unwrap();
-    let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
+    let mut writer = open(&dir, 1 << 30);
     assert_eq!(writer.next_seq(), 6, "a new run goes on from the last");
-    writer.append(&line(5, "write"), 1).unwrap();
-    // The log is read from after seq 3: events 4, 5 and 6.
+    writer.append(&batch(&[(5, Sysno::write)])).unwrap();
     let from = |after| {
-        let mut lines = Vec::new();
         let filter = EventFilter {
             after_seq: Some(after),
             ..EventFilter::default()
         };
+        let mut seqs = Vec::new();
         let position = read_events(&dir, &filter, |line| {
-            lines.push(String::from_utf8(line.to_vec()).unwrap());
+            let line: serde_json::Value = serde_json::from_slice(line).unwrap();
+            seqs.push(line["seq"].as_u64().unwrap());
             true
         })
         .unwrap();
-        (lines.len(), position)
+        (seqs, position.next_seq, position.gap)
     };
-    assert_eq!(
-        from(3),
-        (
-            3,
-            ReadPosition {
-                next_seq: 7,
-                gap: 0
-            }
-        )
-    );
+    assert_eq!(from(3), (vec![4, 5, 6], 7, 0));
     // The first run's segment evicted: asking from the start reports 5 missing.
-    fs::remove_file(dir.join("00000000000000000001-5.ndjson.gz")).unwrap();
-    assert_eq!(
-        from(0),
-        (
-            1,
-            ReadPosition {
-                next_seq: 7,
-                gap: 5
-            }
-        )
-    );
-    assert_eq!(from(6).0, 0);
+    fs::remove_file(dir.join("00000000000000000001-5.tlog")).unwrap();
+    assert_eq!(from(0), (vec![6], 7, 5));
+    assert_eq!(from(6), (vec![], 7, 0));
     fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
-fn filters_by_process_name_and_failure() {
+fn events_name_their_container_in_every_segment_even_after_eviction() {
+    let dir = temp_dir("containers");
+    const CAP: u64 = 256 << 10;
+    let mut writer = open(&dir, CAP);
+    let web = ContainerMeta {
+        id: "c0ffee".into(),
+        name: "web".into(),
+        image: "shop:1".into(),
+    };
+    writer.add_container(7, Arc::new(web));
+    let (mut written, mut state) = (0u64, 1u64);
+    for _ in 0..200 {
+        writer
+            .append(&noisy_batch(written, 50, &mut state))
+            .unwrap();
+        written += 50;
+    }
+    writer.finish().unwrap();
+    assert!(names(&dir).len() > 1);
+    let lines = all(&dir, &EventFilter::default());
+    assert!(lines.iter().all(|line| line["container"]["name"] == "web"));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes a segment of the old format, as tracerd before 0.2 did; `finished: false` leaves
+/// its gzip stream without its end (a daemon that died).
+fn old_segment(path: &Path, lines: &[String], finished: bool) {
+    let mut encoder =
+        flate2::write::GzEncoder::new(File::create(path).unwrap(), flate2::Compression::fast());
+    for line in lines {
+        encoder.write_all(line.as_bytes()).unwrap();
+        encoder.write_all(b"\n").unwrap();
+    }
+    if finished {
+        encoder.finish().unwrap();
+    } else {
+        encoder.flush().unwrap();
+        std::mem::forget(encoder);
+    }
+}
+
+fn old_line(seq: u64, syscall: &str) -> String {
+    format!(
+        r#"{{"seq":{seq},"ts_unix_ns":{seq},"syscall":"{syscall}","pid":1,"comm":"sh","ret":0}}"#
+    )
+}
+
+/// Whether a file is a complete gzip stream (what `gzip -t` checks).
+fn is_complete_gzip(path: &Path) -> bool {
+    let mut decoder = flate2::read::MultiGzDecoder::new(File::open(path).unwrap());
+    io::copy(&mut decoder, &mut io::sink()).is_ok()
+}
+
+#[test]
+fn a_log_of_the_old_format_is_still_read_and_new_runs_continue_it() {
+    let dir = temp_dir("old-format");
+    fs::create_dir_all(&dir).unwrap();
+    let first: Vec<String> = (1..=2).map(|seq| old_line(seq, "read")).collect();
+    old_segment(&dir.join("00000000000000000001-2.ndjson.gz"), &first, true);
+    // The old daemon died while writing its second run.
+    let second = vec![old_line(3, "write")];
+    old_segment(&dir.join("00000000000000000003.ndjson.gz"), &second, false);
+    assert_eq!(recorded_events(&dir).unwrap(), 3);
+    let reads = EventFilter {
+        syscalls: Some(vec!["read".into()]),
+        ..EventFilter::default()
+    };
+    assert_eq!(field(&all(&dir, &reads), "seq"), [1, 2]);
+    // The new daemon finishes the old segment and goes on in its own format.
+    let mut writer = open(&dir, 1 << 30);
+    assert_eq!(writer.next_seq(), 4);
+    writer.append(&batch(&[(9, Sysno::openat)])).unwrap();
+    writer.finish().unwrap();
+    assert_eq!(
+        names(&dir),
+        [
+            "00000000000000000001-2.ndjson.gz",
+            "00000000000000000003-1.ndjson.gz",
+            "00000000000000000004-1.tlog"
+        ]
+    );
+    assert!(is_complete_gzip(
+        &dir.join("00000000000000000003-1.ndjson.gz")
+    ));
+    let lines = all(&dir, &EventFilter::default());
+    assert_eq!(field(&lines, "seq"), [1, 2, 3, 4]);
+    assert_eq!(
+        field(&lines, "syscall"),
+        ["read", "read", "write", "openat"]
+    );
+    let after_two = EventFilter {
+        after_seq: Some(2),
+        ..EventFilter::default()
+    };
+    assert_eq!(field(&all(&dir, &after_two), "seq"), [3, 4]);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn old_lines_are_filtered_by_their_fields() {
     let filter = EventFilter {
         pid: Some(7),
         comm: Some("nginx".into()),
@@ -192,72 +367,4 @@ fn filters_by_process_name_and_failure() {
     assert!(!filter.accepts(event(8, "nginx", -2).as_bytes()));
     assert!(!filter.accepts(event(7, "bash", -2).as_bytes()));
     assert!(!filter.accepts(event(7, "nginx", 3).as_bytes()));
-}
-
-/// Whether a file is a complete gzip stream (what `gzip -t` checks).
-fn is_complete_gzip(path: &Path) -> bool {
-    let mut decoder = flate2::read::MultiGzDecoder::new(File::open(path).unwrap());
-    io::copy(&mut decoder, &mut io::sink()).is_ok()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
-#[test]
-fn a_failed_write_leaves_what_was_flushed_and_the_next_goes_to_a_new_segment() {
-    let dir = temp_dir("abandon");
-    let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
-    writer
-        .append(&[line(1, "read"), line(2, "read")].concat(), 2)
-        .unwrap();
-    // What a write failing half-way (the disk full) does to the open segment.
-    writer.abandon_current();
-    assert_eq!(all(&dir, &EventFilter::default()).len(), 2);
-    writer.append(&line(3, "write"), 1).unwrap();
-    assert_eq!(
-        names(&dir),
-        [
-            "00000000000000000001.ndjson.gz",
-            "00000000000000000003.ndjson.gz"
-        ]
-    );
-    writer.finish().unwrap();
-    assert_eq!(
-        names(&dir),
-        [
-            "00000000000000000001-2.ndjson.gz",
-            "00000000000000000003-1.ndjson.gz"
-        ]
-    );
-    for name in names(&dir) {
-        assert!(is_complete_gzip(&dir.join(name)));
-    }
-    assert_eq!(all(&dir, &EventFilter::default()).len(), 3);
-    fs::remove_dir_all(&dir).unwrap();
-}
-
-#[test]
-fn a_segment_a_dead_daemon_left_is_finished_when_the_log_is_next_opened() {
-    let dir = temp_dir("finish-after-crash");
-    let mut writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
-    writer
-        .append(&[line(1, "read"), line(2, "read")].concat(), 2)
-        .unwrap();
-    std::mem::forget(writer);
-    let left = dir.join("00000000000000000001.ndjson.gz");
-    assert!(!is_complete_gzip(&left), "truncated, as gzip -t says");
-    let writer = EventLogWriter::open(&dir, 1 << 30).unwrap();
-    assert_eq!(writer.next_seq(), 3);
-    assert_eq!(names(&dir), ["00000000000000000001-2.ndjson.gz"]);
-    assert!(is_complete_gzip(
-        &dir.join("00000000000000000001-2.ndjson.gz")
-    ));
-    assert_eq!(all(&dir, &EventFilter::default()).len(), 2);
-    fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,0 +1,247 @@
+//! Records in batches: what the backends deliver and what the event log stores. Each record
+//! is kept as the kernel wrote it — a [`SyscallRecord`], then its captured data — packed back
+//! to back in one buffer that every taker shares (`bytes::Bytes`: a batch sent to the event
+//! log, the live feed and span export is one allocation, never copied per sink). Nothing is
+//! allocated per event: events are made from a batch only where they are shown.
+use bytes::{Bytes, BytesMut};
+use tracer_common::{record_flags, SyscallRecord};
+
+use super::Event;
+
+/// Records of one session, in the order they were read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordBatch {
+    bytes: Bytes,
+    count: u32,
+}
+
+impl RecordBatch {
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The packed records, as the event log stores them.
+    pub fn packed(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// A batch from packed records (read back from the event log); `None` if they do not
+    /// hold whole records.
+    pub fn from_packed(bytes: Bytes) -> Option<Self> {
+        let mut count = 0u32;
+        let mut at = 0;
+        while at < bytes.len() {
+            at += stored_len(&bytes[at..])?;
+            count += 1;
+        }
+        Some(Self { bytes, count })
+    }
+
+    /// The records with their captured data.
+    pub fn iter(&self) -> Records<'_> {
+        Records { rest: &self.bytes }
+    }
+
+    /// The records as events (allocates: for where events are shown, not on the hot path).
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.iter().map(|(record, data)| Event::new(&record, data))
+    }
+
+    /// Takes the first `n` records (all of them if there are fewer) out of the batch.
+    pub fn split_to(&mut self, n: usize) -> Self {
+        let n = n.min(self.len());
+        let at = self.iter_offsets().nth(n).unwrap_or(self.bytes.len());
+        self.count -= n as u32;
+        Self {
+            bytes: self.bytes.split_to(at),
+            count: n as u32,
+        }
+    }
+
+    /// The cgroup of each record, read in place.
+    pub fn cgroup_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        const AT: usize = std::mem::offset_of!(SyscallRecord, cgroup_id);
+        self.iter_offsets().map(|start| {
+            let field = &self.bytes[start + AT..start + AT + 8];
+            u64::from_ne_bytes(field.try_into().expect("8 bytes"))
+        })
+    }
+
+    /// Where each record starts.
+    fn iter_offsets(&self) -> impl Iterator<Item = usize> + '_ {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let start = at;
+            at += stored_len(self.bytes.get(at..)?)?;
+            Some(start)
+        })
+    }
+}
+
+/// The records of a batch, copied out of it one at a time (records in a batch are not
+/// aligned), with a view of their data.
+pub struct Records<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = (SyscallRecord, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let len = stored_len(self.rest)?;
+        let record = read_record(self.rest)?;
+        let data = &self.rest[SyscallRecord::SIZE..len];
+        self.rest = &self.rest[len..];
+        Some((record, data))
+    }
+}
+
+/// Packs records into batches, reusing its buffer.
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    buffer: BytesMut,
+    count: u32,
+}
+
+impl BatchBuilder {
+    /// Appends a record and its data. The stored record says how much data follows it.
+    pub fn push(&mut self, record: &SyscallRecord, data: &[u8]) {
+        let mut record = *record;
+        record.data_len = data.len().min(u16::MAX as usize) as u16;
+        if record.data_len > 0 {
+            record.flags |= record_flags::HAS_DATA;
+        } else {
+            record.flags &= !record_flags::HAS_DATA;
+        }
+        self.buffer.extend_from_slice(record_bytes(&record));
+        self.buffer
+            .extend_from_slice(&data[..record.data_len as usize]);
+        self.count += 1;
+    }
+
+    /// Records pushed since the last [`Self::take`].
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes pushed since the last [`Self::take`].
+    pub fn bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// The records pushed so far, as a batch; the builder starts over (its buffer's spare
+    /// room is reused once every holder of earlier batches let go of them).
+    pub fn take(&mut self) -> RecordBatch {
+        let count = std::mem::take(&mut self.count);
+        RecordBatch {
+            bytes: self.buffer.split().freeze(),
+            count,
+        }
+    }
+}
+
+/// The bytes of a record as the kernel wrote it.
+fn record_bytes(record: &SyscallRecord) -> &[u8] {
+    // SAFETY: a repr(C) record of integers with no padding (tracer-common tests that), so
+    // every byte of it is initialized.
+    unsafe {
+        std::slice::from_raw_parts(
+            (record as *const SyscallRecord).cast::<u8>(),
+            SyscallRecord::SIZE,
+        )
+    }
+}
+
+fn read_record(bytes: &[u8]) -> Option<SyscallRecord> {
+    if bytes.len() < SyscallRecord::SIZE {
+        return None;
+    }
+    // SAFETY: the length is checked; every bit pattern is a valid record, and the read
+    // does not need alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SyscallRecord>()) })
+}
+
+/// The length of the record at the start of `bytes` with its data; `None` if `bytes` does
+/// not hold all of it.
+fn stored_len(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < SyscallRecord::SIZE {
+        return None;
+    }
+    let field = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+    let flags = field(std::mem::offset_of!(SyscallRecord, flags));
+    let data = if flags & record_flags::HAS_DATA != 0 {
+        field(std::mem::offset_of!(SyscallRecord, data_len)) as usize
+    } else {
+        0
+    };
+    let len = SyscallRecord::SIZE + data;
+    (bytes.len() >= len).then_some(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::samples;
+
+    fn batch_of(tids: std::ops::Range<u32>) -> RecordBatch {
+        let mut builder = BatchBuilder::default();
+        for tid in tids {
+            // Odd threads carry data.
+            let data = vec![7u8; (tid % 2 * 24) as usize];
+            builder.push(&samples::record(39, 1, tid, 7), &data);
+        }
+        builder.take()
+    }
+
+    #[test]
+    fn records_come_back_as_pushed_with_their_data() {
+        let batch = batch_of(0..5);
+        assert_eq!(batch.len(), 5);
+        let read: Vec<(u32, usize)> = batch
+            .iter()
+            .map(|(record, data)| (record.tid, data.len()))
+            .collect();
+        assert_eq!(read, vec![(0, 0), (1, 24), (2, 0), (3, 24), (4, 0)]);
+        assert_eq!(batch.cgroup_ids().collect::<Vec<_>>(), vec![7; 5]);
+        let again = RecordBatch::from_packed(batch.packed().clone()).unwrap();
+        assert_eq!(again, batch);
+    }
+
+    #[test]
+    fn a_torn_batch_is_refused() {
+        let batch = batch_of(0..3);
+        let torn = batch.packed().slice(..batch.packed().len() - 1);
+        assert!(RecordBatch::from_packed(torn).is_none());
+    }
+
+    #[test]
+    fn split_to_takes_whole_records_from_the_front() {
+        let mut batch = batch_of(0..5);
+        let front = batch.split_to(2);
+        let tids = |batch: &RecordBatch| batch.iter().map(|(r, _)| r.tid).collect::<Vec<_>>();
+        assert_eq!(tids(&front), vec![0, 1]);
+        assert_eq!(tids(&batch), vec![2, 3, 4]);
+        assert_eq!(batch.split_to(10).len(), 3);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn the_builder_starts_over_after_take() {
+        let mut builder = BatchBuilder::default();
+        builder.push(&samples::record(39, 1, 1, 7), &[]);
+        let first = builder.take();
+        assert!(builder.is_empty());
+        builder.push(&samples::record(39, 1, 2, 7), &[]);
+        assert_eq!(first.iter().next().unwrap().0.tid, 1);
+        assert_eq!(builder.take().iter().next().unwrap().0.tid, 2);
+    }
+}
