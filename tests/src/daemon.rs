@@ -14,6 +14,25 @@ pub fn binary() -> PathBuf {
     built("TRACERD_BIN", "tracerd", "tracer-daemon")
 }
 
+/// The release build of the binary, for what is measured against what users run:
+/// `TRACERD_RELEASE_BIN` (set by `cargo xtask test`), else `target/release/tracerd`.
+pub fn release_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TRACERD_RELEASE_BIN") {
+        return path.into();
+    }
+    let path = binary()
+        .parent()
+        .and_then(|profile| profile.parent())
+        .map(|target| target.join("release").join("tracerd"))
+        .expect("target/<profile>/tracerd");
+    assert!(
+        path.exists(),
+        "no release tracerd at {}: run `cargo xtask test`, or `cargo build --release -p tracer-daemon` first",
+        path.display()
+    );
+    path
+}
+
 /// A tokens file (for `--tokens`) with two tenants and an admin: `team-a-secret-token`
 /// (tenant `team-a`), `team-b-secret-token` (`team-b`) and `the-admin-secret-token` (`ops`,
 /// admin). `purpose` keeps the files of different tests apart.
@@ -60,8 +79,9 @@ pub struct Daemon {
     port: u16,
     args: Vec<String>,
     envs: Vec<(String, String)>,
-    /// A command the daemon runs under (`setpriv …`, `prlimit …`), if any.
-    wrapper: Vec<String>,
+    /// The command that runs it: a wrapper (`setpriv …`, `prlimit …`), if any, then the
+    /// binary.
+    command: Vec<String>,
     base_url: String,
     data_dir: PathBuf,
     log_path: PathBuf,
@@ -95,27 +115,32 @@ impl Daemon {
             format!("--inh-caps={drop}"),
             format!("--bounding-set={drop}"),
         ];
-        Self::start_at("127.0.0.1", args, &[], &setpriv, None)
+        Self::start_at("127.0.0.1", args, &[], &setpriv, None, binary())
     }
 
     /// [`Daemon::start`] with at most `files` open files (soft and hard limit, by `prlimit`).
     pub fn start_with_open_files_limit(args: &[&str], files: u32) -> Self {
         let prlimit = ["prlimit".to_owned(), format!("--nofile={files}:{files}")];
-        Self::start_at("127.0.0.1", args, &[], &prlimit, None)
+        Self::start_at("127.0.0.1", args, &[], &prlimit, None, binary())
     }
 
     /// [`Daemon::start`] listening on every address (`0.0.0.0`), not only loopback.
     pub fn start_on_all_addresses(args: &[&str]) -> Self {
-        Self::start_at("0.0.0.0", args, &[], &[], None)
+        Self::start_at("0.0.0.0", args, &[], &[], None, binary())
     }
 
     fn start_as(args: &[&str], envs: &[(&str, &str)], wrapper: &[String]) -> Self {
-        Self::start_at("127.0.0.1", args, envs, wrapper, None)
+        Self::start_at("127.0.0.1", args, envs, wrapper, None, binary())
     }
 
     /// [`Daemon::start`] with its data directory at `data_dir` (removed when dropped).
     pub fn start_with_data_dir(args: &[&str], data_dir: PathBuf) -> Self {
-        Self::start_at("127.0.0.1", args, &[], &[], Some(data_dir))
+        Self::start_at("127.0.0.1", args, &[], &[], Some(data_dir), binary())
+    }
+
+    /// [`Daemon::start`] of the release build ([`release_binary`]).
+    pub fn start_release(args: &[&str]) -> Self {
+        Self::start_at("127.0.0.1", args, &[], &[], None, release_binary())
     }
 
     fn start_at(
@@ -124,6 +149,7 @@ impl Daemon {
         envs: &[(&str, &str)],
         wrapper: &[String],
         data_dir: Option<PathBuf>,
+        binary: PathBuf,
     ) -> Self {
         let port = free_port();
         let data_dir = data_dir.unwrap_or_else(|| {
@@ -137,8 +163,9 @@ impl Daemon {
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
-        let wrapper = wrapper.to_vec();
-        let child = spawn(host, port, &data_dir, &args, &envs, &wrapper, &log_path);
+        let mut command = wrapper.to_vec();
+        command.push(binary.to_string_lossy().into_owned());
+        let child = spawn(host, port, &data_dir, &args, &envs, &command, &log_path);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -148,7 +175,7 @@ impl Daemon {
             port,
             args,
             envs,
-            wrapper,
+            command,
             base_url: format!("http://127.0.0.1:{port}"),
             data_dir,
             log_path,
@@ -171,7 +198,7 @@ impl Daemon {
             &self.data_dir,
             &self.args,
             &self.envs,
-            &self.wrapper,
+            &self.command,
             &self.log_path,
         );
         self.wait_healthy(Duration::from_secs(15));
@@ -326,6 +353,27 @@ impl Daemon {
             .collect()
     }
 
+    /// Streams a session's event download (`query`: `?…` or empty), calling `each` with
+    /// every line, without holding the body (a download can be gigabytes). Returns the
+    /// number of lines.
+    pub fn each_event_line(&self, id: &str, query: &str, mut each: impl FnMut(&str)) -> u64 {
+        use std::io::BufRead as _;
+        let path = format!("/v1/sessions/{id}/events{query}");
+        let mut response = self
+            .agent
+            .get(&self.url(&path))
+            .call()
+            .unwrap_or_else(|err| panic!("GET {path} failed: {err}"));
+        assert_eq!(response.status().as_u16(), 200, "GET {path}");
+        let reader = std::io::BufReader::with_capacity(1 << 20, response.body_mut().as_reader());
+        let mut lines = 0;
+        for line in reader.lines() {
+            each(&line.unwrap_or_else(|err| panic!("reading GET {path}: {err}")));
+            lines += 1;
+        }
+        lines
+    }
+
     /// Polls `GET /v1/sessions/{id}` until `done` holds (10 s at most); returns the session.
     pub fn wait_for_session(
         &self,
@@ -391,7 +439,7 @@ fn spawn(
     data_dir: &Path,
     args: &[String],
     envs: &[(String, String)],
-    wrapper: &[String],
+    program: &[String],
     log_path: &Path,
 ) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -399,14 +447,9 @@ fn spawn(
         .append(true)
         .open(log_path)
         .expect("daemon log file");
-    let mut command = match wrapper.split_first() {
-        None => Command::new(binary()),
-        Some((program, args)) => {
-            let mut command = Command::new(program);
-            command.args(args).arg(binary());
-            command
-        }
-    };
+    let (program, program_args) = program.split_first().expect("a program");
+    let mut command = Command::new(program);
+    command.args(program_args);
     command
         .arg("--listen")
         .arg(format!("{host}:{port}"))

@@ -171,6 +171,8 @@ fn run_daemon(args: &[String]) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     // The end-to-end tests drive the real binaries: build them first, then say where they are.
     let tracerd = build_tracerd(false)?;
+    // What is measured against what users run (the pipeline test) runs the release build.
+    let tracerd_release = build_tracerd(true)?;
     cmd::cargo(&["build", "--package", "tracerctl"])?;
     let tracerctl = workspace_root()
         .join("target")
@@ -195,6 +197,7 @@ fn test(args: &[String]) -> Result<()> {
         &test_args,
         &[
             ("TRACERD_BIN", tracerd.as_os_str()),
+            ("TRACERD_RELEASE_BIN", tracerd_release.as_os_str()),
             ("TRACERCTL_BIN", tracerctl.as_os_str()),
             ("TRACERD_IMAGE", std::ffi::OsStr::new("tracerd:test")),
             ("ROTEL_AGENT", setup::rotel_agent()?.as_os_str()),
