@@ -56,6 +56,10 @@ fn against_release_daemon(bench: &str) -> Result<()> {
             "--bin",
             bench,
         ],
-        &[("TRACERD_BIN", tracerd.as_os_str())],
+        &[
+            ("TRACERD_BIN", tracerd.as_os_str()),
+            // For benchmarks that export to a real collector.
+            ("ROTEL_AGENT", crate::setup::rotel_agent()?.as_os_str()),
+        ],
     )
 }

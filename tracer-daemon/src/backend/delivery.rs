@@ -138,26 +138,39 @@ impl Route {
         (route, EventReceiver { receiver, queued })
     }
 
-    /// Hands a batch to the session whole, or drops it whole if the session's channel has
-    /// no room for it (the session's counted drop). A batch is never larger than a read of
-    /// one buffer, so the consumer falls behind by at most that much before it loses
-    /// anything.
-    pub fn deliver(&self, batch: RecordBatch) {
+    /// Hands a batch to the session: as much of it as the session's channel has room for,
+    /// from the front; the rest is the session's counted drop.
+    pub fn deliver(&self, mut batch: RecordBatch) {
         let records = batch.len();
         if records == 0 {
             return;
         }
+        // Room is taken before it is checked, so concurrent senders never overfill it.
         let queued = self.queued.fetch_add(records, Ordering::Relaxed);
-        let sent = queued + records <= self.capacity && self.sender.send(batch).is_ok();
-        if sent {
-            self.counters
-                .delivered
-                .fetch_add(records as u64, Ordering::Relaxed);
-        } else {
-            self.queued.fetch_sub(records, Ordering::Relaxed);
+        let over = (queued + records)
+            .saturating_sub(self.capacity)
+            .min(records);
+        if over > 0 {
+            self.queued.fetch_sub(over, Ordering::Relaxed);
             self.counters
                 .dropped
-                .fetch_add(records as u64, Ordering::Relaxed);
+                .fetch_add(over as u64, Ordering::Relaxed);
+            batch = batch.split_to(records - over);
+        }
+        let fits = batch.len();
+        if fits == 0 {
+            return;
+        }
+        if self.sender.send(batch).is_ok() {
+            self.counters
+                .delivered
+                .fetch_add(fits as u64, Ordering::Relaxed);
+        } else {
+            // The consumer is gone (its run ended): nothing will take these.
+            self.queued.fetch_sub(fits, Ordering::Relaxed);
+            self.counters
+                .dropped
+                .fetch_add(fits as u64, Ordering::Relaxed);
         }
     }
 }
@@ -184,19 +197,26 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_without_room_is_a_counted_drop_and_room_comes_back_when_taken() {
+    fn what_does_not_fit_is_a_counted_drop_and_room_comes_back_when_taken() {
         let counters = Arc::new(DeliveryCounters::default());
         let (route, mut receiver) = Route::new(5, counters.clone());
         route.deliver(batch(3));
+        // Two of three fit: the front two.
         route.deliver(batch(3));
         route.deliver(batch(2));
         let now = counters.with_kernel(8, 0);
         assert_eq!((now.delivered, now.dropped_userspace), (5, 3));
         assert!(now.balanced());
         assert_eq!(receiver.try_recv().unwrap().len(), 3);
+        let front: Vec<u32> = receiver
+            .try_recv()
+            .unwrap()
+            .iter()
+            .map(|(r, _)| r.tid)
+            .collect();
+        assert_eq!(front, [0, 1]);
         route.deliver(batch(3));
         assert_eq!(counters.with_kernel(11, 0).delivered, 8);
-        assert_eq!(receiver.try_recv().unwrap().len(), 2);
         assert_eq!(receiver.try_recv().unwrap().len(), 3);
         assert!(receiver.try_recv().is_none());
     }

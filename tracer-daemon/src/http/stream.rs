@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     session::Principal,
-    sink::{eventlog::EventFilter, follow::Followed},
+    sink::{event_filter::EventFilter, follow::Followed},
 };
 
 /// A frame holds at most this many events...

@@ -22,7 +22,7 @@ use crate::{
     containers::{Container, ContainerRuntime},
     record::clock::rfc3339,
     sink::{
-        eventlog::EventFilter,
+        event_filter::EventFilter,
         follow::{Follower, Followers},
     },
     sync::lock,

@@ -22,10 +22,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
-use super::{
-    eventlog::{read_events, EventFilter},
-    render::LineRenderer,
-};
+use super::{event_filter::EventFilter, eventlog::read_events, render::LineRenderer};
 use crate::record::batch::RecordBatch;
 
 /// Batches a follower may be behind before it reads the rest from disk.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tracer_common::SyscallRecord;
 use uuid::Uuid;
 
-use super::{event_json, eventlog::EventFilter};
+use super::{event_filter::EventFilter, event_json};
 use crate::record::{batch::RecordBatch, decode::Limits, ContainerMeta, Event, WallClock};
 
 /// What every event of a run shares.

@@ -216,10 +216,7 @@ mod tests {
     use crate::{
         backend::delivery::{DeliveryCounters, Route},
         record::{batch::BatchBuilder, decode::Limits, samples},
-        sink::{
-            eventlog::{read_events, EventFilter},
-            render::RunContext,
-        },
+        sink::{event_filter::EventFilter, eventlog::read_events, render::RunContext},
     };
 
     fn writer(
@@ -255,7 +252,7 @@ mod tests {
         let (route, events) = Route::new(1024, Arc::new(DeliveryCounters::default()));
         for records in batches {
             let mut batch = BatchBuilder::default();
-            for (tid, cgroup_id) in records.iter() {
+            for (tid, cgroup_id) in *records {
                 batch.push(&samples::record(39, 1, *tid, *cgroup_id), &[]);
             }
             route.deliver(batch.take());

@@ -19,12 +19,10 @@ use std::{
 };
 
 use self::segment::SegmentReader;
-pub use self::{
-    append::EventLogWriter, filter::EventFilter, repair::finish_all as finish_unfinished_segments,
-};
+pub use self::{append::EventLogWriter, repair::finish_all as finish_unfinished_segments};
+use super::event_filter::EventFilter;
 
 mod append;
-mod filter;
 mod ndjson;
 mod repair;
 mod segment;
@@ -34,7 +32,7 @@ mod segment;
 enum Format {
     /// Records in lz4 frames ([`segment`]).
     Records,
-    /// NDJSON in gzip, as tracerd wrote before 0.2 ([`ndjson`]).
+    /// NDJSON in gzip, as tracerd first wrote its logs ([`ndjson`]).
     Ndjson,
 }
 

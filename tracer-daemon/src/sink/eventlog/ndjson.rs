@@ -1,4 +1,4 @@
-//! Segments of the old format (tracerd before 0.2): NDJSON lines, rendered when written, in
+//! Segments of the first format (before the log stored records): NDJSON lines, rendered when written, in
 //! gzip streams (`SEQ.ndjson.gz`, `SEQ-EVENTS.ndjson.gz`). Nothing writes them any more;
 //! they stay readable, so nobody loses a recorded session by upgrading.
 use std::{

@@ -278,7 +278,7 @@ fn events_name_their_container_in_every_segment_even_after_eviction() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Writes a segment of the old format, as tracerd before 0.2 did; `finished: false` leaves
+/// Writes a segment of the old format, as tracerd first did; `finished: false` leaves
 /// its gzip stream without its end (a daemon that died).
 fn old_segment(path: &Path, lines: &[String], finished: bool) {
     let mut encoder =

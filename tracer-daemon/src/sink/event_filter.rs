@@ -1,5 +1,5 @@
-//! Which events a read of the log returns: the query's filters, decided on a record before
-//! it is rendered (or, in segments of the old format, on its line).
+//! Which events a read returns (a download, a follower): the query's filters, decided on a
+//! record before it is rendered (or, in event-log segments of the first format, on its line).
 use tracer_common::SyscallRecord;
 
 use crate::record::syscalls::syscall_name;
