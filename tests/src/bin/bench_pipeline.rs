@@ -68,14 +68,28 @@ fn usage(pid: u32) -> (f64, f64, f64) {
     (user, system, peak_kib / 1024.0)
 }
 
-/// The kernel's count of records its rings could not take, from `/metrics`.
-fn ring_drops(daemon: &Daemon) -> u64 {
+/// A daemon-wide counter from `/metrics` (0 if absent).
+fn metric(daemon: &Daemon, name: &str) -> u64 {
     daemon
         .get_text("/metrics")
         .lines()
-        .find_map(|line| line.strip_prefix("tracerd_ring_dropped_full_total "))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse::<f64>().ok())
         .map_or(0, |value| value as u64)
+}
+
+/// The kernel's count of records its rings could not take.
+fn ring_drops(daemon: &Daemon) -> u64 {
+    metric(daemon, "tracerd_ring_dropped_full_total")
+}
+
+/// Records the drains (eBPF ring drains, ftrace readers) handed on, and the nanoseconds
+/// they spent from reading each pass's first record to delivering its last.
+fn drain_work(daemon: &Daemon) -> (u64, u64) {
+    (
+        metric(daemon, "tracerd_drain_records_total"),
+        metric(daemon, "tracerd_drain_busy_nanoseconds_total"),
+    )
 }
 
 /// `n` different syscall sets (the same target and filter twice would be refused): all
@@ -147,6 +161,7 @@ fn traced_run(daemon: &Daemon, collector: &Collector, setup: Setup) -> (Value, S
         .collect();
     let (user_before, system_before, _) = usage(daemon.pid());
     let ring_before = ring_drops(daemon);
+    let drain_before = drain_work(daemon);
     let started = Instant::now();
     let ns_per_call = loops_in(&cgroup, setup.loops);
     let mut totals = (0u64, 0u64, 0u64);
@@ -169,6 +184,9 @@ fn traced_run(daemon: &Daemon, collector: &Collector, setup: Setup) -> (Value, S
         .flatten();
     let (user_after, system_after, peak_mib) = usage(daemon.pid());
     let ring = ring_drops(daemon) - ring_before;
+    let drain_after = drain_work(daemon);
+    let drained = drain_after.0.saturating_sub(drain_before.0).max(1);
+    let drain_ns = drain_after.1.saturating_sub(drain_before.1);
     for id in &ids {
         daemon.call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
     }
@@ -185,6 +203,7 @@ fn traced_run(daemon: &Daemon, collector: &Collector, setup: Setup) -> (Value, S
         "spans_per_s": exported_in.map(|seconds| delivered as f64 / seconds),
         "user_ns_per_event": per_event(user_after - user_before),
         "system_ns_per_event": per_event(system_after - system_before),
+        "drain_ns_per_record": drain_ns as f64 / drained as f64,
         "peak_rss_mib": peak_mib,
     });
     (row, ids[0].clone())
@@ -214,6 +233,32 @@ fn download(daemon: &Daemon, id: &str, query: &str) -> (u64, f64) {
         }
     }
     best
+}
+
+/// A session holding `id`'s events in the event log's first format (NDJSON in gzip, as
+/// tracerd wrote it before it stored records), made by downloading them: the same events
+/// read through the other path. Returns its id.
+fn first_format_copy(daemon: &Daemon, id: &str) -> String {
+    use std::io::Write as _;
+    let cgroup = TestCgroup::create("bench-pipeline-copy");
+    let (status, session) = daemon.call(
+        "POST",
+        "/v1/sessions",
+        Some(&json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]})),
+        None,
+    );
+    assert_eq!(status, 201, "{session}");
+    let copy = session["id"].as_str().expect("an id").to_owned();
+    let dir = daemon.data_dir().join("sessions").join(&copy);
+    std::fs::create_dir_all(&dir).expect("the copy's directory");
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let lines = daemon.each_event_line(id, "", |line| {
+        gzip.write_all(line.as_bytes()).expect("compressing");
+        gzip.write_all(b"\n").expect("compressing");
+    });
+    let segment = dir.join(format!("{:020}-{lines}.ndjson.gz", 1));
+    std::fs::write(segment, gzip.finish().expect("compressing")).expect("writing the copy");
+    copy
 }
 
 const SETUPS: [Setup; 7] = [
@@ -268,7 +313,7 @@ fn table_row(row: &Value, untraced: f64) -> String {
         .as_f64()
         .map_or_else(|| "–".to_owned(), |rate| format!("{rate:.0}"));
     format!(
-        "| {} | {} | {} | {} | {:.0} | {:.2} | {} | {} | {} ({} / {}) | {:.0} | {} | {:.0} + {:.0} | {:.0} |\n",
+        "| {} | {} | {} | {} | {:.0} | {:.2} | {} | {} | {} ({} / {}) | {:.0} | {} | {:.0} + {:.0} | {:.0} | {:.0} |\n",
         row["backend"].as_str().unwrap_or(""),
         row["sessions"],
         if row["export"] == true { "log + OTLP" } else { "log" },
@@ -284,6 +329,7 @@ fn table_row(row: &Value, untraced: f64) -> String {
         spans,
         number("user_ns_per_event"),
         number("system_ns_per_event"),
+        number("drain_ns_per_record"),
         number("peak_rss_mib"),
     )
 }
@@ -327,6 +373,10 @@ fn main() {
     let kept_log = kept_log.expect("the first row's log");
     let (all_lines, all_rate) = download(&daemon, &kept_log, "");
     let (filtered_lines, filtered_rate) = download(&daemon, &kept_log, "?syscall=getppid");
+    let first_format = first_format_copy(&daemon, &kept_log);
+    let (old_lines, old_rate) = download(&daemon, &first_format, "");
+    let (old_filtered_lines, old_filtered_rate) =
+        download(&daemon, &first_format, "?syscall=getppid");
     let mut table = format!(
         "Reproduce: `cargo xtask bench pipeline` (`BENCH_PIPELINE_CALLS`, default 3,000,000). \
          {}. The release daemon with default settings; a static getppid loop of {calls} calls \
@@ -335,26 +385,33 @@ fn main() {
          cgroup), with the event log only or with it and OTLP export (gRPC) to a rotel \
          collector that discards what it receives. Spans/s: delivered events over the time \
          from the loop's start until every span was accepted. Daemon CPU: its user and \
-         system time over the matched events. Median of {RUNS} runs (by events \
+         system time over the matched events. Drain: the ring drains' (eBPF) or the \
+         reader's (ftrace) time per record, from reading a pass's first record to delivering \
+         its last (its share of the daemon's CPU). Median of {RUNS} runs (by events \
          recorded).\n\n\
-         | backend | sessions | sinks | loops | ns/call | × untraced | matched | delivered | dropped (kernel / userspace) | recorded events/s | spans exported/s | daemon CPU ns/event (user + system) | peak RSS MiB |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n\
-         | untraced | – | – | 1 | {untraced:.0} | 1.00 | – | – | – | – | – | – | – |\n",
+         | backend | sessions | sinks | loops | ns/call | × untraced | matched | delivered | dropped (kernel / userspace) | recorded events/s | spans exported/s | daemon CPU ns/event (user + system) | drain ns/record | peak RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n\
+         | untraced | – | – | 1 | {untraced:.0} | 1.00 | – | – | – | – | – | – | – | – |\n",
         machine()
     );
     for row in &rows {
         table.push_str(&table_row(row, untraced));
     }
     table.push_str(&format!(
-        "\nDownloading the first row's log (`GET /v1/sessions/{{id}}/events`, NDJSON rendered \
-         from the stored records, best of {RUNS}): {all_lines} events at {all_rate:.0} \
-         events/s; with `?syscall=getppid`: {filtered_lines} events at {filtered_rate:.0} \
-         events/s.\n"
+        "\nDownloading the first row's log (`GET /v1/sessions/{{id}}/events`, best of {RUNS}), \
+         next to the same events stored in the log's first format (NDJSON in gzip, read back \
+         as stored):\n\n\
+         | log format | all events | events/s | `?syscall=getppid` | events/s |\n\
+         |---|---|---|---|---|\n\
+         | records, rendered when read | {all_lines} | {all_rate:.0} | {filtered_lines} | {filtered_rate:.0} |\n\
+         | NDJSON in gzip (before) | {old_lines} | {old_rate:.0} | {old_filtered_lines} | {old_filtered_rate:.0} |\n"
     ));
     let results = json!({"machine": machine(), "calls": calls, "untraced_ns_per_call": untraced,
                          "rows": rows,
                          "download": {"events": all_lines, "events_per_s": all_rate,
                                       "filtered_events": filtered_lines,
-                                      "filtered_events_per_s": filtered_rate}});
+                                      "filtered_events_per_s": filtered_rate,
+                                      "first_format_events_per_s": old_rate,
+                                      "first_format_filtered_events_per_s": old_filtered_rate}});
     publish("pipeline", &results, &table);
 }

@@ -69,6 +69,8 @@ pub struct SegmentWriter {
     file: File,
     /// The frames of the append being written (reused).
     frames: Vec<u8>,
+    /// Where lz4 writes a batch: only ever grown, so it is zeroed once, not per batch.
+    compressed: Vec<u8>,
     /// The file's length after the last whole append.
     len: u64,
 }
@@ -78,7 +80,8 @@ impl SegmentWriter {
     pub fn create(path: &Path, context: &RunContext, containers: &Containers) -> io::Result<Self> {
         let mut writer = Self {
             file: File::create(path)?,
-            frames: Vec::with_capacity(512 << 10),
+            frames: Vec::with_capacity(64 << 10),
+            compressed: Vec::new(),
             len: 0,
         };
         writer.frames.extend_from_slice(MAGIC);
@@ -106,19 +109,20 @@ impl SegmentWriter {
         self.push_containers(joined)?;
         if !batch.is_empty() {
             let raw = batch.packed();
-            let at = self.frames.len();
             let bound = lz4_flex::block::get_maximum_output_size(raw.len());
-            self.frames.resize(at + FRAME_HEADER + bound, 0);
-            let stored = lz4_flex::block::compress_into(raw, &mut self.frames[at + FRAME_HEADER..])
+            if self.compressed.len() < bound {
+                self.compressed.resize(bound, 0);
+            }
+            let stored = lz4_flex::block::compress_into(raw, &mut self.compressed)
                 .map_err(io::Error::other)?;
-            self.frames.truncate(at + FRAME_HEADER + stored);
-            let header = frame_header(
+            let stored = &self.compressed[..stored];
+            push_frame(
+                &mut self.frames,
                 RECORDS,
                 batch.len() as u32,
                 raw.len(),
-                &self.frames[at + FRAME_HEADER..],
+                stored,
             );
-            self.frames[at..at + FRAME_HEADER].copy_from_slice(&header);
         }
         self.write_frames()
     }
