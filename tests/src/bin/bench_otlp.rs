@@ -33,11 +33,11 @@ use prost::Message as _;
 use serde_json::{json, Value};
 use tracer_common::{capture_kind, SyscallRecord};
 use tracer_daemon::{
-    record::{captured::push_item, decode::Limits, ContainerMeta, Event, WallClock},
+    record::{batch::BatchBuilder, captured::push_item, decode::Limits, ContainerMeta, WallClock},
     sink::export::{
         resource,
         span::{SessionInfo, SpanMaker},
-        Export, ExportOptions, OtlpConfig, Protocol, SpanInput,
+        Export, ExportOptions, OtlpConfig, Protocol, SpanBatch, SpanInput,
     },
 };
 use tracer_tests::{
@@ -70,7 +70,8 @@ fn main() {
         "bench otlp on {machine}; collector on {}",
         collector.grpc_endpoint()
     );
-    let inputs = inputs(SPANS);
+    let batches = batches(SPANS);
+    let inputs = inputs(&batches);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -103,7 +104,7 @@ fn main() {
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
         let mut runs = Vec::new();
         for _ in 0..RUNS {
-            let result = runtime.block_on(tracerd_path(&config(protocol), &inputs));
+            let result = runtime.block_on(tracerd_path(&config(protocol), &batches));
             println!("tracerd's path, {}: {result}", protocol.as_str());
             runs.push(result);
         }
@@ -143,8 +144,8 @@ fn pin_to_cpu(cpu: usize) {
 }
 
 /// Records like a container's: four processes, a mix of syscalls, one in ten failing, paths
-/// on openat.
-fn inputs(count: usize) -> Vec<SpanInput> {
+/// on openat; in batches of 4096, as a run's writer hands them over.
+fn batches(count: usize) -> Vec<SpanBatch> {
     let container = Arc::new(ContainerMeta {
         id: "4f1c0a3b9d2e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a".into(),
         name: "shop-web-1".into(),
@@ -152,8 +153,11 @@ fn inputs(count: usize) -> Vec<SpanInput> {
     });
     let calls = [(0u32, 3i64), (1, 1), (257, 5), (39, 1234)];
     let clock = WallClock::now();
-    (0..count)
-        .map(|index| {
+    let containers = Arc::new(std::collections::HashMap::from([(12345u64, container)]));
+    let mut builder = BatchBuilder::default();
+    let mut batches = Vec::new();
+    for index in 0..count {
+        {
             // SAFETY: SyscallRecord is plain old data; all zeroes is a valid record.
             let mut record: SyscallRecord = unsafe { std::mem::zeroed() };
             let (nr, ret) = calls[index % calls.len()];
@@ -171,13 +175,22 @@ fn inputs(count: usize) -> Vec<SpanInput> {
                 let path = b"/var/www/shop/config/app.php";
                 push_item(capture_kind::STRING, 1, 0, path, 0, &mut data);
             }
-            SpanInput {
-                event: Arc::new(Event::new(&record, &data)),
-                container: Some(container.clone()),
+            builder.push(&record, &data);
+        }
+        if builder.len() == 4096 || index + 1 == count {
+            batches.push(SpanBatch {
+                records: builder.take(),
+                containers: containers.clone(),
                 clock,
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    batches
+}
+
+/// The same records, one span input each.
+fn inputs(batches: &[SpanBatch]) -> Vec<SpanInput> {
+    batches.iter().flat_map(SpanBatch::inputs).collect()
 }
 
 fn session() -> SessionInfo {
@@ -216,7 +229,8 @@ fn build_and_encode(inputs: &[SpanInput]) -> (f64, f64) {
 }
 
 /// A session's export, fed as fast as it takes spans: spans/s until the collector acked all.
-async fn tracerd_path(config: &OtlpConfig, inputs: &[SpanInput]) -> Value {
+async fn tracerd_path(config: &OtlpConfig, batches: &[SpanBatch]) -> Value {
+    let spans: usize = batches.iter().map(SpanBatch::len).sum();
     let dir = output_dir().join("otlp-spool");
     let _ = std::fs::remove_dir_all(&dir);
     let export = Export::start(
@@ -226,7 +240,7 @@ async fn tracerd_path(config: &OtlpConfig, inputs: &[SpanInput]) -> Value {
         &dir,
         ExportOptions {
             batch_spans: BATCH,
-            memory_spans: inputs.len(),
+            memory_spans: spans,
             ..ExportOptions::default()
         },
     )
@@ -234,10 +248,10 @@ async fn tracerd_path(config: &OtlpConfig, inputs: &[SpanInput]) -> Value {
     let sink = export.sink();
     let started = Instant::now();
     let cpu_before = cpu_time();
-    for chunk in inputs.chunks(4096) {
-        sink.push(chunk.to_vec());
+    for batch in batches {
+        sink.push(batch.clone());
     }
-    while export.counters().exported.load(Ordering::Relaxed) < inputs.len() as u64 {
+    while export.counters().exported.load(Ordering::Relaxed) < spans as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(
             started.elapsed() < Duration::from_secs(120),
@@ -250,12 +264,12 @@ async fn tracerd_path(config: &OtlpConfig, inputs: &[SpanInput]) -> Value {
     export.finish().await;
     let _ = std::fs::remove_dir_all(&dir);
     json!({
-        "spans": inputs.len(),
-        "exported": inputs.len(),
+        "spans": spans,
+        "exported": spans,
         "spooled": spooled,
         "seconds": elapsed.as_secs_f64(),
-        "spans_per_sec": inputs.len() as f64 / elapsed.as_secs_f64(),
-        "cpu_ns_per_span": cpu.as_nanos() as f64 / inputs.len() as f64,
+        "spans_per_sec": spans as f64 / elapsed.as_secs_f64(),
+        "cpu_ns_per_span": cpu.as_nanos() as f64 / spans as f64,
     })
 }
 

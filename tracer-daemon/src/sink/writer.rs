@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::{
     container_of::ContainerOf,
     eventlog::EventLogWriter,
-    export::{ExportSink, SpanInput},
+    export::{ExportSink, SpanBatch},
     follow::{Feed, LogBatch},
 };
 use crate::{
@@ -117,7 +117,11 @@ impl RunWriter {
             };
             if count > 0 {
                 if let Some(export) = &self.export {
-                    export.push(self.span_inputs(&batch));
+                    export.push(SpanBatch {
+                        records: batch.clone(),
+                        containers: self.log.renderer().containers,
+                        clock: self.clock,
+                    });
                 }
                 self.feed.publish(LogBatch {
                     first_seq,
@@ -157,19 +161,6 @@ impl RunWriter {
                 self.log.add_container(cgroup_id, container);
             }
         }
-    }
-
-    /// The batch's records on their way to becoming spans.
-    fn span_inputs(&self, batch: &RecordBatch) -> Vec<SpanInput> {
-        let renderer = self.log.renderer();
-        batch
-            .events()
-            .map(|event| SpanInput {
-                container: renderer.containers.get(&event.record.cgroup_id).cloned(),
-                event: Arc::new(event),
-                clock: self.clock,
-            })
-            .collect()
     }
 
     /// Appends a batch to the event log; `None` if it is not in the log (the write failed,

@@ -1,14 +1,57 @@
-//! What export takes in: a delivered record with what it needs to become a span.
+//! What export takes in: delivered records a batch at a time, as the run's writer wrote
+//! them, with what they need to become spans. Taking a batch costs the writer nothing per
+//! record; records become events only on the sender's side.
 use std::sync::Arc;
 
-use crate::record::{ContainerMeta, Event, WallClock};
+use crate::{
+    record::{batch::RecordBatch, ContainerMeta, Event, WallClock},
+    sink::render::Containers,
+};
+
+/// Delivered records on their way to becoming spans.
+#[derive(Clone, Debug)]
+pub struct SpanBatch {
+    pub records: RecordBatch,
+    /// The containers of the run's cgroups (those not here are in none).
+    pub containers: Arc<Containers>,
+    /// The wall clock of the run that recorded them (a batch sent by a later run, from the
+    /// spool, keeps its times).
+    pub clock: WallClock,
+}
+
+impl SpanBatch {
+    /// How many spans it makes.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Takes the first `n` spans' records out of the batch.
+    pub fn split_to(&mut self, n: usize) -> Self {
+        Self {
+            records: self.records.split_to(n),
+            containers: self.containers.clone(),
+            clock: self.clock,
+        }
+    }
+
+    /// Each record as the input of its span.
+    pub fn inputs(&self) -> impl Iterator<Item = SpanInput> + '_ {
+        self.records.iter().map(|(record, data)| SpanInput {
+            container: self.containers.get(&record.cgroup_id).cloned(),
+            event: Event::new(&record, data),
+            clock: self.clock,
+        })
+    }
+}
 
 /// One delivered record on its way to becoming a span.
 #[derive(Clone, Debug)]
 pub struct SpanInput {
-    pub event: Arc<Event>,
+    pub event: Event,
     pub container: Option<Arc<ContainerMeta>>,
-    /// The wall clock of the run that recorded it (a span sent by a later run, from the
-    /// spool, keeps the times its event has).
     pub clock: WallClock,
 }

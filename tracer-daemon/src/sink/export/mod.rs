@@ -1,7 +1,9 @@
 //! OpenTelemetry export: every delivered record becomes a span (see [`span`]), batched by
 //! size and by time, sent through `opentelemetry-otlp` (gRPC or HTTP/protobuf), and never
 //! lost to a slow or absent collector: what cannot be sent now waits in the session's
-//! on-disk [`spool`] and is sent, in order, once the collector is back.
+//! on-disk [`spool`] and is sent, in order, once the collector is back. The run's writer
+//! hands over whole batches of records ([`SpanBatch`]), in memory or into the spool, at no
+//! cost per record; records become spans on the sender's side.
 //!
 //! ```text
 //!  RunWriter ──push──▶ memory queue (bounded) ──▶ sender task ──export──▶ collector
@@ -40,7 +42,7 @@ use utoipa::ToSchema;
 
 pub use self::{
     config::{DaemonExport, ExportRequest, OtlpConfig, Protocol},
-    input::SpanInput,
+    input::{SpanBatch, SpanInput},
 };
 use self::{
     exporter::build_exporter,
@@ -114,7 +116,9 @@ pub struct ExportStatus {
 }
 
 struct Queue {
-    memory: VecDeque<SpanInput>,
+    memory: VecDeque<SpanBatch>,
+    /// Spans in `memory`.
+    memory_spans: u64,
     spool: Spool,
     /// Spans in the batch being sent, when it came from memory (a batch from the spool is
     /// still counted there until it is sent).
@@ -196,6 +200,7 @@ impl Export {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 memory: VecDeque::new(),
+                memory_spans: 0,
                 spool,
                 in_flight: 0,
                 closed: None,
@@ -232,7 +237,7 @@ impl Export {
             state: queue.state,
             endpoint: self.shared.config.endpoint.clone(),
             protocol: self.shared.config.protocol,
-            pending_spans: queue.memory.len() as u64 + queue.in_flight + queue.spool.spans(),
+            pending_spans: queue.memory_spans + queue.in_flight + queue.spool.spans(),
             spool_bytes: queue.spool.bytes(),
             last_error: queue.last_error.clone(),
         }
@@ -250,21 +255,25 @@ impl Export {
 }
 
 impl ExportSink {
-    /// Queues spans (from the run's writer thread; never blocks on the network).
-    pub fn push(&self, inputs: Vec<SpanInput>) {
-        if inputs.is_empty() {
+    /// Queues a batch's spans (from the run's writer thread; never blocks on the network).
+    pub fn push(&self, batch: SpanBatch) {
+        if batch.is_empty() {
             return;
         }
         let shared = &self.shared;
         let mut queue = lock(&shared.queue);
+        let spans = batch.len() as u64;
         if queue.spool.is_empty()
-            && queue.memory.len() + inputs.len() <= shared.options.memory_spans
+            && queue.memory_spans + spans <= shared.options.memory_spans as u64
         {
-            queue.memory.extend(inputs);
+            queue.memory.push_back(batch);
+            queue.memory_spans += spans;
         } else {
             // Behind everything waiting: memory first (it is older), then these.
-            let mut spill: Vec<SpanInput> = queue.memory.drain(..).collect();
-            spill.extend(inputs);
+            let mut spill: Vec<SpanBatch> = queue.memory.drain(..).collect();
+            queue.memory_spans = 0;
+            spill.push(batch);
+            let total: u64 = spill.iter().map(|batch| batch.len() as u64).sum();
             let kept = match queue.spool.append(&spill) {
                 Ok(kept) => kept,
                 Err(err) => {
@@ -277,7 +286,7 @@ impl ExportSink {
                 .counters
                 .spooled
                 .fetch_add(kept as u64, Ordering::Relaxed);
-            let refused = (spill.len() - kept) as u64;
+            let refused = total - kept as u64;
             if refused > 0 {
                 shared.counters.failed.fetch_add(refused, Ordering::Relaxed);
                 queue.state = ExportState::SpoolFull;
@@ -290,7 +299,7 @@ impl ExportSink {
 
 /// A batch taken for sending.
 struct Batch {
-    inputs: Vec<SpanInput>,
+    inputs: Vec<SpanBatch>,
     /// Set when it came from the spool: committed there once sent.
     from_spool: Option<Peeked>,
 }
@@ -307,16 +316,12 @@ async fn send(
 ) {
     let mut closing_since: Option<Instant> = None;
     while let Some(mut batch) = take_batch(&shared).await {
+        let inputs: Vec<SpanInput> = batch.inputs.iter().flat_map(SpanBatch::inputs).collect();
         // Ids are assigned once, so a retried batch is the same spans.
-        let ids: Vec<_> = batch
-            .inputs
-            .iter()
-            .map(|input| maker.assign(input))
-            .collect();
+        let ids: Vec<_> = inputs.iter().map(|input| maker.assign(input)).collect();
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let spans: Vec<SpanData> = batch
-                .inputs
+            let spans: Vec<SpanData> = inputs
                 .iter()
                 .zip(&ids)
                 .map(|(input, ids)| maker.build(input, ids))
@@ -396,7 +401,7 @@ fn settle(
         shared
             .counters
             .exported
-            .fetch_add(batch.inputs.len() as u64, Ordering::Relaxed);
+            .fetch_add(batch.spans(), Ordering::Relaxed);
         return Settled::Sent;
     };
     if queue.state == ExportState::Ok {
@@ -419,25 +424,27 @@ fn settle(
 /// The run ended with the collector away: the unsent batch and the memory queue go to the
 /// head of the spool, in order, for the next run.
 fn give_back(shared: &Shared, queue: &mut Queue, batch: &Batch) {
-    let mut rest: Vec<SpanInput> = Vec::new();
+    let mut rest: Vec<SpanBatch> = Vec::new();
     if batch.from_spool.is_none() {
         rest.extend(batch.inputs.iter().cloned());
     }
     rest.extend(queue.memory.drain(..));
+    queue.memory_spans = 0;
     queue.in_flight = 0;
     keep_for_next_run(shared, queue, rest);
 }
 
 /// Puts unsent spans (older than everything in the spool) at the spool's head.
-fn keep_for_next_run(shared: &Shared, queue: &mut Queue, rest: Vec<SpanInput>) {
+fn keep_for_next_run(shared: &Shared, queue: &mut Queue, rest: Vec<SpanBatch>) {
+    let spans: u64 = rest.iter().map(|batch| batch.len() as u64).sum();
     let counter = match queue.spool.prepend(&rest) {
         Ok(()) => &shared.counters.spooled,
         Err(err) => {
-            tracing::error!(%err, spans = rest.len(), "keeping unsent spans in the spool failed");
+            tracing::error!(%err, spans, "keeping unsent spans in the spool failed");
             &shared.counters.failed
         }
     };
-    counter.fetch_add(rest.len() as u64, Ordering::Relaxed);
+    counter.fetch_add(spans, Ordering::Relaxed);
     tracing::warn!(
         spans = queue.spool.spans(),
         "the run ended with spans unsent; they wait in the spool for the next run"
@@ -475,7 +482,7 @@ enum Next {
 fn next_batch(shared: &Shared, first_seen: &mut Option<Instant>) -> Next {
     let options = &shared.options;
     let mut queue = lock(&shared.queue);
-    let available = queue.memory.len() as u64 + queue.spool.spans();
+    let available = queue.memory_spans + queue.spool.spans();
     if available == 0 && queue.closed.is_some() {
         return Next::Done;
     }
@@ -485,7 +492,8 @@ fn next_batch(shared: &Shared, first_seen: &mut Option<Instant>) -> Next {
     {
         // The run is over and its grace spent (a slow collector, a long spool): what
         // is in memory joins the spool's head for the next run.
-        let rest: Vec<SpanInput> = queue.memory.drain(..).collect();
+        let rest: Vec<SpanBatch> = queue.memory.drain(..).collect();
+        queue.memory_spans = 0;
         keep_for_next_run(shared, &mut queue, rest);
         return Next::Done;
     }
@@ -496,9 +504,7 @@ fn next_batch(shared: &Shared, first_seen: &mut Option<Instant>) -> Next {
             || since.elapsed() >= options.batch_delay;
         if due {
             if !queue.memory.is_empty() {
-                let count = queue.memory.len().min(options.batch_spans);
-                let inputs: Vec<SpanInput> = queue.memory.drain(..count).collect();
-                queue.in_flight = inputs.len() as u64;
+                let inputs = take_spans(&mut queue, options.batch_spans);
                 return Next::Batch(Batch {
                     inputs,
                     from_spool: None,
@@ -535,6 +541,35 @@ fn next_batch(shared: &Shared, first_seen: &mut Option<Instant>) -> Next {
         None => Duration::from_secs(1),
     };
     Next::Wait(wait.max(Duration::from_millis(1)))
+}
+
+/// Takes up to `max` spans from the front of the memory queue (cutting a batch if need be).
+fn take_spans(queue: &mut Queue, max: usize) -> Vec<SpanBatch> {
+    let mut taken = Vec::new();
+    let mut count = 0;
+    while count < max {
+        let Some(mut front) = queue.memory.pop_front() else {
+            break;
+        };
+        if front.len() > max - count {
+            let head = front.split_to(max - count);
+            queue.memory.push_front(front);
+            count += head.len();
+            taken.push(head);
+            break;
+        }
+        count += front.len();
+        taken.push(front);
+    }
+    queue.memory_spans -= count as u64;
+    queue.in_flight = count as u64;
+    taken
+}
+
+impl Batch {
+    fn spans(&self) -> u64 {
+        self.inputs.iter().map(|batch| batch.len() as u64).sum()
+    }
 }
 
 /// The resource every span of this daemon carries.

@@ -310,7 +310,7 @@ mod tests {
         record.duration_ns = 2_500;
         record.comm[..4].copy_from_slice(b"cat\0");
         SpanInput {
-            event: Arc::new(Event::new(&record, &path_data())),
+            event: Event::new(&record, &path_data()),
             container: Some(Arc::new(ContainerMeta {
                 id: "abc123".into(),
                 name: "web".into(),

@@ -1,33 +1,45 @@
 //! A session's on-disk spool: spans waiting for a collector that is slow or away, in order.
 //!
-//! Segment files (`<16 hex digits>.spool`) hold length-prefixed frames, one per span input
-//! (the syscall record, its path and its container). Segments are read in name order from a
-//! cursor (`cursor`: segment and offset), so a batch can also be put back at the head (a
-//! segment numbered below the cursor's). Fully read segments are deleted. The spool survives a
-//! daemon restart: the session's next run sends what is left first.
+//! Segment files (`<16 hex digits>.spans`) hold length-prefixed frames, one per batch of
+//! span inputs: the records as the kernel wrote them (lz4), the containers of their cgroups
+//! and their run's wall clock — written at the cost of a copy and a compression pass, so the
+//! spool keeps up with the kernel when the collector does not. Segments are read in name
+//! order from a cursor (`position`: segment and offset), so a batch can also be put back at
+//! the head (a segment numbered below the cursor's). Fully read segments are deleted. The
+//! spool survives a daemon restart: the session's next run sends what is left first. A
+//! spool of the first format (a frame per span, `.spool` files) is converted when opened.
 use std::{
+    collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{BufWriter, Read as _, Seek as _, SeekFrom, Write as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use tracer_common::SyscallRecord;
+use bytes::Bytes;
 
-use super::input::SpanInput;
-use crate::record::{ContainerMeta, Event, WallClock};
+use super::input::SpanBatch;
+use crate::record::{
+    batch::{BatchBuilder, RecordBatch},
+    ContainerMeta, WallClock,
+};
+
+mod first_format;
 
 /// Segments are closed at this size and a new one started.
 const SEGMENT_BYTES: u64 = 8 << 20;
 /// Numbering starts in the middle, so batches can be put back below the first segment.
 const FIRST_SEGMENT: u64 = 1 << 32;
+const SUFFIX: &str = ".spans";
+/// A frame's length, then its number of spans.
+const FRAME_HEAD: usize = 8;
 
-/// Inputs read from the head, and where reading goes on once they are sent.
+/// Batches read from the head, and where reading goes on once they are sent.
 pub struct Peeked {
-    pub inputs: Vec<SpanInput>,
-    /// How many frames were read (the inputs may have been taken out since).
+    pub inputs: Vec<SpanBatch>,
+    /// How many spans the frames read hold (the inputs may have been taken out since).
     count: u64,
-    /// Of those, how many were corrupt and skipped: spans that will never be sent.
+    /// Of those, how many were in corrupt frames and skipped: spans that will never be sent.
     pub skipped: u64,
     to: Position,
     bytes: u64,
@@ -57,9 +69,10 @@ impl Spool {
     /// Opens the spool in `dir` (created if missing), with what a previous run left unread.
     pub fn open(dir: &Path, cap_bytes: u64) -> std::io::Result<Self> {
         fs::create_dir_all(dir)?;
+        let first_format = first_format::take(dir)?;
         let mut segments = segments(dir)?;
         segments.sort_unstable();
-        let cursor = fs::read_to_string(dir.join("cursor"))
+        let cursor = fs::read_to_string(dir.join("position"))
             .ok()
             .and_then(|text| {
                 let (segment, offset) = text.trim().split_once(' ')?;
@@ -96,20 +109,25 @@ impl Spool {
                 0
             };
             let mut at = start.min(data.len());
-            while let Some(len) = frame_len(&data, at) {
+            while let Some((len, count)) = frame_at(&data, at) {
                 at += 4 + len;
-                spool.spans += 1;
+                spool.spans += u64::from(count);
             }
             spool.bytes += (at - start.min(at)) as u64;
             if segment == last {
                 spool.write_len = data.len() as u64;
             }
         }
+        if !first_format.is_empty() {
+            // Older than anything written since (nothing was: it is converted at the first
+            // open by a tracerd that writes this format).
+            spool.prepend(&first_format)?;
+        }
         Ok(spool)
     }
 
     fn segment_path(&self, segment: u64) -> PathBuf {
-        self.dir.join(format!("{segment:016x}.spool"))
+        self.dir.join(format!("{segment:016x}{SUFFIX}"))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -124,16 +142,16 @@ impl Spool {
         self.bytes
     }
 
-    /// Appends inputs in order; returns how many fit under the size cap (the rest, from the
-    /// first that did not fit, are refused).
-    pub fn append(&mut self, inputs: &[SpanInput]) -> std::io::Result<usize> {
-        let mut frame = Vec::with_capacity(512);
-        for (index, input) in inputs.iter().enumerate() {
+    /// Appends batches in order; returns how many spans fit under the size cap (whole
+    /// batches: from the first that did not fit, the rest are refused).
+    pub fn append(&mut self, batches: &[SpanBatch]) -> std::io::Result<usize> {
+        let mut frame = Vec::new();
+        let mut kept = 0;
+        for batch in batches {
             frame.clear();
-            encode(input, &mut frame);
+            encode(batch, &mut frame);
             if self.bytes + frame.len() as u64 > self.cap_bytes {
-                self.flush()?;
-                return Ok(index);
+                break;
             }
             if self.writer.is_none() || self.write_len >= SEGMENT_BYTES {
                 self.start_segment()?;
@@ -142,10 +160,11 @@ impl Spool {
             writer.write_all(&frame)?;
             self.write_len += frame.len() as u64;
             self.bytes += frame.len() as u64;
-            self.spans += 1;
+            self.spans += batch.len() as u64;
+            kept += batch.len();
         }
         self.flush()?;
-        Ok(inputs.len())
+        Ok(kept)
     }
 
     fn start_segment(&mut self) -> std::io::Result<()> {
@@ -170,10 +189,10 @@ impl Spool {
         Ok(())
     }
 
-    /// Puts inputs back at the head, before everything unread (the oldest data: a batch that
-    /// was taken out but not sent). Not bounded by the cap: they were already counted.
-    pub fn prepend(&mut self, inputs: &[SpanInput]) -> std::io::Result<()> {
-        if inputs.is_empty() {
+    /// Puts batches back at the head, before everything unread (the oldest data: a batch
+    /// that was taken out but not sent). Not bounded by the cap: they were already counted.
+    pub fn prepend(&mut self, batches: &[SpanBatch]) -> std::io::Result<()> {
+        if batches.is_empty() {
             return Ok(());
         }
         if self.read.offset > 0 {
@@ -198,56 +217,59 @@ impl Spool {
         }
         let segment = self.read.segment - 1;
         let mut data = Vec::new();
-        for input in inputs {
-            encode(input, &mut data);
+        for batch in batches {
+            encode(batch, &mut data);
         }
         fs::write(self.segment_path(segment), &data)?;
-        self.spans += inputs.len() as u64;
+        self.spans += batches.iter().map(|batch| batch.len() as u64).sum::<u64>();
         self.bytes += data.len() as u64;
         self.set_read(Position { segment, offset: 0 })
     }
 
-    /// Reads up to `max` inputs from the head without consuming them; commit what is
-    /// returned once they are sent.
+    /// Reads whole batches from the head, about `max` spans (at least one batch), without
+    /// consuming them; commit what is returned once they are sent.
     pub fn peek(&mut self, max: usize) -> std::io::Result<Peeked> {
         self.flush()?;
         let mut inputs = Vec::new();
         let mut bytes = 0u64;
-        // Frames read, the corrupt ones skipped included: all leave the count when committed.
-        let mut frames = 0u64;
+        // Spans of the frames read, the corrupt ones skipped included: all leave the count
+        // when committed.
+        let (mut spans, mut skipped) = (0u64, 0u64);
         let mut at = self.read;
-        while inputs.len() < max && at.segment <= self.write_segment {
+        while spans < max as u64 && at.segment <= self.write_segment {
             let path = self.segment_path(at.segment);
-            // About what the frames still wanted take (a frame is a few hundred bytes).
-            let limit = (max - inputs.len()) as u64 * 1024 + 4096;
+            // The rest of the segment (8 MiB at most).
             let mut data = Vec::new();
             match File::open(&path) {
                 Ok(mut file) => {
                     file.seek(SeekFrom::Start(at.offset))?;
-                    file.take(limit).read_to_end(&mut data)?;
+                    file.read_to_end(&mut data)?;
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => return Err(err),
             }
             let mut used = 0;
-            while inputs.len() < max {
-                let Some(len) = frame_len(&data, used) else {
+            while spans < max as u64 {
+                let Some((len, count)) = frame_at(&data, used) else {
                     break;
                 };
                 match decode(&data[used + 4..used + 4 + len]) {
-                    Some(input) => inputs.push(input),
-                    None => tracing::error!(
-                        spool = %path.display(),
-                        "a corrupt spool frame: its span is counted as export_failed"
-                    ),
+                    Some(batch) => inputs.push(batch),
+                    None => {
+                        tracing::error!(
+                            spool = %path.display(),
+                            "a corrupt spool frame: its spans are counted as export_failed"
+                        );
+                        skipped += u64::from(count);
+                    }
                 }
                 used += 4 + len;
-                frames += 1;
+                spans += u64::from(count);
             }
             at.offset += used as u64;
             bytes += used as u64;
-            let at_end = (data.len() as u64) < limit;
-            if inputs.len() < max && at_end {
+            let at_end = used == data.len();
+            if spans < max as u64 && at_end {
                 // This segment is read to its end: on to the next, if there is one.
                 if at.segment == self.write_segment {
                     break;
@@ -261,8 +283,8 @@ impl Spool {
             }
         }
         Ok(Peeked {
-            skipped: frames - inputs.len() as u64,
-            count: frames,
+            skipped,
+            count: spans,
             inputs,
             to: at,
             bytes,
@@ -302,8 +324,8 @@ impl Spool {
             };
             self.bytes = 0;
         }
-        let cursor = self.dir.join("cursor");
-        let temporary = self.dir.join("cursor.new");
+        let cursor = self.dir.join("position");
+        let temporary = self.dir.join("position.new");
         fs::write(
             &temporary,
             format!("{} {}\n", self.read.segment, self.read.offset),
@@ -325,94 +347,62 @@ fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name();
-            let hex = name.to_str()?.strip_suffix(".spool")?;
+            let hex = name.to_str()?.strip_suffix(SUFFIX)?;
             u64::from_str_radix(hex, 16).ok()
         })
         .collect())
 }
 
-/// The length of the frame at `at`, if a whole frame is there.
-fn frame_len(data: &[u8], at: usize) -> Option<usize> {
-    let len = u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?) as usize;
-    (data.len() >= at + 4 + len).then_some(len)
+/// The length (after the length itself) and the spans of the frame at `at`, if a whole
+/// frame is there.
+fn frame_at(data: &[u8], at: usize) -> Option<(usize, u32)> {
+    let word = |at: usize| Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?));
+    let len = word(at)? as usize;
+    let count = word(at + 4)?;
+    (len >= FRAME_HEAD - 4 && data.len() >= at + 4 + len).then_some((len, count))
 }
 
-fn put_str(out: &mut Vec<u8>, text: &str) {
-    let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// Frame: length (u32) | record (its bytes) | the run's wall-clock offset (i128) | captured
-/// argument data (u16 length) | container flag (u8) and id, name, image (u16 length each).
-fn encode(input: &SpanInput, out: &mut Vec<u8>) {
+/// Frame: length (u32, of what follows) | spans (u32) | the run's wall-clock offset (i128)
+/// | the containers of the batch's cgroups, JSON (u32 length) | the records, lz4 (with the
+/// raw length in front).
+fn encode(batch: &SpanBatch, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    // SAFETY: SyscallRecord is plain old data (repr(C), padding spelled out as fields).
-    let record = unsafe {
-        std::slice::from_raw_parts(
-            (&input.event.record as *const SyscallRecord).cast::<u8>(),
-            SyscallRecord::SIZE,
-        )
-    };
-    out.extend_from_slice(record);
-    out.extend_from_slice(&input.clock.offset_ns().to_le_bytes());
-    let data = &input.event.data[..input.event.data.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(data.len() as u16).to_le_bytes());
-    out.extend_from_slice(data);
-    match &input.container {
-        Some(container) => {
-            out.push(1);
-            put_str(out, &container.id);
-            put_str(out, &container.name);
-            put_str(out, &container.image);
-        }
-        None => out.push(0),
-    }
+    out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+    out.extend_from_slice(&batch.clock.offset_ns().to_le_bytes());
+    let mut cgroups: Vec<u64> = batch.records.cgroup_ids().collect();
+    cgroups.sort_unstable();
+    cgroups.dedup();
+    let containers: Vec<(u64, &ContainerMeta)> = cgroups
+        .into_iter()
+        .filter_map(|id| Some((id, batch.containers.get(&id)?.as_ref())))
+        .collect();
+    let json = serde_json::to_vec(&containers).expect("containers as JSON");
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&lz4_flex::block::compress_prepend_size(
+        batch.records.packed(),
+    ));
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-        let (head, tail) = (self.data.get(..len)?, self.data.get(len..)?);
-        self.data = tail;
-        Some(head)
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let len = self.u16()? as usize;
-        Some(String::from_utf8_lossy(self.take(len)?).into_owned())
-    }
-}
-
-fn decode(frame: &[u8]) -> Option<SpanInput> {
-    let mut reader = Reader { data: frame };
-    let bytes = reader.take(SyscallRecord::SIZE)?;
-    // SAFETY: SIZE bytes of a record written by `encode`; every bit pattern is valid.
-    let record: SyscallRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    let clock = WallClock::from_offset_ns(i128::from_le_bytes(reader.take(16)?.try_into().ok()?));
-    let data_len = reader.u16()? as usize;
-    let data = reader.take(data_len)?;
-    let container = match reader.take(1)?[0] {
-        0 => None,
-        _ => Some(Arc::new(ContainerMeta {
-            id: reader.string()?,
-            name: reader.string()?,
-            image: reader.string()?,
-        })),
-    };
-    Some(SpanInput {
-        event: Arc::new(Event::new(&record, data)),
-        container,
+fn decode(frame: &[u8]) -> Option<SpanBatch> {
+    let count = u32::from_le_bytes(frame.get(..4)?.try_into().ok()?) as usize;
+    let clock = WallClock::from_offset_ns(i128::from_le_bytes(frame.get(4..20)?.try_into().ok()?));
+    let json_len = u32::from_le_bytes(frame.get(20..24)?.try_into().ok()?) as usize;
+    let json = frame.get(24..24 + json_len)?;
+    let containers: Vec<(u64, ContainerMeta)> = serde_json::from_slice(json).ok()?;
+    let records = lz4_flex::block::decompress_size_prepended(frame.get(24 + json_len..)?).ok()?;
+    let records = RecordBatch::from_packed(Bytes::from(records))?;
+    (records.len() == count).then(|| SpanBatch {
+        records,
+        containers: Arc::new(
+            containers
+                .into_iter()
+                .map(|(id, container)| (id, Arc::new(container)))
+                .collect::<HashMap<_, _>>(),
+        ),
         clock,
     })
 }
@@ -420,31 +410,43 @@ fn decode(frame: &[u8]) -> Option<SpanInput> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::samples;
 
-    fn input(nr: u32, container: bool) -> SpanInput {
-        let mut record: SyscallRecord = unsafe { std::mem::zeroed() };
-        record.nr = nr;
-        record.ret = -2;
-        let mut data = Vec::new();
-        if nr.is_multiple_of(2) {
-            let string = tracer_common::capture_kind::STRING;
-            crate::record::captured::push_item(string, 1, 0, b"/etc/hosts", 0, &mut data);
+    /// Spans of syscalls `nrs`, even ones with a path, in cgroup 7 (the container `web`
+    /// when `container`).
+    fn batch(nrs: std::ops::Range<u32>, container: bool) -> SpanBatch {
+        let mut builder = BatchBuilder::default();
+        for nr in nrs {
+            let mut data = Vec::new();
+            if nr.is_multiple_of(2) {
+                let string = tracer_common::capture_kind::STRING;
+                crate::record::captured::push_item(string, 1, 0, b"/etc/hosts", 0, &mut data);
+            }
+            let mut record = samples::record(nr, 1, 1, 7);
+            record.ret = -2;
+            builder.push(&record, &data);
         }
-        SpanInput {
-            event: Arc::new(Event::new(&record, &data)),
-            container: container.then(|| {
-                Arc::new(ContainerMeta {
-                    id: "abc".into(),
-                    name: "web".into(),
-                    image: "nginx".into(),
-                })
-            }),
+        let mut containers = HashMap::new();
+        if container {
+            let web = ContainerMeta {
+                id: "abc".into(),
+                name: "web".into(),
+                image: "nginx".into(),
+            };
+            containers.insert(7, Arc::new(web));
+        }
+        SpanBatch {
+            records: builder.take(),
+            containers: Arc::new(containers),
             clock: WallClock::from_offset_ns(42),
         }
     }
 
-    fn nrs(inputs: &[SpanInput]) -> Vec<u32> {
-        inputs.iter().map(|i| i.event.record.nr).collect()
+    fn nrs(batches: &[SpanBatch]) -> Vec<u32> {
+        batches
+            .iter()
+            .flat_map(|batch| batch.records.iter().map(|(record, _)| record.nr))
+            .collect()
     }
 
     #[test]
@@ -452,23 +454,26 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tracerd-spool-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let mut spool = Spool::open(&dir, 1 << 30).unwrap();
-        let batch: Vec<SpanInput> = (10..20).map(|nr| input(nr, nr.is_multiple_of(3))).collect();
-        assert_eq!(spool.append(&batch).unwrap(), 10);
+        let batches = [batch(10..14, false), batch(14..20, true)];
+        assert_eq!(spool.append(&batches).unwrap(), 10);
         let head = spool.peek(4).unwrap();
         assert_eq!(nrs(&head.inputs), [10, 11, 12, 13]);
-        let captured = crate::record::captured::Captured::parse(&head.inputs[0].event.data);
+        let first = head.inputs[0].inputs().next().unwrap();
+        let captured = crate::record::captured::Captured::parse(&first.event.data);
         assert_eq!(captured.strings[1].unwrap().bytes, b"/etc/hosts");
-        assert_eq!(head.inputs[2].container.as_ref().unwrap().image, "nginx");
-        assert_eq!(head.inputs[1].clock.offset_ns(), 42);
+        assert_eq!(first.clock.offset_ns(), 42);
+        assert!(first.container.is_none());
         spool.commit(&head).unwrap();
         // An older batch goes back in front.
-        spool.prepend(&[input(1, false), input(2, true)]).unwrap();
+        spool.prepend(&[batch(1..3, true)]).unwrap();
         assert_eq!(spool.spans(), 8);
         drop(spool);
         let mut spool = Spool::open(&dir, 1 << 30).unwrap();
         assert_eq!(spool.spans(), 8);
         let all = spool.peek(100).unwrap();
         assert_eq!(nrs(&all.inputs), [1, 2, 14, 15, 16, 17, 18, 19]);
+        let web = all.inputs[1].inputs().next().unwrap().container.unwrap();
+        assert_eq!(web.image, "nginx");
         spool.commit(&all).unwrap();
         assert!(spool.is_empty());
         assert_eq!(spool.bytes(), 0);
@@ -476,21 +481,21 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_frame_is_skipped_and_reported() {
+    fn a_corrupt_frame_is_skipped_and_its_spans_reported() {
         let dir = std::env::temp_dir().join(format!("tracerd-spool-bad-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let mut spool = Spool::open(&dir, 1 << 30).unwrap();
-        spool.append(&[input(1, false)]).unwrap();
-        // A whole frame whose content does not decode (3 bytes: shorter than a record).
+        spool.append(&[batch(1..2, false)]).unwrap();
+        // A whole frame of 3 spans whose content does not decode.
         let mut bogus = OpenOptions::new()
             .append(true)
             .open(spool.segment_path(spool.write_segment))
             .unwrap();
-        bogus.write_all(&[3, 0, 0, 0, 9, 9, 9]).unwrap();
-        spool.append(&[input(2, true)]).unwrap();
+        bogus.write_all(&[7, 0, 0, 0, 3, 0, 0, 0, 9, 9, 9]).unwrap();
+        spool.append(&[batch(2..3, true)]).unwrap();
         let peeked = spool.peek(10).unwrap();
         assert_eq!(nrs(&peeked.inputs), [1, 2]);
-        assert_eq!(peeked.skipped, 1);
+        assert_eq!(peeked.skipped, 3);
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -498,11 +503,61 @@ mod tests {
     fn refuses_what_does_not_fit_under_the_cap() {
         let dir = std::env::temp_dir().join(format!("tracerd-spool-cap-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let mut spool = Spool::open(&dir, 1000).unwrap();
-        let batch: Vec<SpanInput> = (0..20).map(|nr| input(nr, false)).collect();
-        let kept = spool.append(&batch).unwrap();
-        assert!(kept > 0 && kept < 20, "{kept}");
-        assert!(spool.bytes() <= 1000);
+        let mut spool = Spool::open(&dir, 600).unwrap();
+        let batches: Vec<SpanBatch> = (0..20).map(|nr| batch(nr * 2..nr * 2 + 2, false)).collect();
+        let kept = spool.append(&batches).unwrap();
+        assert!(kept > 0 && kept < 40, "{kept}");
+        assert!(spool.bytes() <= 600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A frame of the first format, as an older tracerd wrote it.
+    fn first_format_frame(nr: u32, clock: i128, container: bool, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let record = samples::record(nr, 1, 1, 7);
+        // SAFETY: a record is plain old data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&record as *const tracer_common::SyscallRecord).cast::<u8>(),
+                tracer_common::SyscallRecord::SIZE,
+            )
+        };
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(&clock.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.push(u8::from(container));
+        if container {
+            for text in ["abc", "web", "nginx"] {
+                out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    #[test]
+    fn a_spool_of_the_first_format_is_converted_with_its_read_position() {
+        let dir = std::env::temp_dir().join(format!("tracerd-spool-old-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut data = Vec::new();
+        first_format_frame(1, 5, false, &mut data);
+        let read_to = data.len();
+        first_format_frame(2, 5, true, &mut data);
+        first_format_frame(3, 6, false, &mut data);
+        fs::write(dir.join(format!("{:016x}.spool", FIRST_SEGMENT)), &data).unwrap();
+        fs::write(dir.join("cursor"), format!("{FIRST_SEGMENT} {read_to}\n")).unwrap();
+        let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+        assert_eq!(spool.spans(), 2);
+        let all = spool.peek(10).unwrap();
+        assert_eq!(nrs(&all.inputs), [2, 3]);
+        let clocks: Vec<i128> = all.inputs.iter().map(|b| b.clock.offset_ns()).collect();
+        assert_eq!(clocks, [5, 6], "a batch per run");
+        let web = all.inputs[0].inputs().next().unwrap().container.unwrap();
+        assert_eq!(web.name, "web");
+        assert!(!dir.join("cursor").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 }
