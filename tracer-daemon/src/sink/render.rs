@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tracer_common::SyscallRecord;
 use uuid::Uuid;
 
-use super::{event_filter::EventFilter, event_json};
+use super::{event_filter::EventFilter, event_json::LineWriter};
 use crate::record::{batch::RecordBatch, decode::Limits, ContainerMeta, Event, WallClock};
 
 /// What every event of a run shares.
@@ -54,14 +54,25 @@ impl LineRenderer {
         }
     }
 
+    /// What writes this run's lines (one per reader: it keeps what repeats).
+    pub fn line_writer(&self) -> LineWriter {
+        LineWriter::new(&self.context.session)
+    }
+
     /// Appends the event of `record`, the session's `seq`-th, as one JSON line (with its
     /// newline) to `out`.
-    pub fn write(&self, record: &SyscallRecord, data: &[u8], seq: u64, out: &mut Vec<u8>) {
+    pub fn write(
+        &self,
+        writer: &mut LineWriter,
+        record: &SyscallRecord,
+        data: &[u8],
+        seq: u64,
+        out: &mut Vec<u8>,
+    ) {
         let event = Event::new(record, data);
         let container = self.containers.get(&record.cgroup_id);
-        event_json::write_line(
+        writer.write(
             &event,
-            &self.context.session,
             container.map(Arc::as_ref),
             &self.clock,
             &self.context.limits,
@@ -86,9 +97,10 @@ impl LineRenderer {
         filter: &EventFilter,
         out: &mut Vec<u8>,
     ) {
+        let mut writer = self.line_writer();
         for (seq, (record, data)) in (first_seq..).zip(batch.iter()) {
             if seq >= from && self.accepts(filter, &record) {
-                self.write(&record, data, seq, out);
+                self.write(&mut writer, &record, data, seq, out);
             }
         }
     }

@@ -206,13 +206,14 @@ fn read_records(
     };
     let mut seq = first_seq;
     let mut line = Vec::with_capacity(1024);
+    let mut writer = reader.renderer().line_writer();
     // Batches wholly at or before `after` are not decompressed.
     while let Some((count, batch)) = reader.next_batch(|count| seq + u64::from(count) <= after)? {
         let renderer = reader.renderer();
         for (at, (record, data)) in (seq..).zip(batch.iter()) {
             if at > after && renderer.accepts(filter, &record) {
                 line.clear();
-                renderer.write(&record, data, at, &mut line);
+                renderer.write(&mut writer, &record, data, at, &mut line);
                 if !each(&line[..line.len() - 1]) {
                     return Ok((false, at + 1));
                 }
