@@ -43,7 +43,7 @@ pub fn take(dir: &Path) -> std::io::Result<Vec<SpanBatch>> {
                     batches.push(&record, clock, &item, container);
                 }
                 None => {
-                    tracing::warn!(spool = %path.display(), "a corrupt span in a spool of the first format is left out")
+                    tracing::warn!(spool = %path.display(), "a corrupt span in a spool of the first format is left out");
                 }
             }
             at += 4 + len;
