@@ -146,12 +146,20 @@ impl BatchBuilder {
     }
 
     /// The records pushed so far, as a batch; the builder starts over in a buffer from the
-    /// pool, and the batch's buffer goes back to it once every holder let go of the batch.
+    /// pool, and the batch's buffer goes back to it once every holder let go of the batch. A
+    /// batch never holds more than twice its records' size.
     pub fn take(&mut self) -> RecordBatch {
         if self.count == 0 {
             return RecordBatch::default();
         }
         let count = std::mem::take(&mut self.count);
+        if self.buffer.len() * 2 < self.buffer.capacity() {
+            // A few records in a big buffer (a quiet moment): copied out, so what waits in
+            // a queue never holds much more memory than its records take.
+            let bytes = Bytes::copy_from_slice(&self.buffer);
+            self.buffer.clear();
+            return RecordBatch { bytes, count };
+        }
         let full = std::mem::take(&mut self.buffer);
         RecordBatch {
             bytes: Bytes::from_owner(Pooled(full)),
@@ -315,5 +323,16 @@ mod tests {
         assert_eq!(first.iter().next().unwrap().0.tid, 1);
         assert_eq!(builder.take().iter().next().unwrap().0.tid, 2);
         assert!(builder.take().is_empty());
+    }
+
+    #[test]
+    fn a_small_batch_does_not_hold_a_big_buffer() {
+        let mut builder = BatchBuilder::default();
+        builder.push(&samples::record(39, 1, 1, 7), &[]);
+        let small = builder.take();
+        // The builder's buffer (64 KiB) stays with it; the batch has its own copy.
+        assert_eq!(small.packed().len(), SyscallRecord::SIZE);
+        assert!(builder.buffer.capacity() >= 64 << 10);
+        assert_eq!(small.iter().next().unwrap().0.tid, 1);
     }
 }
