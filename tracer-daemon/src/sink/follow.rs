@@ -22,12 +22,16 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
-use super::{event_filter::EventFilter, eventlog::read_events, render::LineRenderer};
+use super::{
+    event_filter::EventFilter,
+    eventlog::{read_events, EventLines},
+    render::LineRenderer,
+};
 use crate::record::batch::RecordBatch;
 
-/// What a catch-up from the log sends at a time: large enough that handing chunks to the
-/// connection costs little next to rendering them (at 64 KiB, a download spent a fifth of
-/// its time switching threads), small enough that a few in flight stay cheap.
+/// What a catch-up gathers of single lines before sending them: large enough that handing
+/// chunks to the connection costs little next to reading them (at 64 KiB, a download spent
+/// a fifth of its time switching threads), small enough that a few in flight stay cheap.
 const CATCH_UP_CHUNK: usize = 256 << 10;
 
 /// Batches a follower may be behind before it reads the rest from disk.
@@ -325,32 +329,19 @@ async fn catch_up(
 ) -> Option<CaughtUp> {
     let (dir, filter, out) = (dir.to_owned(), filter.clone(), out.clone());
     tokio::task::spawn_blocking(move || {
-        let mut chunk = Vec::with_capacity(CATCH_UP_CHUNK + (16 << 10));
-        let mut client_left = false;
-        let position = read_events(&dir, &filter, |line| {
-            chunk.extend_from_slice(line);
-            chunk.push(b'\n');
-            if chunk.len() >= CATCH_UP_CHUNK {
-                let lines = Bytes::from(std::mem::take(&mut chunk));
-                client_left = out.blocking_send(Followed::Lines(lines)).is_err();
-            }
-            !client_left
-        });
-        let position = match position {
+        let mut chunks = Chunks {
+            chunk: Vec::new(),
+            out,
+            client_left: false,
+        };
+        let position = match read_events(&dir, &filter, &mut chunks) {
             Ok(position) => position,
             Err(err) => {
                 tracing::error!(dir = %dir.display(), %err, "reading the event log failed");
                 return None;
             }
         };
-        if client_left {
-            return None;
-        }
-        if !chunk.is_empty()
-            && out
-                .blocking_send(Followed::Lines(Bytes::from(chunk)))
-                .is_err()
-        {
+        if chunks.client_left || !chunks.send_chunk() {
             return None;
         }
         Some(CaughtUp {
@@ -361,6 +352,44 @@ async fn catch_up(
     .await
     .ok()
     .flatten()
+}
+
+/// Sends what a catch-up reads to the client in chunks of lines: lines rendered together
+/// go as they are (no copy), single lines (from segments of the first format) are gathered.
+struct Chunks {
+    chunk: Vec<u8>,
+    out: mpsc::Sender<Followed>,
+    client_left: bool,
+}
+
+impl Chunks {
+    /// Sends the lines gathered so far, if any; false if the client left.
+    fn send_chunk(&mut self) -> bool {
+        if !self.chunk.is_empty() {
+            let lines = Bytes::from(std::mem::take(&mut self.chunk));
+            self.client_left |= self.out.blocking_send(Followed::Lines(lines)).is_err();
+        }
+        !self.client_left
+    }
+}
+
+impl EventLines for &mut Chunks {
+    fn line(&mut self, line: &[u8]) -> bool {
+        self.chunk.extend_from_slice(line);
+        self.chunk.push(b'\n');
+        self.chunk.len() < CATCH_UP_CHUNK || self.send_chunk()
+    }
+
+    fn lines(&mut self, lines: Vec<u8>) -> bool {
+        if !self.send_chunk() {
+            return false;
+        }
+        self.client_left |= self
+            .out
+            .blocking_send(Followed::Lines(Bytes::from(lines)))
+            .is_err();
+        !self.client_left
+    }
 }
 
 #[cfg(test)]

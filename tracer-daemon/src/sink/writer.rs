@@ -253,7 +253,7 @@ mod tests {
 
     fn read_back(dir: &std::path::Path) -> Vec<serde_json::Value> {
         let mut lines = Vec::new();
-        read_events(dir, &EventFilter::default(), |line| {
+        read_events(dir, &EventFilter::default(), |line: &[u8]| {
             lines.push(serde_json::from_slice(line).unwrap());
             true
         })

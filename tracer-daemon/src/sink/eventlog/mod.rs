@@ -20,7 +20,8 @@ use std::{
 
 use self::segment::SegmentReader;
 pub use self::{append::EventLogWriter, repair::finish_all as finish_unfinished_segments};
-use super::event_filter::EventFilter;
+use super::{event_filter::EventFilter, event_json::LineWriter, render::LineRenderer};
+use crate::record::batch::RecordBatch;
 
 mod append;
 mod ndjson;
@@ -147,12 +148,33 @@ fn open_segment(dir: &Path, listed: SegmentFile) -> io::Result<Option<(SegmentFi
     }
 }
 
-/// Reads a session's events in order, calling `each` with every line (without its newline)
-/// that passes `filter`, until `each` returns false.
+/// Where the events a read returns go, as JSON lines.
+pub trait EventLines {
+    /// One line (without its newline); false stops the read.
+    fn line(&mut self, line: &[u8]) -> bool;
+    /// Lines rendered together, each ending in a newline; false stops the read.
+    fn lines(&mut self, lines: Vec<u8>) -> bool;
+}
+
+/// A closure takes each line.
+impl<F: FnMut(&[u8]) -> bool> EventLines for F {
+    fn line(&mut self, line: &[u8]) -> bool {
+        self(line)
+    }
+
+    fn lines(&mut self, lines: Vec<u8>) -> bool {
+        lines
+            .split_inclusive(|&b| b == b'\n')
+            .all(|line| self(&line[..line.len() - 1]))
+    }
+}
+
+/// Reads a session's events in order, handing every line that passes `filter` to `each`
+/// until it says stop.
 pub fn read_events(
     dir: &Path,
     filter: &EventFilter,
-    mut each: impl FnMut(&[u8]) -> bool,
+    mut each: impl EventLines,
 ) -> io::Result<ReadPosition> {
     let after = filter.after_seq.unwrap_or(0);
     let mut position = ReadPosition {
@@ -178,7 +200,7 @@ pub fn read_events(
                 let go_on = ndjson::read_file_lines(file, |line| {
                     let wanted = seq > after;
                     seq += 1;
-                    !wanted || !filter.accepts(line) || each(line)
+                    !wanted || !filter.accepts(line) || each.line(line)
                 })?;
                 (go_on, seq)
             }
@@ -192,36 +214,71 @@ pub fn read_events(
 }
 
 /// Reads the events of a records segment whose first is `first_seq`, rendering those after
-/// `filter.after_seq` that pass it. Returns whether to go on, and the seq after the last
-/// event read.
+/// `filter.after_seq` that pass it, a batch at a time. Returns whether to go on, and the seq
+/// after the last event read.
 fn read_records(
     file: File,
     first_seq: u64,
     filter: &EventFilter,
-    each: &mut impl FnMut(&[u8]) -> bool,
+    each: &mut impl EventLines,
 ) -> io::Result<(bool, u64)> {
     let after = filter.after_seq.unwrap_or(0);
     let Some(mut reader) = SegmentReader::open(file)? else {
         return Ok((true, first_seq));
     };
-    let mut seq = first_seq;
-    let mut line = Vec::with_capacity(1024);
     let mut writer = reader.renderer().line_writer();
+    let mut seq = first_seq;
     // Batches wholly at or before `after` are not decompressed.
     while let Some((count, batch)) = reader.next_batch(|count| seq + u64::from(count) <= after)? {
-        let renderer = reader.renderer();
-        for (at, (record, data)) in (seq..).zip(batch.iter()) {
-            if at > after && renderer.accepts(filter, &record) {
-                line.clear();
-                renderer.write(&mut writer, &record, data, at, &mut line);
-                if !each(&line[..line.len() - 1]) {
-                    return Ok((false, at + 1));
-                }
-            }
-        }
+        let first = seq;
         seq += u64::from(count);
+        if batch.is_empty() {
+            continue;
+        }
+        let rendered = render(reader.renderer(), &mut writer, &batch, first, after, filter);
+        if let Some(stop) = emit(rendered, each) {
+            return Ok((false, stop));
+        }
     }
     Ok((true, seq))
+}
+
+/// Rendered lines (each ending in `\n`), and the seq of the last.
+#[derive(Default)]
+struct Rendered {
+    lines: Vec<u8>,
+    last_seq: u64,
+}
+
+/// Renders the events of `batch` (its first the session's `first`-th) after `after` that
+/// pass `filter`.
+fn render(
+    renderer: &LineRenderer,
+    writer: &mut LineWriter,
+    batch: &RecordBatch,
+    first: u64,
+    after: u64,
+    filter: &EventFilter,
+) -> Rendered {
+    let mut rendered = Rendered {
+        lines: Vec::with_capacity(batch.len() * 400),
+        last_seq: 0,
+    };
+    for (seq, (record, data)) in (first..).zip(batch.iter()) {
+        if seq > after && renderer.accepts(filter, &record) {
+            renderer.write(writer, &record, data, seq, &mut rendered.lines);
+            rendered.last_seq = seq;
+        }
+    }
+    rendered
+}
+
+/// Hands rendered lines to `each`; if it says stop, the seq after the last of them.
+fn emit(rendered: Rendered, each: &mut impl EventLines) -> Option<u64> {
+    if rendered.lines.is_empty() || each.lines(rendered.lines) {
+        return None;
+    }
+    Some(rendered.last_seq + 1)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ fn batch(events: &[(u64, Sysno)]) -> RecordBatch {
 
 fn all(dir: &Path, filter: &EventFilter) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
-    read_events(dir, filter, |line| {
+    read_events(dir, filter, |line: &[u8]| {
         lines.push(serde_json::from_slice(line).unwrap());
         true
     })
@@ -237,7 +237,7 @@ fn events_are_numbered_across_runs_and_read_from_a_seq_with_gaps_reported() {
             ..EventFilter::default()
         };
         let mut seqs = Vec::new();
-        let position = read_events(&dir, &filter, |line| {
+        let position = read_events(&dir, &filter, |line: &[u8]| {
             let line: serde_json::Value = serde_json::from_slice(line).unwrap();
             seqs.push(line["seq"].as_u64().unwrap());
             true
@@ -367,4 +367,56 @@ fn old_lines_are_filtered_by_their_fields() {
     assert!(!filter.accepts(event(8, "nginx", -2).as_bytes()));
     assert!(!filter.accepts(event(7, "bash", -2).as_bytes()));
     assert!(!filter.accepts(event(7, "nginx", 3).as_bytes()));
+}
+
+#[test]
+fn many_batches_read_back_in_order_filtered_resumed_and_stopped_early() {
+    let dir = temp_dir("many");
+    let mut writer = open(&dir, 1 << 30);
+    // An odd number of batches: the last one is the helper's.
+    for batch_index in 0..41u64 {
+        let events: Vec<(u64, Sysno)> = (0..7)
+            .map(|i| {
+                let ts = batch_index * 7 + i;
+                (
+                    ts,
+                    if ts % 3 == 0 {
+                        Sysno::read
+                    } else {
+                        Sysno::write
+                    },
+                )
+            })
+            .collect();
+        writer.append(&batch(&events)).unwrap();
+    }
+    let seqs = |filter: &EventFilter| -> Vec<u64> {
+        all(&dir, filter)
+            .iter()
+            .map(|line| line["seq"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(seqs(&EventFilter::default()), (1..=287).collect::<Vec<_>>());
+    let reads = EventFilter {
+        syscalls: Some(vec!["read".into()]),
+        ..EventFilter::default()
+    };
+    let expected: Vec<u64> = (1..=287).filter(|seq| (seq - 1) % 3 == 0).collect();
+    assert_eq!(seqs(&reads), expected);
+    let resumed = EventFilter {
+        after_seq: Some(100),
+        ..EventFilter::default()
+    };
+    assert_eq!(seqs(&resumed), (101..=287).collect::<Vec<_>>());
+    // A reader that stops at its 50th line.
+    let mut taken = 0;
+    let position = read_events(&dir, &EventFilter::default(), |_: &[u8]| {
+        taken += 1;
+        taken < 50
+    })
+    .unwrap();
+    // Reading stops there; where it says it got to is the end of the batch that line was in.
+    assert_eq!(taken, 50);
+    assert_eq!(position.next_seq, 57);
+    fs::remove_dir_all(&dir).unwrap();
 }
