@@ -66,10 +66,10 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Size of each of the kernel's record ring buffers (one per CPU) in bytes: a power of
-    /// two, at least a page. 8 MiB holds about 65,000 records.
-    #[arg(long, env = "TRACERD_RING_BYTES", default_value_t = tracer_common::DEFAULT_RING_BYTES,
-          value_parser = parse_ring_bytes)]
-    pub ring_bytes: u32,
+    /// two, at least a page (8 MiB holds about 65,000 records). Default: 64 MiB shared out
+    /// among the CPUs, from 8 to 32 MiB each.
+    #[arg(long, env = "TRACERD_RING_BYTES", value_parser = parse_ring_bytes)]
+    pub ring_bytes: Option<u32>,
 
     /// Records a CPU writes before it wakes the reader (default: an eighth of the ring's
     /// worth; 0 lets the kernel wake it up to once per record). Records in between wait at
@@ -297,6 +297,6 @@ mod tests {
         let err = Config::try_parse_from(["tracerd", "--ring-bytes", "5000"]).unwrap_err();
         assert!(err.to_string().contains("power of two"), "{err}");
         let config = Config::try_parse_from(["tracerd", "--ring-bytes", "65536"]).unwrap();
-        assert_eq!(config.ring_bytes, 65536);
+        assert_eq!(config.ring_bytes, Some(65536));
     }
 }

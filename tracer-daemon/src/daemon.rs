@@ -374,7 +374,9 @@ fn manager_options(config: &Config, data_dir: &DataDir) -> anyhow::Result<Manage
 fn start_engine(config: &Config, pin_counters: Option<PathBuf>) -> anyhow::Result<Engine> {
     let engine = Engine::start(&EngineOptions {
         ebpf: EbpfOptions {
-            ring_bytes: config.ring_bytes,
+            ring_bytes: config
+                .ring_bytes
+                .unwrap_or_else(crate::backend::ebpf::auto_ring_bytes),
             wakeup_every: config.ring_wakeup_every,
             per_cpu_rings: !config.shared_ring,
             cgroup_cache: true,

@@ -21,8 +21,20 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// capacity in records at once.
 pub struct EventReceiver {
     receiver: mpsc::UnboundedReceiver<RecordBatch>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
 }
+
+/// What a session's channel holds now.
+#[derive(Debug, Default)]
+struct Queued {
+    records: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// What a session's channel holds at most, in bytes of records, whatever its capacity in
+/// records: 64 MiB is about 560,000 plain records, a sixth of a second of the fastest
+/// syscall loop, for a writer that stalls (page-cache writeback, a busy core).
+pub const QUEUE_BYTES: usize = 64 << 20;
 
 impl EventReceiver {
     pub async fn recv(&mut self) -> Option<RecordBatch> {
@@ -43,7 +55,12 @@ impl EventReceiver {
     }
 
     fn taken(&self, batch: RecordBatch) -> RecordBatch {
-        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        self.queued
+            .records
+            .fetch_sub(batch.len(), Ordering::Relaxed);
+        self.queued
+            .bytes
+            .fetch_sub(batch.packed().len(), Ordering::Relaxed);
         batch
     }
 }
@@ -113,22 +130,23 @@ impl DeliveryCounters {
     }
 }
 
-/// Where a session's records go: its channel (bounded in records, not batches: a batch
-/// holds whatever one read of a buffer found), and its delivery counters.
+/// Where a session's records go: its channel (bounded in records and in bytes, not in
+/// batches: a batch holds whatever one read of a buffer found), and its delivery counters.
 #[derive(Clone)]
 pub struct Route {
     sender: mpsc::UnboundedSender<RecordBatch>,
-    /// Records sent and not yet received.
-    queued: Arc<AtomicUsize>,
+    /// Records and bytes sent and not yet received.
+    queued: Arc<Queued>,
     capacity: usize,
     counters: Arc<DeliveryCounters>,
 }
 
 impl Route {
-    /// A route holding up to `capacity` records (at least 1), and its receiving end.
+    /// A route holding up to `capacity` records (at least 1) and [`QUEUE_BYTES`], and its
+    /// receiving end.
     pub fn new(capacity: usize, counters: Arc<DeliveryCounters>) -> (Self, EventReceiver) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(Queued::default());
         let route = Self {
             sender,
             queued: queued.clone(),
@@ -146,28 +164,40 @@ impl Route {
             return;
         }
         // Room is taken before it is checked, so concurrent senders never overfill it.
-        let queued = self.queued.fetch_add(records, Ordering::Relaxed);
-        let over = (queued + records)
-            .saturating_sub(self.capacity)
-            .min(records);
-        if over > 0 {
-            self.queued.fetch_sub(over, Ordering::Relaxed);
+        let bytes = batch.packed().len();
+        let queued_records = self.queued.records.fetch_add(records, Ordering::Relaxed);
+        let queued_bytes = self.queued.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let room = self.capacity.saturating_sub(queued_records);
+        let byte_room = QUEUE_BYTES.saturating_sub(queued_bytes);
+        let fits = if bytes <= byte_room {
+            records.min(room)
+        } else {
+            batch.records_within(byte_room).min(room)
+        };
+        if fits < records {
+            batch = batch.split_to(fits);
+            self.queued
+                .records
+                .fetch_sub(records - fits, Ordering::Relaxed);
+            self.queued
+                .bytes
+                .fetch_sub(bytes - batch.packed().len(), Ordering::Relaxed);
             self.counters
                 .dropped
-                .fetch_add(over as u64, Ordering::Relaxed);
-            batch = batch.split_to(records - over);
+                .fetch_add((records - fits) as u64, Ordering::Relaxed);
         }
-        let fits = batch.len();
         if fits == 0 {
             return;
         }
+        let sent_bytes = batch.packed().len();
         if self.sender.send(batch).is_ok() {
             self.counters
                 .delivered
                 .fetch_add(fits as u64, Ordering::Relaxed);
         } else {
             // The consumer is gone (its run ended): nothing will take these.
-            self.queued.fetch_sub(fits, Ordering::Relaxed);
+            self.queued.records.fetch_sub(fits, Ordering::Relaxed);
+            self.queued.bytes.fetch_sub(sent_bytes, Ordering::Relaxed);
             self.counters
                 .dropped
                 .fetch_add(fits as u64, Ordering::Relaxed);

@@ -23,7 +23,8 @@ pub struct EngineOptions {
     pub use_ebpf: bool,
     /// Default ring-buffer size per CPU of an ftrace session's instance.
     pub ftrace_buffer_kb: u32,
-    /// Default capacity of each session's channel, in records.
+    /// Default capacity of each session's channel, in records (it holds at most
+    /// [`delivery::QUEUE_BYTES`] as well).
     pub session_queue: usize,
 }
 
@@ -33,7 +34,7 @@ impl Default for EngineOptions {
             ebpf: EbpfOptions::default(),
             use_ebpf: true,
             ftrace_buffer_kb: ftrace::DEFAULT_BUFFER_KB,
-            session_queue: 65536,
+            session_queue: 1 << 20,
         }
     }
 }

@@ -66,6 +66,15 @@ impl RecordBatch {
         }
     }
 
+    /// How many records from the front fit in `bytes`.
+    pub fn records_within(&self, bytes: usize) -> usize {
+        self.iter_offsets()
+            .skip(1)
+            .chain(std::iter::once(self.bytes.len()))
+            .take_while(|&end| end <= bytes)
+            .count()
+    }
+
     /// The cgroup of each record, read in place.
     pub fn cgroup_ids(&self) -> impl Iterator<Item = u64> + '_ {
         const AT: usize = std::mem::offset_of!(SyscallRecord, cgroup_id);
@@ -291,6 +300,10 @@ mod tests {
             .collect();
         assert_eq!(read, vec![(0, 0), (1, 24), (2, 0), (3, 24), (4, 0)]);
         assert_eq!(batch.cgroup_ids().collect::<Vec<_>>(), vec![7; 5]);
+        let first_two = 2 * SyscallRecord::SIZE + 24;
+        assert_eq!(batch.records_within(first_two), 2);
+        assert_eq!(batch.records_within(first_two - 1), 1);
+        assert_eq!(batch.records_within(usize::MAX), 5);
         let again = RecordBatch::from_packed(batch.packed().clone()).unwrap();
         assert_eq!(again, batch);
     }

@@ -45,13 +45,27 @@ pub struct EbpfOptions {
 impl Default for EbpfOptions {
     fn default() -> Self {
         Self {
-            ring_bytes: tracer_common::DEFAULT_RING_BYTES,
+            ring_bytes: auto_ring_bytes(),
             wakeup_every: None,
             per_cpu_rings: true,
             cgroup_cache: true,
             pin_counters: None,
         }
     }
+}
+
+/// The default size of each CPU's ring: 64 MiB of kernel memory shared out among the rings,
+/// from 8 to 32 MiB each (a power of two). A ring is what absorbs a drain that falls behind
+/// for a moment: 8 MiB (about 65,000 records) is 20 ms of the fastest syscall loop, and on a
+/// 2-core machine, where the drain shares a core with the writer, that was missed by a few
+/// thousand records now and then (`tests/tests/pipeline.rs`); larger machines have more
+/// cores to drain with.
+pub fn auto_ring_bytes() -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |cpus| cpus.max(1));
+    let share = ((64usize << 20) / cpus).max(1);
+    // The largest power of two not above the share.
+    let power = 1usize << (usize::BITS - 1 - share.leading_zeros());
+    power.clamp(8 << 20, 32 << 20) as u32
 }
 
 /// The default wake-up batch for a ring of `ring_bytes`: an eighth of the ring's worth of the

@@ -45,7 +45,7 @@ use self::{
     load_error::{check_kernel_release, classify},
 };
 pub use self::{
-    load::{auto_wakeup_every, EbpfOptions, PROGRAM_NAMES},
+    load::{auto_ring_bytes, auto_wakeup_every, EbpfOptions, PROGRAM_NAMES},
     load_error::LoadError,
     map_error::MapUpdateError,
     ring::RecordRing,
