@@ -8,6 +8,7 @@
 use uuid::Uuid;
 
 use crate::record::{
+    clock::rfc3339,
     decode::{self, Limits},
     syscalls::syscall_name,
     ContainerMeta, Event, WallClock,
@@ -140,22 +141,14 @@ impl LineWriter {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` of a Unix second (UTC), if it is a year from 0 to 9999.
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix second (UTC): the front of its RFC 3339 form, made once
+/// per second; `None` unless the year has four digits.
 fn date_time(second: i64) -> Option<[u8; 19]> {
     let at = time::OffsetDateTime::from_unix_timestamp(second).ok()?;
     if !(0..=9999).contains(&at.year()) {
         return None;
     }
-    let text = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second()
-    );
-    text.as_bytes().try_into().ok()
+    rfc3339(at).as_bytes().get(..19)?.try_into().ok()
 }
 
 fn integer(out: &mut Vec<u8>, value: impl itoa::Integer) {

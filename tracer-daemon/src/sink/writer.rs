@@ -116,10 +116,11 @@ impl RunWriter {
                 continue;
             };
             if count > 0 {
+                let renderer = self.log.renderer();
                 if let Some(export) = &self.export {
                     export.push(SpanBatch {
                         records: batch.clone(),
-                        containers: self.log.renderer().containers,
+                        containers: renderer.containers.clone(),
                         clock: self.clock,
                     });
                 }
@@ -127,7 +128,7 @@ impl RunWriter {
                     first_seq,
                     last_seq: first_seq + count - 1,
                     records: batch,
-                    renderer: self.log.renderer(),
+                    renderer,
                 });
             }
             written += count;
