@@ -201,6 +201,21 @@ fn a_session_chooses_its_collector_or_none() {
     let (status, _) = daemon.call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
     assert_eq!(status, 200);
 
+    // gRPC with gzip and a header: the request encoded by tracerd, compressed by tonic.
+    let (grpc, _) = run_paused(&cgroup, &["getpid", "50"], || {
+        daemon.create_and_start(
+            &json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getpid"],
+                   "export": {"otlp": {"endpoint": collector.grpc_endpoint(),
+                                       "compression": "gzip", "headers": {"x-team": "blue"}}}}),
+        )
+    });
+    daemon.wait_for_session(&grpc, None, "50 spans over gRPC", |s| {
+        s["counters"]["exported"] == 50
+    });
+    assert_eq!(wait_for_spans(&collector, &grpc, 50).len(), 50);
+    let (status, _) = daemon.call("POST", &format!("/v1/sessions/{grpc}/stop"), None, None);
+    assert_eq!(status, 200);
+
     // Export off: events are recorded, nothing is sent.
     let (off, _) = run_paused(&cgroup, &["getpid", "40"], || {
         daemon.create_and_start(

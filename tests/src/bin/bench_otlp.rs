@@ -2,11 +2,12 @@
 //! (rotel, receiving and discarding), and nanoseconds per span of building and encoding, with
 //! tracerd's process pinned to one core (the collector runs on the other).
 //!
-//! Two paths side by side, through the same `opentelemetry-otlp` gRPC exporter:
-//! - **tracerd's**: records → `SpanData` (built directly) → batches of 2,048 → exporter, as
-//!   a session's export does (its sink and sender, memory queue only);
-//! - **the SDK's**: the same records as SDK spans (`Tracer::build`, `end_with_timestamp`)
-//!   through the SDK's `BatchSpanProcessor` (queue 65,536, batches of 2,048, 200 ms).
+//! Two paths side by side:
+//! - **tracerd's**: records → OTLP request encoded straight from them (batches of 2,048) →
+//!   gRPC or HTTP, as a session's export does (its sink and sender, memory queue only);
+//! - **the SDK's**: the same spans (name, times, status, attributes) as SDK spans
+//!   (`Tracer::build`, `end_with_timestamp`) through the SDK's `BatchSpanProcessor` (queue
+//!   65,536, batches of 2,048, 200 ms) and `opentelemetry-otlp`'s gRPC exporter.
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -15,14 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry::trace::{Span as _, SpanBuilder, Tracer as _, TracerProvider as _};
+use opentelemetry::{
+    trace::{Span as _, SpanBuilder, Status, Tracer as _, TracerProvider as _},
+    KeyValue,
+};
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_proto::{
-    tonic::collector::trace::v1::ExportTraceServiceRequest,
-    transform::{
-        common::tonic::ResourceAttributesWithSchema,
-        trace::tonic::group_spans_by_resource_and_scope,
-    },
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value, trace::v1::Span,
 };
 use opentelemetry_sdk::{
     error::OTelSdkResult,
@@ -37,7 +37,7 @@ use tracer_daemon::{
     sink::export::{
         resource,
         span::{SessionInfo, SpanMaker},
-        Export, ExportOptions, OtlpConfig, Protocol, SpanBatch, SpanInput,
+        Export, ExportOptions, OtlpConfig, Protocol, SpanBatch,
     },
 };
 use tracer_tests::{
@@ -70,24 +70,23 @@ fn main() {
         "bench otlp on {machine}; collector on {}",
         collector.grpc_endpoint()
     );
+    // Arguments decode as in the daemon, with the kernel's signatures.
+    let signatures = tracer_daemon::record::signatures::load_once(|| {
+        tracer_daemon::backend::ftrace::tracefs_root().ok()
+    });
+    assert!(!signatures.is_empty(), "no syscall signatures from tracefs");
     let batches = batches(SPANS);
-    let inputs = inputs(&batches);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
 
-    let mut build_ns = Vec::new();
-    let mut encode_ns = Vec::new();
-    for _ in 0..RUNS {
-        let (build, encode) = build_and_encode(&inputs[..ENCODE_SPANS]);
-        build_ns.push(build);
-        encode_ns.push(encode);
-    }
-    let build_ns = median(&mut build_ns);
+    let mut encode_ns: Vec<f64> = (0..RUNS)
+        .map(|_| encode(&batches[..ENCODE_SPANS / 4096]))
+        .collect();
     let encode_ns = median(&mut encode_ns);
-    println!("build SpanData: {build_ns:.0} ns/span; encode OTLP protobuf: {encode_ns:.0} ns/span");
+    println!("encode the OTLP request from records: {encode_ns:.0} ns/span");
 
     let config = |protocol| OtlpConfig {
         endpoint: match protocol {
@@ -104,16 +103,18 @@ fn main() {
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
         let mut runs = Vec::new();
         for _ in 0..RUNS {
-            let result = runtime.block_on(tracerd_path(&config(protocol), &batches));
+            let result =
+                runtime.block_on(tracerd_path(&config(protocol), &batches, collector.pid()));
             println!("tracerd's path, {}: {result}", protocol.as_str());
             runs.push(result);
         }
         ours.push(json!({"protocol": protocol.as_str(), "runs": runs}));
     }
     let config = config(Protocol::Grpc);
+    let spans = decoded_spans(&batches);
     let mut sdk = Vec::new();
     for _ in 0..RUNS {
-        let result = sdk_path(&runtime, &config, &inputs);
+        let result = sdk_path(&runtime, &config, &spans);
         println!("SDK batch processor: {result}");
         sdk.push(result);
     }
@@ -121,7 +122,6 @@ fn main() {
         "machine": machine,
         "spans_per_run": SPANS,
         "runs": RUNS,
-        "build_ns_per_span": build_ns,
         "encode_ns_per_span": encode_ns,
         "tracerd_path": ours,
         "sdk_path": sdk,
@@ -188,11 +188,6 @@ fn batches(count: usize) -> Vec<SpanBatch> {
     batches
 }
 
-/// The same records, one span input each.
-fn inputs(batches: &[SpanBatch]) -> Vec<SpanInput> {
-    batches.iter().flat_map(SpanBatch::inputs).collect()
-}
-
 fn session() -> SessionInfo {
     SessionInfo {
         id: uuid::Uuid::new_v4(),
@@ -203,33 +198,51 @@ fn session() -> SessionInfo {
     }
 }
 
-/// ns per span to build `SpanData`, and to encode batches of it as the OTLP request.
-fn build_and_encode(inputs: &[SpanInput]) -> (f64, f64) {
-    let mut maker = SpanMaker::new(&session());
-    let started = Instant::now();
-    let spans: Vec<SpanData> = inputs.iter().map(|input| maker.span(input)).collect();
-    let build = started.elapsed().as_nanos() as f64 / inputs.len() as f64;
-    let resource = ResourceAttributesWithSchema::from(&resource());
-    let mut bytes = 0usize;
-    let started = Instant::now();
-    let mut spans = spans.into_iter();
-    loop {
-        let batch: Vec<SpanData> = spans.by_ref().take(BATCH).collect();
-        if batch.is_empty() {
-            break;
+/// Cuts batches into requests of `BATCH` spans, as the sender takes them.
+fn requests(batches: &[SpanBatch]) -> Vec<SpanBatch> {
+    let mut requests = Vec::new();
+    for batch in batches {
+        let mut batch = batch.clone();
+        while !batch.is_empty() {
+            requests.push(batch.split_to(BATCH.min(batch.len())));
         }
-        let request = ExportTraceServiceRequest {
-            resource_spans: group_spans_by_resource_and_scope(batch, &resource),
-        };
-        bytes += request.encode_to_vec().len();
     }
-    let encode = started.elapsed().as_nanos() as f64 / inputs.len() as f64;
-    assert!(bytes > inputs.len() * 100, "{bytes} bytes encoded");
-    (build, encode)
+    requests
+}
+
+/// ns per span to encode records as OTLP requests of `BATCH` spans, as the sender does.
+fn encode(batches: &[SpanBatch]) -> f64 {
+    let mut maker = SpanMaker::new(&session(), &resource());
+    let requests = requests(batches);
+    let spans: usize = requests.iter().map(SpanBatch::len).sum();
+    let started = Instant::now();
+    let bytes: usize = requests
+        .iter()
+        .flat_map(|batch| maker.requests(std::slice::from_ref(batch)))
+        .map(|request| request.len())
+        .sum();
+    let encode = started.elapsed().as_nanos() as f64 / spans as f64;
+    assert!(bytes > spans * 100, "{bytes} bytes encoded");
+    encode
+}
+
+/// The spans tracerd makes of the records, decoded: what the SDK's path is given.
+fn decoded_spans(batches: &[SpanBatch]) -> Vec<Span> {
+    let mut maker = SpanMaker::new(&session(), &resource());
+    requests(batches)
+        .iter()
+        .flat_map(|batch| {
+            let requests = maker.requests(std::slice::from_ref(batch));
+            requests.into_iter().flat_map(|request| {
+                let mut request = ExportTraceServiceRequest::decode(request).expect("decodes");
+                std::mem::take(&mut request.resource_spans[0].scope_spans[0].spans)
+            })
+        })
+        .collect()
 }
 
 /// A session's export, fed as fast as it takes spans: spans/s until the collector acked all.
-async fn tracerd_path(config: &OtlpConfig, batches: &[SpanBatch]) -> Value {
+async fn tracerd_path(config: &OtlpConfig, batches: &[SpanBatch], collector: i32) -> Value {
     let spans: usize = batches.iter().map(SpanBatch::len).sum();
     let dir = output_dir().join("otlp-spool");
     let _ = std::fs::remove_dir_all(&dir);
@@ -248,6 +261,7 @@ async fn tracerd_path(config: &OtlpConfig, batches: &[SpanBatch]) -> Value {
     let sink = export.sink();
     let started = Instant::now();
     let cpu_before = cpu_time();
+    let collector_before = process_cpu_time(collector);
     for batch in batches {
         sink.push(batch.clone());
     }
@@ -260,6 +274,7 @@ async fn tracerd_path(config: &OtlpConfig, batches: &[SpanBatch]) -> Value {
     }
     let elapsed = started.elapsed();
     let cpu = cpu_time() - cpu_before;
+    let collector_cpu = process_cpu_time(collector) - collector_before;
     let spooled = export.counters().spooled.load(Ordering::Relaxed);
     export.finish().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -270,7 +285,19 @@ async fn tracerd_path(config: &OtlpConfig, batches: &[SpanBatch]) -> Value {
         "seconds": elapsed.as_secs_f64(),
         "spans_per_sec": spans as f64 / elapsed.as_secs_f64(),
         "cpu_ns_per_span": cpu.as_nanos() as f64 / spans as f64,
+        "collector_cpu_ns_per_span": collector_cpu.as_nanos() as f64 / spans as f64,
     })
+}
+
+/// CPU time another process has used (all its threads), from `/proc/<pid>/stat`.
+fn process_cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the collector's stat");
+    // Fields after the command (which may hold spaces): state is the 3rd, utime the 14th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
 }
 
 /// CPU time this process has used (all threads; they share the one core it is pinned to).
@@ -315,7 +342,7 @@ impl<E: SpanExporter> SpanExporter for Counting<E> {
 }
 
 /// The same records as SDK spans through the SDK's batch processor.
-fn sdk_path(runtime: &tokio::runtime::Runtime, config: &OtlpConfig, inputs: &[SpanInput]) -> Value {
+fn sdk_path(runtime: &tokio::runtime::Runtime, config: &OtlpConfig, inputs: &[Span]) -> Value {
     let exported = Arc::new(AtomicU64::new(0));
     let provider = runtime.block_on(async {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -341,19 +368,19 @@ fn sdk_path(runtime: &tokio::runtime::Runtime, config: &OtlpConfig, inputs: &[Sp
             .build()
     });
     let tracer = provider.tracer("tracerd");
-    let mut maker = SpanMaker::new(&session());
     let started = Instant::now();
     let cpu_before = cpu_time();
     for input in inputs {
-        // The same attributes and times, made by the same code.
-        let data = maker.span(input);
-        let builder = SpanBuilder::from_name(data.name)
-            .with_kind(data.span_kind)
-            .with_start_time(data.start_time)
-            .with_attributes(data.attributes);
+        // The same name, times, status and attributes as tracerd's spans, made from them
+        // (the copies an instrumented program would make of its own values).
+        let builder = SpanBuilder::from_name(input.name.clone())
+            .with_start_time(unix_time(input.start_time_unix_nano))
+            .with_attributes(input.attributes.iter().map(sdk_attribute));
         let mut span = tracer.build(builder);
-        span.set_status(data.status);
-        span.end_with_timestamp(data.end_time);
+        if let Some(status) = &input.status {
+            span.set_status(Status::error(status.message.clone()));
+        }
+        span.end_with_timestamp(unix_time(input.end_time_unix_nano));
     }
     provider.force_flush().expect("flushing the SDK");
     let elapsed = started.elapsed();
@@ -368,6 +395,47 @@ fn sdk_path(runtime: &tokio::runtime::Runtime, config: &OtlpConfig, inputs: &[Sp
         "spans_per_sec": exported as f64 / elapsed.as_secs_f64(),
         "cpu_ns_per_span": cpu.as_nanos() as f64 / inputs.len() as f64,
     })
+}
+
+fn unix_time(unix_ns: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_nanos(unix_ns)
+}
+
+/// An OTLP attribute as the SDK's.
+fn sdk_attribute(attribute: &opentelemetry_proto::tonic::common::v1::KeyValue) -> KeyValue {
+    use any_value::Value as Any;
+    use opentelemetry::{Array, Value as Sdk};
+    let value = match attribute
+        .value
+        .as_ref()
+        .and_then(|value| value.value.as_ref())
+    {
+        Some(Any::IntValue(number)) => Sdk::I64(*number),
+        Some(Any::StringValue(text)) => Sdk::String(text.clone().into()),
+        Some(Any::ArrayValue(array)) => {
+            let items = array.values.iter().filter_map(|item| item.value.as_ref());
+            match array.values.first().and_then(|item| item.value.as_ref()) {
+                Some(Any::IntValue(_)) => Sdk::Array(Array::I64(
+                    items
+                        .filter_map(|item| match item {
+                            Any::IntValue(number) => Some(*number),
+                            _ => None,
+                        })
+                        .collect(),
+                )),
+                _ => Sdk::Array(Array::String(
+                    items
+                        .filter_map(|item| match item {
+                            Any::StringValue(text) => Some(text.clone().into()),
+                            _ => None,
+                        })
+                        .collect(),
+                )),
+            }
+        }
+        other => panic!("tracerd makes no attribute like {other:?}"),
+    };
+    KeyValue::new(attribute.key.clone(), value)
 }
 
 fn median_of(results: &[Value], key: &str) -> f64 {
@@ -389,24 +457,24 @@ fn markdown(results: &Value) -> String {
         RUNS
     ));
     out.push_str(&format!(
-        "Per span, on one core: building its `SpanData` (name, times, status, 13–16 attributes) \
-         **{:.0} ns**; encoding it into the OTLP protobuf request (opentelemetry-proto's \
-         conversion and prost, batches of {BATCH}) **{:.0} ns**.\n\n",
-        results["build_ns_per_span"].as_f64().unwrap(),
+        "Per span, on one core: encoding it straight from its record into the OTLP protobuf \
+         request (name, times, status, 16–20 attributes with the decoded arguments and the \
+         strace line; requests of {BATCH}) **{:.0} ns**.\n\n",
         results["encode_ns_per_span"].as_f64().unwrap(),
     ));
     out.push_str(
-        "| path | spans/s to the collector (ack) | CPU per span | spans/s one core can export | exported of sent |\n\
-         |---|---|---|---|---|\n",
+        "| path | spans/s to the collector (ack) | CPU per span | spans/s one core can export | collector's CPU per span | exported of sent |\n\
+         |---|---|---|---|---|---|\n",
     );
     for path in results["tracerd_path"].as_array().unwrap() {
         let runs = path["runs"].as_array().unwrap();
         let cpu = median_of(runs, "cpu_ns_per_span");
         out.push_str(&format!(
-            "| tracerd's export, {} (SpanData → batches of {BATCH} → exporter) | **{:.0}** | {cpu:.0} ns | {:.0} | {} of {} |\n",
+            "| tracerd's export, {} (records → request of {BATCH} encoded → transport) | **{:.0}** | {cpu:.0} ns | **{:.0}** | {:.0} ns | {} of {} |\n",
             path["protocol"].as_str().unwrap(),
             median_of(runs, "spans_per_sec"),
             1e9 / cpu,
+            median_of(runs, "collector_cpu_ns_per_span"),
             runs[0]["exported"],
             runs[0]["spans"],
         ));
@@ -418,11 +486,15 @@ fn markdown(results: &Value) -> String {
         .unwrap_or(0);
     let cpu = median_of(sdk, "cpu_ns_per_span");
     out.push_str(&format!(
-        "| SDK spans through `BatchSpanProcessor`, grpc (queue 65,536) | {:.0} | {cpu:.0} ns | — | {} of {} (up to {dropped} dropped when its queue was full) |\n",
+        "| SDK spans through `BatchSpanProcessor`, grpc (queue 65,536) | {:.0} | {cpu:.0} ns | — | — | {} of {} (up to {dropped} dropped when its queue was full) |\n",
         median_of(sdk, "spans_per_sec"),
         sdk[0]["exported"],
         sdk[0]["spans"],
     ));
+    out.push_str(
+        "\nThe collector is the slower side when its CPU per span (on its own core) is above \
+         tracerd's: then *spans/s to the collector* is the collector's pace, not tracerd's.\n",
+    );
     out.push_str(
         "\nReproduce with `cargo xtask bench otlp` (root, for the rotel collector from `cargo xtask setup`). \
          Raw numbers: `target/bench/otlp.json`.\n",

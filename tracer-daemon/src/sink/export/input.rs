@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::{
-    record::{batch::RecordBatch, ContainerMeta, Event, WallClock},
+    record::{batch::RecordBatch, WallClock},
     sink::render::Containers,
 };
 
@@ -37,21 +37,4 @@ impl SpanBatch {
             clock: self.clock,
         }
     }
-
-    /// Each record as the input of its span.
-    pub fn inputs(&self) -> impl Iterator<Item = SpanInput> + '_ {
-        self.records.iter().map(|(record, data)| SpanInput {
-            container: self.containers.get(&record.cgroup_id).cloned(),
-            event: Event::new(&record, data),
-            clock: self.clock,
-        })
-    }
-}
-
-/// One delivered record on its way to becoming a span.
-#[derive(Clone, Debug)]
-pub struct SpanInput {
-    pub event: Event,
-    pub container: Option<Arc<ContainerMeta>>,
-    pub clock: WallClock,
 }

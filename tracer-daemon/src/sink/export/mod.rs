@@ -1,5 +1,5 @@
 //! OpenTelemetry export: every delivered record becomes a span (see [`span`]), batched by
-//! size and by time, sent through `opentelemetry-otlp` (gRPC or HTTP/protobuf), and never
+//! size and by time, sent as OTLP (gRPC or HTTP/protobuf, see [`transport`]), and never
 //! lost to a slow or absent collector: what cannot be sent now waits in the session's
 //! on-disk [`spool`] and is sent, in order, once the collector is back. The run's writer
 //! hands over whole batches of records ([`SpanBatch`]), in memory or into the spool, at no
@@ -13,14 +13,15 @@
 //! Order is kept by one rule: while the spool holds anything, new spans go behind it (and
 //! the memory queue is moved there first), so memory is always older than the spool. The
 //! batch being sent is older than both: it is retried until it goes, and if the run ends
-//! first it is put back at the spool's head. This path builds `SpanData` itself and calls
-//! the exporter directly, without the SDK's batch span processor (compared side by side in
-//! `cargo xtask bench otlp`).
+//! first it is put back at the spool's head. A batch's request is encoded once, straight
+//! from its records, without the SDK's spans or its batch span processor (compared side by
+//! side in `cargo xtask bench otlp`), and a retry sends the same bytes.
 pub mod config;
-mod exporter;
 mod input;
 pub mod span;
 pub mod spool;
+mod transport;
+mod wire;
 
 use std::{
     collections::VecDeque,
@@ -32,22 +33,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry_sdk::{
-    trace::{SpanData, SpanExporter as _},
-    Resource,
-};
+use bytes::Bytes;
+use opentelemetry_sdk::Resource;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::Notify, task::JoinHandle};
 use utoipa::ToSchema;
 
 pub use self::{
     config::{DaemonExport, ExportRequest, OtlpConfig, Protocol},
-    input::{SpanBatch, SpanInput},
+    input::SpanBatch,
 };
 use self::{
-    exporter::build_exporter,
     span::{SessionInfo, SpanMaker},
     spool::{Peeked, Spool},
+    transport::{Accepted, Transport},
 };
 use crate::sync::lock;
 
@@ -86,7 +85,8 @@ pub struct ExportCounters {
     pub exported: AtomicU64,
     /// Spans that went through the spool (written to disk to wait for the collector).
     pub spooled: AtomicU64,
-    /// Spans that will never be exported: the spool was full (or could not be written).
+    /// Spans that will never be exported: the spool was full (or could not be written), or
+    /// the collector took the request but rejected them.
     pub failed: AtomicU64,
 }
 
@@ -183,11 +183,10 @@ impl Export {
         spool_dir: &Path,
         options: ExportOptions,
     ) -> Result<Self, ExportError> {
-        let exporter =
-            build_exporter(config, resource).map_err(|message| ExportError::Exporter {
-                endpoint: config.endpoint.clone(),
-                message,
-            })?;
+        let transport = Transport::new(config).map_err(|message| ExportError::Exporter {
+            endpoint: config.endpoint.clone(),
+            message,
+        })?;
         let spool = Spool::open(spool_dir, options.spool_cap_bytes).map_err(|source| {
             ExportError::Spool {
                 path: spool_dir.display().to_string(),
@@ -212,7 +211,8 @@ impl Export {
             options,
             config: config.clone(),
         });
-        let task = tokio::spawn(send(shared.clone(), exporter, SpanMaker::new(session)));
+        let maker = SpanMaker::new(session, resource);
+        let task = tokio::spawn(send(shared.clone(), transport, maker));
         Ok(Self { shared, task })
     }
 
@@ -309,35 +309,45 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The sender: takes batches in order and sends each until it goes. The queue's spool is
 /// on disk, so every step that may touch it runs on the blocking pool.
-async fn send(
-    shared: Arc<Shared>,
-    exporter: opentelemetry_otlp::SpanExporter,
-    mut maker: SpanMaker,
-) {
+async fn send(shared: Arc<Shared>, transport: Transport, mut maker: SpanMaker) {
     let mut closing_since: Option<Instant> = None;
     while let Some(mut batch) = take_batch(&shared).await {
-        let inputs: Vec<SpanInput> = batch.inputs.iter().flat_map(SpanBatch::inputs).collect();
-        // Ids are assigned once, so a retried batch is the same spans.
-        let ids: Vec<_> = inputs.iter().map(|input| maker.assign(input)).collect();
+        // Encoded once (ids assigned then), so a retry sends the same spans; on the
+        // blocking pool, as a request of thousands of spans takes a millisecond or more.
+        let requests;
+        (requests, maker, batch) =
+            blocking(move || (maker.requests(&batch.inputs), maker, batch)).await;
+        // Requests the collector took (a retry goes on from the first it did not), and the
+        // spans it rejected in them.
+        let mut sent = 0;
+        let mut rejected_spans = 0;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let spans: Vec<SpanData> = inputs
-                .iter()
-                .zip(&ids)
-                .map(|(input, ids)| maker.build(input, ids))
-                .collect();
-            // The exporter has its own timeout; this one only guards against a hang.
-            let deadline = shared.config.timeout + Duration::from_secs(1);
-            let error = match tokio::time::timeout(deadline, exporter.export(spans)).await {
-                Ok(Ok(())) => None,
-                Ok(Err(err)) => Some(err.to_string()),
-                Err(_) => Some(format!("no answer in {deadline:?}")),
+            let mut failure = None;
+            while let Some(request) = requests.get(sent) {
+                match send_request(&shared, &transport, request.clone()).await {
+                    Ok(rejected) => {
+                        rejected_spans += rejected;
+                        sent += 1;
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            // A batch of several requests is settled as a whole: if the run ends while only
+            // some went, the whole batch waits for the next run (the collector may then see
+            // those twice; only spans of over 1.5 KiB on average make several requests).
+            let outcome = match failure {
+                None => Ok(rejected_spans),
+                Some(error) => Err(error),
             };
             let settled;
             (settled, batch, closing_since) = {
                 let shared = shared.clone();
                 blocking(move || {
-                    let settled = settle(&shared, &batch, error, &mut closing_since);
+                    let settled = settle(&shared, &batch, outcome, &mut closing_since);
                     (settled, batch, closing_since)
                 })
                 .await
@@ -353,6 +363,35 @@ async fn send(
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// Sends one request; `Ok` with the spans the collector rejected in it.
+async fn send_request(
+    shared: &Shared,
+    transport: &Transport,
+    request: Bytes,
+) -> Result<u64, String> {
+    // The transport has its own timeout; this one only guards against a hang.
+    let deadline = shared.config.timeout + Duration::from_secs(1);
+    match tokio::time::timeout(deadline, transport.send(request)).await {
+        Ok(Ok(accepted)) => Ok(rejected(shared, &accepted)),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(format!("no answer in {deadline:?}")),
+    }
+}
+
+/// The spans the collector took but refused for good (lost to export: said here, counted as
+/// failed by [`settle`]).
+fn rejected(shared: &Shared, accepted: &Accepted) -> u64 {
+    if accepted.rejected_spans > 0 {
+        tracing::warn!(
+        endpoint = %shared.config.endpoint,
+        rejected = accepted.rejected_spans,
+        message = %accepted.message,
+            "the collector rejected spans"
+        );
+    }
+    accepted.rejected_spans
 }
 
 /// Runs queue work that may read or write the spool on the blocking pool.
@@ -385,24 +424,16 @@ enum Settled {
 fn settle(
     shared: &Shared,
     batch: &Batch,
-    error: Option<String>,
+    outcome: Result<u64, String>,
     closing_since: &mut Option<Instant>,
 ) -> Settled {
     let mut queue = lock(&shared.queue);
-    let Some(error) = error else {
-        if let Some(peeked) = &batch.from_spool {
-            commit_spool(shared, &mut queue, peeked);
+    let error = match outcome {
+        Err(error) => error,
+        Ok(rejected) => {
+            sent(shared, &mut queue, batch, rejected);
+            return Settled::Sent;
         }
-        queue.in_flight = 0;
-        if queue.state != ExportState::SpoolFull || queue.spool.is_empty() {
-            queue.state = ExportState::Ok;
-        }
-        queue.last_error = None;
-        shared
-            .counters
-            .exported
-            .fetch_add(batch.spans(), Ordering::Relaxed);
-        return Settled::Sent;
     };
     if queue.state == ExportState::Ok {
         tracing::warn!(endpoint = %shared.config.endpoint, %error, "the collector did not take a batch; retrying, spans wait in the spool");
@@ -419,6 +450,25 @@ fn settle(
         }
     }
     Settled::Retry
+}
+
+/// A batch went: the spool moves past it, and its spans count as exported (or as failed,
+/// those the collector rejected).
+fn sent(shared: &Shared, queue: &mut Queue, batch: &Batch, rejected: u64) {
+    if let Some(peeked) = &batch.from_spool {
+        commit_spool(shared, queue, peeked);
+    }
+    queue.in_flight = 0;
+    if queue.state != ExportState::SpoolFull || queue.spool.is_empty() {
+        queue.state = ExportState::Ok;
+    }
+    queue.last_error = None;
+    let rejected = rejected.min(batch.spans());
+    let counters = &shared.counters;
+    counters
+        .exported
+        .fetch_add(batch.spans() - rejected, Ordering::Relaxed);
+    counters.failed.fetch_add(rejected, Ordering::Relaxed);
 }
 
 /// The run ended with the collector away: the unsent batch and the memory queue go to the

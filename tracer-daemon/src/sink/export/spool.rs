@@ -449,6 +449,11 @@ mod tests {
             .collect()
     }
 
+    fn container_of_first(batch: &SpanBatch) -> Arc<ContainerMeta> {
+        let (record, _) = batch.records.iter().next().unwrap();
+        batch.containers[&record.cgroup_id].clone()
+    }
+
     #[test]
     fn keeps_order_across_segments_prepends_and_reopening() {
         let dir = std::env::temp_dir().join(format!("tracerd-spool-test-{}", std::process::id()));
@@ -458,11 +463,11 @@ mod tests {
         assert_eq!(spool.append(&batches).unwrap(), 10);
         let head = spool.peek(4).unwrap();
         assert_eq!(nrs(&head.inputs), [10, 11, 12, 13]);
-        let first = head.inputs[0].inputs().next().unwrap();
-        let captured = crate::record::captured::Captured::parse(&first.event.data);
+        let (first, data) = head.inputs[0].records.iter().next().unwrap();
+        let captured = crate::record::captured::Captured::parse(data);
         assert_eq!(captured.strings[1].unwrap().bytes, b"/etc/hosts");
-        assert_eq!(first.clock.offset_ns(), 42);
-        assert!(first.container.is_none());
+        assert_eq!(head.inputs[0].clock.offset_ns(), 42);
+        assert!(!head.inputs[0].containers.contains_key(&first.cgroup_id));
         spool.commit(&head).unwrap();
         // An older batch goes back in front.
         spool.prepend(&[batch(1..3, true)]).unwrap();
@@ -472,8 +477,7 @@ mod tests {
         assert_eq!(spool.spans(), 8);
         let all = spool.peek(100).unwrap();
         assert_eq!(nrs(&all.inputs), [1, 2, 14, 15, 16, 17, 18, 19]);
-        let web = all.inputs[1].inputs().next().unwrap().container.unwrap();
-        assert_eq!(web.image, "nginx");
+        assert_eq!(container_of_first(&all.inputs[1]).image, "nginx");
         spool.commit(&all).unwrap();
         assert!(spool.is_empty());
         assert_eq!(spool.bytes(), 0);
@@ -555,8 +559,7 @@ mod tests {
         assert_eq!(nrs(&all.inputs), [2, 3]);
         let clocks: Vec<i128> = all.inputs.iter().map(|b| b.clock.offset_ns()).collect();
         assert_eq!(clocks, [5, 6], "a batch per run");
-        let web = all.inputs[0].inputs().next().unwrap().container.unwrap();
-        assert_eq!(web.name, "web");
+        assert_eq!(container_of_first(&all.inputs[0]).name, "web");
         assert!(!dir.join("cursor").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
