@@ -17,15 +17,10 @@ use super::{
     SlotCounters,
 };
 use crate::{
-    backend::delivery::{DrainStats, Route, FLUSH_INTERVAL},
+    backend::delivery::{DrainStats, Route, BATCH_BYTES, FLUSH_INTERVAL},
     record::{batch::BatchBuilder, monotonic_ns, TraceFilter},
     sync::lock,
 };
-
-/// A session's batch is delivered once it holds this many bytes of records, even in the
-/// middle of a drain pass: its writer starts on it sooner, and no batch comes near a
-/// session's queue capacity.
-const BATCH_BYTES: usize = 256 << 10;
 
 /// The loaded programs and maps, the slots, and the drain tasks.
 pub struct EbpfSessions {

@@ -23,7 +23,6 @@ mod tracefs;
 mod tracker;
 
 use std::{
-    collections::HashSet,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -32,6 +31,7 @@ use std::{
     thread::JoinHandle,
 };
 
+use rustc_hash::FxHashSet;
 use tracefs_parse::PageHeaderLayout;
 
 pub use self::tracefs::{root as tracefs_root, TracefsError, INSTANCE_PREFIX};
@@ -57,7 +57,7 @@ pub struct FtraceBackend {
     layout: PageHeaderLayout,
     decoder: Arc<Decoder>,
     /// Syscalls with argument data in user memory (which ftrace cannot read).
-    data_syscalls: Arc<HashSet<u32>>,
+    data_syscalls: Arc<FxHashSet<u32>>,
     joins: Arc<Joins>,
 }
 
@@ -410,9 +410,9 @@ fn id_ranges(set: &[u32]) -> String {
 
 /// Syscalls whose arguments point at data in user memory: those that take a path, and
 /// those the eBPF backend captures data for (from the kernel's signatures).
-fn data_syscalls(root: &std::path::Path) -> HashSet<u32> {
+fn data_syscalls(root: &std::path::Path) -> FxHashSet<u32> {
     let signatures = signatures::load_once(|| Some(root.to_owned()));
-    let mut syscalls = path_syscalls();
+    let mut syscalls: FxHashSet<u32> = path_syscalls().into_iter().collect();
     syscalls.extend(signatures.capture_plans().map(|(nr, _)| nr));
     syscalls
 }

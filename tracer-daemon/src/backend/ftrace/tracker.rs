@@ -80,7 +80,8 @@ pub struct Tracker {
     exited: ByThread<Exited>,
     filter: RecordFilter,
     /// Syscalls that take a path (ftrace records cannot carry the string).
-    data_syscalls: Arc<HashSet<u32>>,
+    /// Looked up for every record: a fast hash (the set is ours, not an attacker's).
+    data_syscalls: Arc<rustc_hash::FxHashSet<u32>>,
     /// Looks a thread up when the stream has not introduced it (it predates the session, or
     /// joined a target cgroup).
     lookup: Box<dyn Fn(u32) -> Option<TaskInfo> + Send>,
@@ -103,7 +104,7 @@ impl Tracker {
     /// `lookup` tells what is known of a thread the stream has not introduced.
     pub fn new(
         filter: RecordFilter,
-        data_syscalls: Arc<HashSet<u32>>,
+        data_syscalls: Arc<rustc_hash::FxHashSet<u32>>,
         lookup: Box<dyn Fn(u32) -> Option<TaskInfo> + Send>,
     ) -> Self {
         Self {
@@ -299,7 +300,7 @@ mod tests {
     fn tracker(filter: RecordFilter) -> Tracker {
         Tracker::new(
             filter,
-            Arc::new(HashSet::from([257])),
+            Arc::new(rustc_hash::FxHashSet::from_iter([257])),
             Box::new(|tid| {
                 Some(TaskInfo {
                     tgid: tid,
