@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod collector;
 pub mod daemon;
 pub mod docker;
+pub mod prometheus;
 pub mod workload;
 
 /// Fails the calling test unless it runs as root.

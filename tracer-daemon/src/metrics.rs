@@ -11,6 +11,7 @@ use prometheus_client::{
 use crate::{
     backend::Engine,
     session::{model::Status, store::StoreError, SessionManager},
+    sink::export::ExportState,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,6 +22,26 @@ struct StatusLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SessionLabel {
     session: String,
+}
+
+/// What a running session is, to join its id with: `tracerd_session_info` is always 1.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionInfoLabel {
+    session: String,
+    name: String,
+    tenant: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotRecordingLabel {
+    session: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabel {
+    backend: &'static str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +78,8 @@ pub async fn render(
     register_session_counters(&mut registry, manager).await;
     register_engine(&mut registry, engine).await;
     register_followers(&mut registry, manager);
+    register_session_states(&mut registry, manager).await?;
+    register_backends(&mut registry, engine);
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
@@ -220,5 +243,104 @@ fn register_followers(registry: &mut Registry, manager: &SessionManager) {
         "stream_lag_events",
         "Events recorded but not yet sent to a session's slowest follower",
         lag,
+    );
+}
+
+/// Running sessions' names, export queues and recording state.
+async fn register_session_states(
+    registry: &mut Registry,
+    manager: &SessionManager,
+) -> Result<(), MetricsError> {
+    let info = Family::<SessionInfoLabel, Gauge>::default();
+    for row in manager.store().with_status(Status::Running).await? {
+        info.get_or_create(&SessionInfoLabel {
+            session: row.id.to_string(),
+            name: row.name,
+            tenant: row.tenant,
+            backend: row.backend_in_use.unwrap_or_default(),
+        })
+        .set(1);
+    }
+    registry.register(
+        "session_info",
+        "A running session's name, tenant and backend (always 1)",
+        info,
+    );
+    let pending = Family::<SessionLabel, Gauge>::default();
+    let spool_bytes = Family::<SessionLabel, Gauge>::default();
+    let spool_full = Family::<SessionLabel, Gauge>::default();
+    let recording = Family::<SessionLabel, Gauge>::default();
+    let not_recording = Family::<NotRecordingLabel, Gauge>::default();
+    for (id, snapshot) in manager.running_snapshots() {
+        let label = SessionLabel {
+            session: id.to_string(),
+        };
+        recording
+            .get_or_create(&label)
+            .set(i64::from(snapshot.not_recording.is_none()));
+        if let Some(export) = &snapshot.export_status {
+            pending
+                .get_or_create(&label)
+                .set(export.pending_spans as i64);
+            spool_bytes
+                .get_or_create(&label)
+                .set(export.spool_bytes as i64);
+            spool_full
+                .get_or_create(&label)
+                .set(i64::from(export.state == ExportState::SpoolFull));
+        }
+        if let Some(why) = snapshot.not_recording {
+            not_recording
+                .get_or_create(&NotRecordingLabel {
+                    session: label.session,
+                    reason: why.reason,
+                })
+                .set(1);
+        }
+    }
+    registry.register(
+        "session_export_pending_spans",
+        "Spans of a running session waiting to be exported (memory, in flight and spool)",
+        pending,
+    );
+    registry.register(
+        "session_export_spool_bytes",
+        "Bytes of a running session's on-disk span spool",
+        spool_bytes,
+    );
+    registry.register(
+        "session_export_spool_full",
+        "1 while a running session's span spool is full (new spans are lost to export)",
+        spool_full,
+    );
+    registry.register(
+        "session_recording",
+        "1 while a running session records, 0 while it does not (see session_not_recording)",
+        recording,
+    );
+    registry.register(
+        "session_not_recording",
+        "1 while a running session does not record, by reason (disk_full, write_failed, \
+         resuming, runtime_unavailable)",
+        not_recording,
+    );
+    Ok(())
+}
+
+/// Whether sessions can run on each backend.
+fn register_backends(registry: &mut Registry, engine: &Engine) {
+    let available = Family::<BackendLabel, Gauge>::default();
+    for (backend, status) in [
+        ("ebpf", engine.ebpf_status()),
+        ("ftrace", engine.ftrace_status()),
+    ] {
+        available
+            .get_or_create(&BackendLabel { backend })
+            .set(i64::from(status.is_ok()));
+    }
+    registry.register(
+        "backend_available",
+        "1 when sessions can run on the backend (see /healthz for why not)",
+        available,
     );
 }

@@ -27,7 +27,7 @@ const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// dependencies do not meet rotel's and kubernetes-validate's.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// Debian packages: the Docker engine, and the test and benchmark tools.
-const DEBIAN_PACKAGES: [&str; 8] = [
+const DEBIAN_PACKAGES: [&str; 9] = [
     "docker.io",
     "busybox-static",
     "strace",
@@ -38,6 +38,8 @@ const DEBIAN_PACKAGES: [&str; 8] = [
     "tmux",
     // A client for the API's unix socket in the tests.
     "curl",
+    // The shipped scrape config, rules and dashboard queries are tested against it.
+    "prometheus",
 ];
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 

@@ -125,6 +125,14 @@ impl Context {
             .collect()
     }
 
+    /// Every running session's view, as last reported.
+    pub fn snapshots(&self) -> Vec<(Uuid, Snapshot)> {
+        lock(&self.reported)
+            .iter()
+            .map(|(id, snapshot)| (*id, snapshot.clone()))
+            .collect()
+    }
+
     /// Running sessions that are not recording, as last reported.
     pub fn not_recording(&self) -> Vec<(Uuid, super::model::NotRecording)> {
         lock(&self.reported)

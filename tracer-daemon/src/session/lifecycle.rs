@@ -311,6 +311,12 @@ impl SessionManager {
         self.ctx.not_recording()
     }
 
+    /// Every running session's view as its actor last reported it (export and recording
+    /// state), for metrics.
+    pub fn running_snapshots(&self) -> Vec<(Uuid, super::context::Snapshot)> {
+        self.ctx.snapshots()
+    }
+
     /// Counters of every running session now, for metrics.
     pub async fn running_counters(&self) -> Vec<(Uuid, Counters)> {
         let mut counters = Vec::new();
