@@ -80,11 +80,10 @@ fn dashboard_queries() -> Vec<(String, String)> {
     queries
 }
 
-#[test]
-fn every_dashboard_query_and_alert_has_data_from_a_real_prometheus() {
-    require_root();
-    // Daemon A records a full-speed loop on eBPF with rings too small for it (drops), and
-    // exports to a collector that is not there with no room to spool (spool full).
+/// Daemon A records on eBPF with rings too small for a full-speed loop (drops) and exports
+/// to a collector that is not there with no room to spool (spool full); daemon B cannot use
+/// eBPF.
+fn daemons() -> (Daemon, Daemon) {
     let a = Daemon::start(&[
         "--metrics-listen",
         "127.0.0.1:0",
@@ -97,8 +96,42 @@ fn every_dashboard_query_and_alert_has_data_from_a_real_prometheus() {
         "--spool-cap-bytes",
         "1",
     ]);
-    // Daemon B cannot use eBPF; and one node answers no scrape at all.
     let b = Daemon::start(&["--no-ebpf", "--metrics-listen", "127.0.0.1:0"]);
+    (a, b)
+}
+
+/// The rules Prometheus loaded, in the file's order.
+const ALERTS: [&str; 6] = [
+    "TracerdDown",
+    "TracerdSessionDroppingEvents",
+    "TracerdRingBuffersFull",
+    "TracerdExportSpoolFull",
+    "TracerdSpansNotExported",
+    "TracerdEbpfUnavailable",
+];
+
+/// Every dashboard query and every rule that returned no data within 30 s.
+fn queries_without_data(prometheus: &Prometheus, rules: &[Value]) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (title, query) in dashboard_queries() {
+        if let Err(err) = prometheus.wait_for_data(&query, Duration::from_secs(30)) {
+            missing.push(format!("panel {title:?}: {err}"));
+        }
+    }
+    for rule in rules {
+        let query = rule["query"].as_str().unwrap();
+        if let Err(err) = prometheus.wait_for_data(query, Duration::from_secs(30)) {
+            missing.push(format!("alert {}: {err}", rule["name"]));
+        }
+    }
+    missing
+}
+
+#[test]
+fn every_dashboard_query_and_alert_has_data_from_a_real_prometheus() {
+    require_root();
+    let (a, b) = daemons();
+    // And a node that answers no scrape at all.
     let down = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -125,35 +158,13 @@ fn every_dashboard_query_and_alert_has_data_from_a_real_prometheus() {
         .unwrap_or_else(|err| panic!("{err}\n{}", prometheus.log()));
     assert_eq!(up.len(), 1);
 
-    let mut missing = Vec::new();
-    for (title, query) in dashboard_queries() {
-        if let Err(err) = prometheus.wait_for_data(&query, Duration::from_secs(30)) {
-            missing.push(format!("panel {title:?}: {err}"));
-        }
-    }
     let rules = prometheus.rules();
     let names: Vec<&str> = rules
         .iter()
         .filter_map(|rule| rule["name"].as_str())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "TracerdDown",
-            "TracerdSessionDroppingEvents",
-            "TracerdRingBuffersFull",
-            "TracerdExportSpoolFull",
-            "TracerdSpansNotExported",
-            "TracerdEbpfUnavailable"
-        ],
-        "the rules Prometheus loaded"
-    );
-    for rule in &rules {
-        let query = rule["query"].as_str().unwrap();
-        if let Err(err) = prometheus.wait_for_data(query, Duration::from_secs(30)) {
-            missing.push(format!("alert {}: {err}", rule["name"]));
-        }
-    }
+    assert_eq!(names, ALERTS, "the rules Prometheus loaded");
+    let missing = queries_without_data(&prometheus, &rules);
     // Each alert fires for the node it is about.
     let firing = |name: &str| -> Vec<Value> {
         let rule = rules.iter().find(|rule| rule["name"] == name).unwrap();

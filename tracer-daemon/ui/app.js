@@ -501,6 +501,7 @@
     const commandField = $(root, '#launch-command-field');
     const picker = testId(root, 'container-picker');
     const pickerStatus = testId(root, 'containers-status');
+    const pickerLoad = testId(root, 'containers-load');
     const submit = testId(root, 'create-submit');
     const tbody = $(root, '#session-rows');
     const meta = $(root, '#list-meta');
@@ -508,6 +509,7 @@
 
     const rows = new Map(); // session id → row parts
     let containers = [];
+    let containersListed = false;
     let left = false;
     // Bumped by every change made here, so that a refresh that was already under way
     // (and did not see the change) does not undo it on screen.
@@ -530,6 +532,8 @@
     }
 
     async function loadContainers() {
+      const first = !containersListed;
+      containersListed = true;
       setText(pickerStatus, 'Loading running containers…');
       try {
         const data = await api('GET', '/v1/containers');
@@ -550,6 +554,10 @@
         const id = typeof c.id === 'string' ? c.id.slice(0, 12) : '?';
         picker.append(el('option', { value: index, text: `${c.name} — ${c.image} (${id})${traced}` }));
       });
+      picker.hidden = containers.length === 0;
+      pickerLoad.textContent = 'Reload';
+      pickerLoad.setAttribute('aria-label', 'Reload running containers');
+      if (first && !picker.hidden) picker.focus();
     }
 
     function buildRequest() {
@@ -618,7 +626,7 @@
         remove: button('delete', 'Delete', 'danger'),
         busy: false,
       };
-      row.tr = el('tr', { 'data-testid': 'session-row', 'data-session-id': id }, [
+      row.tr = el('tr', { 'data-testid': 'session-row', 'data-session-id': id, 'data-session-name': session.name }, [
         el('td', {}, row.link),
         el('td', {}, [row.status, row.note]),
         row.target, row.backend, row.matched, row.delivered, row.dropped, row.runs, row.created,
@@ -631,6 +639,7 @@
       row.session = session;
       const counters = session.counters || {};
       setText(row.link, session.name || session.id);
+      if (row.tr && row.tr.dataset.sessionName !== session.name) row.tr.dataset.sessionName = session.name || '';
       setText(row.status, session.status || '?');
       row.status.className = `status status-${session.status}`;
       setText(row.note, statusNote(session));
@@ -771,7 +780,7 @@
     });
     kind.addEventListener('change', applyKind);
     picker.addEventListener('change', fillFromPicker);
-    testId(root, 'containers-reload').addEventListener('click', loadContainers);
+    pickerLoad.addEventListener('click', loadContainers);
     tbody.addEventListener('click', (event) => {
       const button = event.target instanceof Element ? event.target.closest('button[data-action]') : null;
       const row = button ? rows.get(button.dataset.sessionId) : null;
@@ -781,11 +790,10 @@
     applyKind();
     tbody.append(emptyRow);
     const poll = poller(refresh, LIST_REFRESH_MS);
-    loadContainers();
     return {
       refresh() {
         poll.now();
-        loadContainers();
+        if (containersListed) loadContainers();
       },
       leave() {
         left = true;
@@ -1024,12 +1032,11 @@
         order.push(row.tr);
       }
       keepOrder(countBody, order);
-      const delivered = session && session.counters ? session.counters.delivered : null;
+      // Counted here from the stream (the API has no per-syscall counts): every event read
+      // from the session's log, from its first to #lastSeq, whatever the table's filters.
       let text = received
-        ? `${received} call${received === 1 ? '' : 's'} counted from the session's event log`
+        ? `${received} call${received === 1 ? '' : 's'} counted from the session's event log (events up to #${lastSeq}), live.`
         : 'No events yet.';
-      if (received && typeof delivered === 'number') text += ` (${delivered} recorded so far)`;
-      if (received) text += ', live.';
       if (evicted) text += ` ${evicted} evicted from the log before they could be read (not counted).`;
       setText(countsMeta, text);
     }
@@ -1145,7 +1152,21 @@
       ]);
     }
 
+    let refreshing = null; // the refresh under way, if any
+
     async function refresh() {
+      // Not while a start, stop or delete is under way: a read racing a delete would
+      // answer 404 (and the action's own answer is the newer state anyway).
+      if (busy) return;
+      refreshing = readSession();
+      try {
+        await refreshing;
+      } finally {
+        refreshing = null;
+      }
+    }
+
+    async function readSession() {
       let next;
       try {
         next = await api('GET', `/v1/sessions/${enc(id)}`);
@@ -1180,6 +1201,7 @@
       busy = true;
       render(session);
       try {
+        if (refreshing) await refreshing.catch(() => {});
         const next = await sessionAction(id, action);
         notify(`${PAST_TENSE[action]} session ${session.name}.`);
         if (left) return;
@@ -1285,8 +1307,23 @@
       report(event.reason);
     });
     window.addEventListener('hashchange', () => route(true));
-    route(false);
-    poller(refreshHealth, HEALTH_REFRESH_MS);
+    // /healthz says whether the daemon wants a token: ask for it before the first API call,
+    // rather than learn it from a 401 (which the browser would log as an error).
+    api('GET', '/healthz')
+      .then((health) => {
+        if (health && health.auth === 'token' && !getToken()) {
+          openTokenDialog('This daemon asks for a token.', true);
+        }
+      })
+      .catch(() => {
+        /* the health poll below shows the daemon unreachable */
+      })
+      .finally(() => {
+        route(false);
+        // /healthz needs no token: polled even while the token is asked for.
+        refreshHealth();
+        setInterval(refreshHealth, HEALTH_REFRESH_MS);
+      });
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);

@@ -23,11 +23,13 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const ROTEL_VERSION: &str = "0.0.1a15";
 /// Validates the Kubernetes manifests offline against the API's schemas.
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// Pinned: 4.53 wants a newer certifi than the package mirror here has; 4.40 installs.
+const SELENIUM_VERSION: &str = "4.40.0";
 /// Fuzzes the API against its OpenAPI document; in a virtualenv of its own, so its many
 /// dependencies do not meet rotel's and kubernetes-validate's.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// Debian packages: the Docker engine, and the test and benchmark tools.
-const DEBIAN_PACKAGES: [&str; 9] = [
+const DEBIAN_PACKAGES: [&str; 11] = [
     "docker.io",
     "busybox-static",
     "strace",
@@ -40,6 +42,9 @@ const DEBIAN_PACKAGES: [&str; 9] = [
     "curl",
     // The shipped scrape config, rules and dashboard queries are tested against it.
     "prometheus",
+    // The web page is tested in a real browser, driven through WebDriver.
+    "chromium",
+    "chromium-driver",
 ];
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
@@ -57,6 +62,7 @@ pub fn run() -> Result<()> {
     step("rotel collector", ensure_rotel)?;
     step("kubernetes-validate", ensure_kubernetes_validate)?;
     step("schemathesis", ensure_schemathesis)?;
+    step("selenium", ensure_selenium)?;
     println!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -250,6 +256,25 @@ fn ensure_rotel() -> Result<String> {
     pip_install(&format!("rotel=={ROTEL_VERSION}"))?;
     let agent = rotel_agent()?;
     Ok(format!("installed ({})", agent.display()))
+}
+
+/// Selenium drives the system Chromium through the system chromedriver (never downloading a
+/// driver: the browser test sets `SE_OFFLINE`).
+fn ensure_selenium() -> Result<String> {
+    let version = || {
+        cmd::output(
+            "python3",
+            &["-c", "import selenium; print(selenium.__version__)"],
+        )
+    };
+    if version().as_deref() == Some(SELENIUM_VERSION) {
+        return Ok(format!("present ({SELENIUM_VERSION})"));
+    }
+    pip_install(&format!("selenium=={SELENIUM_VERSION}"))?;
+    match version() {
+        Some(version) => Ok(format!("installed {version}")),
+        None => bail!("selenium does not import after pip installed it"),
+    }
 }
 
 fn ensure_kubernetes_validate() -> Result<String> {

@@ -113,6 +113,11 @@ impl Auth {
         Auth::Tokens(Arc::new(HashMap::from([(token, admin)])))
     }
 
+    /// Whether callers must send a token.
+    pub fn has_tokens(&self) -> bool {
+        matches!(self, Auth::Tokens(_))
+    }
+
     pub(super) fn principal(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
         match self {
             Auth::Open => Ok(Principal {

@@ -7,6 +7,7 @@ pub mod serve;
 mod sessions;
 mod stream;
 pub mod tls;
+mod ui;
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(sessions::router())
         .merge(stream::router())
+        .merge(ui::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus_for_admin))
@@ -138,6 +140,8 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
         },
         "program_ids": engine.program_ids(),
         "programs_attached": engine.programs_attached(),
+        // Whether API calls need a bearer token (the web page asks for one up front).
+        "auth": if state.auth.has_tokens() { "token" } else { "none" },
     }))
 }
 

@@ -1,0 +1,342 @@
+//! A run's sender: takes batches in order (memory, else the spool), encodes each once, and
+//! sends it until it goes; when the run ends with the collector away, what is left goes back
+//! to the spool's head for the next run.
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+
+use super::{
+    span::SpanMaker,
+    spool::Peeked,
+    transport::{Accepted, Transport},
+    ExportState, Queue, Shared, SpanBatch,
+};
+use crate::sync::lock;
+
+/// A batch taken for sending.
+struct Batch {
+    inputs: Vec<SpanBatch>,
+    /// Set when it came from the spool: committed there once sent.
+    from_spool: Option<Peeked>,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The sender: takes batches in order and sends each until it goes. The queue's spool is
+/// on disk, so every step that may touch it runs on the blocking pool.
+pub(super) async fn send(shared: Arc<Shared>, transport: Transport, mut maker: SpanMaker) {
+    let mut closing_since: Option<Instant> = None;
+    while let Some(mut batch) = take_batch(&shared).await {
+        // Encoded once (ids assigned then), so a retry sends the same spans; on the
+        // blocking pool, as a request of thousands of spans takes a millisecond or more.
+        let requests;
+        (requests, maker, batch) =
+            blocking(move || (maker.requests(&batch.inputs), maker, batch)).await;
+        // Requests the collector took (a retry goes on from the first it did not), and the
+        // spans it rejected in them.
+        let mut sent = 0;
+        let mut rejected_spans = 0;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let mut failure = None;
+            while let Some(request) = requests.get(sent) {
+                match send_request(&shared, &transport, request.clone()).await {
+                    Ok(rejected) => {
+                        rejected_spans += rejected;
+                        sent += 1;
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            // A batch of several requests is settled as a whole: if the run ends while only
+            // some went, the whole batch waits for the next run (the collector may then see
+            // those twice; only spans of over 1.5 KiB on average make several requests).
+            let outcome = match failure {
+                None => Ok(rejected_spans),
+                Some(error) => Err(error),
+            };
+            let settled;
+            (settled, batch, closing_since) = {
+                let shared = shared.clone();
+                blocking(move || {
+                    let settled = settle(&shared, &batch, outcome, &mut closing_since);
+                    (settled, batch, closing_since)
+                })
+                .await
+            };
+            match settled {
+                Settled::Sent => break,
+                Settled::Retry => {}
+                // The run is over and the batch waits in the spool for the next one.
+                Settled::GivenBack => return,
+            }
+            // Wait, but wake early when the run ends (to start its grace period).
+            let _ = tokio::time::timeout(backoff, shared.wake.notified()).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// Sends one request; `Ok` with the spans the collector rejected in it.
+async fn send_request(
+    shared: &Shared,
+    transport: &Transport,
+    request: Bytes,
+) -> Result<u64, String> {
+    // The transport has its own timeout; this one only guards against a hang.
+    let deadline = shared.config.timeout + Duration::from_secs(1);
+    match tokio::time::timeout(deadline, transport.send(request)).await {
+        Ok(Ok(accepted)) => Ok(rejected(shared, &accepted)),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(format!("no answer in {deadline:?}")),
+    }
+}
+
+/// The spans the collector took but refused for good (lost to export: said here, counted as
+/// failed by [`settle`]).
+fn rejected(shared: &Shared, accepted: &Accepted) -> u64 {
+    if accepted.rejected_spans > 0 {
+        tracing::warn!(
+        endpoint = %shared.config.endpoint,
+        rejected = accepted.rejected_spans,
+        message = %accepted.message,
+            "the collector rejected spans"
+        );
+    }
+    accepted.rejected_spans
+}
+
+/// Runs queue work that may read or write the spool on the blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
+/// Advances the spool past a peeked batch; its corrupt frames, skipped, count as failed.
+fn commit_spool(shared: &Shared, queue: &mut Queue, peeked: &Peeked) {
+    shared
+        .counters
+        .failed
+        .fetch_add(peeked.skipped, Ordering::Relaxed);
+    if let Err(err) = queue.spool.commit(peeked) {
+        tracing::error!(%err, "advancing the span spool failed");
+    }
+}
+
+enum Settled {
+    Sent,
+    Retry,
+    GivenBack,
+}
+
+/// Records how a send went. A failed batch stays for a retry, unless the run ended and its
+/// grace period is over: then it is given back to the spool.
+fn settle(
+    shared: &Shared,
+    batch: &Batch,
+    outcome: Result<u64, String>,
+    closing_since: &mut Option<Instant>,
+) -> Settled {
+    let mut queue = lock(&shared.queue);
+    let error = match outcome {
+        Err(error) => error,
+        Ok(rejected) => {
+            sent(shared, &mut queue, batch, rejected);
+            return Settled::Sent;
+        }
+    };
+    if queue.state == ExportState::Ok {
+        tracing::warn!(endpoint = %shared.config.endpoint, %error, "the collector did not take a batch; retrying, spans wait in the spool");
+    }
+    if queue.state != ExportState::SpoolFull {
+        queue.state = ExportState::Retrying;
+    }
+    queue.last_error = Some(error);
+    if let Some(closed) = queue.closed {
+        let since = *closing_since.get_or_insert(closed);
+        if since.elapsed() >= shared.options.close_grace {
+            give_back(shared, &mut queue, batch);
+            return Settled::GivenBack;
+        }
+    }
+    Settled::Retry
+}
+
+/// A batch went: the spool moves past it, and its spans count as exported (or as failed,
+/// those the collector rejected).
+fn sent(shared: &Shared, queue: &mut Queue, batch: &Batch, rejected: u64) {
+    if let Some(peeked) = &batch.from_spool {
+        commit_spool(shared, queue, peeked);
+    }
+    queue.in_flight = 0;
+    if queue.state != ExportState::SpoolFull || queue.spool.is_empty() {
+        queue.state = ExportState::Ok;
+    }
+    queue.last_error = None;
+    let rejected = rejected.min(batch.spans());
+    let counters = &shared.counters;
+    counters
+        .exported
+        .fetch_add(batch.spans() - rejected, Ordering::Relaxed);
+    counters.failed.fetch_add(rejected, Ordering::Relaxed);
+}
+
+/// The run ended with the collector away: the unsent batch and the memory queue go to the
+/// head of the spool, in order, for the next run.
+fn give_back(shared: &Shared, queue: &mut Queue, batch: &Batch) {
+    let mut rest: Vec<SpanBatch> = Vec::new();
+    if batch.from_spool.is_none() {
+        rest.extend(batch.inputs.iter().cloned());
+    }
+    rest.extend(queue.memory.drain(..));
+    queue.memory_spans = 0;
+    queue.in_flight = 0;
+    keep_for_next_run(shared, queue, rest);
+}
+
+/// Puts unsent spans (older than everything in the spool) at the spool's head.
+fn keep_for_next_run(shared: &Shared, queue: &mut Queue, rest: Vec<SpanBatch>) {
+    let spans: u64 = rest.iter().map(|batch| batch.len() as u64).sum();
+    let counter = match queue.spool.prepend(&rest) {
+        Ok(()) => &shared.counters.spooled,
+        Err(err) => {
+            tracing::error!(%err, spans, "keeping unsent spans in the spool failed");
+            &shared.counters.failed
+        }
+    };
+    counter.fetch_add(spans, Ordering::Relaxed);
+    tracing::warn!(
+        spans = queue.spool.spans(),
+        "the run ended with spans unsent; they wait in the spool for the next run"
+    );
+}
+
+/// Waits for a batch: `batch_spans` of them, or whatever is there once the first has waited
+/// `batch_delay` (or the run ended). `None` when the run ended and nothing is left.
+async fn take_batch(shared: &Arc<Shared>) -> Option<Batch> {
+    let mut first_seen: Option<Instant> = None;
+    loop {
+        let next;
+        (next, first_seen) = {
+            let shared = shared.clone();
+            blocking(move || (next_batch(&shared, &mut first_seen), first_seen)).await
+        };
+        let wait = match next {
+            Next::Batch(batch) => return Some(batch),
+            Next::Done => return None,
+            Next::Wait(wait) => wait,
+        };
+        let _ = tokio::time::timeout(wait, shared.wake.notified()).await;
+    }
+}
+
+enum Next {
+    Batch(Batch),
+    /// The run ended and nothing is left to send.
+    Done,
+    /// Nothing is due yet: look again after this long, or when woken.
+    Wait(Duration),
+}
+
+/// What the sender does next. Blocking: it may read the spool.
+fn next_batch(shared: &Shared, first_seen: &mut Option<Instant>) -> Next {
+    let options = &shared.options;
+    let mut queue = lock(&shared.queue);
+    let available = queue.memory_spans + queue.spool.spans();
+    if available == 0 && queue.closed.is_some() {
+        return Next::Done;
+    }
+    if queue
+        .closed
+        .is_some_and(|closed| closed.elapsed() >= options.close_grace)
+    {
+        // The run is over and its grace spent (a slow collector, a long spool): what
+        // is in memory joins the spool's head for the next run.
+        let rest: Vec<SpanBatch> = queue.memory.drain(..).collect();
+        queue.memory_spans = 0;
+        keep_for_next_run(shared, &mut queue, rest);
+        return Next::Done;
+    }
+    if available > 0 {
+        let since = *first_seen.get_or_insert_with(Instant::now);
+        let due = available >= options.batch_spans as u64
+            || queue.closed.is_some()
+            || since.elapsed() >= options.batch_delay;
+        if due {
+            if !queue.memory.is_empty() {
+                let inputs = take_spans(&mut queue, options.batch_spans);
+                return Next::Batch(Batch {
+                    inputs,
+                    from_spool: None,
+                });
+            }
+            match queue.spool.peek(options.batch_spans) {
+                Ok(mut peeked) if !peeked.inputs.is_empty() => {
+                    let inputs = std::mem::take(&mut peeked.inputs);
+                    return Next::Batch(Batch {
+                        inputs,
+                        from_spool: Some(peeked),
+                    });
+                }
+                Ok(peeked) => {
+                    // Counted but unreadable (a torn or corrupt tail): those spans
+                    // are lost to export, and counted so.
+                    tracing::error!("the span spool has unreadable data; giving it up");
+                    commit_spool(shared, &mut queue, &peeked);
+                    let forgotten = queue.spool.forget_unreadable();
+                    shared
+                        .counters
+                        .failed
+                        .fetch_add(forgotten, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    tracing::error!(%err, "reading the span spool failed");
+                    queue.last_error = Some(format!("reading the spool: {err}"));
+                }
+            }
+        }
+    }
+    let wait = match first_seen {
+        Some(since) => options.batch_delay.saturating_sub(since.elapsed()),
+        None => Duration::from_secs(1),
+    };
+    Next::Wait(wait.max(Duration::from_millis(1)))
+}
+
+/// Takes up to `max` spans from the front of the memory queue (cutting a batch if need be).
+fn take_spans(queue: &mut Queue, max: usize) -> Vec<SpanBatch> {
+    let mut taken = Vec::new();
+    let mut count = 0;
+    while count < max {
+        let Some(mut front) = queue.memory.pop_front() else {
+            break;
+        };
+        if front.len() > max - count {
+            let head = front.split_to(max - count);
+            queue.memory.push_front(front);
+            count += head.len();
+            taken.push(head);
+            break;
+        }
+        count += front.len();
+        taken.push(front);
+    }
+    queue.memory_spans -= count as u64;
+    queue.in_flight = count as u64;
+    taken
+}
+
+impl Batch {
+    fn spans(&self) -> u64 {
+        self.inputs.iter().map(|batch| batch.len() as u64).sum()
+    }
+}
