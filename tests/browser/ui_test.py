@@ -14,7 +14,7 @@ import sys
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, TimeoutException
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -55,11 +55,11 @@ def press(driver, element, key=Keys.ENTER):
     element.send_keys(key)
 
 
-def accept_confirmation(driver):
-    try:
-        driver.switch_to.alert.accept()
-    except NoAlertPresentException:
-        pass
+def confirm(driver, expected):
+    """Accepts the page's confirmation, which must name what it is about."""
+    alert = wait(driver, ec.alert_is_present(), "a confirmation")
+    assert expected in alert.text, alert.text
+    alert.accept()
 
 
 def run_workload():
@@ -131,7 +131,7 @@ def main():
         wait(driver, text_is(testid("session-status"), "stopped"), "the session stopped")
 
         press(driver, driver.find_element(*testid("delete")))
-        accept_confirmation(driver)
+        confirm(driver, "ui-walkthrough")
         wait(driver, lambda d: not d.find_elements(
             By.CSS_SELECTOR, f'[data-testid="session-row"][data-session-id="{session_id}"]'),
             "the session gone from the list")
@@ -146,6 +146,9 @@ def main():
 
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, f"console errors: {errors}"
+        # Nor any the page caught and showed itself.
+        shown = driver.find_element(*testid("error")).text.strip()
+        assert not shown, f"the page shows an error: {shown}"
         print(f"ok: session {session_id}, {CALLS} calls seen live")
     finally:
         driver.quit()

@@ -240,6 +240,18 @@ impl Daemon {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Where it serves `/metrics` without a token (`--metrics-listen`; it logs the address
+    /// it bound).
+    pub fn metrics_address(&self) -> String {
+        let log = self.log();
+        log.lines()
+            .find(|line| line.contains("serving /metrics without a token"))
+            .and_then(|line| line.rsplit("listen=").next())
+            .unwrap_or_else(|| panic!("no metrics listener in the log:\n{log}"))
+            .trim()
+            .to_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }

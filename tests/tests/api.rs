@@ -639,14 +639,7 @@ fn tenants_see_and_act_on_only_their_own_sessions() {
 fn metrics_listen_serves_prometheus_without_a_token() {
     require_root();
     let daemon = Daemon::start_on_all_addresses(&["--metrics-listen", "127.0.0.1:0"]);
-    let log = daemon.log();
-    let address = log
-        .lines()
-        .find(|line| line.contains("serving /metrics without a token"))
-        .and_then(|line| line.rsplit("listen=").next())
-        .unwrap_or_else(|| panic!("no metrics listener in the log:\n{log}"))
-        .trim()
-        .to_owned();
+    let address = daemon.metrics_address();
     let text = ureq::get(&format!("http://{address}/metrics"))
         .call()
         .unwrap()

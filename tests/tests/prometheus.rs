@@ -16,17 +16,6 @@ use tracer_tests::{
     require_root, workload,
 };
 
-/// Where a daemon serves `/metrics` without a token (it logs the address it bound).
-fn metrics_address(daemon: &Daemon) -> String {
-    let log = daemon.log();
-    log.lines()
-        .find(|line| line.contains("serving /metrics without a token"))
-        .and_then(|line| line.rsplit("listen=").next())
-        .unwrap_or_else(|| panic!("no metrics listener in the log:\n{log}"))
-        .trim()
-        .to_owned()
-}
-
 fn promtool(args: &[&str]) {
     let output = Command::new("promtool")
         .args(args)
@@ -152,7 +141,7 @@ fn every_dashboard_query_and_alert_has_data_from_a_real_prometheus() {
         reader.lines().take_while(Result::is_ok).count()
     });
 
-    let prometheus = Prometheus::start(&[metrics_address(&a), metrics_address(&b), down.clone()]);
+    let prometheus = Prometheus::start(&[a.metrics_address(), b.metrics_address(), down.clone()]);
     let up = prometheus
         .wait_for_data(r#"count(up{job="tracerd"}) == 3"#, Duration::from_secs(30))
         .unwrap_or_else(|err| panic!("{err}\n{}", prometheus.log()));
@@ -176,7 +165,7 @@ fn every_dashboard_query_and_alert_has_data_from_a_real_prometheus() {
     );
     assert_eq!(
         firing("TracerdEbpfUnavailable")[0]["metric"]["instance"],
-        metrics_address(&b).as_str()
+        b.metrics_address().as_str()
     );
     assert_eq!(
         firing("TracerdExportSpoolFull")[0]["metric"]["session"],

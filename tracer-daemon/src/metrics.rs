@@ -137,7 +137,8 @@ async fn register_session_counters(registry: &mut Registry, manager: &SessionMan
     let export_failed = counter_family(
         registry,
         "session_export_failed",
-        "Spans of a running session that will never be exported (its spool was full)",
+        "Spans of a running session that will never be exported (its spool was full, or the \
+         collector rejected them)",
     );
     for (id, counters) in manager.running_counters().await {
         let label = SessionLabel {

@@ -422,6 +422,11 @@
 
   const PAST_TENSE = { start: 'Started', stop: 'Stopped', delete: 'Deleted' };
 
+  /** Deleting removes the recorded events too: asked once more, naming the session. */
+  function confirmed(action, name) {
+    return action !== 'delete' || window.confirm(`Delete session ${name} and its recorded events?`);
+  }
+
   // ---------------------------------------------------------------- the list view
 
   // What the target field means for each kind, and what picking a container fills in.
@@ -714,7 +719,7 @@
 
     async function act(row, action) {
       const id = row.session ? row.session.id : null;
-      if (!id || row.busy) return;
+      if (!id || row.busy || !confirmed(action, row.session.name)) return;
       clearError();
       row.busy = true;
       generation += 1;
@@ -1196,7 +1201,7 @@
     }
 
     async function act(action) {
-      if (busy || !session) return;
+      if (busy || !session || !confirmed(action, session.name)) return;
       clearError();
       busy = true;
       render(session);
@@ -1284,19 +1289,23 @@
   // ---------------------------------------------------------------- start-up
 
   function init() {
-    ui.main = document.getElementById('main');
-    ui.error = document.getElementById('error');
-    ui.errorDismiss = document.getElementById('error-dismiss');
-    ui.notice = document.getElementById('notice');
-    ui.health = document.getElementById('health');
-    ui.healthText = document.getElementById('health-text');
-    ui.tokenDialog = document.getElementById('token-dialog');
-    ui.tokenForm = document.getElementById('token-form');
-    ui.tokenInput = document.getElementById('token-input');
-    ui.tokenReason = document.getElementById('token-reason');
-    ui.tokenCancel = document.getElementById('token-cancel');
-    ui.tokenOpen = document.getElementById('token-open');
-    ui.tokenForget = document.getElementById('token-forget');
+    // The page's fixed elements, by their ids in index.html.
+    const fixed = {
+      main: 'main',
+      error: 'error',
+      errorDismiss: 'error-dismiss',
+      notice: 'notice',
+      health: 'health',
+      healthText: 'health-text',
+      tokenDialog: 'token-dialog',
+      tokenForm: 'token-form',
+      tokenInput: 'token-input',
+      tokenReason: 'token-reason',
+      tokenCancel: 'token-cancel',
+      tokenOpen: 'token-open',
+      tokenForget: 'token-forget',
+    };
+    for (const [key, id] of Object.entries(fixed)) ui[key] = document.getElementById(id);
     if (!ui.main || !ui.error || !ui.tokenDialog) return; // not tracerd's page
 
     ui.errorDismiss.addEventListener('click', () => clearError());

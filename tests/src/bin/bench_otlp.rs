@@ -219,7 +219,7 @@ fn encode(batches: &[SpanBatch]) -> f64 {
     let bytes: usize = requests
         .iter()
         .flat_map(|batch| maker.requests(std::slice::from_ref(batch)))
-        .map(|request| request.len())
+        .map(|request| request.bytes.len())
         .sum();
     let encode = started.elapsed().as_nanos() as f64 / spans as f64;
     assert!(bytes > spans * 100, "{bytes} bytes encoded");
@@ -234,7 +234,8 @@ fn decoded_spans(batches: &[SpanBatch]) -> Vec<Span> {
         .flat_map(|batch| {
             let requests = maker.requests(std::slice::from_ref(batch));
             requests.into_iter().flat_map(|request| {
-                let mut request = ExportTraceServiceRequest::decode(request).expect("decodes");
+                let mut request =
+                    ExportTraceServiceRequest::decode(request.bytes).expect("decodes");
                 std::mem::take(&mut request.resource_spans[0].scope_spans[0].spans)
             })
         })

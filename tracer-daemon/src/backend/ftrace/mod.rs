@@ -165,6 +165,7 @@ impl FtraceBackend {
             pids,
             stats,
             records: Default::default(),
+            ring_pages: (options.buffer_kb as usize * 1024 / self.layout.page_size()).max(1),
         };
         let (control, requests) = mpsc::channel();
         let short: String = options.name.chars().take(8).collect();

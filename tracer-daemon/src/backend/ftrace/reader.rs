@@ -31,8 +31,10 @@ const PAGES_PER_CPU_PASS: usize = 64;
 /// the join events (which report every join, but can be lost if the watcher's buffer fills).
 const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long the reader waits after a pass that emptied every buffer. A CPU's buffer (4 MiB
-/// by default) holds about 17 ms of a loop of syscalls at full speed.
+/// A page's worth of a loop of syscalls at full speed, about (a 4 MiB buffer, 1,024 pages,
+/// holds some 17 ms of it).
+const PAGE_FILL_TIME: Duration = Duration::from_micros(16);
+/// The longest wait after a pass that emptied every buffer.
 const CAUGHT_UP_WAIT: Duration = Duration::from_millis(2);
 
 /// At most this many passes (of up to 64 pages per CPU) answer one flush.
@@ -57,8 +59,10 @@ pub(super) struct Reader {
     pub pids: Arc<PidSync>,
     /// The engine's totals of drain work (records, time), shared with the eBPF drains.
     pub stats: Arc<DrainStats>,
-    /// The pass's records, delivered together at its end.
+    /// The pass's records, delivered in batches (see [`Output`]).
     pub records: BatchBuilder,
+    /// Pages in each CPU's buffer.
+    pub ring_pages: usize,
 }
 
 impl Reader {
@@ -79,7 +83,7 @@ impl Reader {
                 // full page whole, but copies a page it is still writing event by event
                 // with interrupts off (measured: 10-39% of the reader's CPU when it read
                 // again at once).
-                CAUGHT_UP_WAIT
+                self.caught_up_wait()
             } else {
                 FLUSH_INTERVAL
             };
@@ -101,6 +105,13 @@ impl Reader {
         }
     }
 
+    /// How long to let pages fill after a pass that emptied every buffer: up to
+    /// [`CAUGHT_UP_WAIT`], and never more than a full-speed writer takes to fill an eighth of
+    /// a CPU's buffer (a small buffer is read again sooner).
+    fn caught_up_wait(&self) -> Duration {
+        CAUGHT_UP_WAIT.min(PAGE_FILL_TIME * (self.ring_pages / 8).max(1) as u32)
+    }
+
     /// Passes until the buffers are empty, or `max_passes` were made.
     fn drain(&mut self, page: &mut [u8], batch: &mut Vec<(u64, Raw)>, max_passes: usize) {
         for _ in 0..max_passes {
@@ -116,9 +127,12 @@ impl Reader {
         let mut pages = 0;
         let mut backlog = false;
         let mut first_read = None;
+        // A CPU whose buffer was an eighth full, or that had more than a pass takes, is
+        // read again at once.
+        let busy = (self.ring_pages / 8).clamp(1, PAGES_PER_CPU_PASS);
         for cpu in &mut self.cpus {
-            for read in 0..PAGES_PER_CPU_PASS {
-                backlog |= read + 1 == PAGES_PER_CPU_PASS;
+            let mut read = 0;
+            while read < PAGES_PER_CPU_PASS {
                 let len = match cpu.read(page) {
                     Ok(0) => break,
                     Ok(len) => len,
@@ -129,10 +143,12 @@ impl Reader {
                         break;
                     }
                 };
-                pages += 1;
+                read += 1;
                 first_read.get_or_insert_with(Instant::now);
                 decode_page(&self.layout, &self.decoder, &page[..len], batch);
             }
+            pages += read;
+            backlog |= read >= busy;
         }
         // Stable: events of one CPU keep their order when timestamps tie.
         batch.sort_by_key(|(ts, _)| *ts);

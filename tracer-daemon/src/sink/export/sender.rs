@@ -21,6 +21,10 @@ struct Batch {
     inputs: Vec<SpanBatch>,
     /// Set when it came from the spool: committed there once sent.
     from_spool: Option<Peeked>,
+    /// Spans of its first requests the collector took (a retry goes on after them), and
+    /// how many of those it rejected.
+    taken: u64,
+    rejected: u64,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -36,32 +40,24 @@ pub(super) async fn send(shared: Arc<Shared>, transport: Transport, mut maker: S
         let requests;
         (requests, maker, batch) =
             blocking(move || (maker.requests(&batch.inputs), maker, batch)).await;
-        // Requests the collector took (a retry goes on from the first it did not), and the
-        // spans it rejected in them.
+        // Requests the collector took: a retry goes on from the first it did not.
         let mut sent = 0;
-        let mut rejected_spans = 0;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let mut failure = None;
+            let mut outcome = Ok(());
             while let Some(request) = requests.get(sent) {
-                match send_request(&shared, &transport, request.clone()).await {
+                match send_request(&shared, &transport, request.bytes.clone()).await {
                     Ok(rejected) => {
-                        rejected_spans += rejected;
+                        batch.taken += request.spans;
+                        batch.rejected += rejected.min(request.spans);
                         sent += 1;
                     }
                     Err(error) => {
-                        failure = Some(error);
+                        outcome = Err(error);
                         break;
                     }
                 }
             }
-            // A batch of several requests is settled as a whole: if the run ends while only
-            // some went, the whole batch waits for the next run (the collector may then see
-            // those twice; only spans of over 1.5 KiB on average make several requests).
-            let outcome = match failure {
-                None => Ok(rejected_spans),
-                Some(error) => Err(error),
-            };
             let settled;
             (settled, batch, closing_since) = {
                 let shared = shared.clone();
@@ -143,16 +139,13 @@ enum Settled {
 fn settle(
     shared: &Shared,
     batch: &Batch,
-    outcome: Result<u64, String>,
+    outcome: Result<(), String>,
     closing_since: &mut Option<Instant>,
 ) -> Settled {
     let mut queue = lock(&shared.queue);
-    let error = match outcome {
-        Err(error) => error,
-        Ok(rejected) => {
-            sent(shared, &mut queue, batch, rejected);
-            return Settled::Sent;
-        }
+    let Err(error) = outcome else {
+        sent(shared, &mut queue, batch);
+        return Settled::Sent;
     };
     if queue.state == ExportState::Ok {
         tracing::warn!(endpoint = %shared.config.endpoint, %error, "the collector did not take a batch; retrying, spans wait in the spool");
@@ -173,7 +166,7 @@ fn settle(
 
 /// A batch went: the spool moves past it, and its spans count as exported (or as failed,
 /// those the collector rejected).
-fn sent(shared: &Shared, queue: &mut Queue, batch: &Batch, rejected: u64) {
+fn sent(shared: &Shared, queue: &mut Queue, batch: &Batch) {
     if let Some(peeked) = &batch.from_spool {
         commit_spool(shared, queue, peeked);
     }
@@ -182,20 +175,33 @@ fn sent(shared: &Shared, queue: &mut Queue, batch: &Batch, rejected: u64) {
         queue.state = ExportState::Ok;
     }
     queue.last_error = None;
-    let rejected = rejected.min(batch.spans());
+    count_taken(shared, batch);
+}
+
+/// The spans the collector took count as exported, those it rejected as failed.
+fn count_taken(shared: &Shared, batch: &Batch) {
     let counters = &shared.counters;
     counters
         .exported
-        .fetch_add(batch.spans() - rejected, Ordering::Relaxed);
-    counters.failed.fetch_add(rejected, Ordering::Relaxed);
+        .fetch_add(batch.taken - batch.rejected, Ordering::Relaxed);
+    counters.failed.fetch_add(batch.rejected, Ordering::Relaxed);
 }
 
 /// The run ended with the collector away: the unsent batch and the memory queue go to the
 /// head of the spool, in order, for the next run.
+/// What the collector took of the batch counts as such and is not sent again: only the rest
+/// waits (from the spool, the batch is then moved past and its rest put back at its head).
 fn give_back(shared: &Shared, queue: &mut Queue, batch: &Batch) {
+    count_taken(shared, batch);
     let mut rest: Vec<SpanBatch> = Vec::new();
-    if batch.from_spool.is_none() {
-        rest.extend(batch.inputs.iter().cloned());
+    match &batch.from_spool {
+        None => rest.extend(batch.untaken()),
+        Some(peeked) if batch.taken > 0 => {
+            commit_spool(shared, queue, peeked);
+            rest.extend(batch.untaken());
+        }
+        // Still whole at the spool's head.
+        Some(_) => {}
     }
     rest.extend(queue.memory.drain(..));
     queue.memory_spans = 0;
@@ -274,18 +280,12 @@ fn next_batch(shared: &Shared, first_seen: &mut Option<Instant>) -> Next {
         if due {
             if !queue.memory.is_empty() {
                 let inputs = take_spans(&mut queue, options.batch_spans);
-                return Next::Batch(Batch {
-                    inputs,
-                    from_spool: None,
-                });
+                return Next::Batch(Batch::new(inputs, None));
             }
             match queue.spool.peek(options.batch_spans) {
                 Ok(mut peeked) if !peeked.inputs.is_empty() => {
                     let inputs = std::mem::take(&mut peeked.inputs);
-                    return Next::Batch(Batch {
-                        inputs,
-                        from_spool: Some(peeked),
-                    });
+                    return Next::Batch(Batch::new(inputs, Some(peeked)));
                 }
                 Ok(peeked) => {
                     // Counted but unreadable (a torn or corrupt tail): those spans
@@ -336,7 +336,68 @@ fn take_spans(queue: &mut Queue, max: usize) -> Vec<SpanBatch> {
 }
 
 impl Batch {
-    fn spans(&self) -> u64 {
-        self.inputs.iter().map(|batch| batch.len() as u64).sum()
+    fn new(inputs: Vec<SpanBatch>, from_spool: Option<Peeked>) -> Self {
+        Self {
+            inputs,
+            from_spool,
+            taken: 0,
+            rejected: 0,
+        }
+    }
+
+    /// Its spans the collector has not taken, in order.
+    fn untaken(&self) -> Vec<SpanBatch> {
+        let mut skip = self.taken as usize;
+        let mut rest = Vec::new();
+        for input in &self.inputs {
+            if skip >= input.len() {
+                skip -= input.len();
+                continue;
+            }
+            let mut input = input.clone();
+            input.split_to(skip);
+            skip = 0;
+            rest.push(input);
+        }
+        rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::record::{batch::BatchBuilder, samples, WallClock};
+
+    fn inputs(nrs: std::ops::Range<u32>) -> SpanBatch {
+        let mut builder = BatchBuilder::default();
+        for nr in nrs {
+            builder.push(&samples::record(nr, 1, 1, 7), &[]);
+        }
+        SpanBatch {
+            records: builder.take(),
+            containers: Arc::new(HashMap::new()),
+            clock: WallClock::from_offset_ns(0),
+        }
+    }
+
+    fn nrs(batches: &[SpanBatch]) -> Vec<u32> {
+        batches
+            .iter()
+            .flat_map(|batch| batch.records.iter().map(|(record, _)| record.nr))
+            .collect()
+    }
+
+    #[test]
+    fn only_what_the_collector_did_not_take_is_given_back() {
+        let mut batch = Batch::new(vec![inputs(0..3), inputs(3..7)], None);
+        assert_eq!(nrs(&batch.untaken()), [0, 1, 2, 3, 4, 5, 6]);
+        batch.taken = 3;
+        assert_eq!(nrs(&batch.untaken()), [3, 4, 5, 6]);
+        batch.taken = 5;
+        assert_eq!(nrs(&batch.untaken()), [5, 6]);
+        batch.taken = 7;
+        assert!(batch.untaken().is_empty());
     }
 }

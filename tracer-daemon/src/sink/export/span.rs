@@ -142,6 +142,14 @@ mod key {
     pub const LABEL: &str = "tracer.session.label";
 }
 
+/// One encoded `ExportTraceServiceRequest`.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub bytes: Bytes,
+    /// The spans in it (the first of the batch's records not in an earlier request).
+    pub spans: u64,
+}
+
 /// Makes the spans of one run, a request at a time.
 pub struct SpanMaker {
     ids: IdAssigner,
@@ -194,20 +202,28 @@ impl SpanMaker {
     /// The OTLP requests (`ExportTraceServiceRequest`s, encoded) of these batches' spans,
     /// with their ids assigned now (a retry sends the same bytes): one request, or more when
     /// the spans take over [`MAX_REQUEST_BYTES`].
-    pub fn requests(&mut self, batches: &[SpanBatch]) -> Vec<Bytes> {
+    pub fn requests(&mut self, batches: &[SpanBatch]) -> Vec<Request> {
         let mut requests = Vec::new();
+        let mut spans = 0;
         self.start_request();
         for batch in batches {
             for (record, data) in batch.records.iter() {
                 if self.request.len() >= MAX_REQUEST_BYTES {
-                    requests.push(self.finish_request());
+                    requests.push(Request {
+                        bytes: self.finish_request(),
+                        spans: std::mem::take(&mut spans),
+                    });
                     self.start_request();
                 }
                 let container = batch.containers.get(&record.cgroup_id).map(Arc::as_ref);
                 self.push_span(&Event::new(&record, data), container, &batch.clock);
+                spans += 1;
             }
         }
-        requests.push(self.finish_request());
+        requests.push(Request {
+            bytes: self.finish_request(),
+            spans,
+        });
         requests
     }
 
@@ -469,7 +485,8 @@ mod tests {
         let [request] = &maker(Some("ci-42")).requests(&[batch(&[(100, -2)])])[..] else {
             panic!("one request")
         };
-        let [span] = &spans(request.clone())[..] else {
+        assert_eq!(request.spans, 1);
+        let [span] = &spans(request.bytes.clone())[..] else {
             panic!("one span")
         };
         assert_eq!(span.name, "openat");
@@ -512,14 +529,14 @@ mod tests {
     fn traces_group_a_process_and_are_cut_at_the_bound() {
         let mut maker = maker(None);
         let calls = vec![(7, 0); SPANS_PER_TRACE as usize + 1];
-        let sevens = spans(maker.requests(&[batch(&calls)]).remove(0));
+        let sevens = spans(maker.requests(&[batch(&calls)]).remove(0).bytes);
         let first = &sevens[0].trace_id;
         assert_eq!(first.len(), 16);
         assert!(sevens[..SPANS_PER_TRACE as usize]
             .iter()
             .all(|span| &span.trace_id == first));
         assert_ne!(&sevens[SPANS_PER_TRACE as usize].trace_id, first);
-        let eight = spans(maker.requests(&[batch(&[(8, 0)])]).remove(0));
+        let eight = spans(maker.requests(&[batch(&[(8, 0)])]).remove(0).bytes);
         assert_ne!(&eight[0].trace_id, first);
         assert_eq!(eight[0].status, None);
         assert_eq!(attribute(&eight[0], "tracer.session.label"), None);
@@ -536,10 +553,16 @@ mod tests {
         assert!(requests.len() > 1, "{} request", requests.len());
         assert!(requests
             .iter()
-            .all(|request| request.len() < MAX_REQUEST_BYTES + 4096));
+            .all(|request| request.bytes.len() < MAX_REQUEST_BYTES + 4096));
+        let counted: u64 = requests.iter().map(|request| request.spans).sum();
+        assert_eq!(counted, 10_000);
         let pids: Vec<Option<Value>> = requests
             .into_iter()
-            .flat_map(spans)
+            .flat_map(|request| {
+                let decoded = spans(request.bytes);
+                assert_eq!(decoded.len() as u64, request.spans);
+                decoded
+            })
             .map(|span| attribute(&span, "process.pid"))
             .collect();
         let expected: Vec<_> = (0..10_000).map(|pid| Some(Value::IntValue(pid))).collect();

@@ -179,16 +179,13 @@ async fn send_http(
         .headers(headers.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
     post = if gzip {
-        let mut encoder =
-            GzEncoder::new(Vec::with_capacity(request.len() / 4), Compression::fast());
-        encoder
-            .write_all(&request)
-            .and_then(|()| encoder.finish())
-            .map(|body| {
-                post.header(reqwest::header::CONTENT_ENCODING, "gzip")
-                    .body(body)
-            })
+        // Megabytes to compress: on the blocking pool, not on a runtime worker.
+        let body = tokio::task::spawn_blocking(move || gzipped(&request))
+            .await
             .map_err(|err| format!("gzip: {err}"))?
+            .map_err(|err| format!("gzip: {err}"))?;
+        post.header(reqwest::header::CONTENT_ENCODING, "gzip")
+            .body(body)
     } else {
         post.body(request)
     };
@@ -199,8 +196,44 @@ async fn send_http(
         let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
         return Err(format!("HTTP {status}: {}", text.trim()));
     }
-    // An empty body is an empty response (full success).
-    ExportTraceServiceResponse::decode(body).map_err(|err| format!("the collector's answer: {err}"))
+    Ok(decode_accepted(&body))
+}
+
+/// What a collector that took a request (2xx) answered. An empty body is full success; a
+/// body that is not OTLP's answer (a gateway's `OK`, `{}` or HTML) still means the spans
+/// were taken: sending them again would only duplicate them.
+fn decode_accepted(body: &[u8]) -> ExportTraceServiceResponse {
+    ExportTraceServiceResponse::decode(body).unwrap_or_else(|err| {
+        tracing::debug!(%err, "the collector's 2xx answer is not an OTLP response; taken as success");
+        ExportTraceServiceResponse::default()
+    })
+}
+
+fn gzipped(request: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(request.len() / 4), Compression::fast());
+    encoder.write_all(request)?;
+    encoder.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+
+    use super::*;
+
+    #[test]
+    fn a_2xx_answer_is_success_whatever_its_body_and_partial_success_is_read() {
+        for body in [&b""[..], b"OK", b"{}", b"<html>ok</html>"] {
+            assert_eq!(decode_accepted(body), ExportTraceServiceResponse::default());
+        }
+        let partial = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "too old".into(),
+            }),
+        };
+        assert_eq!(decode_accepted(&partial.encode_to_vec()), partial);
+    }
 }
 
 /// An error and its causes on one line (reqwest's own message names only the outermost).
