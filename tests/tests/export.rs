@@ -452,3 +452,71 @@ fn a_collector_that_never_comes_back_bounds_the_spool() {
         stopping.elapsed()
     );
 }
+
+/// A collector that answers every request with `400 Bad Request` (what OTLP/HTTP answers a
+/// request it cannot take), on a loopback port; counts the requests it got.
+fn refusing_collector() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut stream = stream;
+            loop {
+                // Headers, then the body they announce, then the answer (keep-alive).
+                let mut length = 0usize;
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(value) = lower.strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                if line != "\r\n" {
+                    break;
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    break;
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let answer = "HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\n\r\nbad request";
+                if stream.write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (port, requests)
+}
+
+#[test]
+fn spans_a_collector_refuses_for_good_are_counted_failed_not_retried_forever() {
+    require_root();
+    let (port, requests) = refusing_collector();
+    let daemon = Daemon::start(&[]);
+    let cgroup = TestCgroup::create("export-refused");
+    let (id, _) = run_paused(&cgroup, &["getpid", "50"], || {
+        daemon.create_and_start(
+            &json!({"target": {"cgroup": cgroup.path()}, "syscalls": ["getpid"],
+                   "export": {"otlp": {"endpoint": format!("http://127.0.0.1:{port}"),
+                                       "protocol": "http/protobuf"}}}),
+        )
+    });
+    let session = daemon.wait_for_session(&id, None, "50 spans refused", |s| {
+        s["counters"]["export_failed"] == 50
+    });
+    assert_eq!(session["counters"]["exported"], 0, "{session}");
+    let last_error = session["export_status"]["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("400"), "{session}");
+    // Refused once, not retried: the collector saw as many requests as batches were sent.
+    let seen = requests.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(requests.load(std::sync::atomic::Ordering::Relaxed), seen, "no retry");
+    let (status, _) = daemon.call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
+    assert_eq!(status, 200);
+}

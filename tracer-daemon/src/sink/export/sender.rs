@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::{
     span::SpanMaker,
     spool::Peeked,
-    transport::{Accepted, Transport},
+    transport::{Accepted, SendError, Transport},
     ExportState, Queue, Shared, SpanBatch,
 };
 use crate::sync::lock;
@@ -25,6 +25,8 @@ struct Batch {
     /// how many of those it rejected.
     taken: u64,
     rejected: u64,
+    /// The collector's answer when it refused one of its requests for good.
+    refused: Option<String>,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -52,8 +54,12 @@ pub(super) async fn send(shared: Arc<Shared>, transport: Transport, mut maker: S
                         batch.rejected += rejected.min(request.spans);
                         sent += 1;
                     }
+                    Err(error) if error.permanent => {
+                        refused(&shared, &mut batch, request.spans, error.message);
+                        sent += 1;
+                    }
                     Err(error) => {
-                        outcome = Err(error);
+                        outcome = Err(error.message);
                         break;
                     }
                 }
@@ -85,14 +91,32 @@ async fn send_request(
     shared: &Shared,
     transport: &Transport,
     request: Bytes,
-) -> Result<u64, String> {
+) -> Result<u64, SendError> {
     // The transport has its own timeout; this one only guards against a hang.
     let deadline = shared.config.timeout + Duration::from_secs(1);
     match tokio::time::timeout(deadline, transport.send(request)).await {
         Ok(Ok(accepted)) => Ok(rejected(shared, &accepted)),
         Ok(Err(err)) => Err(err),
-        Err(_) => Err(format!("no answer in {deadline:?}")),
+        Err(_) => Err(SendError {
+            message: format!("no answer in {deadline:?}"),
+            permanent: false,
+        }),
     }
+}
+
+/// The collector refused a request for good (OTLP's non-retryable answers): its spans are
+/// lost to export — counted as failed, logged, and shown as the export's last error —
+/// rather than holding up every later span.
+fn refused(shared: &Shared, batch: &mut Batch, spans: u64, message: String) {
+    tracing::error!(
+        endpoint = %shared.config.endpoint,
+        %message,
+        spans,
+        "the collector refused a request for good; its spans are not sent again"
+    );
+    batch.taken += spans;
+    batch.rejected += spans;
+    batch.refused = Some(message);
 }
 
 /// The spans the collector took but refused for good (lost to export: said here, counted as
@@ -174,7 +198,7 @@ fn sent(shared: &Shared, queue: &mut Queue, batch: &Batch) {
     if queue.state != ExportState::SpoolFull || queue.spool.is_empty() {
         queue.state = ExportState::Ok;
     }
-    queue.last_error = None;
+    queue.last_error = batch.refused.clone();
     count_taken(shared, batch);
 }
 
@@ -342,6 +366,7 @@ impl Batch {
             from_spool,
             taken: 0,
             rejected: 0,
+            refused: None,
         }
     }
 

@@ -36,6 +36,25 @@ pub(super) enum Transport {
     },
 }
 
+/// Why a request did not go. `permanent` when the collector answered that sending it again
+/// would not help (OTLP's non-retryable answers: a malformed request, a refused credential…):
+/// its spans are then lost to export, counted and said, instead of blocking the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct SendError {
+    pub message: String,
+    pub permanent: bool,
+}
+
+impl SendError {
+    /// A failure worth retrying: no answer, a timeout, a collector busy or away.
+    fn transient(message: String) -> Self {
+        Self {
+            message,
+            permanent: false,
+        }
+    }
+}
+
 /// What the collector said of a request it took.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Accepted {
@@ -54,7 +73,7 @@ impl Transport {
     }
 
     /// Sends one encoded `ExportTraceServiceRequest`.
-    pub async fn send(&self, request: Bytes) -> Result<Accepted, String> {
+    pub async fn send(&self, request: Bytes) -> Result<Accepted, SendError> {
         let response = match self {
             Transport::Grpc {
                 client,
@@ -62,7 +81,10 @@ impl Transport {
                 timeout,
             } => {
                 let mut client = client.clone();
-                client.ready().await.map_err(|err| err.to_string())?;
+                client
+                    .ready()
+                    .await
+                    .map_err(|err| SendError::transient(err.to_string()))?;
                 let mut request = tonic::Request::new(request);
                 *request.metadata_mut() = metadata.clone();
                 request.set_timeout(*timeout);
@@ -73,7 +95,10 @@ impl Transport {
                 client
                     .unary(request, path, codec)
                     .await
-                    .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
+                    .map_err(|status| SendError {
+                        message: format!("{:?}: {}", status.code(), status.message()),
+                        permanent: !grpc_retryable(status.code()),
+                    })?
                     .into_inner()
             }
             Transport::Http {
@@ -166,6 +191,29 @@ fn read_ca(ca_file: &std::path::Path) -> Result<Vec<u8>, String> {
     std::fs::read(ca_file).map_err(|err| format!("reading {}: {err}", ca_file.display()))
 }
 
+/// Whether a gRPC answer is worth sending the request again. OTLP calls only some codes
+/// retryable, but tonic also reports a connection that broke mid-request as `Unknown` or
+/// `Internal`: only the answers that are a collector's judgement of the request itself are
+/// taken as final.
+fn grpc_retryable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    !matches!(
+        code,
+        InvalidArgument
+            | NotFound
+            | AlreadyExists
+            | PermissionDenied
+            | Unauthenticated
+            | FailedPrecondition
+            | Unimplemented
+    )
+}
+
+/// Whether an HTTP answer is worth sending the request again, as OTLP/HTTP says.
+fn http_retryable(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
 /// POSTs a request as OTLP/HTTP's binary protobuf; a non-2xx answer is an error.
 async fn send_http(
     client: &reqwest::Client,
@@ -173,7 +221,7 @@ async fn send_http(
     headers: &reqwest::header::HeaderMap,
     gzip: bool,
     request: Bytes,
-) -> Result<ExportTraceServiceResponse, String> {
+) -> Result<ExportTraceServiceResponse, SendError> {
     let mut post = client
         .post(url)
         .headers(headers.clone())
@@ -182,19 +230,23 @@ async fn send_http(
         // Megabytes to compress: on the blocking pool, not on a runtime worker.
         let body = tokio::task::spawn_blocking(move || gzipped(&request))
             .await
-            .map_err(|err| format!("gzip: {err}"))?
-            .map_err(|err| format!("gzip: {err}"))?;
+            .map_err(|err| SendError::transient(format!("gzip: {err}")))?
+            .map_err(|err| SendError::transient(format!("gzip: {err}")))?;
         post.header(reqwest::header::CONTENT_ENCODING, "gzip")
             .body(body)
     } else {
         post.body(request)
     };
-    let response = post.send().await.map_err(|err| error_chain(&err))?;
+    let failed = |err: reqwest::Error| SendError::transient(error_chain(&err));
+    let response = post.send().await.map_err(failed)?;
     let status = response.status();
-    let body = response.bytes().await.map_err(|err| error_chain(&err))?;
+    let body = response.bytes().await.map_err(failed)?;
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-        return Err(format!("HTTP {status}: {}", text.trim()));
+        return Err(SendError {
+            message: format!("HTTP {status}: {}", text.trim()),
+            permanent: !http_retryable(status),
+        });
     }
     Ok(decode_accepted(&body))
 }
@@ -220,6 +272,27 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 
     use super::*;
+
+    #[test]
+    fn only_the_answers_otlp_calls_retryable_are_retried() {
+        for code in [429, 502, 503, 504] {
+            assert!(
+                http_retryable(reqwest::StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+        for code in [400, 401, 403, 404, 413, 500] {
+            assert!(
+                !http_retryable(reqwest::StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+        assert!(grpc_retryable(tonic::Code::Unavailable));
+        assert!(grpc_retryable(tonic::Code::DeadlineExceeded));
+        assert!(grpc_retryable(tonic::Code::Unknown), "a broken connection");
+        assert!(!grpc_retryable(tonic::Code::InvalidArgument));
+        assert!(!grpc_retryable(tonic::Code::Unauthenticated));
+    }
 
     #[test]
     fn a_2xx_answer_is_success_whatever_its_body_and_partial_success_is_read() {
