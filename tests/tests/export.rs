@@ -511,12 +511,18 @@ fn spans_a_collector_refuses_for_good_are_counted_failed_not_retried_forever() {
         s["counters"]["export_failed"] == 50
     });
     assert_eq!(session["counters"]["exported"], 0, "{session}");
-    let last_error = session["export_status"]["last_error"].as_str().unwrap_or_default();
+    let last_error = session["export_status"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(last_error.contains("400"), "{session}");
     // Refused once, not retried: the collector saw as many requests as batches were sent.
     let seen = requests.load(std::sync::atomic::Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(requests.load(std::sync::atomic::Ordering::Relaxed), seen, "no retry");
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::Relaxed),
+        seen,
+        "no retry"
+    );
     let (status, _) = daemon.call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
     assert_eq!(status, 200);
 }

@@ -38,3 +38,12 @@ impl SpanBatch {
         }
     }
 }
+
+/// The syscall numbers of batches' records, in order (for tests).
+#[cfg(test)]
+pub(crate) fn nrs(batches: &[SpanBatch]) -> Vec<u32> {
+    batches
+        .iter()
+        .flat_map(|batch| batch.records.iter().map(|(record, _)| record.nr))
+        .collect()
+}

@@ -392,7 +392,7 @@ impl Batch {
 mod tests {
     use std::collections::HashMap;
 
-    use super::*;
+    use super::{super::input::nrs, *};
     use crate::record::{batch::BatchBuilder, samples, WallClock};
 
     fn inputs(nrs: std::ops::Range<u32>) -> SpanBatch {
@@ -405,13 +405,6 @@ mod tests {
             containers: Arc::new(HashMap::new()),
             clock: WallClock::from_offset_ns(0),
         }
-    }
-
-    fn nrs(batches: &[SpanBatch]) -> Vec<u32> {
-        batches
-            .iter()
-            .flat_map(|batch| batch.records.iter().map(|(record, _)| record.nr))
-            .collect()
     }
 
     #[test]

@@ -409,6 +409,7 @@ fn decode(frame: &[u8]) -> Option<SpanBatch> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::input::nrs;
     use super::*;
     use crate::record::samples;
 
@@ -440,13 +441,6 @@ mod tests {
             containers: Arc::new(containers),
             clock: WallClock::from_offset_ns(42),
         }
-    }
-
-    fn nrs(batches: &[SpanBatch]) -> Vec<u32> {
-        batches
-            .iter()
-            .flat_map(|batch| batch.records.iter().map(|(record, _)| record.nr))
-            .collect()
     }
 
     fn container_of_first(batch: &SpanBatch) -> Arc<ContainerMeta> {
