@@ -81,8 +81,7 @@ impl Reader {
             } else if pass.pages > 0 {
                 // Caught up: let pages fill before reading again. The kernel hands over a
                 // full page whole, but copies a page it is still writing event by event
-                // with interrupts off (measured: 10-39% of the reader's CPU when it read
-                // again at once).
+                // under its reader lock; reading again at once would mostly read those.
                 self.caught_up_wait()
             } else {
                 FLUSH_INTERVAL

@@ -119,14 +119,14 @@ fn refused(shared: &Shared, batch: &mut Batch, spans: u64, message: String) {
     batch.refused = Some(message);
 }
 
-/// The spans the collector took but refused for good (lost to export: said here, counted as
-/// failed by [`settle`]).
+/// The spans the collector took but rejected (OTLP's partial success): lost to export, said
+/// here and counted as failed by [`count_taken`].
 fn rejected(shared: &Shared, accepted: &Accepted) -> u64 {
     if accepted.rejected_spans > 0 {
         tracing::warn!(
-        endpoint = %shared.config.endpoint,
-        rejected = accepted.rejected_spans,
-        message = %accepted.message,
+            endpoint = %shared.config.endpoint,
+            rejected = accepted.rejected_spans,
+            message = %accepted.message,
             "the collector rejected spans"
         );
     }
