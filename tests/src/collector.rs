@@ -3,11 +3,12 @@
 //! receives to a log file that [`Collector::spans`] parses.
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
+
+use crate::free_port;
 
 /// One span as the collector logged it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,13 +50,6 @@ fn agent() -> PathBuf {
     std::env::var_os("ROTEL_AGENT")
         .map(PathBuf::from)
         .expect("ROTEL_AGENT (set by `cargo xtask test`) names the rotel-agent binary")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 impl Collector {

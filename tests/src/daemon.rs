@@ -1,12 +1,13 @@
 //! The real `tracerd` binary, started for one test with its own data directory and port.
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+
+use crate::free_port;
 
 /// Where the binary is: `TRACERD_BIN` (set by `cargo xtask test`), else `target/<profile>/tracerd`
 /// next to this test binary's `deps/` directory.
@@ -475,12 +476,4 @@ fn spawn(
         .stderr(log)
         .spawn()
         .expect("starting tracerd")
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("binding an ephemeral port")
-        .port()
 }

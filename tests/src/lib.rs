@@ -12,6 +12,14 @@ pub mod docker;
 pub mod prometheus;
 pub mod workload;
 
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
 /// Fails the calling test unless it runs as root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

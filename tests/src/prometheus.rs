@@ -2,13 +2,14 @@
 //! started on loopback with the project's own scrape config (deploy/prometheus) pointed at the
 //! daemons under test, queried through its HTTP API.
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+
+use crate::free_port;
 
 /// The project's deploy/ directory.
 pub fn deploy_dir() -> PathBuf {
@@ -19,13 +20,6 @@ pub struct Prometheus {
     child: Child,
     port: u16,
     dir: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// The shipped scrape config with its example targets replaced by `targets` and its

@@ -325,7 +325,7 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Clone, Copy, Default)]
 struct RequestCodec {
     /// The request's size: tonic's buffer starts with room for all of it (its default, 8
-    /// KiB, would grow by copying, a dozen times for a request of a few MiB).
+    /// KiB, would grow by doubling and copying, nine times for a request of 2 MiB).
     size: usize,
 }
 
