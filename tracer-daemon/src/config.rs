@@ -180,9 +180,41 @@ pub struct Config {
     #[arg(long, env = "TRACERD_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Join a cluster coordinated through these etcd endpoints (`http://10.0.0.1:2379,…`):
+    /// the node registers itself, and sessions with `"scope": "cluster"` run on every node
+    /// whose targets match. Without it the daemon is a single node.
+    #[arg(long, env = "TRACERD_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
+    /// This node's name in the cluster (default: the hostname).
+    #[arg(long, env = "TRACERD_NODE")]
+    pub node: Option<String>,
+
+    /// A label of this node, `key=value`, for sessions' `node_selector`; may be repeated.
+    #[arg(long = "node-label", env = "TRACERD_NODE_LABELS", value_delimiter = ',',
+          value_parser = parse_label)]
+    pub node_labels: Vec<(String, String)>,
+
+    /// The URL other nodes reach this node's API at (to merge its events). Default: `http://`
+    /// and the `--listen` address, when that is an IP address other than 0.0.0.0 or ::.
+    #[arg(long, env = "TRACERD_NODE_ADDRESS")]
+    pub node_address: Option<String>,
+
+    /// The etcd key prefix the cluster's state lives under (several clusters can share one
+    /// etcd with different prefixes).
+    #[arg(long, env = "TRACERD_ETCD_PREFIX", default_value = "/tracerd/")]
+    pub etcd_prefix: String,
+
     /// How often the per-cgroup record counts are logged, in seconds (0: never).
     #[arg(long, env = "TRACERD_TALLY_INTERVAL_SECS", default_value_t = 10)]
     pub tally_interval_secs: u64,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not a label: give key=value")),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::{
     backend::{ebpf::EbpfOptions, Engine, EngineOptions, SessionHandle},
     cgroup::Cgroup,
+    cluster::{records::NodeRecord, Cluster, Membership},
     config::Config,
     containers::docker::DockerClient,
     data_dir::DataDir,
@@ -27,6 +28,7 @@ use crate::{
     record::TraceFilter,
     session::{
         follow_containers,
+        spec::validate_node_name,
         store::{FullDisk, Store},
         ManagerOptions, SessionManager,
     },
@@ -75,6 +77,7 @@ pub async fn run(
         ))
     });
 
+    let cluster = join_cluster(&config, &engine, &manager).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
         engine: engine.clone(),
@@ -84,6 +87,7 @@ pub async fn run(
         tally: tally.clone(),
         startup_session: startup_session.clone(),
         reserve: reserve.clone(),
+        cluster: cluster.clone(),
     };
     // When the signal comes, live followers end their streams first: the server's graceful
     // shutdown waits for responses in flight, and a followed stream would never end.
@@ -102,6 +106,9 @@ pub async fn run(
         failed,
         "sessions that were running are resumed; ready"
     );
+    if let Some(cluster) = &cluster {
+        cluster.start_agent();
+    }
     let follower = tokio::spawn(follow_containers(manager.clone()));
     let persister = tokio::spawn(persist_counters(manager.clone(), reserve));
 
@@ -113,6 +120,9 @@ pub async fn run(
     {
         task.abort();
         let _ = task.await;
+    }
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
     }
     // Running sessions stay `running` in the store: the next start resumes them.
     manager.shutdown().await;
@@ -137,6 +147,62 @@ pub async fn run(
     tracing::info!("tracerd stopped; eBPF programs detached, tracefs instances removed");
     drop(data_dir);
     Ok(())
+}
+
+/// With `--etcd`: this node in the cluster (registered in the background).
+async fn join_cluster(
+    config: &Config,
+    engine: &Engine,
+    manager: &Arc<SessionManager>,
+) -> anyhow::Result<Option<Arc<Cluster>>> {
+    if config.etcd.is_empty() {
+        return Ok(None);
+    }
+    let name = match &config.node {
+        Some(name) => name.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_owned(),
+    };
+    validate_node_name("--node", &name)?;
+    let api = config
+        .node_address
+        .clone()
+        .or_else(|| match &config.listen {
+            Listen::Tcp(address) if !address.ip().is_unspecified() => {
+                let scheme = if config.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                Some(format!("{scheme}://{address}"))
+            }
+            _ => None,
+        });
+    if api.is_none() {
+        tracing::warn!("no --node-address and --listen is not one address: other nodes cannot read this node's events");
+    }
+    let mut backends = Vec::new();
+    if engine.ebpf_status().is_ok() {
+        backends.push("ebpf".to_owned());
+    }
+    if engine.ftrace_status().is_ok() {
+        backends.push("ftrace".to_owned());
+    }
+    let node = NodeRecord {
+        name,
+        labels: config.node_labels.iter().cloned().collect(),
+        api,
+        backends,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: crate::record::clock::now_rfc3339(),
+    };
+    let membership = Membership {
+        endpoints: config.etcd.clone(),
+        prefix: config.etcd_prefix.clone(),
+        node,
+    };
+    Ok(Some(Cluster::join(membership, manager.clone()).await?))
 }
 
 /// Bearer tokens from `--tokens`. Without them a loopback listener is open (every caller is

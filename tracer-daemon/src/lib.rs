@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod cgroup;
+pub mod cluster;
 pub mod config;
 pub mod containers;
 pub mod daemon;

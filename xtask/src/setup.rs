@@ -29,7 +29,7 @@ const SELENIUM_VERSION: &str = "4.40.0";
 /// dependencies do not meet rotel's and kubernetes-validate's.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// Debian packages: the Docker engine, and the test and benchmark tools.
-const DEBIAN_PACKAGES: [&str; 11] = [
+const DEBIAN_PACKAGES: [&str; 14] = [
     "docker.io",
     "busybox-static",
     "strace",
@@ -45,6 +45,11 @@ const DEBIAN_PACKAGES: [&str; 11] = [
     // The web page is tested in a real browser, driven through WebDriver.
     "chromium",
     "chromium-driver",
+    // Cluster mode is tested against a real 3-member etcd cluster.
+    "etcd-server",
+    "etcd-client",
+    // etcd-client's build script compiles etcd's protobuf definitions with protoc.
+    "protobuf-compiler",
 ];
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::session::SessionError;
+use crate::{cluster::ClusterError, session::SessionError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -139,6 +139,29 @@ impl From<SessionError> for ApiError {
             | SessionError::EventLog { .. }
             | SessionError::Export(_)
             | SessionError::Task(_) => Self::internal(err),
+        }
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(err: ClusterError) -> Self {
+        let message = err.to_string();
+        match err {
+            ClusterError::Session(err) => err.into(),
+            ClusterError::Unavailable(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "etcd_unavailable", message)
+            }
+            ClusterError::NoReadyNode => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_ready_node", message)
+            }
+            ClusterError::Disabled => {
+                Self::unprocessable("cluster_disabled", message).with(json!({ "field": "scope" }))
+            }
+            ClusterError::NodeNotReady(_) => {
+                Self::new(StatusCode::CONFLICT, "node_not_ready", message)
+            }
+            ClusterError::Conflict => Self::new(StatusCode::CONFLICT, "conflict", message),
+            ClusterError::Corrupt(_) => Self::internal(err),
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct EventParams {
     /// Keep the response open and send new events as they are recorded, until the session
     /// stops (`/events` only).
     pub follow: Option<bool>,
+    /// Cluster sessions: only this node's part (`/events` only).
+    pub node: Option<String>,
     /// The bearer token, for clients that cannot set headers (`/stream` only: browsers'
     /// WebSockets).
     pub token: Option<String>,

@@ -1,5 +1,6 @@
 //! The REST API: shared state, the router, and the operational endpoints.
 pub mod auth;
+mod cluster;
 pub mod error;
 mod event_query;
 mod openapi;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub startup_session: Option<Arc<SessionHandle>>,
     /// The data directory's space reserve (released: the disk is full).
     pub reserve: Arc<crate::space::SpaceReserve>,
+    /// The cluster this node is part of (`--etcd`), if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl axum::extract::FromRef<AppState> for Auth {
@@ -70,8 +73,10 @@ impl axum::extract::FromRef<AppState> for Auth {
         sessions::put_status,
         sessions::delete,
         sessions::events,
+        cluster::nodes,
     ),
-    tags((name = "sessions", description = "Tracing sessions"))
+    tags((name = "sessions", description = "Tracing sessions"),
+         (name = "cluster", description = "Nodes of a cluster (tracerd --etcd)"))
 )]
 struct ApiDoc;
 
@@ -86,6 +91,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(sessions::router())
         .merge(stream::router())
+        .merge(cluster::router())
         .merge(ui::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -15,6 +15,15 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The cluster agent acting on this node's parts of cluster sessions (which callers
+    /// asked for, through any node, with their own rights).
+    pub fn cluster_agent() -> Self {
+        Principal {
+            tenant: "cluster".into(),
+            admin: true,
+        }
+    }
+
     /// Whether this caller may see (and act on) a session.
     pub fn may_see(&self, row: &SessionRow) -> bool {
         self.admin || row.tenant == self.tenant

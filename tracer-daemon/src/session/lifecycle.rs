@@ -36,6 +36,9 @@ pub struct SessionManager {
     /// The actor of every session that has been started, stopped or deleted since the
     /// daemon started. Held only to look one up or add one.
     actors: std::sync::Mutex<HashMap<Uuid, ActorHandle>>,
+    /// Bumped at every container change told to the actors (the cluster agent waits on it
+    /// to retry parts waiting for a container).
+    container_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl SessionManager {
@@ -57,6 +60,7 @@ impl SessionManager {
                 followers: Arc::new(Followers::default()),
             }),
             actors: std::sync::Mutex::new(HashMap::new()),
+            container_changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -98,8 +102,36 @@ impl SessionManager {
         let spec = request.validate()?;
         request.check_new()?;
         let (tenant, restricted) = principal.owner_of(&request, &spec.target)?;
+        let now = time::OffsetDateTime::now_utc();
+        let new = NewSession {
+            id: Uuid::new_v4(),
+            tenant,
+            restricted,
+            name: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(&request.target, now)),
+            request,
+            request_text,
+        };
+        self.insert_new(new, &spec).await
+    }
+
+    /// Creates this node's part of a cluster session: the cluster session's id, owner, name
+    /// and request (already checked where it was created). Fails as a create does when the
+    /// target matches nothing here.
+    pub async fn create_part(&self, part: NewSession) -> Result<Session, SessionError> {
+        let spec = part.request.validate()?;
+        self.insert_new(part, &spec).await
+    }
+
+    async fn insert_new(
+        &self,
+        new: NewSession,
+        spec: &SessionSpec,
+    ) -> Result<Session, SessionError> {
         self.ctx.check_space()?;
-        self.check_backend(&spec)?;
+        self.check_backend(spec)?;
         // The target must exist now; it is resolved again at every start.
         match &spec.target {
             TargetKind::Launch(request) => {
@@ -108,28 +140,24 @@ impl SessionManager {
             }
             _ => {
                 let resolving = Resolving {
-                    spec: &spec,
-                    tenant: &tenant,
-                    restricted,
+                    spec,
+                    tenant: &new.tenant,
+                    restricted: new.restricted,
                     session: Uuid::nil(),
                     run: 0,
                 };
                 resolving.resolve(&self.ctx).await?;
             }
         }
-        let now = time::OffsetDateTime::now_utc();
-        let created_at = rfc3339(now);
+        let created_at = rfc3339(time::OffsetDateTime::now_utc());
         let row = SessionRow {
-            id: Uuid::new_v4(),
-            tenant,
-            name: spec
-                .name
-                .clone()
-                .unwrap_or_else(|| default_name(&request.target, now)),
+            id: new.id,
+            tenant: new.tenant,
+            name: new.name,
             status: Status::Created,
             duplicate_key: spec.duplicate_key(),
-            request,
-            request_text,
+            request: new.request,
+            request_text: new.request_text,
             created_at: created_at.clone(),
             updated_at: created_at,
             started_at: None,
@@ -140,7 +168,7 @@ impl SessionManager {
             finished_reason: None,
             error: None,
             counters: Counters::default(),
-            restricted,
+            restricted: new.restricted,
         };
         self.ctx.store.insert(row.clone()).await?;
         tracing::info!(session = %row.id, name = %row.name, tenant = %row.tenant, "session created");
@@ -344,6 +372,13 @@ impl SessionManager {
         for (_, actor) in self.all_actors() {
             actor.tell(Command::Container(change.clone()));
         }
+        self.container_changes
+            .send_modify(|changes| *changes = changes.wrapping_add(1));
+    }
+
+    /// Changes when a container starts, stops or the runtime resyncs.
+    pub fn container_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.container_changes.subscribe()
     }
 
     /// Marks a session as waiting to be resumed, as `recover` does (tests).
@@ -464,6 +499,18 @@ impl Drop for Resumed<'_> {
     fn drop(&mut self) {
         lock(&self.0.resuming).remove(&self.1);
     }
+}
+
+/// A session to create: who owns it, its name and its request.
+pub struct NewSession {
+    pub id: Uuid,
+    pub tenant: String,
+    /// Limited to its tenant's containers (created by a tenant, not an admin).
+    pub restricted: bool,
+    pub name: String,
+    pub request: CreateSession,
+    /// The request as received, kept verbatim.
+    pub request_text: String,
 }
 
 /// A running container and the sessions tracing it, as `GET /v1/containers` shows it.

@@ -30,5 +30,5 @@ pub use self::{
     error::{Forbidden, SessionError, TargetError},
     follow::follow_containers,
     launch::remove_parent_cgroups as remove_launch_parent_cgroups,
-    lifecycle::{ContainerView, SessionManager},
+    lifecycle::{ContainerView, NewSession, SessionManager},
 };

@@ -150,6 +150,61 @@ impl TracedContainer {
     }
 }
 
+/// Where a node's part of a cluster session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PartStatus {
+    /// Nothing on the node matches the target (yet): it joins when a container that
+    /// matches starts there.
+    Waiting,
+    Created,
+    Running,
+    Stopped,
+    Finished,
+    Failed,
+    /// The node's lease expired: its last reported counters are shown.
+    Lost,
+}
+
+impl PartStatus {
+    pub fn of(status: Status) -> Self {
+        match status {
+            Status::Created => PartStatus::Created,
+            Status::Running => PartStatus::Running,
+            Status::Stopped => PartStatus::Stopped,
+            Status::Finished => PartStatus::Finished,
+            Status::Failed => PartStatus::Failed,
+        }
+    }
+
+    /// Whether the part will not record again.
+    pub fn is_final(self) -> bool {
+        matches!(self, PartStatus::Finished | PartStatus::Failed)
+    }
+}
+
+/// A node's part of a cluster session, as the node reports it (and the API shows it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PartRecord {
+    pub node: String,
+    pub status: PartStatus,
+    /// The session generation the part has acted on.
+    pub generation: u64,
+    pub counters: Counters,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traced: Option<TracedContainers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_recording: Option<NotRecording>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_in_use: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the node last reported it (RFC 3339).
+    pub updated_at: String,
+}
+
 /// A tracing session, as `GET /v1/sessions/{id}` returns it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Session {
@@ -200,6 +255,26 @@ pub struct Session {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<String>,
     pub counters: Counters,
+    /// `cluster` for a session that runs on every node whose targets match (absent: this
+    /// node only).
+    #[serde(default, skip_serializing_if = "is_local")]
+    pub scope: super::spec::Scope,
+    /// A cluster session's nodes (as asked; absent for all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// A cluster launch session's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
+    /// A cluster session's parts, one per node that runs it (or waits to); `counters` is
+    /// their sum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<PartRecord>>,
+}
+
+fn is_local(scope: &super::spec::Scope) -> bool {
+    *scope == super::spec::Scope::Local
 }
 
 /// A session as stored: the request as received plus everything that changes.
@@ -256,6 +331,11 @@ impl SessionRow {
             started_at: self.started_at.clone(),
             stopped_at: self.stopped_at.clone(),
             counters: counters.unwrap_or(self.counters),
+            scope: self.request.scope,
+            nodes: self.request.nodes.clone(),
+            node_selector: self.request.node_selector.clone(),
+            placement: None,
+            parts: None,
         }
     }
 }

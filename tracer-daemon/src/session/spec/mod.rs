@@ -6,6 +6,7 @@
 mod capture;
 mod field;
 mod object;
+mod scope;
 mod target;
 mod whole;
 
@@ -18,6 +19,7 @@ use self::field::{invalid, parse_strict_ttl, parse_ttl, validate_name};
 pub use self::{
     capture::{capture_bounds, Capture, DATA_SYSCALLS},
     field::{validate_tenant, InvalidField, MAX_NAME_LEN, TTL_PATTERN},
+    scope::{validate_node_name, Scope, MAX_NODE_NAME_LEN},
     target::{Launch, Target, TargetKind},
 };
 
@@ -63,6 +65,20 @@ pub struct CreateSession {
         deserialize_with = "object::option"
     )]
     pub capture: Option<Capture>,
+    /// `local` (default): this node. `cluster`: every node of the cluster whose targets
+    /// match (tracerd `--etcd`); each runs its part, the API sums them.
+    #[serde(default, skip_serializing_if = "is_local")]
+    pub scope: Scope,
+    /// Cluster sessions only: run only on these nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    /// Cluster sessions only: run only on nodes carrying all these labels (`--node-label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<std::collections::BTreeMap<String, String>>,
+}
+
+fn is_local(scope: &Scope) -> bool {
+    *scope == Scope::Local
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
@@ -114,6 +130,14 @@ pub struct Limits {
         deserialize_with = "self::whole::option"
     )]
     pub ftrace_buffer_kb: Option<u32>,
+    /// Cluster sessions only: stop each node's part after this many delivered events (that
+    /// part finishes; `max_events` still bounds the whole session).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "self::whole::option"
+    )]
+    pub max_events_per_node: Option<u64>,
 }
 
 /// A validated request, ready to run.
@@ -185,6 +209,7 @@ impl CreateSession {
         }
         let ttl = self.ttl(&target)?;
         self.check_limits()?;
+        self.check_scope()?;
         if let Some(tenant) = &self.tenant {
             validate_tenant(tenant)?;
         }

@@ -50,6 +50,9 @@ pub struct ListQuery {
     pub limit: u32,
     /// Continue after this session (a page token).
     pub after: Option<Uuid>,
+    /// Also this node's parts of cluster sessions (`GET /v1/sessions` shows the cluster
+    /// sessions themselves instead).
+    pub parts: bool,
 }
 
 #[derive(Clone)]
@@ -175,6 +178,9 @@ impl Store {
                 values.push(value);
                 sql.push_str(&clause.replace('?', &format!("?{}", values.len())));
             };
+            if !query.parts {
+                sql.push_str(" AND coalesce(json_extract(request, '$.scope'), 'local') = 'local'");
+            }
             if let Some(tenant) = query.tenant {
                 bind(&mut sql, " AND tenant = ?", tenant);
             }
@@ -215,6 +221,15 @@ impl Store {
             Ok((sessions, more))
         })
         .await
+    }
+
+    /// This node's parts of cluster sessions.
+    pub fn cluster_parts(&self) -> Vec<SessionRow> {
+        self.cached()
+            .values()
+            .filter(|row| row.request.scope == crate::session::spec::Scope::Cluster)
+            .cloned()
+            .collect()
     }
 
     /// Every session with `status`.

@@ -1,0 +1,370 @@
+//! The agent: makes this node's parts of cluster sessions what etcd says they should be,
+//! and reports each part back.
+//!
+//! A part is an ordinary local session with the cluster session's id (so its event log,
+//! counters, crash recovery and kernel objects are the local ones), created when its target
+//! first matches something here. The agent acts on every change etcd reports (a watch),
+//! on container changes (a part waiting for a container joins), and once a second; every
+//! pass reads the whole state again, so a missed event or an etcd outage only delays it.
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{
+    placement,
+    records::{ClusterSessionRecord, PartRecord, PartStatus},
+    ClusterError, Shared,
+};
+use crate::{
+    record::clock::now_rfc3339,
+    session::{
+        model::{Counters, Session, Status},
+        NewSession, Principal, SessionError, SessionManager,
+    },
+};
+
+/// The agent's pass without any event: live counters are reported this often.
+const PASS_EVERY: Duration = Duration::from_secs(1);
+/// A part waiting for a container retries at least this often (container events make it
+/// retry at once).
+const WAITING_RETRY: Duration = Duration::from_secs(5);
+
+pub struct Agent {
+    shared: Arc<Shared>,
+    manager: Arc<SessionManager>,
+    /// What was last reported per session, so only changes are written.
+    reported: HashMap<Uuid, PartRecord>,
+    /// Parts with no local session: waiting for a container, or refused here (why).
+    unstarted: HashMap<Uuid, Unstarted>,
+    /// Parts whose start or stop was refused, at which generation, and why.
+    refused: HashMap<Uuid, (u64, String)>,
+    warned: bool,
+}
+
+struct Unstarted {
+    status: PartStatus,
+    error: Option<String>,
+    generation: u64,
+    tried: tokio::time::Instant,
+    changes_seen: u64,
+}
+
+impl Agent {
+    pub fn new(shared: Arc<Shared>, manager: Arc<SessionManager>) -> Self {
+        Self {
+            shared,
+            manager,
+            reported: HashMap::new(),
+            unstarted: HashMap::new(),
+            refused: HashMap::new(),
+            warned: false,
+        }
+    }
+
+    /// Runs until `stop` says so.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut containers = self.manager.container_changes();
+        loop {
+            let mut watch = self.shared.etcd.watch("sessions/").await.ok();
+            loop {
+                let seen = *containers.borrow_and_update();
+                self.pass(seen).await;
+                let changed = async {
+                    match watch.as_mut() {
+                        Some(stream) => matches!(stream.message().await, Ok(Some(_))),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    alive = changed => if !alive { break },
+                    _ = containers.changed() => {}
+                    () = tokio::time::sleep(PASS_EVERY) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            // The watch ended (etcd away or restarted): passes go on once a second until a
+            // new one is made.
+            tokio::select! {
+                () = tokio::time::sleep(PASS_EVERY) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn pass(&mut self, container_changes: u64) {
+        match self.reconcile(container_changes).await {
+            Ok(()) => {
+                if self.warned {
+                    tracing::info!("etcd answers again: cluster sessions reconciled");
+                }
+                self.warned = false;
+            }
+            Err(err) => {
+                if !self.warned {
+                    tracing::warn!(%err, "cannot reconcile cluster sessions; parts running here go on recording");
+                }
+                self.warned = true;
+            }
+        }
+    }
+
+    async fn reconcile(&mut self, container_changes: u64) -> Result<(), ClusterError> {
+        let sessions: Vec<ClusterSessionRecord> = self.shared.etcd.list("sessions/").await?;
+        let ready = super::node::ready_nodes(&self.shared.etcd).await?;
+        let shared = self.shared.clone();
+        let me = &shared.node;
+        let mut present = HashSet::new();
+        for session in &sessions {
+            present.insert(session.id);
+            let session = placement::settle(&self.shared, session, &ready).await?;
+            if !session.runs_on(me) || session.desired == Status::Created {
+                continue;
+            }
+            let part = self.act(&session, container_changes).await;
+            self.report(&session, part).await?;
+            finish_at_limit(&shared, &session).await?;
+        }
+        self.remove_deleted(&present).await
+    }
+
+    /// Brings the local part of `session` where it should be; returns what it is now.
+    async fn act(&mut self, session: &ClusterSessionRecord, container_changes: u64) -> PartRecord {
+        let agent = Principal::cluster_agent();
+        let mut local = self.manager.get(&agent, session.id).await.ok();
+        let refused_now = self
+            .refused
+            .get(&session.id)
+            .is_some_and(|(generation, _)| *generation == session.generation);
+        match (session.desired, local.as_ref().map(|part| part.status)) {
+            (Status::Running, None) => {
+                local = self.create_and_start(session, container_changes).await;
+            }
+            (Status::Running, Some(Status::Created | Status::Stopped)) if !refused_now => {
+                let started = self.manager.start(&agent, session.id).await;
+                local = self.outcome(session, started).await;
+            }
+            (Status::Stopped | Status::Finished | Status::Failed, Some(Status::Running)) => {
+                let stopped = self.manager.stop(&agent, session.id).await;
+                local = self.outcome(session, stopped).await;
+            }
+            _ => {}
+        }
+        match local {
+            Some(local) => self.part_of(session, &local),
+            None => self.unstarted_part(session),
+        }
+    }
+
+    /// The part after a start or stop. One that was refused (a duplicate of a session
+    /// running here, say) keeps its error, and is not tried again until the cluster session
+    /// changes.
+    async fn outcome(
+        &mut self,
+        session: &ClusterSessionRecord,
+        outcome: Result<Session, SessionError>,
+    ) -> Option<Session> {
+        match outcome {
+            Ok(local) => {
+                self.refused.remove(&session.id);
+                Some(local)
+            }
+            Err(err) => {
+                tracing::warn!(session = %session.id, %err, "could not change this node's part");
+                self.refused
+                    .insert(session.id, (session.generation, err.to_string()));
+                self.manager
+                    .get(&Principal::cluster_agent(), session.id)
+                    .await
+                    .ok()
+            }
+        }
+    }
+
+    /// Creates and starts the part when its target matches here; else remembers it waits.
+    async fn create_and_start(
+        &mut self,
+        session: &ClusterSessionRecord,
+        container_changes: u64,
+    ) -> Option<Session> {
+        if let Some(unstarted) = self.unstarted.get(&session.id) {
+            let changed = unstarted.generation != session.generation;
+            let retry = match unstarted.status {
+                // Refused here (no such backend, say): again only when the session changes.
+                PartStatus::Failed => changed,
+                _ => {
+                    changed
+                        || unstarted.changes_seen != container_changes
+                        || unstarted.tried.elapsed() >= WAITING_RETRY
+                }
+            };
+            if !retry {
+                return None;
+            }
+        }
+        let part = NewSession {
+            id: session.id,
+            tenant: session.tenant.clone(),
+            restricted: session.restricted,
+            name: session.name.clone(),
+            request: super::part_request(session),
+            request_text: String::new(),
+        };
+        let part = NewSession {
+            request_text: serde_json::to_string(&part.request).unwrap_or_default(),
+            ..part
+        };
+        let (status, error) = match self.manager.create_part(part).await {
+            Ok(_) => {
+                self.unstarted.remove(&session.id);
+                let agent = Principal::cluster_agent();
+                let started = self.manager.start(&agent, session.id).await;
+                tracing::info!(session = %session.id, node = %self.shared.node.name, "this node joined the cluster session");
+                return self.outcome(session, started).await;
+            }
+            // Nothing here matches (yet): the part waits for a container.
+            Err(SessionError::NoMatchingContainer { .. } | SessionError::Target(_)) => {
+                (PartStatus::Waiting, None)
+            }
+            Err(err) => (PartStatus::Failed, Some(err.to_string())),
+        };
+        self.unstarted.insert(
+            session.id,
+            Unstarted {
+                status,
+                error,
+                generation: session.generation,
+                tried: tokio::time::Instant::now(),
+                changes_seen: container_changes,
+            },
+        );
+        None
+    }
+
+    fn part_of(&self, session: &ClusterSessionRecord, local: &Session) -> PartRecord {
+        let refused = self.refused.get(&session.id).map(|(_, why)| why.clone());
+        PartRecord {
+            node: self.shared.node.name.clone(),
+            status: PartStatus::of(local.status),
+            generation: session.generation,
+            counters: local.counters,
+            traced: local.traced.clone(),
+            not_recording: local.not_recording.clone(),
+            backend_in_use: local.backend_in_use.clone(),
+            finished_reason: local.finished_reason.clone(),
+            error: local.error.clone().or(refused),
+            updated_at: now_rfc3339(),
+        }
+    }
+
+    fn unstarted_part(&self, session: &ClusterSessionRecord) -> PartRecord {
+        let (status, error) = self
+            .unstarted
+            .get(&session.id)
+            .map_or((PartStatus::Waiting, None), |u| (u.status, u.error.clone()));
+        PartRecord {
+            node: self.shared.node.name.clone(),
+            status,
+            generation: session.generation,
+            counters: Counters::default(),
+            traced: None,
+            not_recording: None,
+            backend_in_use: None,
+            finished_reason: None,
+            error,
+            updated_at: now_rfc3339(),
+        }
+    }
+
+    /// Writes the part to etcd if it changed since it was last written.
+    async fn report(
+        &mut self,
+        session: &ClusterSessionRecord,
+        part: PartRecord,
+    ) -> Result<(), ClusterError> {
+        let unchanged = self.reported.get(&session.id).is_some_and(|last| {
+            PartRecord {
+                updated_at: part.updated_at.clone(),
+                ..last.clone()
+            } == part
+        });
+        if unchanged {
+            return Ok(());
+        }
+        let path = format!("parts/{}/{}", session.id, self.shared.node.name);
+        self.shared.etcd.put(&path, &part, None).await?;
+        self.reported.insert(session.id, part);
+        Ok(())
+    }
+
+    /// Parts whose cluster session was deleted: deleted here too (events and all).
+    async fn remove_deleted(&mut self, present: &HashSet<Uuid>) -> Result<(), ClusterError> {
+        let agent = Principal::cluster_agent();
+        for row in self.manager.store().cluster_parts() {
+            if present.contains(&row.id) {
+                continue;
+            }
+            match self.manager.delete(&agent, row.id).await {
+                Ok(()) | Err(SessionError::NotFound(_)) => {
+                    tracing::info!(session = %row.id, "the cluster session was deleted: its part here is gone");
+                }
+                Err(err) => {
+                    tracing::warn!(session = %row.id, %err, "could not delete this node's part");
+                    continue;
+                }
+            }
+            let path = format!("parts/{}/{}", row.id, self.shared.node.name);
+            self.shared.etcd.delete(&path, false).await?;
+        }
+        self.reported.retain(|id, _| present.contains(id));
+        self.unstarted.retain(|id, _| present.contains(id));
+        self.refused.retain(|id, _| present.contains(id));
+        Ok(())
+    }
+}
+
+/// A running session with `max_events` whose parts' delivered events reach it finishes as a
+/// whole (every node then stops its part). Each part alone stops at the limit exactly; the
+/// sum is checked at every pass, so parts on several nodes may together record up to a
+/// pass's worth of events past it.
+async fn finish_at_limit(
+    shared: &Shared,
+    session: &ClusterSessionRecord,
+) -> Result<(), ClusterError> {
+    let Some(limit) = session.request.limits.max_events else {
+        return Ok(());
+    };
+    if session.desired != Status::Running {
+        return Ok(());
+    }
+    let parts: Vec<PartRecord> = shared.etcd.list(&format!("parts/{}/", session.id)).await?;
+    let delivered: u64 = parts.iter().map(|part| part.counters.delivered).sum();
+    if delivered < limit {
+        return Ok(());
+    }
+    let path = format!("sessions/{}", session.id);
+    let Some(stored) = shared.etcd.get::<ClusterSessionRecord>(&path).await? else {
+        return Ok(());
+    };
+    let mut finished = stored.value;
+    if finished.desired != Status::Running {
+        return Ok(());
+    }
+    finished.desired = Status::Finished;
+    finished.finished_reason = Some("max_events".into());
+    finished.stopped_at = Some(now_rfc3339());
+    finished.generation += 1;
+    finished.updated_at = now_rfc3339();
+    if shared
+        .etcd
+        .replace(&path, &finished, stored.revision)
+        .await?
+    {
+        tracing::info!(session = %session.id, delivered, limit, "the cluster session reached max_events");
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Cluster mode (`tracerd --etcd …`): many nodes, one API, coordinated through etcd.
+//!
+//! Every node registers itself under a lease ([`node`]). A session created with
+//! `"scope": "cluster"` is stored in etcd ([`api`]); each node's agent ([`agent`]) runs the
+//! node's part of it — an ordinary local session with the same id — when the target matches
+//! there, and reports the part back; reads sum the parts ([`view`]); events are merged
+//! from every node's API ([`peers`]). A launch runs on one node ([`placement`]).
+//! Without `--etcd` none of this exists and the daemon is a single node.
+mod agent;
+mod api;
+pub mod etcd;
+pub mod node;
+pub mod peers;
+mod placement;
+pub mod records;
+mod view;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+
+use self::{etcd::Etcd, records::NodeRecord};
+use crate::session::{spec::CreateSession, SessionError, SessionManager};
+
+/// Why a cluster operation could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("etcd is unreachable ({0}); cluster sessions cannot be read or changed until it answers (their parts keep recording)")]
+    Unavailable(String),
+    #[error("a cluster record in etcd cannot be read: {0}")]
+    Corrupt(String),
+    #[error("`\"scope\": \"cluster\"` needs a cluster: start tracerd with --etcd")]
+    Disabled,
+    #[error("node `{0}` is not ready")]
+    NodeNotReady(String),
+    #[error("no node is ready to run the launch")]
+    NoReadyNode,
+    #[error("the cluster session changed meanwhile; try again")]
+    Conflict,
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// What the agent, the API and the registration share.
+pub struct Shared {
+    pub etcd: Etcd,
+    /// This node, as registered.
+    pub node: NodeRecord,
+}
+
+/// This node's membership of the cluster.
+pub struct Cluster {
+    shared: Arc<Shared>,
+    manager: Arc<SessionManager>,
+    peers: peers::Peers,
+    stop: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// How a node joins: from the daemon's flags.
+pub struct Membership {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub node: NodeRecord,
+}
+
+impl Cluster {
+    /// Joins the cluster: registers this node (in the background: a node started while etcd
+    /// is away registers when it answers). Its agent starts with [`Self::start_agent`].
+    pub async fn join(
+        membership: Membership,
+        manager: Arc<SessionManager>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let etcd = Etcd::connect(&membership.endpoints, &membership.prefix).await?;
+        let shared = Arc::new(Shared {
+            etcd,
+            node: membership.node,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let registration = tokio::spawn(node::keep_registered(
+            shared.etcd.clone(),
+            shared.node.clone(),
+            stopped.clone(),
+        ));
+        tracing::info!(node = %shared.node.name, endpoints = ?membership.endpoints, "joining the cluster");
+        Ok(Arc::new(Self {
+            shared,
+            manager,
+            peers: peers::Peers::new(),
+            stop,
+            tasks: std::sync::Mutex::new(vec![registration]),
+        }))
+    }
+
+    /// Starts the agent that runs this node's parts; after the sessions that were running
+    /// here have been resumed, so the two never race.
+    pub fn start_agent(&self) {
+        let agent = agent::Agent::new(self.shared.clone(), self.manager.clone());
+        let task = tokio::spawn(agent.run(self.stop.subscribe()));
+        crate::sync::lock(&self.tasks).push(task);
+    }
+
+    pub fn peers(&self) -> &peers::Peers {
+        &self.peers
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.shared.node.name
+    }
+
+    /// Every node that has registered, ready or lost.
+    pub async fn nodes(&self) -> Result<Vec<node::NodeView>, ClusterError> {
+        node::list_nodes(&self.shared.etcd).await
+    }
+
+    /// Leaves: the agent stops (parts stay as they are, to resume at the next start) and the
+    /// lease is revoked, so other nodes see this one as lost at once.
+    pub async fn leave(&self) {
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut *crate::sync::lock(&self.tasks));
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+    }
+}
+
+/// The request of this node's part of `session`: its limits made per node — the part stops
+/// at `max_events_per_node` (or the whole session's `max_events`, if lower), and its TTL is
+/// what is left of the session's since it was started, so every part ends at one deadline.
+fn part_request(session: &records::ClusterSessionRecord) -> CreateSession {
+    let mut request = session.request.clone();
+    let limits = &mut request.limits;
+    limits.max_events = match (limits.max_events, limits.max_events_per_node) {
+        (Some(whole), Some(per_node)) => Some(whole.min(per_node)),
+        (whole, per_node) => whole.or(per_node),
+    };
+    let ttl = session.request.validate().ok().and_then(|spec| spec.ttl);
+    let started = session.started_at.as_deref().and_then(|at| {
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+    });
+    if let (Some(ttl), Some(started)) = (ttl, started) {
+        let elapsed = time::OffsetDateTime::now_utc() - started;
+        let left = ttl.saturating_sub(elapsed.try_into().unwrap_or_default());
+        limits.ttl = Some(format!("{}ms", left.as_millis().max(1)));
+    }
+    request.tenant = Some(session.tenant.clone());
+    request
+}

@@ -1,0 +1,183 @@
+//! Other nodes' APIs, for their parts' events: a cluster session's events are each node's
+//! part's own log (they are never copied into etcd), read from that node with the caller's
+//! own token (every node has the same tokens file), each line carrying its `node`.
+use std::{pin::Pin, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt as _};
+use uuid::Uuid;
+
+/// Marks a request one node makes of another, so a node named in `node=` that is not the
+/// one answering is an error rather than another hop.
+pub const HOP_HEADER: &str = "x-tracerd-peer";
+
+pub type Lines = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+
+pub struct Peers {
+    client: reqwest::Client,
+}
+
+impl Peers {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            // Downloads and follows may last: only a silent connection is given up on.
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Self { client }
+    }
+
+    /// `node`'s part of session `id`, from its API at `api`, with the caller's query and
+    /// `authorization`. What cannot be read ends the part with one line saying why.
+    pub fn events(
+        &self,
+        api: &str,
+        id: Uuid,
+        node: &str,
+        query: &str,
+        authorization: Option<&str>,
+    ) -> Lines {
+        let mut url = format!(
+            "{}/v1/sessions/{id}/events?node={node}",
+            api.trim_end_matches('/')
+        );
+        if !query.is_empty() {
+            url.push('&');
+            url.push_str(query);
+        }
+        let mut request = self.client.get(url).header(HOP_HEADER, "1");
+        if let Some(authorization) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization);
+        }
+        let node = node.to_owned();
+        let stream = async move {
+            let response = match request.send().await {
+                Ok(response) if response.status().is_success() => response,
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response.text().await.unwrap_or_default();
+                    return unavailable(&node, &format!("{status}: {}", body.trim())).boxed();
+                }
+                Err(err) => return unavailable(&node, &err.to_string()).boxed(),
+            };
+            let node_for_error = node.clone();
+            whole_lines(
+                response.bytes_stream().map(move |chunk| {
+                    chunk.map_err(|err| format!("reading node `{node_for_error}`'s events: {err}"))
+                }),
+                node,
+            )
+            .boxed()
+        };
+        futures_util::stream::once(stream).flatten().boxed()
+    }
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A line saying a node's events could not be read.
+pub fn unavailable(node: &str, why: &str) -> impl Stream<Item = Bytes> + Send + 'static {
+    let line = serde_json::json!({ "node": node, "unavailable": why }).to_string() + "\n";
+    futures_util::stream::iter([Bytes::from(line)])
+}
+
+/// Re-chunks a byte stream at line ends, so lines of several nodes can be interleaved;
+/// an error ends it with an `unavailable` line.
+fn whole_lines(
+    chunks: impl Stream<Item = Result<Bytes, String>> + Send + 'static,
+    node: String,
+) -> impl Stream<Item = Bytes> + Send + 'static {
+    let state = (Box::pin(chunks), BytesMut::new(), false);
+    futures_util::stream::unfold(state, move |(mut chunks, mut pending, done)| {
+        let node = node.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                match chunks.next().await {
+                    Some(Ok(chunk)) => {
+                        pending.extend_from_slice(&chunk);
+                        if let Some(end) = pending.iter().rposition(|byte| *byte == b'\n') {
+                            let lines = pending.split_to(end + 1).freeze();
+                            return Some((lines, (chunks, pending, false)));
+                        }
+                    }
+                    Some(Err(why)) => {
+                        let line = serde_json::json!({ "node": node, "unavailable": why })
+                            .to_string()
+                            + "\n";
+                        return Some((Bytes::from(line), (chunks, pending, true)));
+                    }
+                    None => {
+                        // A last line without its newline is still a line.
+                        if pending.is_empty() {
+                            return None;
+                        }
+                        pending.extend_from_slice(b"\n");
+                        let lines = pending.split().freeze();
+                        return Some((lines, (chunks, pending, true)));
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Each line of `lines` (whole JSON objects, one per line) with `"node":"<node>"` first.
+pub fn with_node(lines: &[u8], node: &str) -> Bytes {
+    let field = format!("{{\"node\":{},", serde_json::Value::from(node));
+    let mut out = BytesMut::with_capacity(lines.len() + lines.len() / 8);
+    for line in lines.split_inclusive(|byte| *byte == b'\n') {
+        match line.strip_prefix(b"{") {
+            Some(rest) if rest.first() != Some(&b'}') => {
+                out.extend_from_slice(field.as_bytes());
+                out.extend_from_slice(rest);
+            }
+            _ => out.extend_from_slice(line),
+        }
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_line_gets_its_node_first() {
+        let lines = b"{\"seq\":1,\"syscall\":\"getppid\"}\n{\"gap\":3}\n";
+        let out = with_node(lines, "b");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "{\"node\":\"b\",\"seq\":1,\"syscall\":\"getppid\"}\n{\"node\":\"b\",\"gap\":3}\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn chunks_split_mid_line_come_out_as_whole_lines() {
+        let chunks = futures_util::stream::iter([
+            Ok(Bytes::from_static(b"{\"a\":1}\n{\"a\"")),
+            Ok(Bytes::from_static(b":2}\n{\"a\":3}")),
+            Err("reset".to_owned()),
+        ]);
+        let out: Vec<Bytes> = whole_lines(chunks, "b".into()).collect().await;
+        let text: Vec<&str> = out
+            .iter()
+            .map(|b| std::str::from_utf8(b).unwrap())
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "{\"a\":1}\n",
+                "{\"a\":2}\n",
+                "{\"node\":\"b\",\"unavailable\":\"reset\"}\n"
+            ]
+        );
+    }
+}
