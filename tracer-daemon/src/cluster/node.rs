@@ -27,7 +27,7 @@ pub struct NodeView {
     pub status: &'static str,
 }
 
-/// Every node that has registered, ready ones first by name, then lost ones.
+/// Every node that has registered, by name.
 pub async fn list_nodes(etcd: &Etcd) -> Result<Vec<NodeView>, ClusterError> {
     let live: BTreeSet<String> = etcd
         .list::<NodeRecord>("nodes/")
@@ -48,7 +48,7 @@ pub async fn list_nodes(etcd: &Etcd) -> Result<Vec<NodeView>, ClusterError> {
             record,
         })
         .collect();
-    nodes.sort_by(|a, b| (a.status, &a.record.name).cmp(&(b.status, &b.record.name)));
+    nodes.sort_by(|a, b| a.record.name.cmp(&b.record.name));
     Ok(nodes)
 }
 

@@ -78,3 +78,94 @@ impl ClusterSessionRecord {
         named && labelled
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            api: None,
+            backends: vec![],
+            version: String::new(),
+            started_at: String::new(),
+        }
+    }
+
+    fn session(request: serde_json::Value, placement: Option<&str>) -> ClusterSessionRecord {
+        ClusterSessionRecord {
+            id: Uuid::nil(),
+            tenant: "t".into(),
+            name: "n".into(),
+            restricted: false,
+            request: serde_json::from_value(request).unwrap(),
+            request_text: String::new(),
+            desired: Status::Running,
+            generation: 1,
+            runs: 1,
+            placement: placement.map(str::to_owned),
+            error: None,
+            finished_reason: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+            started_at: None,
+            stopped_at: None,
+        }
+    }
+
+    #[test]
+    fn a_session_runs_on_the_nodes_it_names_or_selects_and_a_launch_on_its_placement() {
+        let (a, b) = (node("a", &[("zone", "x")]), node("b", &[("zone", "y")]));
+        let all = session(
+            serde_json::json!({"scope": "cluster", "target": {"container": "w"}}),
+            None,
+        );
+        assert!(all.runs_on(&a) && all.runs_on(&b));
+        let named = session(
+            serde_json::json!({"scope": "cluster", "target": {"container": "w"}, "nodes": ["b"]}),
+            None,
+        );
+        assert!(!named.runs_on(&a) && named.runs_on(&b));
+        let selected = session(
+            serde_json::json!({"scope": "cluster", "target": {"container": "w"}, "node_selector": {"zone": "x"}}),
+            None,
+        );
+        assert!(selected.runs_on(&a) && !selected.runs_on(&b));
+        let launch = session(
+            serde_json::json!({"scope": "cluster", "target": {"launch": {"image": "busybox"}}}),
+            Some("b"),
+        );
+        assert!(!launch.runs_on(&a) && launch.runs_on(&b));
+    }
+
+    #[test]
+    fn a_part_stops_at_the_lower_limit_and_at_the_session_deadline() {
+        let mut started = session(
+            serde_json::json!({"scope": "cluster", "target": {"container": "w"},
+                               "limits": {"max_events": 100, "max_events_per_node": 30, "ttl": "60s"}}),
+            None,
+        );
+        let ten_seconds_ago = time::OffsetDateTime::now_utc() - time::Duration::seconds(10);
+        started.started_at = Some(crate::record::clock::rfc3339(ten_seconds_ago));
+        let part = super::super::part_request(&started);
+        assert_eq!(part.limits.max_events, Some(30));
+        let ttl: u64 = part
+            .limits
+            .ttl
+            .clone()
+            .unwrap()
+            .trim_end_matches("ms")
+            .parse()
+            .unwrap();
+        assert!(
+            (49_000..=50_100).contains(&ttl),
+            "{ttl} ms left of 60 s after 10 s"
+        );
+        assert!(part.validate().is_ok());
+    }
+}

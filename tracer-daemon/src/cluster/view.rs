@@ -97,3 +97,101 @@ fn common(mut values: impl Iterator<Item = Option<String>>) -> Option<String> {
         .all(|value| value.as_deref() == Some(first.as_str()))
         .then_some(first)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::model::Counters;
+
+    fn record(desired: Status) -> ClusterSessionRecord {
+        ClusterSessionRecord {
+            id: uuid::Uuid::nil(),
+            tenant: "t".into(),
+            name: "n".into(),
+            restricted: false,
+            request: serde_json::from_value(
+                serde_json::json!({"scope": "cluster", "target": {"container": "web"}}),
+            )
+            .unwrap(),
+            request_text: String::new(),
+            desired,
+            generation: 2,
+            runs: 1,
+            placement: None,
+            error: None,
+            finished_reason: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+            started_at: None,
+            stopped_at: None,
+        }
+    }
+
+    fn part(node: &str, status: PartStatus, delivered: u64) -> PartRecord {
+        PartRecord {
+            node: node.into(),
+            status,
+            generation: 2,
+            counters: Counters {
+                matched: delivered + 1,
+                delivered,
+                dropped: 1,
+                ..Counters::default()
+            },
+            traced: None,
+            not_recording: None,
+            backend_in_use: Some("ebpf".into()),
+            finished_reason: Some("targets_gone".into()),
+            error: None,
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn counters_are_the_parts_sum_and_a_lost_node_keeps_its_last() {
+        let ready = HashSet::from(["a".to_owned()]);
+        let parts = vec![
+            part("b", PartStatus::Running, 30),
+            part("a", PartStatus::Running, 12),
+        ];
+        let session = session(&record(Status::Running), parts, &ready);
+        assert_eq!(session.status, Status::Running);
+        assert_eq!(session.counters.delivered, 42);
+        assert_eq!(session.counters.matched, 44);
+        assert_eq!(session.counters.dropped, 2);
+        let parts = session.parts.unwrap();
+        assert_eq!(parts[0].node, "a");
+        assert_eq!(parts[1].status, PartStatus::Lost);
+        assert_eq!(session.backend_in_use.as_deref(), Some("ebpf"));
+    }
+
+    #[test]
+    fn a_running_session_ends_when_every_part_has() {
+        let ready = HashSet::from(["a".to_owned(), "b".to_owned()]);
+        let some = vec![
+            part("a", PartStatus::Finished, 1),
+            part("b", PartStatus::Running, 1),
+        ];
+        assert_eq!(
+            session(&record(Status::Running), some, &ready).status,
+            Status::Running
+        );
+        let all = vec![
+            part("a", PartStatus::Finished, 1),
+            part("b", PartStatus::Finished, 1),
+        ];
+        let ended = session(&record(Status::Running), all, &ready);
+        assert_eq!(ended.status, Status::Finished);
+        assert_eq!(ended.finished_reason.as_deref(), Some("targets_gone"));
+        let mut failed = part("b", PartStatus::Failed, 0);
+        failed.error = Some("no such image".into());
+        let ended = session(&record(Status::Running), vec![failed], &ready);
+        assert_eq!(ended.status, Status::Failed);
+        assert_eq!(ended.error.as_deref(), Some("b: no such image"));
+        let stopped = vec![part("a", PartStatus::Stopped, 1)];
+        assert_eq!(
+            session(&record(Status::Stopped), stopped, &ready).status,
+            Status::Stopped
+        );
+    }
+}

@@ -82,9 +82,13 @@ struct ApiDoc;
 
 /// The OpenAPI 3 document, generated from the handlers and types, with what the handlers
 /// check besides (see [`openapi`]).
-pub fn openapi() -> Value {
-    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    DOCUMENT.get_or_init(openapi::document).clone()
+/// A single node's document says only what a single node accepts (no cluster sessions);
+/// a cluster node's adds them.
+pub fn openapi(cluster: bool) -> Value {
+    static SINGLE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    static CLUSTER: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let document = if cluster { &CLUSTER } else { &SINGLE };
+    document.get_or_init(|| openapi::document(cluster)).clone()
 }
 
 pub fn router(state: AppState) -> Router {
@@ -163,8 +167,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn openapi_json() -> impl IntoResponse {
-    Json(openapi())
+async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
+    Json(openapi(state.cluster.is_some()))
 }
 
 /// `/metrics` on the API: every tenant's session ids and counters, so for the admin only (or

@@ -11,12 +11,14 @@ use utoipa::OpenApi as _;
 
 use super::ApiDoc;
 use crate::session::spec::{
-    capture_bounds, FTRACE_BUFFER_KB, MAX_LABEL_LEN, MAX_LIST_LEN, MAX_NAME_LEN, TTL_PATTERN,
+    capture_bounds, FTRACE_BUFFER_KB, MAX_LABEL_LEN, MAX_LIST_LEN, MAX_NAME_LEN, MAX_NODE_NAME_LEN,
+    TTL_PATTERN,
 };
 use crate::sink::export::config::ENDPOINT_PATTERN;
 
-/// The document, with the constraints and responses the generated one lacks.
-pub fn document() -> Value {
+/// The document, with the constraints and responses the generated one lacks; `cluster`:
+/// for a node of a cluster (`--etcd`), which also takes cluster sessions.
+pub fn document(cluster: bool) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
     let schemas = &mut doc["components"]["schemas"];
     schemas["Error"] = json!({
@@ -28,6 +30,7 @@ pub fn document() -> Value {
         },
     });
     constrain_create(schemas);
+    constrain_scope(schemas, cluster);
     schemas["Target"] = target_schema();
     schemas["StatusChange"]["properties"]["status"] =
         json!({"type": "string", "enum": ["running", "stopped"]});
@@ -105,6 +108,38 @@ fn constrain_create(schemas: &mut Value) {
         "propertyNames": {"minLength": 1, "pattern": "^[^=]*$"},
     });
     launch["ttl"] = nullable(ttl_schema());
+}
+
+/// Where a session runs: a single node takes only `local` sessions (the cluster's fields
+/// are not there); a cluster node takes both.
+fn constrain_scope(schemas: &mut Value, cluster: bool) {
+    if !cluster {
+        let remove = [
+            ("CreateSession", "nodes"),
+            ("CreateSession", "node_selector"),
+            ("Limits", "max_events_per_node"),
+        ];
+        for (schema, field) in remove {
+            if let Some(properties) = schemas[schema]["properties"].as_object_mut() {
+                properties.remove(field);
+            }
+        }
+        schemas["CreateSession"]["properties"]["scope"] =
+            nullable(json!({"type": "string", "enum": ["local"]}));
+        return;
+    }
+    let create = &mut schemas["CreateSession"]["properties"];
+    create["nodes"] = nullable(json!({
+        "type": "array", "minItems": 1, "maxItems": MAX_LIST_LEN,
+        "items": name_schema(MAX_NODE_NAME_LEN),
+    }));
+    create["node_selector"] = nullable(json!({
+        "type": "object", "minProperties": 1,
+        "propertyNames": {"minLength": 1, "maxLength": 253, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"},
+        "additionalProperties": {"type": "string", "maxLength": 253, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"},
+    }));
+    schemas["Limits"]["properties"]["max_events_per_node"] =
+        nullable(json!({"type": "integer", "minimum": 1, "maximum": u64::MAX}));
 }
 
 /// A target is exactly one kind: a cgroup, pids, a launch, or containers (a name and/or
@@ -211,24 +246,26 @@ fn set_param(parameters: &mut Value, name: &str, schema: Value) {
 fn add_error_responses(paths: &mut Value) {
     // 401 and 403 whenever tokens are in use; 400 for a malformed id or query.
     let common = [400, 401, 403];
-    let errors: [(&str, &str, &[u16]); 9] = [
+    // 503 wherever a cluster session may be involved: etcd is unreachable.
+    let errors: [(&str, &str, &[u16]); 10] = [
         ("/v1/sessions", "get", &[]),
         ("/v1/sessions", "post", &[408, 409, 413, 415, 422, 503, 507]),
-        ("/v1/sessions/{id}", "get", &[404]),
+        ("/v1/sessions/{id}", "get", &[404, 503]),
         (
             "/v1/sessions/{id}",
             "put",
             &[404, 408, 409, 413, 415, 422, 503, 507],
         ),
-        ("/v1/sessions/{id}", "delete", &[404]),
+        ("/v1/sessions/{id}", "delete", &[404, 503]),
         (
             "/v1/sessions/{id}/start",
             "post",
             &[404, 409, 422, 503, 507],
         ),
-        ("/v1/sessions/{id}/stop", "post", &[404, 409]),
-        ("/v1/sessions/{id}/events", "get", &[404]),
-        ("/v1/sessions/{id}/stream", "get", &[404]),
+        ("/v1/sessions/{id}/stop", "post", &[404, 409, 503]),
+        ("/v1/sessions/{id}/events", "get", &[404, 503]),
+        ("/v1/sessions/{id}/stream", "get", &[404, 503]),
+        ("/v1/nodes", "get", &[404, 503]),
     ];
     for (path, method, statuses) in errors {
         let Some(responses) = paths[path][method]["responses"].as_object_mut() else {
@@ -251,13 +288,13 @@ fn error_description(status: u16) -> &'static str {
         400 => "a malformed id, query or body",
         401 => "no token, or an unknown one",
         403 => "the caller's role does not allow it",
-        404 => "no such session (or not the caller's)",
+        404 => "no such session (or not the caller's); /v1/nodes: not a cluster node",
         408 => "the body did not arrive in time",
         409 => "not allowed in the session's state, or a duplicate",
         413 => "the body is too large",
         415 => "the body is not JSON",
         422 => "a field's value is not acceptable, or the target is unavailable",
-        503 => "the Docker engine or the kernel's session slots are unavailable",
+        503 => "the Docker engine, the kernel's session slots or (cluster sessions) etcd are unavailable",
         507 => "the data directory's disk is full",
         _ => "an error",
     }

@@ -111,3 +111,47 @@ fn check_node_selector(selector: &BTreeMap<String, String>) -> Result<(), Invali
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> CreateSession {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn cluster_fields_need_cluster_scope_and_name_their_field() {
+        let local = request(serde_json::json!({
+            "target": {"container": "web"}, "nodes": ["a"],
+        }));
+        let err = local.validate().unwrap_err();
+        assert_eq!(err.field, "nodes");
+        let local = request(serde_json::json!({
+            "target": {"container": "web"}, "limits": {"max_events_per_node": 5},
+        }));
+        assert_eq!(
+            local.validate().unwrap_err().field,
+            "limits.max_events_per_node"
+        );
+        let cluster = request(serde_json::json!({
+            "scope": "cluster", "target": {"container": "web"}, "nodes": ["a", "b"],
+            "node_selector": {"zone": "x"}, "limits": {"max_events_per_node": 5},
+        }));
+        assert!(cluster.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_node_names_and_a_launch_on_two_nodes_are_refused() {
+        let bad = request(serde_json::json!({
+            "scope": "cluster", "target": {"container": "web"}, "nodes": ["a b"],
+        }));
+        assert_eq!(bad.validate().unwrap_err().field, "nodes");
+        let launch = request(serde_json::json!({
+            "scope": "cluster", "target": {"launch": {"image": "busybox"}}, "nodes": ["a", "b"],
+        }));
+        let err = launch.validate().unwrap_err();
+        assert_eq!(err.field, "nodes");
+        assert!(err.message.contains("one node"), "{err}");
+    }
+}
