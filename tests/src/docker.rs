@@ -62,14 +62,23 @@ pub struct SecondEngine {
 
 impl SecondEngine {
     pub fn start() -> Self {
-        let name = format!("tracerd-test-engine-{}", std::process::id());
+        Self::numbered(0)
+    }
+
+    /// Engine `number` (0 to 9) of this test process: several can run at once, each with
+    /// its own name, bridge and subnet.
+    pub fn numbered(number: u8) -> Self {
+        assert!(number < 10, "at most ten engines per test");
+        let pid = std::process::id();
+        let name = format!("tracerd-test-engine-{pid}-{number}");
         let dir = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("the engine's directory");
-        let bridge = format!("trd{}", std::process::id() % 1_000_000);
+        let bridge = format!("trd{}x{number}", pid % 1_000_000);
+        let address = format!("172.31.{}.1/24", 250 - number);
         for args in [
             vec!["link", "add", "name", &bridge, "type", "bridge"],
-            vec!["addr", "add", "172.31.250.1/24", "dev", &bridge],
+            vec!["addr", "add", &address, "dev", &bridge],
         ] {
             let output = Command::new("ip").args(&args).output().expect("running ip");
             assert!(output.status.success(), "ip {args:?}: {output:?}");

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod collector;
 pub mod daemon;
 pub mod docker;
+pub mod etcd;
 pub mod prometheus;
 pub mod workload;
 

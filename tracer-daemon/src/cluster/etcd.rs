@@ -15,8 +15,11 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::ClusterError;
 
-/// The longest one etcd call may take before the API says etcd is unreachable.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest one etcd call may take, retries included, before the API says etcd is
+/// unreachable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// A call that did not reach a member is tried again after this.
+const RETRY_AFTER: Duration = Duration::from_millis(50);
 
 #[derive(Clone)]
 pub struct Etcd {
@@ -34,8 +37,8 @@ impl Etcd {
     /// A client of `endpoints`; it connects lazily, so a daemon starts while etcd is away.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, ClusterError> {
         let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_millis(500))
-            .with_timeout(CALL_TIMEOUT)
+            .with_connect_timeout(Duration::from_millis(300))
+            .with_timeout(Duration::from_millis(700))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
         let client = Client::connect(endpoints, Some(options))
             .await
@@ -64,7 +67,13 @@ impl Etcd {
         &self,
         path: &str,
     ) -> Result<Option<Versioned<T>>, ClusterError> {
-        let response = bounded(self.client().get(self.key(path), None)).await?;
+        let key = self.key(path);
+        let response = bounded(|| {
+            let mut client = self.client();
+            let key = key.clone();
+            async move { client.get(key, None).await }
+        })
+        .await?;
         response
             .kvs()
             .first()
@@ -79,8 +88,15 @@ impl Etcd {
 
     /// Every value under `path` (a prefix), in key order.
     pub async fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClusterError> {
-        let options = GetOptions::new().with_prefix();
-        let response = bounded(self.client().get(self.key(path), Some(options))).await?;
+        let key = self.key(path);
+        let options = || Some(GetOptions::new().with_prefix());
+        let response = bounded(|| {
+            let mut client = self.client();
+            let key = key.clone();
+            let options = options();
+            async move { client.get(key, options).await }
+        })
+        .await?;
         response
             .kvs()
             .iter()
@@ -93,8 +109,15 @@ impl Etcd {
         &self,
         path: &str,
     ) -> Result<Vec<(String, T)>, ClusterError> {
-        let options = GetOptions::new().with_prefix();
-        let response = bounded(self.client().get(self.key(path), Some(options))).await?;
+        let key = self.key(path);
+        let options = || Some(GetOptions::new().with_prefix());
+        let response = bounded(|| {
+            let mut client = self.client();
+            let key = key.clone();
+            let options = options();
+            async move { client.get(key, options).await }
+        })
+        .await?;
         response
             .kvs()
             .iter()
@@ -112,21 +135,33 @@ impl Etcd {
         value: &T,
         lease: Option<i64>,
     ) -> Result<(), ClusterError> {
-        let options = lease.map(|lease| PutOptions::new().with_lease(lease));
-        bounded(self.client().put(self.key(path), encode(value), options)).await?;
+        let (key, value) = (self.key(path), encode(value));
+        let options = || lease.map(|lease| PutOptions::new().with_lease(lease));
+        bounded(|| {
+            let mut client = self.client();
+            let key = key.clone();
+            let value = value.clone();
+            let options = options();
+            async move { client.put(key, value, options).await }
+        })
+        .await?;
         Ok(())
     }
 
-    /// Writes `value` only if the key does not exist; false if it does.
+    /// Writes `value` only if the key does not exist; false if it holds something else (a
+    /// retried call that had written it already finds its own value: true).
     pub async fn create<T: Serialize>(&self, path: &str, value: &T) -> Result<bool, ClusterError> {
         let key = self.key(path);
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, encode(value), None)]);
-        Ok(bounded(self.client().txn(txn)).await?.succeeded())
+        let absent = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
+        let value = encode(value);
+        if self.put_if(absent, key.clone(), value.clone()).await? {
+            return Ok(true);
+        }
+        Ok(self.raw(&key).await?.is_some_and(|stored| stored == value))
     }
 
-    /// Writes `value` only if the key is still at `revision`; false if it changed.
+    /// Writes `value` only if the key is still at `revision`; false if it changed (a retried
+    /// call that had written it already finds its own value: true).
     pub async fn replace<T: Serialize>(
         &self,
         path: &str,
@@ -134,42 +169,109 @@ impl Etcd {
         revision: i64,
     ) -> Result<bool, ClusterError> {
         let key = self.key(path);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
+        let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
+        let value = encode(value);
+        if self.put_if(unchanged, key.clone(), value.clone()).await? {
+            return Ok(true);
+        }
+        Ok(self.raw(&key).await?.is_some_and(|stored| stored == value))
+    }
+
+    /// The key's value as stored.
+    async fn raw(&self, key: &str) -> Result<Option<Vec<u8>>, ClusterError> {
+        let response = bounded(|| {
+            let mut client = self.client();
+            let key = key.to_owned();
+            async move { client.get(key, None).await }
+        })
+        .await?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// Puts `value` at `key` in one transaction, if `condition` holds; whether it did.
+    async fn put_if(
+        &self,
+        condition: Compare,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<bool, ClusterError> {
+        let response = bounded(|| {
+            let mut client = self.client();
+            let txn = Txn::new().when([condition.clone()]).and_then([TxnOp::put(
                 key.clone(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([TxnOp::put(key, encode(value), None)]);
-        Ok(bounded(self.client().txn(txn)).await?.succeeded())
+                value.clone(),
+                None,
+            )]);
+            async move { client.txn(txn).await }
+        })
+        .await?;
+        Ok(response.succeeded())
     }
 
     /// Deletes the key, or every key under it with `prefix`.
     pub async fn delete(&self, path: &str, prefix: bool) -> Result<(), ClusterError> {
-        let options = prefix.then(|| DeleteOptions::new().with_prefix());
-        bounded(self.client().delete(self.key(path), options)).await?;
+        let key = self.key(path);
+        let options = || prefix.then(|| DeleteOptions::new().with_prefix());
+        bounded(|| {
+            let mut client = self.client();
+            let key = key.clone();
+            let options = options();
+            async move { client.delete(key, options).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// A watch of every key under `path`.
     pub async fn watch(&self, path: &str) -> Result<WatchStream, ClusterError> {
-        let options = WatchOptions::new().with_prefix();
-        bounded(self.client().watch(self.key(path), Some(options))).await
+        let key = self.key(path);
+        let options = || Some(WatchOptions::new().with_prefix());
+        bounded(|| {
+            let mut client = self.client();
+            let key = key.clone();
+            let options = options();
+            async move { client.watch(key, options).await }
+        })
+        .await
     }
 }
 
-/// One etcd call, bounded by [`CALL_TIMEOUT`]: its errors and its timeout both mean etcd
-/// is unreachable (or has no quorum) for the API.
-pub async fn bounded<T>(
-    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, ClusterError> {
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(ClusterError::Unavailable(err.to_string())),
-        Err(_) => Err(ClusterError::Unavailable(format!(
-            "no answer within {} s",
-            CALL_TIMEOUT.as_secs()
-        ))),
+/// One etcd call, bounded by [`CALL_TIMEOUT`] in all: its errors and its timeout both mean
+/// etcd is unreachable (or has no quorum) for the API. A call that could not reach a member
+/// or had no answer in time (the client balances over all of them, and a dead one is dropped
+/// only after a failed connection; a new leader takes a second to be elected) is tried
+/// again, so one member down is never an error. A retried write may have been applied the
+/// first time: callers of [`Etcd::create`] and [`Etcd::replace`] check what is stored.
+pub async fn bounded<T, F>(mut call: impl FnMut() -> F) -> Result<T, ClusterError>
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+    loop {
+        let outcome = tokio::time::timeout_at(deadline, call()).await;
+        let err = match outcome {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(err)) => err,
+            Err(_) => {
+                return Err(ClusterError::Unavailable(format!(
+                    "no answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        // Not reached, or no answer in time (a member just killed, a leader being elected).
+        let unreached = match &err {
+            etcd_client::Error::TransportError(_) => true,
+            etcd_client::Error::GRpcStatus(status) => matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+            ),
+            _ => false,
+        };
+        if !unreached || tokio::time::Instant::now() + RETRY_AFTER >= deadline {
+            return Err(ClusterError::Unavailable(err.to_string()));
+        }
+        tokio::time::sleep(RETRY_AFTER).await;
     }
 }
 

@@ -89,16 +89,24 @@ pub async fn keep_registered(etcd: Etcd, node: NodeRecord, mut stop: watch::Rece
         }
     }
     if let Some(id) = lease {
-        if let Err(err) = bounded(etcd.client().lease_revoke(id)).await {
+        if let Err(err) = bounded(|| {
+            let mut client = etcd.client();
+            async move { client.lease_revoke(id).await }
+        })
+        .await
+        {
             tracing::warn!(node = %node.name, %err, "could not revoke this node's lease; it expires by itself");
         }
     }
 }
 
 async fn register(etcd: &Etcd, node: &NodeRecord) -> Result<i64, ClusterError> {
-    let lease = bounded(etcd.client().lease_grant(LEASE_TTL_SECS, None))
-        .await?
-        .id();
+    let lease = bounded(|| {
+        let mut client = etcd.client();
+        async move { client.lease_grant(LEASE_TTL_SECS, None).await }
+    })
+    .await?
+    .id();
     etcd.put(&format!("members/{}", node.name), node, None)
         .await?;
     etcd.put(&format!("nodes/{}", node.name), node, Some(lease))
@@ -109,8 +117,18 @@ async fn register(etcd: &Etcd, node: &NodeRecord) -> Result<i64, ClusterError> {
 
 /// One keep-alive; `None` when the lease has expired (the node must register again).
 async fn keep_alive(etcd: &Etcd, lease: i64) -> Result<Option<i64>, ClusterError> {
-    let (mut keeper, mut answers) = bounded(etcd.client().lease_keep_alive(lease)).await?;
-    bounded(keeper.keep_alive()).await?;
-    let answer = bounded(answers.message()).await?;
+    let (mut keeper, mut answers) = bounded(|| {
+        let mut client = etcd.client();
+        async move { client.lease_keep_alive(lease).await }
+    })
+    .await?;
+    keeper
+        .keep_alive()
+        .await
+        .map_err(|err| ClusterError::Unavailable(err.to_string()))?;
+    let answer = tokio::time::timeout(KEEP_ALIVE_EVERY, answers.message())
+        .await
+        .map_err(|_| ClusterError::Unavailable("no keep-alive answer".into()))?
+        .map_err(|err| ClusterError::Unavailable(err.to_string()))?;
     Ok(answer.filter(|answer| answer.ttl() > 0).map(|_| lease))
 }

@@ -1,0 +1,370 @@
+//! Cluster mode against real parts: a 3-member etcd cluster on loopback, and two tracerd
+//! nodes, each with its own Docker engine (its own socket, data root and cgroup parent), its
+//! own data directory and port. Sessions are created and read through one node and run
+//! where their containers are; counts are exact.
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tracer_tests::{daemon::Daemon, docker::SecondEngine, etcd::EtcdCluster, require_root};
+
+/// One node: a tracerd and its own Docker engine.
+struct Node {
+    name: &'static str,
+    engine: SecondEngine,
+    daemon: Daemon,
+}
+
+impl Node {
+    fn start(name: &'static str, number: u8, etcd: &EtcdCluster) -> Self {
+        let engine = SecondEngine::numbered(number);
+        let socket = engine.socket().display().to_string();
+        let endpoints = etcd.endpoints();
+        let daemon = Daemon::start(&[
+            "--etcd",
+            &endpoints,
+            "--node",
+            name,
+            "--node-label",
+            &format!("role={name}"),
+            "--docker-socket",
+            &socket,
+        ]);
+        Self {
+            name,
+            engine,
+            daemon,
+        }
+    }
+
+    /// Runs a sleeping container of the test image named `name` on this node's engine.
+    fn run_container(&self, name: &str) {
+        let run = self.engine.docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "tracerd-test:latest",
+            "sleep",
+            "600",
+        ]);
+        assert!(run.status.success(), "docker run on {}: {run:?}", self.name);
+    }
+
+    /// `docker exec`s the workload: `calls` getppid calls in container `name`.
+    fn exec_getppid(&self, name: &str, calls: u64) {
+        let output = self.engine.docker(&[
+            "exec",
+            name,
+            "/bin/syscall_loop",
+            "getppid",
+            &calls.to_string(),
+        ]);
+        assert!(
+            output.status.success(),
+            "docker exec on {}: {output:?}",
+            self.name
+        );
+    }
+}
+
+/// Polls `check` until it gives a value, for up to `within`.
+fn wait_until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn part<'a>(session: &'a Value, node: &str) -> &'a Value {
+    session["parts"]
+        .as_array()
+        .and_then(|parts| parts.iter().find(|part| part["node"] == node))
+        .unwrap_or_else(|| panic!("no part on node {node}: {session}"))
+}
+
+fn create(daemon: &Daemon, body: &Value) -> String {
+    let (status, created) = daemon.call("POST", "/v1/sessions", Some(body), None);
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["scope"], "cluster", "{created}");
+    created["id"].as_str().expect("an id").to_owned()
+}
+
+fn act(daemon: &Daemon, id: &str, action: &str) -> Value {
+    let (status, session) = daemon.call("POST", &format!("/v1/sessions/{id}/{action}"), None, None);
+    assert_eq!(status, 200, "{action}: {session}");
+    session
+}
+
+/// Every event line of the session through `daemon`, as (node, seq) pairs; each line must be
+/// a getppid event.
+fn event_nodes(daemon: &Daemon, id: &str) -> Vec<(String, u64)> {
+    let mut seen = Vec::new();
+    daemon.each_event_line(id, "", |line| {
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|err| panic!("{line}: {err}"));
+        assert_eq!(event["syscall"], "getppid", "{line}");
+        let node = event["node"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no node: {line}"));
+        seen.push((node.to_owned(), event["seq"].as_u64().expect("a seq")));
+    });
+    seen
+}
+
+fn count(events: &[(String, u64)], node: &str) -> usize {
+    events.iter().filter(|(name, _)| name == node).count()
+}
+
+fn wait_delivered(daemon: &Daemon, id: &str, delivered: u64) -> Value {
+    wait_until(
+        &format!("{delivered} events delivered"),
+        Duration::from_secs(15),
+        || {
+            let session = daemon.get(&format!("/v1/sessions/{id}"));
+            (session["counters"]["delivered"] == delivered).then_some(session)
+        },
+    )
+}
+
+#[test]
+fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
+    require_root();
+    let etcd = EtcdCluster::start(3);
+    let a = Node::start("a", 1, &etcd);
+    let mut b = Node::start("b", 2, &etcd);
+    let nodes = wait_until("both nodes ready", Duration::from_secs(15), || {
+        let nodes = a.daemon.get("/v1/nodes");
+        let ready = nodes["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count();
+        (ready == 2).then_some(nodes)
+    });
+    assert_eq!(nodes["node"], "a");
+    assert_eq!(nodes["nodes"][1]["name"], "b");
+    assert_eq!(nodes["nodes"][1]["labels"]["role"], "b");
+    assert_eq!(
+        nodes["nodes"][1]["api"],
+        format!("http://{}", b.daemon.address())
+    );
+
+    // A container only node B has: node A runs nothing, B traces it; counted through A.
+    let pid = std::process::id();
+    let only_b = format!("tracerd-cluster-only-b-{pid}");
+    b.run_container(&only_b);
+    let id = create(
+        &a.daemon,
+        &json!({"scope": "cluster", "target": {"container": only_b}, "syscalls": ["getppid"]}),
+    );
+    let started = act(&a.daemon, &id, "start");
+    assert_eq!(started["status"], "running", "{started}");
+    assert_eq!(part(&started, "a")["status"], "waiting", "{started}");
+    assert_eq!(part(&started, "b")["status"], "running", "{started}");
+    b.exec_getppid(&only_b, 2000);
+    let session = wait_delivered(&a.daemon, &id, 2000);
+    assert_eq!(session["counters"]["matched"], 2000, "{session}");
+    assert_eq!(session["counters"]["dropped"], 0, "{session}");
+    assert_eq!(part(&session, "a")["counters"]["delivered"], 0, "{session}");
+    let events = event_nodes(&a.daemon, &id);
+    assert_eq!((events.len(), count(&events, "b")), (2000, 2000));
+
+    // The same name on both nodes: both parts, exact sums, events from both through B.
+    let both = format!("tracerd-cluster-both-{pid}");
+    a.run_container(&both);
+    b.run_container(&both);
+    let id2 = create(
+        &b.daemon,
+        &json!({"scope": "cluster", "target": {"container": both}, "syscalls": ["getppid"]}),
+    );
+    act(&b.daemon, &id2, "start");
+    a.exec_getppid(&both, 1000);
+    b.exec_getppid(&both, 3000);
+    wait_delivered(&b.daemon, &id2, 4000);
+    let stopped = act(&a.daemon, &id2, "stop");
+    assert_eq!(stopped["status"], "stopped", "{stopped}");
+    assert_eq!(stopped["counters"]["matched"], 4000, "{stopped}");
+    assert_eq!(stopped["counters"]["delivered"], 4000, "{stopped}");
+    assert_eq!(
+        part(&stopped, "a")["counters"]["delivered"],
+        1000,
+        "{stopped}"
+    );
+    assert_eq!(
+        part(&stopped, "b")["counters"]["delivered"],
+        3000,
+        "{stopped}"
+    );
+    assert_eq!(part(&stopped, "a")["status"], "stopped", "{stopped}");
+    let events = event_nodes(&b.daemon, &id2);
+    assert_eq!((count(&events, "a"), count(&events, "b")), (1000, 3000));
+
+    // Node B dies: its part is lost within 15 s on A's view; back, it rejoins, and no event
+    // is lost or counted twice.
+    let killed = Instant::now();
+    b.daemon.stop_with(libc::SIGKILL, Duration::from_secs(10));
+    let lost = wait_until("node b's part lost", Duration::from_secs(15), || {
+        let session = a.daemon.get(&format!("/v1/sessions/{id}"));
+        (part(&session, "b")["status"] == "lost").then_some(session)
+    });
+    let lost_after = killed.elapsed();
+    assert!(lost_after <= Duration::from_secs(15), "{lost_after:?}");
+    assert_eq!(
+        lost["counters"]["delivered"], 2000,
+        "the last counts stay: {lost}"
+    );
+    let nodes = a.daemon.get("/v1/nodes");
+    assert_eq!(nodes["nodes"][1]["status"], "lost", "{nodes}");
+    b.daemon.restart_after(libc::SIGKILL);
+    wait_until(
+        "node b's part running again",
+        Duration::from_secs(15),
+        || {
+            let session = a.daemon.get(&format!("/v1/sessions/{id}"));
+            (part(&session, "b")["status"] == "running").then_some(())
+        },
+    );
+    b.exec_getppid(&only_b, 500);
+    wait_delivered(&a.daemon, &id, 2500);
+    let stopped = act(&a.daemon, &id, "stop");
+    assert_eq!(stopped["counters"]["matched"], 2500, "{stopped}");
+    let events = event_nodes(&a.daemon, &id);
+    let mut seqs: Vec<u64> = events.iter().map(|(_, seq)| *seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!((events.len(), seqs.len()), (2500, 2500), "no event twice");
+
+    // A launch lands on one node and finishes there.
+    let launch = create(
+        &a.daemon,
+        &json!({"scope": "cluster", "syscalls": ["getppid"], "target": {"launch": {
+            "image": "tracerd-test:latest", "command": ["/bin/syscall_loop", "getppid", "300"]}}}),
+    );
+    let started = act(&a.daemon, &launch, "start");
+    let placed = started["placement"]
+        .as_str()
+        .expect("a placement")
+        .to_owned();
+    assert!(placed == "a" || placed == "b", "{started}");
+    let finished = wait_until("the launch to finish", Duration::from_secs(20), || {
+        let session = b.daemon.get(&format!("/v1/sessions/{launch}"));
+        (session["status"] == "finished").then_some(session)
+    });
+    assert_eq!(finished["finished_reason"], "exited", "{finished}");
+    assert_eq!(
+        finished["parts"].as_array().map(Vec::len),
+        Some(1),
+        "{finished}"
+    );
+    assert_eq!(part(&finished, &placed)["status"], "finished", "{finished}");
+    // The container's runtime makes a getppid call or two before the command starts.
+    let mut from_loop = 0;
+    let lines = b.daemon.each_event_line(&launch, "", |line| {
+        from_loop += u64::from(line.contains("\"comm\":\"syscall_loop\""));
+    });
+    assert_eq!(from_loop, 300);
+    assert_eq!(finished["counters"]["delivered"], lines, "{finished}");
+
+    // Deleting through one node removes every part, on every node.
+    for session in [&id, &id2, &launch] {
+        let (status, body) =
+            b.daemon
+                .call("DELETE", &format!("/v1/sessions/{session}"), None, None);
+        assert_eq!(status, 204, "{body}");
+    }
+    for node in [&a, &b] {
+        let list = node.daemon.get("/v1/sessions");
+        assert_eq!(list["sessions"], json!([]), "{}: {list}", node.name);
+        let parts = std::fs::read_dir(node.daemon.data_dir().join("sessions"))
+            .map(|dir| dir.count())
+            .unwrap_or(0);
+        assert_eq!(parts, 0, "{}'s event logs are gone", node.name);
+    }
+}
+
+#[test]
+fn nodes_record_through_etcd_outages_and_converge_when_it_returns() {
+    require_root();
+    let mut etcd = EtcdCluster::start(3);
+    let a = Node::start("a", 3, &etcd);
+    let b = Node::start("b", 4, &etcd);
+    let name = format!("tracerd-cluster-outage-{}", std::process::id());
+    b.run_container(&name);
+    wait_until("both nodes ready", Duration::from_secs(15), || {
+        let nodes = a.daemon.get("/v1/nodes");
+        (nodes["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count()
+            == 2)
+            .then_some(())
+    });
+
+    // One member down: the cluster has a quorum and everything works.
+    etcd.kill(0);
+    let id = create(
+        &a.daemon,
+        &json!({"scope": "cluster", "target": {"container": name}, "syscalls": ["getppid"]}),
+    );
+    act(&a.daemon, &id, "start");
+    b.exec_getppid(&name, 1000);
+    wait_delivered(&a.daemon, &id, 1000);
+    etcd.restart(0);
+    etcd.wait_healthy(0);
+
+    // All members down: cluster operations answer 503 at once (never hang); node B goes on
+    // recording; a local session on node A is untouched.
+    for member in 0..3 {
+        etcd.kill(member);
+    }
+    let asked = Instant::now();
+    let (status, body) = a
+        .daemon
+        .call("GET", &format!("/v1/sessions/{id}"), None, None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "etcd_unavailable", "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let (status, body) = a
+        .daemon
+        .call("POST", &format!("/v1/sessions/{id}/stop"), None, None);
+    assert_eq!(status, 503, "{body}");
+    let list = a.daemon.get("/v1/sessions");
+    assert!(list["cluster_unavailable"].is_string(), "{list}");
+    let (status, local) = a.daemon.call(
+        "POST",
+        "/v1/sessions",
+        Some(&json!({"target": {"pids": [std::process::id()]}})),
+        None,
+    );
+    assert_eq!(status, 201, "a local session without etcd: {local}");
+    b.exec_getppid(&name, 700);
+
+    // etcd back: the parts' counts converge, nothing recorded meanwhile is lost.
+    for member in 0..3 {
+        etcd.restart(member);
+    }
+    for member in 0..3 {
+        etcd.wait_healthy(member);
+    }
+    wait_until("etcd to answer node a", Duration::from_secs(20), || {
+        let (status, _) = a
+            .daemon
+            .call("GET", &format!("/v1/sessions/{id}"), None, None);
+        (status == 200).then_some(())
+    });
+    wait_delivered(&a.daemon, &id, 1700);
+    let stopped = act(&a.daemon, &id, "stop");
+    assert_eq!(stopped["counters"]["matched"], 1700, "{stopped}");
+    assert_eq!(stopped["counters"]["dropped"], 0, "{stopped}");
+    assert_eq!(part(&stopped, "b")["status"], "stopped", "{stopped}");
+    let events = event_nodes(&a.daemon, &id);
+    assert_eq!(count(&events, "b"), 1700);
+}
