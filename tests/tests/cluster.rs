@@ -16,19 +16,27 @@ struct Node {
 
 impl Node {
     fn start(name: &'static str, number: u8, etcd: &EtcdCluster) -> Self {
+        Self::start_with(name, number, etcd, &[])
+    }
+
+    /// A node with `extra` flags.
+    fn start_with(name: &'static str, number: u8, etcd: &EtcdCluster, extra: &[&str]) -> Self {
         let engine = SecondEngine::numbered(number);
         let socket = engine.socket().display().to_string();
         let endpoints = etcd.endpoints();
-        let daemon = Daemon::start(&[
+        let label = format!("role={name}");
+        let mut args = vec![
             "--etcd",
             &endpoints,
             "--node",
             name,
             "--node-label",
-            &format!("role={name}"),
+            &label,
             "--docker-socket",
             &socket,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start(&args);
         Self {
             name,
             engine,
@@ -38,9 +46,17 @@ impl Node {
 
     /// Runs a sleeping container of the test image named `name` on this node's engine.
     fn run_container(&self, name: &str) {
+        self.run_labelled(name, "none");
+    }
+
+    /// [`Node::run_container`] owned by `tenant` (tracerd's owner label).
+    fn run_labelled(&self, name: &str, tenant: &str) {
+        let label = format!("tracerd.tenant={tenant}");
         let run = self.engine.docker(&[
             "run",
             "-d",
+            "--label",
+            &label,
             "--name",
             name,
             "tracerd-test:latest",
@@ -367,4 +383,111 @@ fn nodes_record_through_etcd_outages_and_converge_when_it_returns() {
     assert_eq!(part(&stopped, "b")["status"], "stopped", "{stopped}");
     let events = event_nodes(&a.daemon, &id);
     assert_eq!(count(&events, "b"), 1700);
+}
+
+#[test]
+fn tenants_the_websocket_and_the_cli_see_a_cluster_session_from_any_node() {
+    require_root();
+    let etcd = EtcdCluster::start(3);
+    // The same tokens on every node.
+    let tokens = tracer_tests::daemon::tokens_file("cluster");
+    let tokens = tokens.display().to_string();
+    let a = Node::start_with("a", 5, &etcd, &["--tokens", &tokens]);
+    let b = Node::start_with("b", 6, &etcd, &["--tokens", &tokens]);
+    let (team_a, team_b) = (Some("team-a-secret-token"), Some("team-b-secret-token"));
+    let name = format!("tracerd-cluster-tenant-{}", std::process::id());
+    a.run_labelled(&name, "team-a");
+    b.run_labelled(&name, "team-a");
+    wait_until("both nodes ready", Duration::from_secs(15), || {
+        let (_, nodes) = a.daemon.call("GET", "/v1/nodes", None, team_a);
+        (nodes["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    let body = json!({"scope": "cluster", "target": {"container": name}, "syscalls": ["getppid"]});
+    let (status, created) = a.daemon.call("POST", "/v1/sessions", Some(&body), team_a);
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/sessions/{id}");
+    let (status, started) = b
+        .daemon
+        .call("POST", &format!("{path}/start"), None, team_a);
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["tenant"], "team-a", "{started}");
+
+    // Another tenant sees nothing of it, on either node.
+    for node in [&a, &b] {
+        let (status, _) = node.daemon.call("GET", &path, None, team_b);
+        assert_eq!(
+            status, 404,
+            "team-b reads team-a's session on {}",
+            node.name
+        );
+        let (status, _) = node
+            .daemon
+            .call("POST", &format!("{path}/stop"), None, team_b);
+        assert_eq!(status, 404);
+        let (_, list) = node.daemon.call("GET", "/v1/sessions", None, team_b);
+        assert_eq!(list["sessions"], json!([]), "{list}");
+        let (_, list) = node.daemon.call("GET", "/v1/sessions", None, team_a);
+        assert_eq!(list["sessions"][0]["id"], id.as_str(), "{list}");
+    }
+
+    // The WebSocket on node B merges both parts, each event with its node.
+    let url = b
+        .daemon
+        .url(&format!("{path}/stream?token=team-a-secret-token"))
+        .replace("http://", "ws://");
+    let (mut socket, _) = tungstenite::connect(url).expect("a WebSocket");
+    let first = match socket.read().expect("the state frame") {
+        tungstenite::Message::Text(text) => serde_json::from_str::<Value>(&text).unwrap(),
+        other => panic!("expected the state frame, got {other:?}"),
+    };
+    assert_eq!(first["session"]["scope"], "cluster", "{first}");
+    a.exec_getppid(&name, 100);
+    b.exec_getppid(&name, 200);
+    let mut per_node = std::collections::BTreeMap::new();
+    while per_node.values().sum::<u64>() < 300 {
+        let frame = match socket.read().expect("a frame") {
+            tungstenite::Message::Text(text) => serde_json::from_str::<Value>(&text).unwrap(),
+            _ => continue,
+        };
+        for event in frame["events"].as_array().into_iter().flatten() {
+            *per_node
+                .entry(event["node"].as_str().unwrap().to_owned())
+                .or_insert(0u64) += 1;
+        }
+    }
+    assert_eq!(
+        per_node,
+        [("a".to_owned(), 100), ("b".to_owned(), 200)].into()
+    );
+    drop(socket);
+
+    // The CLI, pointed at node A, lists both nodes' events.
+    let output = std::process::Command::new(tracer_tests::daemon::tracerctl())
+        .args([
+            "--server",
+            &a.daemon.url(""),
+            "--token",
+            "team-a-secret-token",
+        ])
+        .args(["events", &id])
+        .output()
+        .expect("running tracerctl");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let from = |node: &str| {
+        text.lines()
+            .filter(|line| line.contains(&format!(" {node}/{name} ")))
+            .count()
+    };
+    assert_eq!((from("a"), from("b")), (100, 200), "{text}");
+    let (status, stopped) = a.daemon.call("POST", &format!("{path}/stop"), None, team_a);
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["counters"]["delivered"], 300, "{stopped}");
 }

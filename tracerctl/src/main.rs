@@ -197,6 +197,11 @@ fn events(
         let line = match output {
             Output::Json => event.to_string(),
             _ if event.get("gap").is_some() => format!("… {} events evicted", event["gap"]),
+            // A cluster session's node whose events could not be read.
+            _ if event.get("unavailable").is_some() => format!(
+                "… node {}: events unavailable: {}",
+                event["node"], event["unavailable"]
+            ),
             _ => render::event_line(&event, colour),
         };
         use std::io::Write as _;

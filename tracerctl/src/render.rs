@@ -36,10 +36,15 @@ pub fn event_line(event: &Value, colour: bool) -> String {
             }
         })
         .unwrap_or_default();
-    let who = event["container"]["name"]
+    let process = event["container"]["name"]
         .as_str()
         .or_else(|| event["comm"].as_str())
         .unwrap_or("?");
+    // A cluster session's events say which node they come from.
+    let who = match event["node"].as_str() {
+        Some(node) => format!("{node}/{process}"),
+        None => process.to_owned(),
+    };
     let call = event["strace"].as_str().map_or_else(
         || {
             format!(
@@ -128,6 +133,9 @@ mod tests {
             "12:01:02.500000 sh 7 openat(1, 2) = -2 <0.000000>"
         );
         assert!(event_line(&failed, true).contains("\x1b[31m"));
+        let mut on_node = event.clone();
+        on_node["node"] = json!("b");
+        assert!(event_line(&on_node, false).starts_with("12:01:02.123456 b/web 1234 openat"));
     }
 
     #[test]

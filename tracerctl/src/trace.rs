@@ -190,6 +190,10 @@ fn follow(client: &Client, path: &str, summary_only: bool, output: Output) -> Re
             eprintln!("tracerctl: {gap} events were evicted from the session's log before they could be shown");
             return true;
         }
+        if let Some(why) = event.get("unavailable") {
+            eprintln!("tracerctl: node {}'s events are unavailable: {why}", event["node"]);
+            return true;
+        }
         summary.add(&event);
         if summary_only {
             return true;

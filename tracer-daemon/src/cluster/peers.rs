@@ -3,6 +3,8 @@
 //! own token (every node has the same tokens file), each line carrying its `node`.
 use std::{pin::Pin, time::Duration};
 
+use crate::sink::event_filter::EventFilter;
+
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _};
 use uuid::Uuid;
@@ -28,25 +30,24 @@ impl Peers {
         Self { client }
     }
 
-    /// `node`'s part of session `id`, from its API at `api`, with the caller's query and
-    /// `authorization`. What cannot be read ends the part with one line saying why.
+    /// `node`'s part of session `id`, from its API at `api`, with the query `query` and
+    /// the caller's `authorization`. What cannot be read ends the part with one line saying
+    /// why.
     pub fn events(
         &self,
         api: &str,
         id: Uuid,
         node: &str,
-        query: &str,
+        query: &[(&'static str, String)],
         authorization: Option<&str>,
     ) -> Lines {
-        let mut url = format!(
-            "{}/v1/sessions/{id}/events?node={node}",
-            api.trim_end_matches('/')
-        );
-        if !query.is_empty() {
-            url.push('&');
-            url.push_str(query);
-        }
-        let mut request = self.client.get(url).header(HOP_HEADER, "1");
+        let url = format!("{}/v1/sessions/{id}/events", api.trim_end_matches('/'));
+        let mut request = self
+            .client
+            .get(url)
+            .query(&[("node", node)])
+            .query(query)
+            .header(HOP_HEADER, "1");
         if let Some(authorization) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, authorization);
         }
@@ -72,6 +73,49 @@ impl Peers {
         };
         futures_util::stream::once(stream).flatten().boxed()
     }
+}
+
+/// The query that asks a node for its part's events with `filter` (`after`: its own last
+/// `seq` already seen, if any).
+pub fn query(
+    filter: &EventFilter,
+    follow: bool,
+    after: Option<u64>,
+) -> Vec<(&'static str, String)> {
+    let time = |ns: i128| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(ns)
+            .ok()
+            .and_then(|at| {
+                at.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+    };
+    let mut query = Vec::new();
+    if follow {
+        query.push(("follow", "true".to_owned()));
+    }
+    if let Some(after) = after.or(filter.after_seq) {
+        query.push(("after_seq", after.to_string()));
+    }
+    if let Some(since) = filter.since_unix_ns.and_then(time) {
+        query.push(("since", since));
+    }
+    if let Some(until) = filter.until_unix_ns.and_then(time) {
+        query.push(("until", until));
+    }
+    if let Some(syscalls) = &filter.syscalls {
+        query.push(("syscall", syscalls.join(",")));
+    }
+    if let Some(pid) = filter.pid {
+        query.push(("pid", pid.to_string()));
+    }
+    if let Some(comm) = &filter.comm {
+        query.push(("comm", comm.clone()));
+    }
+    if filter.failed {
+        query.push(("failed", "true".to_owned()));
+    }
+    query
 }
 
 impl Default for Peers {

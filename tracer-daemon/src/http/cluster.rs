@@ -1,7 +1,7 @@
 //! Cluster mode on the API: `GET /v1/nodes`, and cluster sessions' events merged from every
 //! node that has a part (the other session operations go through [`crate::cluster::Cluster`]
 //! from the session handlers).
-use std::{convert::Infallible, sync::Arc};
+use std::{collections::HashMap, convert::Infallible, sync::Arc};
 
 use axum::{
     body::{Body, Bytes},
@@ -63,22 +63,37 @@ pub struct ClusterEvents<'a> {
     pub follow: bool,
     /// Only this node's part.
     pub node: Option<String>,
-    pub query: Option<String>,
+    /// Per node, the last `seq` the caller has (a WebSocket that changes its filters).
+    pub after: HashMap<String, u64>,
     pub headers: &'a HeaderMap,
 }
 
-/// A cluster session's events: this node's part from its own log, every other node's from
-/// that node's API, each line with its `node`. A download gives the parts one after the
-/// other (each in its own order, by node name); a follow interleaves them as they come.
+/// A cluster session's events as NDJSON: this node's part from its own log, every other
+/// node's from that node's API, each line with its `node`. A download gives the parts one
+/// after the other (each in its own order, by node name); a follow interleaves them as they
+/// come.
 pub async fn events(
     state: &AppState,
     cluster: &Arc<Cluster>,
     asked: ClusterEvents<'_>,
 ) -> Result<Response, ApiError> {
+    let merged = merged(state, cluster, asked).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(merged.map(Ok::<_, Infallible>)),
+    )
+        .into_response())
+}
+
+/// The parts' event lines, merged (see [`events`]).
+pub async fn merged(
+    state: &AppState,
+    cluster: &Arc<Cluster>,
+    asked: ClusterEvents<'_>,
+) -> Result<Lines, ApiError> {
     let me = cluster.node_name().to_owned();
-    let peer_request = asked.headers.contains_key(HOP_HEADER);
     if let Some(node) = &asked.node {
-        if peer_request && *node != me {
+        if asked.headers.contains_key(HOP_HEADER) && *node != me {
             return Err(ApiError::bad_request(
                 "wrong_node",
                 format!("this is node `{me}`, not `{node}`: check that node's --node-address"),
@@ -94,44 +109,28 @@ pub async fn events(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let query = forwarded_query(asked.query.as_deref());
     let mut parts: Vec<Lines> = Vec::new();
     for (node, api) in sources {
+        let after = asked.after.get(&node).copied();
         let part = if node == me {
-            local_part(
-                state,
-                asked.principal,
-                asked.id,
-                asked.filter.clone(),
-                asked.follow,
-                &me,
-            )
-            .await?
+            let mut filter = asked.filter.clone();
+            filter.after_seq = after.or(filter.after_seq);
+            local_part(state, asked.principal, asked.id, filter, asked.follow, &me).await?
+        } else if let Some(api) = api {
+            let query = peers::query(&asked.filter, asked.follow, after);
+            cluster
+                .peers()
+                .events(&api, asked.id, &node, &query, authorization.as_deref())
         } else {
-            match api {
-                Some(api) => {
-                    cluster
-                        .peers()
-                        .events(&api, asked.id, &node, &query, authorization.as_deref())
-                }
-                None => {
-                    peers::unavailable(&node, "the node registered no API address (--node-address)")
-                        .boxed()
-                }
-            }
+            peers::unavailable(&node, "the node registered no API address (--node-address)").boxed()
         };
         parts.push(part);
     }
-    let merged: Lines = if asked.follow {
+    Ok(if asked.follow {
         stream::select_all(parts).boxed()
     } else {
         stream::iter(parts).flatten().boxed()
-    };
-    Ok((
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(merged.map(Ok::<_, Infallible>)),
-    )
-        .into_response())
+    })
 }
 
 /// This node's part, from its event log, each line with `node`.
@@ -164,14 +163,4 @@ async fn local_part(
             std::future::ready(bytes)
         })
         .boxed())
-}
-
-/// The caller's query without `node` (each peer is asked for its own part).
-fn forwarded_query(query: Option<&str>) -> String {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|pair| !pair.is_empty() && !pair.starts_with("node="))
-        .collect::<Vec<_>>()
-        .join("&")
 }

@@ -34,6 +34,11 @@ impl ApiError {
         }
     }
 
+    /// What went wrong, as the body's `message` says it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     fn with(mut self, extra: Value) -> Self {
         self.extra = Some(extra);
         self

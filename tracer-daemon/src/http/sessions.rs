@@ -3,7 +3,7 @@ use std::convert::Infallible;
 
 use axum::{
     body::{Body, Bytes},
-    extract::{RawQuery, State},
+    extract::State,
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -286,7 +286,6 @@ async fn events(
     principal: Principal,
     SessionId(id): SessionId,
     ApiQuery(params): ApiQuery<EventParams>,
-    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if params.token.is_some() {
@@ -304,7 +303,7 @@ async fn events(
             filter,
             follow,
             node: params.node.clone(),
-            query,
+            after: std::collections::HashMap::new(),
             headers: &headers,
         };
         return super::cluster::events(&state, cluster, asked).await;

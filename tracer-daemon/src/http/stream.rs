@@ -12,7 +12,9 @@
 //! "syscall": "openat,connect", "pid": 1234, "comm": "nginx", "failed": true}` (every field
 //! optional; the new filters apply from the next event on). A paused client is not sent
 //! anything; it only lags, like any slow follower.
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures_util::StreamExt as _;
 
 use axum::{
     extract::{
@@ -29,11 +31,13 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use uuid::Uuid;
 
 use super::{
+    cluster::{cluster_of, merged, ClusterEvents},
     error::{ApiError, ApiQuery, SessionId},
     event_query::{event_filter, EventParams},
     AppState,
 };
 use crate::{
+    cluster::Cluster,
     session::Principal,
     sink::{event_filter::EventFilter, follow::Followed},
 };
@@ -80,8 +84,17 @@ pub async fn stream(
     let principal = state.auth.principal(authorization.as_deref())?;
     let filter = event_filter(&params)?;
     // Checked before the upgrade: a session the caller may not see is a plain 404.
-    let session = state.manager.get(&principal, id).await?;
+    let cluster = cluster_of(&state, id).await?.cloned();
+    let session = match &cluster {
+        Some(cluster) => cluster.get(&principal, id).await?,
+        None => state.manager.get(&principal, id).await?,
+    };
     let first = json!({"type": "state", "session": session}).to_string();
+    // A cluster session's other parts are read from their nodes with the caller's token.
+    let mut forwarded = axum::http::HeaderMap::new();
+    if let Some(value) = authorization.and_then(|text| text.parse().ok()) {
+        forwarded.insert(header::AUTHORIZATION, value);
+    }
     Ok(upgrade.on_upgrade(move |socket| async move {
         let mut connection = Connection {
             state,
@@ -89,6 +102,8 @@ pub async fn stream(
             id,
             filter,
             socket,
+            cluster,
+            forwarded,
         };
         connection.serve(first).await;
     }))
@@ -100,6 +115,10 @@ struct Connection {
     id: Uuid,
     filter: EventFilter,
     socket: WebSocket,
+    /// Set for a cluster session: its parts' events are merged from every node.
+    cluster: Option<Arc<Cluster>>,
+    /// What other nodes are sent: the caller's token.
+    forwarded: axum::http::HeaderMap,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +141,8 @@ struct Frame {
     events: Vec<u8>,
     count: usize,
     last_seq: u64,
+    /// A cluster session's last `seq` per node (each part numbers its own events).
+    last_by_node: HashMap<String, u64>,
     /// Events recorded after the last one taken, as the follower last said.
     lag: u64,
 }
@@ -135,8 +156,11 @@ impl Frame {
             }
             self.events.extend_from_slice(line);
             self.count += 1;
-            if let Some(seq) = seq_of(line) {
+            if let Some(Seq { seq, node }) = seq_of(line) {
                 self.last_seq = seq;
+                if let Some(node) = node {
+                    self.last_by_node.insert(node, seq);
+                }
             }
             if self.count == FRAME_EVENTS {
                 full.extend(self.take());
@@ -159,12 +183,15 @@ impl Frame {
     }
 }
 
-fn seq_of(line: &[u8]) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Seq {
-        seq: u64,
-    }
-    serde_json::from_slice::<Seq>(line).ok().map(|s| s.seq)
+#[derive(Deserialize)]
+struct Seq {
+    seq: u64,
+    /// A cluster session's events say which node's part they are.
+    node: Option<String>,
+}
+
+fn seq_of(line: &[u8]) -> Option<Seq> {
+    serde_json::from_slice::<Seq>(line).ok()
 }
 
 impl Connection {
@@ -218,7 +245,7 @@ impl Connection {
                             self.filter.pid = pid;
                             self.filter.comm = comm;
                             self.filter.failed = failed.unwrap_or(false);
-                            let Some(next) = self.follow(Some(frame.last_seq)).await else {
+                            let Some(next) = self.follow(Some(&frame)).await else {
                                 return;
                             };
                             (follower, events) = next;
@@ -244,13 +271,16 @@ impl Connection {
         }
     }
 
-    /// Starts a follower after seq `after` (or the request's `after_seq`).
+    /// Starts a follower after what `sent` has taken (or from the request's `after_seq`).
     async fn follow(
         &mut self,
-        after: Option<u64>,
+        sent: Option<&Frame>,
     ) -> Option<(JoinHandle<()>, mpsc::Receiver<Followed>)> {
+        if let Some(cluster) = self.cluster.clone() {
+            return self.follow_cluster(&cluster, sent).await;
+        }
         let mut filter = self.filter.clone();
-        if let Some(after) = after.filter(|&seq| seq > 0) {
+        if let Some(after) = sent.map(|frame| frame.last_seq).filter(|&seq| seq > 0) {
             filter.after_seq = Some(after);
         }
         let follower = match self
@@ -269,6 +299,44 @@ impl Connection {
         };
         let (out, events) = mpsc::channel(16);
         Some((tokio::spawn(follower.run(out)), events))
+    }
+
+    /// A cluster session's parts, merged from every node (each part resumed after its own
+    /// last `seq` that `sent` has taken).
+    async fn follow_cluster(
+        &mut self,
+        cluster: &Arc<Cluster>,
+        sent: Option<&Frame>,
+    ) -> Option<(JoinHandle<()>, mpsc::Receiver<Followed>)> {
+        let asked = ClusterEvents {
+            principal: &self.principal,
+            id: self.id,
+            filter: self.filter.clone(),
+            follow: true,
+            node: None,
+            after: sent
+                .map(|frame| frame.last_by_node.clone())
+                .unwrap_or_default(),
+            headers: &self.forwarded,
+        };
+        let mut lines = match merged(&self.state, cluster, asked).await {
+            Ok(lines) => lines,
+            Err(err) => {
+                let reason = err.message().to_owned();
+                let _ = self.send(json!({"type": "end", "reason": reason})).await;
+                return None;
+            }
+        };
+        let (out, events) = mpsc::channel(16);
+        let task = tokio::spawn(async move {
+            while let Some(chunk) = lines.next().await {
+                if out.send(Followed::Lines(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = out.send(Followed::End).await;
+        });
+        Some((task, events))
     }
 
     async fn flush(&mut self, frame: &mut Frame) -> bool {
