@@ -294,9 +294,8 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
     for node in [&a, &b] {
         let list = node.daemon.get("/v1/sessions");
         assert_eq!(list["sessions"], json!([]), "{}: {list}", node.name);
-        let parts = std::fs::read_dir(node.daemon.data_dir().join("sessions"))
-            .map(|dir| dir.count())
-            .unwrap_or(0);
+        let parts =
+            std::fs::read_dir(node.daemon.data_dir().join("sessions")).map_or(0, Iterator::count);
         assert_eq!(parts, 0, "{}'s event logs are gone", node.name);
     }
 }

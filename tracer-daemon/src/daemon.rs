@@ -99,13 +99,7 @@ pub async fn run(
     let servers = Servers::start(&config, state, shutdown).await?;
 
     // Serving already, so /readyz can say recovery is under way.
-    let (resumed, failed) = manager.recover().await?;
-    ready.store(true, std::sync::atomic::Ordering::Release);
-    tracing::info!(
-        resumed,
-        failed,
-        "sessions that were running are resumed; ready"
-    );
+    resume_sessions(&manager, &ready).await?;
     if let Some(cluster) = &cluster {
         cluster.start_agent();
     }
@@ -121,12 +115,7 @@ pub async fn run(
         task.abort();
         let _ = task.await;
     }
-    if let Some(cluster) = cluster {
-        cluster.leave().await;
-    }
-    // Running sessions stay `running` in the store: the next start resumes them.
-    manager.shutdown().await;
-    drop(manager);
+    end_sessions(cluster, manager).await;
     // No session runs now: the launch parent cgroup is not needed until the next start.
     tokio::task::spawn_blocking(crate::session::remove_launch_parent_cgroups).await?;
     if let Some(session) = startup_session.and_then(Arc::into_inner) {
@@ -147,6 +136,27 @@ pub async fn run(
     tracing::info!("tracerd stopped; eBPF programs detached, tracefs instances removed");
     drop(data_dir);
     Ok(())
+}
+
+/// Resumes the sessions that were running when the daemon last stopped; then it is ready.
+async fn resume_sessions(manager: &SessionManager, ready: &AtomicBool) -> anyhow::Result<()> {
+    let (resumed, failed) = manager.recover().await?;
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(
+        resumed,
+        failed,
+        "sessions that were running are resumed; ready"
+    );
+    Ok(())
+}
+
+/// Leaves the cluster (its agent stops first, so it starts nothing more) and ends every run;
+/// running sessions stay `running` in the store: the next start resumes them.
+async fn end_sessions(cluster: Option<Arc<Cluster>>, manager: Arc<SessionManager>) {
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
+    manager.shutdown().await;
 }
 
 /// With `--etcd`: this node in the cluster (registered in the background).

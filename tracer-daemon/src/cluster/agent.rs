@@ -16,14 +16,16 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
+    error::ClusterError,
     placement,
     records::{ClusterSessionRecord, PartRecord, PartStatus},
-    ClusterError, Shared,
+    shared::Shared,
 };
 use crate::{
     record::clock::now_rfc3339,
     session::{
         model::{Counters, Session, Status},
+        spec::CreateSession,
         NewSession, Principal, SessionError, SessionManager,
     },
 };
@@ -211,7 +213,7 @@ impl Agent {
             tenant: session.tenant.clone(),
             restricted: session.restricted,
             name: session.name.clone(),
-            request: super::part_request(session),
+            request: part_request(session),
             request_text: String::new(),
         };
         let part = NewSession {
@@ -367,4 +369,58 @@ async fn finish_at_limit(
         tracing::info!(session = %session.id, delivered, limit, "the cluster session reached max_events");
     }
     Ok(())
+}
+
+/// The request of this node's part of `session`: its limits made per node — the part stops
+/// at `max_events_per_node` (or the whole session's `max_events`, if lower), and its TTL is
+/// what is left of the session's since it was started, so every part ends at one deadline.
+pub fn part_request(session: &ClusterSessionRecord) -> CreateSession {
+    let mut request = session.request.clone();
+    let limits = &mut request.limits;
+    limits.max_events = match (limits.max_events, limits.max_events_per_node) {
+        (Some(whole), Some(per_node)) => Some(whole.min(per_node)),
+        (whole, per_node) => whole.or(per_node),
+    };
+    let ttl = session.request.validate().ok().and_then(|spec| spec.ttl);
+    let started = session.started_at.as_deref().and_then(|at| {
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+    });
+    if let (Some(ttl), Some(started)) = (ttl, started) {
+        let elapsed = time::OffsetDateTime::now_utc() - started;
+        let left = ttl.saturating_sub(elapsed.try_into().unwrap_or_default());
+        limits.ttl = Some(format!("{}ms", left.as_millis().max(1)));
+    }
+    request.tenant = Some(session.tenant.clone());
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_stops_at_the_lower_limit_and_at_the_session_deadline() {
+        let mut started = super::super::records::tests::session(
+            serde_json::json!({"scope": "cluster", "target": {"container": "w"},
+                               "limits": {"max_events": 100, "max_events_per_node": 30, "ttl": "60s"}}),
+            None,
+        );
+        let ten_seconds_ago = time::OffsetDateTime::now_utc() - time::Duration::seconds(10);
+        started.started_at = Some(crate::record::clock::rfc3339(ten_seconds_ago));
+        let part = part_request(&started);
+        assert_eq!(part.limits.max_events, Some(30));
+        let ttl: u64 = part
+            .limits
+            .ttl
+            .clone()
+            .unwrap()
+            .trim_end_matches("ms")
+            .parse()
+            .unwrap();
+        assert!(
+            (49_000..=50_100).contains(&ttl),
+            "{ttl} ms left of 60 s after 10 s"
+        );
+        assert!(part.validate().is_ok());
+    }
 }

@@ -7,10 +7,11 @@ use std::{collections::HashSet, time::Duration};
 use uuid::Uuid;
 
 use super::{
+    error::ClusterError,
     node::ready_nodes,
     placement,
     records::{ClusterSessionRecord, NodeRecord, PartRecord},
-    view, Cluster, ClusterError,
+    view, Cluster,
 };
 use crate::{
     record::clock::{now_rfc3339, rfc3339},

@@ -13,7 +13,7 @@ use etcd_client::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::ClusterError;
+use super::error::ClusterError;
 
 /// The longest one etcd call may take, retries included, before the API says etcd is
 /// unreachable.

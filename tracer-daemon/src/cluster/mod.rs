@@ -8,45 +8,22 @@
 //! Without `--etcd` none of this exists and the daemon is a single node.
 mod agent;
 mod api;
+mod error;
 pub mod etcd;
 pub mod node;
 pub mod peers;
 mod placement;
 pub mod records;
+mod shared;
 mod view;
 
 use std::{sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
+pub use self::{error::ClusterError, shared::Shared};
 use self::{etcd::Etcd, records::NodeRecord};
-use crate::session::{spec::CreateSession, SessionError, SessionManager};
-
-/// Why a cluster operation could not be done.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("etcd is unreachable ({0}); cluster sessions cannot be read or changed until it answers (their parts keep recording)")]
-    Unavailable(String),
-    #[error("a cluster record in etcd cannot be read: {0}")]
-    Corrupt(String),
-    #[error("`\"scope\": \"cluster\"` needs a cluster: start tracerd with --etcd")]
-    Disabled,
-    #[error("node `{0}` is not ready")]
-    NodeNotReady(String),
-    #[error("no node is ready to run the launch")]
-    NoReadyNode,
-    #[error("the cluster session changed meanwhile; try again")]
-    Conflict,
-    #[error(transparent)]
-    Session(#[from] SessionError),
-}
-
-/// What the agent, the API and the registration share.
-pub struct Shared {
-    pub etcd: Etcd,
-    /// This node, as registered.
-    pub node: NodeRecord,
-}
+use crate::session::SessionManager;
 
 /// This node's membership of the cluster.
 pub struct Cluster {
@@ -122,27 +99,4 @@ impl Cluster {
             let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
         }
     }
-}
-
-/// The request of this node's part of `session`: its limits made per node — the part stops
-/// at `max_events_per_node` (or the whole session's `max_events`, if lower), and its TTL is
-/// what is left of the session's since it was started, so every part ends at one deadline.
-fn part_request(session: &records::ClusterSessionRecord) -> CreateSession {
-    let mut request = session.request.clone();
-    let limits = &mut request.limits;
-    limits.max_events = match (limits.max_events, limits.max_events_per_node) {
-        (Some(whole), Some(per_node)) => Some(whole.min(per_node)),
-        (whole, per_node) => whole.or(per_node),
-    };
-    let ttl = session.request.validate().ok().and_then(|spec| spec.ttl);
-    let started = session.started_at.as_deref().and_then(|at| {
-        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
-    });
-    if let (Some(ttl), Some(started)) = (ttl, started) {
-        let elapsed = time::OffsetDateTime::now_utc() - started;
-        let left = ttl.saturating_sub(elapsed.try_into().unwrap_or_default());
-        limits.ttl = Some(format!("{}ms", left.as_millis().max(1)));
-    }
-    request.tenant = Some(session.tenant.clone());
-    request
 }

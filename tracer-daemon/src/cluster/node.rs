@@ -7,9 +7,9 @@ use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use super::{
+    error::ClusterError,
     etcd::{bounded, Etcd},
     records::NodeRecord,
-    ClusterError,
 };
 
 /// A node's lease lives this long without a keep-alive: a node killed or cut off is `lost`

@@ -1,8 +1,9 @@
 //! Where a cluster launch runs: one node, named or taken in turn among the ready ones; placed
 //! again if that node is lost before its container started, failed with `node_lost` after.
 use super::{
+    error::ClusterError,
     records::{ClusterSessionRecord, NodeRecord, PartRecord, PartStatus},
-    ClusterError, Shared,
+    shared::Shared,
 };
 use crate::session::model::Status;
 

@@ -80,7 +80,7 @@ impl ClusterSessionRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn node(name: &str, labels: &[(&str, &str)]) -> NodeRecord {
@@ -97,7 +97,7 @@ mod tests {
         }
     }
 
-    fn session(request: serde_json::Value, placement: Option<&str>) -> ClusterSessionRecord {
+    pub fn session(request: serde_json::Value, placement: Option<&str>) -> ClusterSessionRecord {
         ClusterSessionRecord {
             id: Uuid::nil(),
             tenant: "t".into(),
@@ -141,31 +141,5 @@ mod tests {
             Some("b"),
         );
         assert!(!launch.runs_on(&a) && launch.runs_on(&b));
-    }
-
-    #[test]
-    fn a_part_stops_at_the_lower_limit_and_at_the_session_deadline() {
-        let mut started = session(
-            serde_json::json!({"scope": "cluster", "target": {"container": "w"},
-                               "limits": {"max_events": 100, "max_events_per_node": 30, "ttl": "60s"}}),
-            None,
-        );
-        let ten_seconds_ago = time::OffsetDateTime::now_utc() - time::Duration::seconds(10);
-        started.started_at = Some(crate::record::clock::rfc3339(ten_seconds_ago));
-        let part = super::super::part_request(&started);
-        assert_eq!(part.limits.max_events, Some(30));
-        let ttl: u64 = part
-            .limits
-            .ttl
-            .clone()
-            .unwrap()
-            .trim_end_matches("ms")
-            .parse()
-            .unwrap();
-        assert!(
-            (49_000..=50_100).contains(&ttl),
-            "{ttl} ms left of 60 s after 10 s"
-        );
-        assert!(part.validate().is_ok());
     }
 }
