@@ -218,6 +218,29 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
     let events = event_nodes(&b.daemon, &id2);
     assert_eq!((count(&events, "a"), count(&events, "b")), (1000, 3000));
 
+    // Each part stops at max_events_per_node exactly; the session finishes when all have.
+    let id3 = create(
+        &a.daemon,
+        &json!({"scope": "cluster", "target": {"container": both}, "syscalls": ["getppid"],
+                "limits": {"max_events_per_node": 150}}),
+    );
+    act(&a.daemon, &id3, "start");
+    a.exec_getppid(&both, 200);
+    b.exec_getppid(&both, 200);
+    let finished = wait_until("both parts at their limit", Duration::from_secs(15), || {
+        let session = b.daemon.get(&format!("/v1/sessions/{id3}"));
+        (session["status"] == "finished").then_some(session)
+    });
+    assert_eq!(finished["finished_reason"], "max_events", "{finished}");
+    assert_eq!(finished["counters"]["delivered"], 300, "{finished}");
+    assert_eq!(finished["counters"]["matched"], 400, "{finished}");
+    assert_eq!(finished["counters"]["dropped"], 100, "{finished}");
+    assert_eq!(
+        part(&finished, "a")["counters"]["delivered"],
+        150,
+        "{finished}"
+    );
+
     // Node B dies: its part is lost within 15 s on A's view; back, it rejoins, and no event
     // is lost or counted twice.
     let killed = Instant::now();
@@ -285,7 +308,7 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
     assert_eq!(finished["counters"]["delivered"], lines, "{finished}");
 
     // Deleting through one node removes every part, on every node.
-    for session in [&id, &id2, &launch] {
+    for session in [&id, &id2, &id3, &launch] {
         let (status, body) =
             b.daemon
                 .call("DELETE", &format!("/v1/sessions/{session}"), None, None);
@@ -489,4 +512,86 @@ fn tenants_the_websocket_and_the_cli_see_a_cluster_session_from_any_node() {
     let (status, stopped) = a.daemon.call("POST", &format!("{path}/stop"), None, team_a);
     assert_eq!(status, 200, "{stopped}");
     assert_eq!(stopped["counters"]["delivered"], 300, "{stopped}");
+}
+
+/// Creates and starts a cluster launch of the test image running `command` through `node`.
+fn start_launch(node: &Node, command: &[&str]) -> (String, Value) {
+    let id = create(
+        &node.daemon,
+        &json!({"scope": "cluster", "syscalls": ["getppid"],
+                "target": {"launch": {"image": "tracerd-test:latest", "command": command}}}),
+    );
+    let started = act(&node.daemon, &id, "start");
+    (id, started)
+}
+
+#[test]
+fn a_cluster_launch_moves_off_a_lost_node_before_it_starts_and_fails_after() {
+    require_root();
+    let etcd = EtcdCluster::start(3);
+    let a = Node::start("a", 7, &etcd);
+    let b = Node::start("b", 8, &etcd);
+    wait_until("both nodes ready", Duration::from_secs(15), || {
+        let nodes = a.daemon.get("/v1/nodes");
+        (nodes["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count()
+            == 2)
+            .then_some(())
+    });
+
+    // Node B freezes (its lease still alive): launches are placed in turn until one lands
+    // on B, which cannot start it; once B is lost, node A's agent places it again, on A.
+    // SAFETY: kill(2) on the pid of a child the harness started.
+    unsafe { libc::kill(b.daemon.pid() as i32, libc::SIGSTOP) };
+    let command = ["/bin/syscall_loop", "getppid", "100"];
+    let mut on_b = None;
+    for _ in 0..3 {
+        let (id, started) = start_launch(&a, &command);
+        if started["placement"] == "b" {
+            on_b = Some(id);
+            break;
+        }
+    }
+    let id = on_b.expect("a launch placed on b within three turns");
+    let finished = wait_until("the launch to run on a", Duration::from_secs(30), || {
+        let session = a.daemon.get(&format!("/v1/sessions/{id}"));
+        (session["status"] == "finished").then_some(session)
+    });
+    assert_eq!(finished["placement"], "a", "{finished}");
+    assert_eq!(finished["finished_reason"], "exited", "{finished}");
+    let mut from_loop = 0;
+    a.daemon.each_event_line(&id, "", |line| {
+        from_loop += u64::from(line.contains("\"comm\":\"syscall_loop\""));
+    });
+    assert_eq!(from_loop, 100);
+    // SAFETY: as above.
+    unsafe { libc::kill(b.daemon.pid() as i32, libc::SIGCONT) };
+    wait_until("node b ready again", Duration::from_secs(15), || {
+        let nodes = a.daemon.get("/v1/nodes");
+        (nodes["nodes"][1]["status"] == "ready").then_some(())
+    });
+
+    // A launch whose container started is not run twice: its node lost, it fails.
+    let (id, started) = start_launch(&a, &["/bin/sleep", "600"]);
+    let placed = started["placement"]
+        .as_str()
+        .expect("a placement")
+        .to_owned();
+    let (mut lost, other) = if placed == "a" { (a, b) } else { (b, a) };
+    wait_until("the launch to run", Duration::from_secs(15), || {
+        let session = other.daemon.get(&format!("/v1/sessions/{id}"));
+        (part(&session, &placed)["status"] == "running").then_some(())
+    });
+    lost.daemon
+        .stop_with(libc::SIGKILL, Duration::from_secs(10));
+    let failed = wait_until("the launch to fail", Duration::from_secs(15), || {
+        let session = other.daemon.get(&format!("/v1/sessions/{id}"));
+        (session["status"] == "failed").then_some(session)
+    });
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("node_lost"), "{failed}");
+    assert_eq!(failed["placement"], placed.as_str(), "{failed}");
 }

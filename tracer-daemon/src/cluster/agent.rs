@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{
     error::ClusterError,
-    placement,
+    limits, placement,
     records::{ClusterSessionRecord, PartRecord, PartStatus},
     shared::Shared,
 };
@@ -129,7 +129,7 @@ impl Agent {
             }
             let part = self.act(&session, container_changes).await;
             self.report(&session, part).await?;
-            finish_at_limit(&shared, &session).await?;
+            limits::end_if_due(&shared, &session).await?;
         }
         self.remove_deleted(&present).await
     }
@@ -327,48 +327,6 @@ impl Agent {
         self.refused.retain(|id, _| present.contains(id));
         Ok(())
     }
-}
-
-/// A running session with `max_events` whose parts' delivered events reach it finishes as a
-/// whole (every node then stops its part). Each part alone stops at the limit exactly; the
-/// sum is checked at every pass, so parts on several nodes may together record up to a
-/// pass's worth of events past it.
-async fn finish_at_limit(
-    shared: &Shared,
-    session: &ClusterSessionRecord,
-) -> Result<(), ClusterError> {
-    let Some(limit) = session.request.limits.max_events else {
-        return Ok(());
-    };
-    if session.desired != Status::Running {
-        return Ok(());
-    }
-    let parts: Vec<PartRecord> = shared.etcd.list(&format!("parts/{}/", session.id)).await?;
-    let delivered: u64 = parts.iter().map(|part| part.counters.delivered).sum();
-    if delivered < limit {
-        return Ok(());
-    }
-    let path = format!("sessions/{}", session.id);
-    let Some(stored) = shared.etcd.get::<ClusterSessionRecord>(&path).await? else {
-        return Ok(());
-    };
-    let mut finished = stored.value;
-    if finished.desired != Status::Running {
-        return Ok(());
-    }
-    finished.desired = Status::Finished;
-    finished.finished_reason = Some("max_events".into());
-    finished.stopped_at = Some(now_rfc3339());
-    finished.generation += 1;
-    finished.updated_at = now_rfc3339();
-    if shared
-        .etcd
-        .replace(&path, &finished, stored.revision)
-        .await?
-    {
-        tracing::info!(session = %session.id, delivered, limit, "the cluster session reached max_events");
-    }
-    Ok(())
 }
 
 /// The request of this node's part of `session`: its limits made per node — the part stops

@@ -10,6 +10,7 @@ mod agent;
 mod api;
 mod error;
 pub mod etcd;
+mod limits;
 pub mod node;
 pub mod peers;
 mod placement;

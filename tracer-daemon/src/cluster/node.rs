@@ -59,7 +59,7 @@ pub async fn ready_nodes(etcd: &Etcd) -> Result<Vec<NodeRecord>, ClusterError> {
 
 /// Keeps `node` registered until `stop` says so, then revokes its lease (its `nodes/` key
 /// goes at once; `members/` keeps it listed, as lost). While etcd is away it retries every
-/// keep-alive period; when its lease has expired meanwhile, it registers again.
+/// keep-alive period, registering anew (a new lease) once etcd answers.
 pub async fn keep_registered(etcd: Etcd, node: NodeRecord, mut stop: watch::Receiver<bool>) {
     let mut lease = None;
     let mut warned = false;
@@ -81,6 +81,9 @@ pub async fn keep_registered(etcd: Etcd, node: NodeRecord, mut stop: watch::Rece
                     tracing::warn!(node = %node.name, %err, "cannot keep this node registered in etcd; retrying");
                 }
                 warned = true;
+                // The lease may be gone (it expired while this node was cut off or frozen):
+                // register anew; an old lease still alive expires by itself.
+                lease = None;
             }
         }
         tokio::select! {
