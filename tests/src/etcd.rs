@@ -58,6 +58,25 @@ impl EtcdCluster {
             .join(",")
     }
 
+    /// A counter or gauge from member `index`'s Prometheus metrics (0 if it has none).
+    pub fn metric(&self, index: usize, name: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.members[index].client);
+        let text = ureq::get(&url)
+            .call()
+            .ok()
+            .and_then(|mut response| response.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Kills member `index` (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.members[index].child.take() {

@@ -6,6 +6,7 @@
 //! get what it needs fails with the reason; it never skips.
 pub mod bench;
 pub mod cgroup;
+pub mod cluster;
 pub mod collector;
 pub mod daemon;
 pub mod docker;

@@ -21,6 +21,9 @@ pub enum Benchmark {
     /// Span export: spans per second to a real collector and ns per span of encoding, on one
     /// core, tracerd's path next to the SDK's batch span processor.
     Otlp,
+    /// Cluster mode on two nodes and a 3-member etcd: start to first event, reads with
+    /// 1,000 cluster sessions, etcd writes per session lifecycle, next to one node.
+    Cluster,
 }
 
 pub fn run(benchmark: Benchmark) -> Result<()> {
@@ -41,6 +44,7 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
         Benchmark::Stream => against_release_daemon("bench_stream"),
         Benchmark::Api => against_release_daemon("bench_api"),
         Benchmark::Pipeline => against_release_daemon("bench_pipeline"),
+        Benchmark::Cluster => against_release_daemon("bench_cluster"),
     }
 }
 
