@@ -12,6 +12,9 @@ use crate::free_port;
 pub struct EtcdCluster {
     dir: PathBuf,
     members: Vec<Member>,
+    /// Clients need TLS with a client certificate: `ca.pem`, `client.pem`, `client.key` are
+    /// in `dir`.
+    tls: bool,
 }
 
 struct Member {
@@ -24,6 +27,22 @@ struct Member {
 impl EtcdCluster {
     /// Starts `size` members and waits until every one is healthy.
     pub fn start(size: usize) -> Self {
+        Self::start_as(size, false)
+    }
+
+    /// [`EtcdCluster::start`] serving clients over TLS only, and only those with a client
+    /// certificate its CA signed ([`EtcdCluster::file`]: `ca.pem`, `client.pem`,
+    /// `client.key`).
+    pub fn start_tls(size: usize) -> Self {
+        Self::start_as(size, true)
+    }
+
+    /// A file of the cluster's directory (the TLS certificates).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn start_as(size: usize, tls: bool) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "tracerd-test-etcd-{}-{}",
             std::process::id(),
@@ -39,7 +58,10 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut cluster = Self { dir, members };
+        if tls {
+            crate::certificates(&dir);
+        }
+        let mut cluster = Self { dir, members, tls };
         for index in 0..size {
             cluster.start_member(index);
         }
@@ -53,20 +75,15 @@ impl EtcdCluster {
     pub fn endpoints(&self) -> String {
         self.members
             .iter()
-            .map(|member| format!("http://127.0.0.1:{}", member.client))
+            .map(|member| format!("{}://127.0.0.1:{}", self.scheme(), member.client))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// A counter or gauge from member `index`'s Prometheus metrics (0 if it has none).
     pub fn metric(&self, index: usize, name: &str) -> f64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.members[index].client);
-        let text = ureq::get(&url)
-            .call()
-            .ok()
-            .and_then(|mut response| response.body_mut().read_to_string().ok())
-            .unwrap_or_default();
-        text.lines()
+        self.fetch(index, "/metrics")
+            .lines()
             .find_map(|line| {
                 line.strip_prefix(name)?
                     .strip_prefix(' ')?
@@ -90,16 +107,37 @@ impl EtcdCluster {
         self.start_member(index);
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// GETs `path` from member `index` (with curl: it speaks TLS with a client certificate).
+    fn fetch(&self, index: usize, path: &str) -> String {
+        let url = format!(
+            "{}://127.0.0.1:{}{path}",
+            self.scheme(),
+            self.members[index].client
+        );
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "--max-time", "2", &url]);
+        if self.tls {
+            curl.arg("--cacert").arg(self.file("ca.pem"));
+            curl.arg("--cert").arg(self.file("client.pem"));
+            curl.arg("--key").arg(self.file("client.key"));
+        }
+        let output = curl.output().expect("running curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Waits until member `index` says it is healthy (it has a leader and a quorum).
     pub fn wait_healthy(&self, index: usize) {
-        let url = format!("http://127.0.0.1:{}/health", self.members[index].client);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let healthy = ureq::get(&url)
-                .call()
-                .ok()
-                .and_then(|mut response| response.body_mut().read_to_string().ok())
-                .is_some_and(|body| body.contains("\"health\":\"true\""));
+            let healthy = self.fetch(index, "/health").contains("\"health\":\"true\"");
             if healthy {
                 return;
             }
@@ -119,7 +157,7 @@ impl EtcdCluster {
             .map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer))
             .collect();
         let member = &self.members[index];
-        let client = format!("http://127.0.0.1:{}", member.client);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), member.client);
         let peer = format!("http://127.0.0.1:{}", member.peer);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -149,12 +187,30 @@ impl EtcdCluster {
                 "--initial-cluster-token",
                 "tracerd-test",
             ])
+            .args(if self.tls {
+                self.tls_flags()
+            } else {
+                Vec::new()
+            })
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
             .expect("starting etcd (`cargo xtask setup` installs etcd-server)");
         self.members[index].child = Some(child);
+    }
+
+    fn tls_flags(&self) -> Vec<String> {
+        let file = |name: &str| self.file(name).display().to_string();
+        vec![
+            "--cert-file".into(),
+            file("server.pem"),
+            "--key-file".into(),
+            file("server.key"),
+            "--trusted-ca-file".into(),
+            file("ca.pem"),
+            "--client-cert-auth".into(),
+        ]
     }
 
     fn log(&self, index: usize) -> String {

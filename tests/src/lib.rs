@@ -22,6 +22,33 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A CA (`ca.pem`), a server certificate for 127.0.0.1 (`server.pem`, `server.key`; also good
+/// for client authentication, as etcd members use theirs to call themselves) and a
+/// client certificate (`client.pem`, `client.key`) it signed, made with `openssl` in `dir`.
+pub fn certificates(dir: &std::path::Path) {
+    let script = r#"
+set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 \
+  -subj /CN=tracerd-test-ca -addext basicConstraints=critical,CA:TRUE \
+  -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+for who in server client; do
+  openssl req -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null
+done
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' > server.ext
+printf 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n' > client.ext
+for who in server client; do
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem \
+    -days 1 -extfile $who.ext 2>/dev/null
+done
+"#;
+    let status = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .status()
+        .expect("openssl");
+    assert!(status.success(), "making the test certificates");
+}
+
 /// Fails the calling test unless it runs as root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

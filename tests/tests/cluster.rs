@@ -165,8 +165,14 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
         "{finished}"
     );
 
-    // Node B dies: its part is lost within 15 s on A's view; back, it rejoins, and no event
-    // is lost or counted twice.
+    // Node B dies: its part is lost within 15 s on A's view. Meanwhile a session is stopped
+    // (through PUT) and another deleted; back, B reconciles: its part of the first stops,
+    // of the second goes, and the running one resumes with no event lost or counted twice.
+    let id4 = create(
+        &a.daemon,
+        &json!({"scope": "cluster", "target": {"container": both}, "syscalls": ["getppid"]}),
+    );
+    act(&a.daemon, &id4, "start");
     let killed = Instant::now();
     b.daemon.stop_with(libc::SIGKILL, Duration::from_secs(10));
     let lost = wait_until("node b's part lost", Duration::from_secs(15), || {
@@ -175,30 +181,78 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
     });
     let lost_after = killed.elapsed();
     assert!(lost_after <= Duration::from_secs(15), "{lost_after:?}");
+    println!("node b lost {lost_after:?} after kill -9");
     assert_eq!(
         lost["counters"]["delivered"], 2000,
         "the last counts stay: {lost}"
     );
     let nodes = a.daemon.get("/v1/nodes");
     assert_eq!(nodes["nodes"][1]["status"], "lost", "{nodes}");
+    let (status, body) = a.daemon.call(
+        "PUT",
+        &format!("/v1/sessions/{id4}"),
+        Some(&json!({"status": "stopped"})),
+        None,
+    );
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("stopped")),
+        "{body}"
+    );
+    let (status, body) = a
+        .daemon
+        .call("DELETE", &format!("/v1/sessions/{id3}"), None, None);
+    assert_eq!(status, 204, "{body}");
     b.daemon.restart_after(libc::SIGKILL);
+    wait_until("node b reconciled", Duration::from_secs(15), || {
+        let running = a.daemon.get(&format!("/v1/sessions/{id}"));
+        let stopped = a.daemon.get(&format!("/v1/sessions/{id4}"));
+        (part(&running, "b")["status"] == "running" && part(&stopped, "b")["status"] == "stopped")
+            .then_some(())
+    });
     wait_until(
-        "node b's part running again",
+        "node b's part of a deleted session gone",
         Duration::from_secs(15),
-        || {
-            let session = a.daemon.get(&format!("/v1/sessions/{id}"));
-            (part(&session, "b")["status"] == "running").then_some(())
-        },
+        || (!b.daemon.data_dir().join("sessions").join(&id3).exists()).then_some(()),
     );
     b.exec_getppid(&only_b, 500);
     wait_delivered(&a.daemon, &id, 2500);
+
+    // A container of the same name that starts on node A later: A's part joins.
+    a.run_container(&only_b);
+    wait_until("node a's part to join", Duration::from_secs(15), || {
+        let session = b.daemon.get(&format!("/v1/sessions/{id}"));
+        (part(&session, "a")["status"] == "running").then_some(())
+    });
+    a.exec_getppid(&only_b, 300);
+    wait_delivered(&a.daemon, &id, 2800);
     let stopped = act(&a.daemon, &id, "stop");
-    assert_eq!(stopped["counters"]["matched"], 2500, "{stopped}");
+    assert_eq!(stopped["counters"]["matched"], 2800, "{stopped}");
     let events = event_nodes(&a.daemon, &id);
-    let mut seqs: Vec<u64> = events.iter().map(|(_, seq)| *seq).collect();
-    seqs.sort_unstable();
-    seqs.dedup();
-    assert_eq!((events.len(), seqs.len()), (2500, 2500), "no event twice");
+    let mut unique = events.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!((events.len(), unique.len()), (2800, 2800), "no event twice");
+    assert_eq!((count(&events, "a"), count(&events, "b")), (300, 2500));
+
+    // One deadline for every part: each ends by it (on its own TTL, or stopped by the agent
+    // that finished the session, whichever is first).
+    let timed = create(
+        &b.daemon,
+        &json!({"scope": "cluster", "target": {"container": both}, "syscalls": ["getppid"],
+                "limits": {"ttl": "2s"}}),
+    );
+    let started = Instant::now();
+    act(&b.daemon, &timed, "start");
+    let ended = wait_until("the TTL", Duration::from_secs(10), || {
+        let session = a.daemon.get(&format!("/v1/sessions/{timed}"));
+        let parts_ended = ["a", "b"]
+            .iter()
+            .all(|node| part(&session, node)["status"] != "running");
+        (session["status"] == "finished" && parts_ended).then_some(session)
+    });
+    assert_eq!(ended["finished_reason"], "ttl", "{ended}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "{ended}");
 
     // A launch lands on one node and finishes there.
     let launch = create(
@@ -232,7 +286,7 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
     assert_eq!(finished["counters"]["delivered"], lines, "{finished}");
 
     // Deleting through one node removes every part, on every node.
-    for session in [&id, &id2, &id3, &launch] {
+    for session in [&id, &id2, &id4, &timed, &launch] {
         let (status, body) =
             b.daemon
                 .call("DELETE", &format!("/v1/sessions/{session}"), None, None);
@@ -518,4 +572,42 @@ fn a_cluster_launch_moves_off_a_lost_node_before_it_starts_and_fails_after() {
     let error = failed["error"].as_str().unwrap_or_default();
     assert!(error.starts_with("node_lost"), "{failed}");
     assert_eq!(failed["placement"], placed.as_str(), "{failed}");
+}
+
+#[test]
+fn nodes_reach_etcd_over_tls_with_a_client_certificate() {
+    require_root();
+    let etcd = EtcdCluster::start_tls(3);
+    let file = |name: &str| etcd.file(name).display().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
+    let a = Node::start_with(
+        "a",
+        9,
+        &etcd,
+        &[
+            "--etcd-ca-file",
+            &ca,
+            "--etcd-cert",
+            &cert,
+            "--etcd-key",
+            &key,
+        ],
+    );
+    a.wait_ready(1);
+    let cgroup = tracer_tests::cgroup::TestCgroup::create("cluster-tls");
+    let id = create(
+        &a.daemon,
+        &json!({"scope": "cluster", "target": {"cgroup": cgroup.path()}, "syscalls": ["getppid"]}),
+    );
+    act(&a.daemon, &id, "start");
+    let (_, status) = tracer_tests::workload::run_in(&cgroup, &["getppid", "250"]);
+    assert!(status.success());
+    wait_delivered(&a.daemon, &id, 250);
+
+    // Without the client certificate etcd refuses the node: the API says so, never hangs.
+    let refused =
+        tracer_tests::daemon::Daemon::start(&["--etcd", &etcd.endpoints(), "--etcd-ca-file", &ca]);
+    let (status, body) = refused.call("GET", "/v1/nodes", None, None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "etcd_unavailable", "{body}");
 }

@@ -2,7 +2,7 @@
 //! certificates made for the test with `openssl`.
 use std::{
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -11,31 +11,6 @@ use tracer_tests::{
     daemon::{binary, tracerctl},
     require_root,
 };
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate it signed, in `dir`.
-fn certificates(dir: &Path) {
-    let script = r#"
-set -e
-openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 \
-  -subj /CN=tracerd-test-ca -addext basicConstraints=critical,CA:TRUE \
-  -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-for who in server client; do
-  openssl req -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null
-done
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' > server.ext
-printf 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n' > client.ext
-for who in server client; do
-  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem \
-    -days 1 -extfile $who.ext 2>/dev/null
-done
-"#;
-    let status = Command::new("sh")
-        .args(["-c", script])
-        .current_dir(dir)
-        .status()
-        .expect("openssl");
-    assert!(status.success(), "making the test certificates");
-}
 
 struct TlsDaemon {
     child: std::process::Child,
@@ -55,7 +30,7 @@ fn start() -> TlsDaemon {
     let dir = std::env::temp_dir().join(format!("tracerd-test-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    certificates(&dir);
+    tracer_tests::certificates(&dir);
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -186,6 +186,20 @@ pub struct Config {
     #[arg(long, env = "TRACERD_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
 
+    /// A PEM file of CA certificates to trust for `https://` etcd endpoints (default: the
+    /// system's roots).
+    #[arg(long, env = "TRACERD_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+
+    /// A client certificate (PEM) for etcd's client-certificate authentication; needs
+    /// --etcd-key.
+    #[arg(long, env = "TRACERD_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "TRACERD_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+
     /// This node's name in the cluster (default: the hostname).
     #[arg(long, env = "TRACERD_NODE")]
     pub node: Option<String>,

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::{
     backend::{ebpf::EbpfOptions, Engine, EngineOptions, SessionHandle},
     cgroup::Cgroup,
-    cluster::{records::NodeRecord, Cluster, Membership},
+    cluster::{etcd::EtcdTls, records::NodeRecord, Cluster, Membership},
     config::Config,
     containers::docker::DockerClient,
     data_dir::DataDir,
@@ -210,6 +210,11 @@ async fn join_cluster(
     let membership = Membership {
         endpoints: config.etcd.clone(),
         prefix: config.etcd_prefix.clone(),
+        tls: EtcdTls {
+            ca_file: config.etcd_ca_file.clone(),
+            cert: config.etcd_cert.clone(),
+            key: config.etcd_key.clone(),
+        },
         node,
     };
     Ok(Some(Cluster::join(membership, manager.clone()).await?))

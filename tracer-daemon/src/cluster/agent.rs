@@ -20,6 +20,7 @@ use super::{
     limits, placement,
     records::{ClusterSessionRecord, PartRecord, PartStatus},
     shared::Shared,
+    watched::WatchedSessions,
 };
 use crate::{
     record::clock::now_rfc3339,
@@ -72,56 +73,63 @@ impl Agent {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut containers = self.manager.container_changes();
         loop {
-            let mut watch = self.shared.etcd.watch("sessions/").await.ok();
-            loop {
-                let seen = *containers.borrow_and_update();
-                self.pass(seen).await;
-                let changed = async {
-                    match watch.as_mut() {
-                        Some(stream) => matches!(stream.message().await, Ok(Some(_))),
-                        None => std::future::pending().await,
+            let mut watched = match WatchedSessions::load(&self.shared.etcd).await {
+                Ok(watched) => watched,
+                Err(err) => {
+                    self.unreachable(&err);
+                    tokio::select! {
+                        () = tokio::time::sleep(PASS_EVERY) => continue,
+                        _ = stop.changed() => return,
                     }
-                };
+                }
+            };
+            loop {
+                self.shared.set_known(watched.ids());
+                let seen = *containers.borrow_and_update();
+                self.pass(seen, &watched).await;
                 tokio::select! {
-                    alive = changed => if !alive { break },
+                    alive = watched.changed() => if !alive { break },
                     _ = containers.changed() => {}
                     () = tokio::time::sleep(PASS_EVERY) => {}
                     _ = stop.changed() => return,
                 }
-            }
-            // The watch ended (etcd away or restarted): passes go on once a second until a
-            // new one is made.
-            tokio::select! {
-                () = tokio::time::sleep(PASS_EVERY) => {}
-                _ = stop.changed() => return,
+                if watched.stale() {
+                    break;
+                }
             }
         }
     }
 
-    async fn pass(&mut self, container_changes: u64) {
-        match self.reconcile(container_changes).await {
+    async fn pass(&mut self, container_changes: u64, watched: &WatchedSessions) {
+        match self.reconcile(container_changes, watched).await {
             Ok(()) => {
                 if self.warned {
                     tracing::info!("etcd answers again: cluster sessions reconciled");
                 }
                 self.warned = false;
             }
-            Err(err) => {
-                if !self.warned {
-                    tracing::warn!(%err, "cannot reconcile cluster sessions; parts running here go on recording");
-                }
-                self.warned = true;
-            }
+            Err(err) => self.unreachable(&err),
         }
     }
 
-    async fn reconcile(&mut self, container_changes: u64) -> Result<(), ClusterError> {
-        let sessions: Vec<ClusterSessionRecord> = self.shared.etcd.list("sessions/").await?;
+    /// Logs once that etcd cannot be reached, until it can again.
+    fn unreachable(&mut self, err: &ClusterError) {
+        if !self.warned {
+            tracing::warn!(%err, "cannot reconcile cluster sessions; parts running here go on recording");
+        }
+        self.warned = true;
+    }
+
+    async fn reconcile(
+        &mut self,
+        container_changes: u64,
+        watched: &WatchedSessions,
+    ) -> Result<(), ClusterError> {
         let ready = super::node::ready_nodes(&self.shared.etcd).await?;
         let shared = self.shared.clone();
         let me = &shared.node;
         let mut present = HashSet::new();
-        for session in &sessions {
+        for session in watched.sessions() {
             present.insert(session.id);
             let session = placement::settle(&self.shared, session, &ready).await?;
             if !session.runs_on(me) || session.desired == Status::Created {
@@ -303,7 +311,8 @@ impl Agent {
         Ok(())
     }
 
-    /// Parts whose cluster session was deleted: deleted here too (events and all).
+    /// Parts whose cluster session was deleted: deleted here too (events and all), and their
+    /// reports.
     async fn remove_deleted(&mut self, present: &HashSet<Uuid>) -> Result<(), ClusterError> {
         let agent = Principal::cluster_agent();
         for row in self.manager.store().cluster_parts() {
@@ -322,7 +331,18 @@ impl Agent {
             let path = format!("parts/{}/{}", row.id, self.shared.node.name);
             self.shared.etcd.delete(&path, false).await?;
         }
-        self.reported.retain(|id, _| present.contains(id));
+        // Parts that never had a local session (waiting, or refused here) go too.
+        let gone: Vec<Uuid> = self
+            .reported
+            .keys()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            let path = format!("parts/{id}/{}", self.shared.node.name);
+            self.shared.etcd.delete(&path, false).await?;
+            self.reported.remove(&id);
+        }
         self.unstarted.retain(|id, _| present.contains(id));
         self.refused.retain(|id, _| present.contains(id));
         Ok(())

@@ -90,9 +90,30 @@ impl Cluster {
         Ok(view::session(&record, Vec::new(), &HashSet::new()))
     }
 
+    /// The session with its parts, read from etcd in one round trip.
     pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<Session, ClusterError> {
-        let record = self.visible(principal, id).await?.value;
-        self.view(&record).await
+        let session = session_path(id);
+        let parts = format!("parts/{id}/");
+        let read = self
+            .shared
+            .etcd
+            .read_together(&[(&session, false), (&parts, true), ("nodes/", true)])
+            .await?;
+        let [records, parts, nodes] = <[Vec<serde_json::Value>; 3]>::try_from(read)
+            .map_err(|_| ClusterError::Corrupt("a read of three answered otherwise".into()))?;
+        let record: ClusterSessionRecord = match records.into_iter().next() {
+            Some(record) => decoded(record)?,
+            None => return Err(SessionError::NotFound(id).into()),
+        };
+        if !(principal.admin || record.tenant == principal.tenant) {
+            return Err(SessionError::NotFound(id).into());
+        }
+        let parts: Vec<PartRecord> = parts.into_iter().map(decoded).collect::<Result<_, _>>()?;
+        let ready = nodes
+            .into_iter()
+            .map(|node| decoded(node).map(|node: NodeRecord| node.name))
+            .collect::<Result<_, ClusterError>>()?;
+        Ok(view::session(&record, parts, &ready))
     }
 
     /// Every cluster session the caller may see, oldest first.
@@ -258,12 +279,6 @@ impl Cluster {
         }
     }
 
-    async fn view(&self, record: &ClusterSessionRecord) -> Result<Session, ClusterError> {
-        let parts = self.parts(record.id).await?;
-        let ready = self.ready_names().await?;
-        Ok(view::session(record, parts, &ready))
-    }
-
     /// The stored session, if `principal` may see it.
     async fn visible(
         &self,
@@ -310,6 +325,10 @@ impl Cluster {
             .map(|node| node.name)
             .collect())
     }
+}
+
+fn decoded<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ClusterError> {
+    serde_json::from_value(value).map_err(|err| ClusterError::Corrupt(err.to_string()))
 }
 
 fn session_path(id: Uuid) -> String {

@@ -6,6 +6,8 @@ use crate::session::SessionError;
 pub enum ClusterError {
     #[error("etcd is unreachable ({0}); cluster sessions cannot be read or changed until it answers (their parts keep recording)")]
     Unavailable(String),
+    #[error("etcd's TLS settings: {0}")]
+    Tls(String),
     #[error("a cluster record in etcd cannot be read: {0}")]
     Corrupt(String),
     #[error("`\"scope\": \"cluster\"` needs a cluster: start tracerd with --etcd")]

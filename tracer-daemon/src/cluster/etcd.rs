@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -27,6 +27,32 @@ pub struct Etcd {
     prefix: String,
 }
 
+/// TLS to etcd: the CA to trust (else the system's roots) and a client certificate.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl EtcdTls {
+    fn options(&self) -> Result<TlsOptions, ClusterError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|err| ClusterError::Tls(format!("{}: {err}", path.display())))
+        };
+        let mut options = TlsOptions::new();
+        options = match &self.ca_file {
+            Some(path) => options.ca_certificate(Certificate::from_pem(read(path)?)),
+            None => options.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            options = options.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(options)
+    }
+}
+
 /// A value read with the revision it was last changed at (for a compare-and-swap).
 pub struct Versioned<T> {
     pub value: T,
@@ -35,14 +61,27 @@ pub struct Versioned<T> {
 
 impl Etcd {
     /// A client of `endpoints`; it connects lazily, so a daemon starts while etcd is away.
-    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, ClusterError> {
-        let options = ConnectOptions::new()
+    /// Fails only on what cannot work at all: a malformed endpoint or TLS file.
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        tls: &EtcdTls,
+    ) -> Result<Self, ClusterError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_millis(300))
             .with_timeout(Duration::from_millis(700))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if endpoints
+            .iter()
+            .any(|endpoint| endpoint.starts_with("https://"))
+        {
+            options = options.with_tls(tls.options()?);
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(|err| ClusterError::Unavailable(err.to_string()))?;
+            .map_err(|err| {
+                ClusterError::Unavailable(format!("etcd endpoints {endpoints:?}: {err}"))
+            })?;
         let mut prefix = prefix.to_owned();
         if !prefix.ends_with('/') {
             prefix.push('/');
@@ -124,6 +163,39 @@ impl Etcd {
             .map(|kv| {
                 let path = self.path(kv.key()).unwrap_or_default().to_owned();
                 Ok((path, decode(kv.key(), kv.value())?))
+            })
+            .collect()
+    }
+
+    /// Several reads in one round trip, from one revision: for each `(path, prefix)`, the
+    /// values at `path` (or under it, with `prefix`), as raw JSON.
+    pub async fn read_together(
+        &self,
+        reads: &[(&str, bool)],
+    ) -> Result<Vec<Vec<serde_json::Value>>, ClusterError> {
+        let ops: Vec<TxnOp> = reads
+            .iter()
+            .map(|(path, prefix)| {
+                let options = prefix.then(|| GetOptions::new().with_prefix());
+                TxnOp::get(self.key(path), options)
+            })
+            .collect();
+        let response = bounded(|| {
+            let mut client = self.client();
+            let txn = Txn::new().and_then(ops.clone());
+            async move { client.txn(txn).await }
+        })
+        .await?;
+        response
+            .op_responses()
+            .into_iter()
+            .map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .iter()
+                    .map(|kv| decode(kv.key(), kv.value()))
+                    .collect(),
+                _ => Ok(Vec::new()),
             })
             .collect()
     }
@@ -222,10 +294,45 @@ impl Etcd {
         Ok(())
     }
 
-    /// A watch of every key under `path`.
-    pub async fn watch(&self, path: &str) -> Result<WatchStream, ClusterError> {
+    /// Every value under `path` with its key's path, and the store's revision they were read
+    /// at (to watch from the next one).
+    pub async fn list_at<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<(Vec<(String, T)>, i64), ClusterError> {
         let key = self.key(path);
-        let options = || Some(WatchOptions::new().with_prefix());
+        let options = || Some(GetOptions::new().with_prefix());
+        let response = bounded(|| {
+            let mut client = self.client();
+            let key = key.clone();
+            let options = options();
+            async move { client.get(key, options).await }
+        })
+        .await?;
+        let revision = response
+            .header()
+            .map_or(0, etcd_client::ResponseHeader::revision);
+        let values = response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let path = self.path(kv.key()).unwrap_or_default().to_owned();
+                Ok((path, decode(kv.key(), kv.value())?))
+            })
+            .collect::<Result<_, ClusterError>>()?;
+        Ok((values, revision))
+    }
+
+    /// A watch of every key under `path`, from `revision` on.
+    pub async fn watch_from(&self, path: &str, revision: i64) -> Result<WatchStream, ClusterError> {
+        let key = self.key(path);
+        let options = || {
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision),
+            )
+        };
         bounded(|| {
             let mut client = self.client();
             let key = key.clone();
@@ -234,6 +341,11 @@ impl Etcd {
         })
         .await
     }
+}
+
+/// A value as stored, decoded (the watch's events carry them raw).
+pub fn decode_value<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, ClusterError> {
+    decode(key, value)
 }
 
 /// One etcd call, bounded by [`CALL_TIMEOUT`] in all: its errors and its timeout both mean

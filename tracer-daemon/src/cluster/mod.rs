@@ -17,6 +17,7 @@ mod placement;
 pub mod records;
 mod shared;
 mod view;
+mod watched;
 
 use std::{sync::Arc, time::Duration};
 
@@ -39,6 +40,8 @@ pub struct Cluster {
 pub struct Membership {
     pub endpoints: Vec<String>,
     pub prefix: String,
+    /// For `https://` endpoints.
+    pub tls: etcd::EtcdTls,
     pub node: NodeRecord,
 }
 
@@ -49,11 +52,9 @@ impl Cluster {
         membership: Membership,
         manager: Arc<SessionManager>,
     ) -> Result<Arc<Self>, ClusterError> {
-        let etcd = Etcd::connect(&membership.endpoints, &membership.prefix).await?;
-        let shared = Arc::new(Shared {
-            etcd,
-            node: membership.node,
-        });
+        let etcd =
+            Etcd::connect(&membership.endpoints, &membership.prefix, &membership.tls).await?;
+        let shared = Arc::new(Shared::new(etcd, membership.node));
         let (stop, stopped) = watch::channel(false);
         let registration = tokio::spawn(node::keep_registered(
             shared.etcd.clone(),

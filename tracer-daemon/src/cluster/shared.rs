@@ -1,4 +1,8 @@
 //! What the agent, the API and the registration share: etcd and this node.
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
 use super::{etcd::Etcd, records::NodeRecord};
 
 /// What the agent, the API and the registration share.
@@ -6,4 +10,31 @@ pub struct Shared {
     pub etcd: Etcd,
     /// This node, as registered.
     pub node: NodeRecord,
+    /// The ids of the cluster sessions as the agent's watch last saw them: a hint that an id
+    /// is a cluster session, so the API need not ask etcd (an id not in it is looked up).
+    known: std::sync::RwLock<HashSet<Uuid>>,
+}
+
+impl Shared {
+    pub fn new(etcd: Etcd, node: NodeRecord) -> Self {
+        Self {
+            etcd,
+            node,
+            known: std::sync::RwLock::default(),
+        }
+    }
+
+    pub fn set_known(&self, ids: HashSet<Uuid>) {
+        *self
+            .known
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
+    }
+
+    pub fn is_known(&self, id: Uuid) -> bool {
+        self.known
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&id)
+    }
 }

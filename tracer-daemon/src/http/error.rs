@@ -166,7 +166,7 @@ impl From<ClusterError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "node_not_ready", message)
             }
             ClusterError::Conflict => Self::new(StatusCode::CONFLICT, "conflict", message),
-            ClusterError::Corrupt(_) => Self::internal(err),
+            ClusterError::Corrupt(_) | ClusterError::Tls(_) => Self::internal(err),
         }
     }
 }
