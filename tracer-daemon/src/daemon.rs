@@ -99,6 +99,9 @@ pub async fn run(
     let servers = Servers::start(&config, state, shutdown).await?;
 
     // Serving already, so /readyz can say recovery is under way.
+    if let Some(cluster) = &cluster {
+        cluster.settle_parts_before_recovery().await;
+    }
     resume_sessions(&manager, &ready).await?;
     if let Some(cluster) = &cluster {
         cluster.start_agent();

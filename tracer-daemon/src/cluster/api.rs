@@ -39,6 +39,10 @@ impl Cluster {
         {
             return Ok(row.request.scope == crate::session::spec::Scope::Cluster);
         }
+        // Seen by the agent's watch: no need to ask (a deleted one is then not found).
+        if self.shared.is_known(id) {
+            return Ok(true);
+        }
         Ok(self
             .shared
             .etcd

@@ -71,6 +71,43 @@ impl Cluster {
         }))
     }
 
+    /// Before the sessions that were running resume: parts of cluster sessions that were
+    /// stopped, ended or deleted while this node was away are not resumed. If etcd does not
+    /// answer (within 3 s), they all resume and the agent settles them once it does.
+    pub async fn settle_parts_before_recovery(&self) {
+        let sessions = match self
+            .shared
+            .etcd
+            .list::<records::ClusterSessionRecord>("sessions/")
+            .await
+        {
+            Ok(sessions) => sessions,
+            Err(err) => {
+                tracing::warn!(%err, "etcd does not answer: this node's parts resume as they were");
+                return;
+            }
+        };
+        let running: std::collections::HashSet<uuid::Uuid> = sessions
+            .iter()
+            .filter(|session| session.desired == crate::session::model::Status::Running)
+            .map(|session| session.id)
+            .collect();
+        match self
+            .manager
+            .stop_parts_before_recovery(|id| running.contains(&id))
+            .await
+        {
+            Ok(0) => {}
+            Ok(stopped) => tracing::info!(
+                stopped,
+                "parts of cluster sessions no longer running are not resumed"
+            ),
+            Err(err) => {
+                tracing::warn!(%err, "could not settle this node's parts before resuming them");
+            }
+        }
+    }
+
     /// Starts the agent that runs this node's parts; after the sessions that were running
     /// here have been resumed, so the two never race.
     pub fn start_agent(&self) {

@@ -125,7 +125,7 @@ fn constrain_scope(schemas: &mut Value, cluster: bool) {
             }
         }
         schemas["CreateSession"]["properties"]["scope"] =
-            nullable(json!({"type": "string", "enum": ["local"]}));
+            json!({"type": "string", "enum": ["local"]});
         return;
     }
     let create = &mut schemas["CreateSession"]["properties"];

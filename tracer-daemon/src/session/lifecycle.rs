@@ -387,6 +387,29 @@ impl SessionManager {
         lock(&self.ctx.resuming).insert(id);
     }
 
+    /// Marks `stopped` this node's parts of cluster sessions that were running when the
+    /// daemon last stopped but should not run any more (`keep` says which should), so
+    /// [`Self::recover`] does not start them again, not even for the moment until the
+    /// cluster agent would stop them.
+    pub async fn stop_parts_before_recovery(
+        &self,
+        keep: impl Fn(Uuid) -> bool,
+    ) -> Result<usize, SessionError> {
+        let mut stopped = 0;
+        for mut row in self.ctx.store.cluster_parts() {
+            if row.status != Status::Running || keep(row.id) {
+                continue;
+            }
+            let now = rfc3339(time::OffsetDateTime::now_utc());
+            row.status = Status::Stopped;
+            row.stopped_at = Some(now.clone());
+            row.updated_at = now;
+            self.ctx.store.save(row).await?;
+            stopped += 1;
+        }
+        Ok(stopped)
+    }
+
     /// Settles the counters of runs a daemon died during (before [`Self::recover`]).
     pub async fn settle_crashed_runs(&self) -> Result<super::settle::Settled, SessionError> {
         super::settle::settle_crashed_runs(&self.ctx).await
