@@ -25,6 +25,16 @@ use crate::{
 /// How long a start, stop or delete waits for the ready nodes' parts.
 const ACK_WAIT: Duration = Duration::from_secs(10);
 const ACK_POLL: Duration = Duration::from_millis(50);
+/// How long a deleted session's tombstone tells nodes that were away to delete their part.
+const TOMBSTONE_TTL_SECS: i64 = 7 * 24 * 3600;
+
+/// A node that holds a part of a session, and how to reach its API.
+pub struct EventSource {
+    pub node: String,
+    pub api: Option<String>,
+    /// Whether its lease is alive (a lost node's events are not asked for).
+    pub ready: bool,
+}
 
 impl Cluster {
     /// Whether `id` is a cluster session (this node's part of one counts): asks etcd only for
@@ -75,6 +85,7 @@ impl Cluster {
             generation: 1,
             runs: 0,
             placement: None,
+            lacking_image: Vec::new(),
             error: None,
             finished_reason: None,
             created_at: rfc3339(now),
@@ -122,6 +133,12 @@ impl Cluster {
 
     /// Every cluster session the caller may see, oldest first.
     pub async fn list(&self, principal: &Principal) -> Result<Vec<Session>, ClusterError> {
+        // A list of sessions does not wait 3 s for an etcd the agent found away a moment ago.
+        if !self.shared.is_reachable() {
+            return Err(ClusterError::Unavailable(
+                "the node's agent could not reach it at its last pass".into(),
+            ));
+        }
         let mut records: Vec<ClusterSessionRecord> = self.shared.etcd.list("sessions/").await?;
         records.retain(|record| principal.admin || record.tenant == principal.tenant);
         records.sort_by(|a, b| (&a.created_at, a.id).cmp(&(&b.created_at, b.id)));
@@ -172,9 +189,26 @@ impl Cluster {
     }
 
     /// Deletes the session from etcd; every node deletes its part (events and all) — a lost
-    /// node when it comes back.
+    /// node when it comes back, told by a tombstone kept 7 days. A part etcd does not know
+    /// (an orphan a node kept) is deleted here.
     pub async fn delete(&self, principal: &Principal, id: Uuid) -> Result<(), ClusterError> {
-        let stored = self.visible(principal, id).await?;
+        let stored = match self.visible(principal, id).await {
+            Ok(stored) => stored,
+            Err(ClusterError::Session(SessionError::NotFound(_))) => {
+                return Ok(self.manager.delete(principal, id).await?);
+            }
+            Err(err) => return Err(err),
+        };
+        let tombstone = format!("deleted/{id}");
+        let lease = super::etcd::bounded(|| {
+            let mut client = self.shared.etcd.client();
+            async move { client.lease_grant(TOMBSTONE_TTL_SECS, None).await }
+        })
+        .await?;
+        self.shared
+            .etcd
+            .put(&tombstone, &stored.value.name, Some(lease.id()))
+            .await?;
         self.shared.etcd.delete(&session_path(id), false).await?;
         let ready = self.ready_names().await?;
         let deadline = tokio::time::Instant::now() + ACK_WAIT;
@@ -186,10 +220,9 @@ impl Cluster {
             }
             tokio::time::sleep(ACK_POLL).await;
         }
-        self.shared
-            .etcd
-            .delete(&format!("parts/{id}/"), true)
-            .await?;
+        for leftover in [format!("parts/{id}/"), format!("launches/{id}/")] {
+            self.shared.etcd.delete(&leftover, true).await?;
+        }
         tracing::info!(session = %id, name = %stored.value.name, "cluster session deleted");
         Ok(())
     }
@@ -200,10 +233,11 @@ impl Cluster {
         &self,
         principal: &Principal,
         id: Uuid,
-    ) -> Result<Vec<(String, Option<String>)>, ClusterError> {
+    ) -> Result<Vec<EventSource>, ClusterError> {
         self.visible(principal, id).await?;
         let members: Vec<NodeRecord> = self.shared.etcd.list("members/").await?;
-        let mut sources: Vec<(String, Option<String>)> = self
+        let ready = self.ready_names().await?;
+        let mut sources: Vec<EventSource> = self
             .parts(id)
             .await?
             .into_iter()
@@ -213,10 +247,14 @@ impl Cluster {
                     .iter()
                     .find(|node| node.name == part.node)
                     .and_then(|node| node.api.clone());
-                (part.node, api)
+                EventSource {
+                    ready: ready.contains(&part.node),
+                    node: part.node,
+                    api,
+                }
             })
             .collect();
-        sources.sort();
+        sources.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(sources)
     }
 
@@ -233,11 +271,16 @@ impl Cluster {
             let stored = self.visible(principal, id).await?;
             let ready = ready_nodes(&self.shared.etcd).await?;
             let mut record = stored.value.clone();
+            // What the session is now (a running one whose parts all ended has ended).
+            record.desired = view::status(&record, &self.parts(id).await?).0;
             change(&mut record)?;
-            if action == "start"
-                && record.request.target.launch.is_some()
-                && record.placement.is_none()
-            {
+            let placed_ready = record
+                .placement
+                .as_ref()
+                .is_some_and(|node| ready.iter().any(|ready| &ready.name == node));
+            if action == "start" && record.request.target.launch.is_some() && !placed_ready {
+                // Each run is placed: where the last ran may be gone, or lack the image.
+                record.lacking_image.clear();
                 record.placement = Some(placement::choose(&self.shared, &record, &ready).await?);
             }
             record.generation += 1;

@@ -54,6 +54,7 @@ impl EtcdTls {
 }
 
 /// A value read with the revision it was last changed at (for a compare-and-swap).
+#[derive(Clone, Debug)]
 pub struct Versioned<T> {
     pub value: T,
     pub revision: i64,
@@ -70,7 +71,9 @@ impl Etcd {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_millis(300))
             .with_timeout(Duration::from_millis(700))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // A member cut off from the others refuses rather than answering from its past.
+            .with_require_leader(true);
         if endpoints
             .iter()
             .any(|endpoint| endpoint.starts_with("https://"))
@@ -249,6 +252,18 @@ impl Etcd {
         Ok(self.raw(&key).await?.is_some_and(|stored| stored == value))
     }
 
+    /// The lease `path` is held under (0: none), if it exists.
+    pub async fn lease_of(&self, path: &str) -> Result<Option<i64>, ClusterError> {
+        let key = self.key(path);
+        let response = bounded(|| {
+            let mut client = self.client();
+            let key = key.clone();
+            async move { client.get(key, None).await }
+        })
+        .await?;
+        Ok(response.kvs().first().map(etcd_client::KeyValue::lease))
+    }
+
     /// The key's value as stored.
     async fn raw(&self, key: &str) -> Result<Option<Vec<u8>>, ClusterError> {
         let response = bounded(|| {
@@ -267,9 +282,62 @@ impl Etcd {
         key: String,
         value: Vec<u8>,
     ) -> Result<bool, ClusterError> {
+        self.put_when(vec![condition], key, value).await
+    }
+
+    /// Puts `value` at `path` only if every `condition` holds (see [`Etcd::unchanged`] and
+    /// [`Etcd::absent`]); true if it did, or if a retried call finds its own value there.
+    pub async fn put_if_all<T: Serialize>(
+        &self,
+        path: &str,
+        value: &T,
+        conditions: Vec<Compare>,
+    ) -> Result<bool, ClusterError> {
+        let (key, value) = (self.key(path), encode(value));
+        if self
+            .put_when(conditions, key.clone(), value.clone())
+            .await?
+        {
+            return Ok(true);
+        }
+        Ok(self.raw(&key).await?.is_some_and(|stored| stored == value))
+    }
+
+    /// The condition that `path` is still at `revision`.
+    pub fn unchanged(&self, path: &str, revision: i64) -> Compare {
+        Compare::mod_revision(self.key(path), CompareOp::Equal, revision)
+    }
+
+    /// The condition that `path` does not exist.
+    pub fn absent(&self, path: &str) -> Compare {
+        Compare::create_revision(self.key(path), CompareOp::Equal, 0)
+    }
+
+    /// A compare-and-swap of a counter: exactly whether this call's write took (a counter's
+    /// value says nothing of who wrote it, so a retried call is not taken for its own).
+    pub async fn swap_counter(
+        &self,
+        path: &str,
+        from: Option<Versioned<u64>>,
+        to: u64,
+    ) -> Result<bool, ClusterError> {
+        let key = self.key(path);
+        let condition = match &from {
+            Some(current) => Compare::mod_revision(key.clone(), CompareOp::Equal, current.revision),
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+        };
+        self.put_when(vec![condition], key, encode(&to)).await
+    }
+
+    async fn put_when(
+        &self,
+        conditions: Vec<Compare>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<bool, ClusterError> {
         let response = bounded(|| {
             let mut client = self.client();
-            let txn = Txn::new().when([condition.clone()]).and_then([TxnOp::put(
+            let txn = Txn::new().when(conditions.clone()).and_then([TxnOp::put(
                 key.clone(),
                 value.clone(),
                 None,
@@ -294,12 +362,12 @@ impl Etcd {
         Ok(())
     }
 
-    /// Every value under `path` with its key's path, and the store's revision they were read
-    /// at (to watch from the next one).
+    /// Every value under `path` with the revision it was last changed at, and the store's
+    /// revision they were read at (to watch from the next one).
     pub async fn list_at<T: DeserializeOwned>(
         &self,
         path: &str,
-    ) -> Result<(Vec<(String, T)>, i64), ClusterError> {
+    ) -> Result<(Vec<Versioned<T>>, i64), ClusterError> {
         let key = self.key(path);
         let options = || Some(GetOptions::new().with_prefix());
         let response = bounded(|| {
@@ -315,11 +383,19 @@ impl Etcd {
         let values = response
             .kvs()
             .iter()
-            .map(|kv| {
-                let path = self.path(kv.key()).unwrap_or_default().to_owned();
-                Ok((path, decode(kv.key(), kv.value())?))
+            // One record that cannot be read (written by a newer tracerd, say) is left out
+            // with a warning; the others are still acted on.
+            .filter_map(|kv| match decode(kv.key(), kv.value()) {
+                Ok(value) => Some(Versioned {
+                    value,
+                    revision: kv.mod_revision(),
+                }),
+                Err(err) => {
+                    tracing::warn!(%err, "left out of the cluster's state");
+                    None
+                }
             })
-            .collect::<Result<_, ClusterError>>()?;
+            .collect();
         Ok((values, revision))
     }
 

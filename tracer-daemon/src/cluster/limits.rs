@@ -2,24 +2,29 @@
 //! start) and `max_events` (the sum of its parts). Any node's agent may end it; the change
 //! is a compare-and-swap, so one does, and every node then stops its part.
 //!
-//! Each part also carries the limits itself (see [`super::agent::part_request`]): it stops
-//! at `max_events_per_node` exactly, and at the whole session's `max_events` on its own; the
-//! sum over parts is checked at every agent pass (once a second), so parts recording on
-//! several nodes at once may together pass `max_events` by what they record meanwhile.
+//! Each part also carries the event limit itself (see [`super::part::part_request`]): it
+//! stops at `max_events_per_node` exactly, and at the whole session's `max_events` on its
+//! own; the sum over parts is checked at every agent pass (once a second), so parts
+//! recording on several nodes at once may together pass `max_events` by what they record
+//! meanwhile. The deadline is the session's alone, checked at every pass too: parts end
+//! within about a second of it (while etcd is unreachable, when it answers again).
 use time::OffsetDateTime;
 
 use super::{
     error::ClusterError,
+    etcd::Versioned,
     records::{ClusterSessionRecord, PartRecord},
     shared::Shared,
 };
 use crate::{record::clock::now_rfc3339, session::model::Status};
 
-/// Finishes `session` if it runs past its deadline or its parts reached `max_events`.
+/// Finishes the session if it runs past its deadline or its parts reached `max_events`;
+/// only while it is still as `seen` (another node may have ended or changed it).
 pub async fn end_if_due(
     shared: &Shared,
-    session: &ClusterSessionRecord,
+    seen: &Versioned<ClusterSessionRecord>,
 ) -> Result<(), ClusterError> {
+    let session = &seen.value;
     if session.desired != Status::Running {
         return Ok(());
     }
@@ -31,23 +36,14 @@ pub async fn end_if_due(
         return Ok(());
     };
     let path = format!("sessions/{}", session.id);
-    let Some(stored) = shared.etcd.get::<ClusterSessionRecord>(&path).await? else {
-        return Ok(());
-    };
-    let mut finished = stored.value;
-    if finished.desired != Status::Running {
-        return Ok(());
-    }
+    let mut finished = session.clone();
     finished.desired = Status::Finished;
     finished.finished_reason = Some(reason.into());
     finished.stopped_at = Some(now_rfc3339());
     finished.generation += 1;
     finished.updated_at = now_rfc3339();
-    if shared
-        .etcd
-        .replace(&path, &finished, stored.revision)
-        .await?
-    {
+    let unchanged = vec![shared.etcd.unchanged(&path, seen.revision)];
+    if shared.etcd.put_if_all(&path, &finished, unchanged).await? {
         tracing::info!(session = %session.id, reason, "the cluster session finished");
     }
     Ok(())

@@ -12,6 +12,7 @@ mod error;
 pub mod etcd;
 mod limits;
 pub mod node;
+mod part;
 pub mod peers;
 mod placement;
 pub mod records;
@@ -134,8 +135,14 @@ impl Cluster {
     pub async fn leave(&self) {
         let _ = self.stop.send(true);
         let tasks = std::mem::take(&mut *crate::sync::lock(&self.tasks));
-        for task in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        for mut task in tasks {
+            if tokio::time::timeout(Duration::from_secs(3), &mut task)
+                .await
+                .is_err()
+            {
+                // Mid-pass for too long: it must not start anything while runs end.
+                task.abort();
+            }
         }
     }
 }

@@ -66,7 +66,7 @@ pub async fn keep_registered(etcd: Etcd, node: NodeRecord, mut stop: watch::Rece
     loop {
         let outcome = match lease {
             None => register(&etcd, &node).await.map(Some),
-            Some(id) => keep_alive(&etcd, id).await,
+            Some(id) => keep_alive(&etcd, &node.name, id).await,
         };
         match outcome {
             Ok(now) => {
@@ -118,8 +118,9 @@ async fn register(etcd: &Etcd, node: &NodeRecord) -> Result<i64, ClusterError> {
     Ok(lease)
 }
 
-/// One keep-alive; `None` when the lease has expired (the node must register again).
-async fn keep_alive(etcd: &Etcd, lease: i64) -> Result<Option<i64>, ClusterError> {
+/// One keep-alive; `None` when the lease has expired or the node's key is no longer under
+/// it (deleted, or another node registered under the same name): it registers again.
+async fn keep_alive(etcd: &Etcd, name: &str, lease: i64) -> Result<Option<i64>, ClusterError> {
     let (mut keeper, mut answers) = bounded(|| {
         let mut client = etcd.client();
         async move { client.lease_keep_alive(lease).await }
@@ -133,5 +134,15 @@ async fn keep_alive(etcd: &Etcd, lease: i64) -> Result<Option<i64>, ClusterError
         .await
         .map_err(|_| ClusterError::Unavailable("no keep-alive answer".into()))?
         .map_err(|err| ClusterError::Unavailable(err.to_string()))?;
-    Ok(answer.filter(|answer| answer.ttl() > 0).map(|_| lease))
+    if answer.is_none_or(|answer| answer.ttl() <= 0) {
+        return Ok(None);
+    }
+    match etcd.lease_of(&format!("nodes/{name}")).await? {
+        Some(held) if held == lease => Ok(Some(lease)),
+        Some(_) => {
+            tracing::warn!(node = %name, "another tracerd registered under this node's name: give every node its own --node");
+            Ok(None)
+        }
+        None => Ok(None),
+    }
 }

@@ -16,18 +16,27 @@ pub const HOP_HEADER: &str = "x-tracerd-peer";
 pub type Lines = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
 pub struct Peers {
-    client: reqwest::Client,
+    /// For downloads: a node silent for a minute is given up on.
+    downloads: reqwest::Client,
+    /// For follows, which are silent while their part records nothing: no read timeout;
+    /// TCP keep-alives find a peer that went away.
+    follows: reqwest::Client,
 }
 
 impl Peers {
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            // Downloads and follows may last: only a silent connection is given up on.
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_default();
-        Self { client }
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_keepalive(Duration::from_secs(15))
+        };
+        Self {
+            downloads: builder()
+                .read_timeout(Duration::from_secs(60))
+                .build()
+                .unwrap_or_default(),
+            follows: builder().build().unwrap_or_default(),
+        }
     }
 
     /// `node`'s part of session `id`, from its API at `api`, with the query `query` and
@@ -40,10 +49,15 @@ impl Peers {
         node: &str,
         query: &[(&'static str, String)],
         authorization: Option<&str>,
+        follow: bool,
     ) -> Lines {
+        let client = if follow {
+            &self.follows
+        } else {
+            &self.downloads
+        };
         let url = format!("{}/v1/sessions/{id}/events", api.trim_end_matches('/'));
-        let mut request = self
-            .client
+        let mut request = client
             .get(url)
             .query(&[("node", node)])
             .query(query)

@@ -43,9 +43,12 @@ pub struct ClusterSessionRecord {
     pub generation: u64,
     /// How many times it has been started.
     pub runs: u32,
-    /// A launch session's node (chosen when it is first started).
+    /// A launch session's node (chosen when it is started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<String>,
+    /// Nodes this run's launch was placed on that lack its image (it is placed elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lacking_image: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Why it finished as a whole (`max_events`: the parts' sum reached the limit).
@@ -109,6 +112,7 @@ pub(super) mod tests {
             generation: 1,
             runs: 1,
             placement: placement.map(str::to_owned),
+            lacking_image: Vec::new(),
             error: None,
             finished_reason: None,
             created_at: String::new(),

@@ -13,6 +13,9 @@ pub struct Shared {
     /// The ids of the cluster sessions as the agent's watch last saw them: a hint that an id
     /// is a cluster session, so the API need not ask etcd (an id not in it is looked up).
     known: std::sync::RwLock<HashSet<Uuid>>,
+    /// Whether the agent's last pass reached etcd (a list of sessions does not wait for an
+    /// etcd known to be away).
+    reachable: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -21,7 +24,17 @@ impl Shared {
             etcd,
             node,
             known: std::sync::RwLock::default(),
+            reachable: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable
+            .store(reachable, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn set_known(&self, ids: HashSet<Uuid>) {

@@ -60,7 +60,7 @@ pub fn session(
 
 /// The session's one status: what was asked, except that a running session whose every
 /// part has ended has ended too (`finished` if any part finished, else `failed`).
-fn status(
+pub fn status(
     record: &ClusterSessionRecord,
     parts: &[PartRecord],
 ) -> (Status, Option<String>, Option<String>) {
@@ -118,6 +118,7 @@ mod tests {
             generation: 2,
             runs: 1,
             placement: None,
+            lacking_image: Vec::new(),
             error: None,
             finished_reason: None,
             created_at: String::new(),

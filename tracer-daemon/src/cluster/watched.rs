@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     error::ClusterError,
-    etcd::{decode_value, Etcd},
+    etcd::{decode_value, Etcd, Versioned},
     records::ClusterSessionRecord,
 };
 
@@ -21,7 +21,7 @@ use super::{
 const RELIST_EVERY: Duration = Duration::from_secs(30);
 
 pub struct WatchedSessions {
-    sessions: BTreeMap<Uuid, ClusterSessionRecord>,
+    sessions: BTreeMap<Uuid, Versioned<ClusterSessionRecord>>,
     watch: WatchStream,
     listed: Instant,
 }
@@ -34,14 +34,15 @@ impl WatchedSessions {
         Ok(Self {
             sessions: records
                 .into_iter()
-                .map(|(_, record)| (record.id, record))
+                .map(|record| (record.value.id, record))
                 .collect(),
             watch,
             listed: Instant::now(),
         })
     }
 
-    pub fn sessions(&self) -> impl Iterator<Item = &ClusterSessionRecord> {
+    /// Each session with the revision it was last changed at.
+    pub fn sessions(&self) -> impl Iterator<Item = &Versioned<ClusterSessionRecord>> {
         self.sessions.values()
     }
 
@@ -74,8 +75,9 @@ impl WatchedSessions {
                 }
                 EventType::Put => {
                     match decode_value::<ClusterSessionRecord>(kv.key(), kv.value()) {
-                        Ok(record) => {
-                            self.sessions.insert(id, record);
+                        Ok(value) => {
+                            let revision = kv.mod_revision();
+                            self.sessions.insert(id, Versioned { value, revision });
                         }
                         Err(err) => {
                             tracing::warn!(%err, "a cluster session in etcd cannot be read");

@@ -102,7 +102,7 @@ pub async fn merged(
     }
     let mut sources = cluster.event_sources(asked.principal, asked.id).await?;
     if let Some(node) = &asked.node {
-        sources.retain(|(name, _)| name == node);
+        sources.retain(|source| source.node == *node);
     }
     let authorization = asked
         .headers
@@ -110,19 +110,28 @@ pub async fn merged(
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
     let mut parts: Vec<Lines> = Vec::new();
-    for (node, api) in sources {
-        let after = asked.after.get(&node).copied();
+    for source in sources {
+        let node = source.node.as_str();
+        let after = asked.after.get(node).copied();
         let part = if node == me {
             let mut filter = asked.filter.clone();
             filter.after_seq = after.or(filter.after_seq);
             local_part(state, asked.principal, asked.id, filter, asked.follow, &me).await?
-        } else if let Some(api) = api {
+        } else if !source.ready {
+            peers::unavailable(node, "the node is lost (its lease expired)").boxed()
+        } else if let Some(api) = &source.api {
             let query = peers::query(&asked.filter, asked.follow, after);
-            cluster
-                .peers()
-                .events(&api, asked.id, &node, &query, authorization.as_deref())
+            let peers = cluster.peers();
+            peers.events(
+                api,
+                asked.id,
+                node,
+                &query,
+                authorization.as_deref(),
+                asked.follow,
+            )
         } else {
-            peers::unavailable(&node, "the node registered no API address (--node-address)").boxed()
+            peers::unavailable(node, "the node registered no API address (--node-address)").boxed()
         };
         parts.push(part);
     }

@@ -83,8 +83,15 @@ pub async fn stream(
         .or_else(|| params.token.as_ref().map(|token| format!("Bearer {token}")));
     let principal = state.auth.principal(authorization.as_deref())?;
     let filter = event_filter(&params)?;
+    let node = params.node.clone();
     // Checked before the upgrade: a session the caller may not see is a plain 404.
     let cluster = cluster_of(&state, id).await?.cloned();
+    if cluster.is_none() && node.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "node: only cluster sessions have parts on nodes",
+        ));
+    }
     let session = match &cluster {
         Some(cluster) => cluster.get(&principal, id).await?,
         None => state.manager.get(&principal, id).await?,
@@ -104,6 +111,7 @@ pub async fn stream(
             socket,
             cluster,
             forwarded,
+            node,
         };
         connection.serve(first).await;
     }))
@@ -119,6 +127,8 @@ struct Connection {
     cluster: Option<Arc<Cluster>>,
     /// What other nodes are sent: the caller's token.
     forwarded: axum::http::HeaderMap,
+    /// A cluster session: only this node's part.
+    node: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -313,7 +323,7 @@ impl Connection {
             id: self.id,
             filter: self.filter.clone(),
             follow: true,
-            node: None,
+            node: self.node.clone(),
             after: sent
                 .map(|frame| frame.last_by_node.clone())
                 .unwrap_or_default(),
