@@ -552,6 +552,26 @@ fn a_cluster_launch_moves_off_a_lost_node_before_it_starts_and_fails_after() {
         (nodes["nodes"][1]["status"] == "ready").then_some(())
     });
 
+    // An image only node A has: a launch placed on B is handed on to A, which runs it.
+    let tag = a
+        .engine
+        .docker(&["tag", "tracerd-test:latest", "tracerd-only-a:latest"]);
+    assert!(tag.status.success(), "{tag:?}");
+    for _ in 0..2 {
+        let id = create(
+            &a.daemon,
+            &json!({"scope": "cluster", "syscalls": ["getppid"], "target": {"launch": {
+                "image": "tracerd-only-a:latest", "command": ["/bin/syscall_loop", "getppid", "50"]}}}),
+        );
+        act(&a.daemon, &id, "start");
+        let finished = wait_until("the launch on a", Duration::from_secs(20), || {
+            let session = b.daemon.get(&format!("/v1/sessions/{id}"));
+            (session["status"] == "finished").then_some(session)
+        });
+        assert_eq!(finished["placement"], "a", "{finished}");
+        assert_eq!(part(&finished, "a")["status"], "finished", "{finished}");
+    }
+
     // A launch whose container started is not run twice: its node lost, it fails.
     let (id, started) = start_launch(&a, &["/bin/sleep", "600"]);
     let placed = started["placement"]
