@@ -165,6 +165,36 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
         "{finished}"
     );
 
+    // max_events is one budget for the whole session: the parts together record exactly it.
+    let budgeted = create(
+        &a.daemon,
+        &json!({"scope": "cluster", "target": {"container": both}, "syscalls": ["getppid"],
+                "limits": {"max_events": 250}}),
+    );
+    act(&a.daemon, &budgeted, "start");
+    a.exec_getppid(&both, 200);
+    wait_delivered(&b.daemon, &budgeted, 200);
+    b.exec_getppid(&both, 200);
+    let finished = wait_until(
+        "the session's budget spent",
+        Duration::from_secs(15),
+        || {
+            let session = b.daemon.get(&format!("/v1/sessions/{budgeted}"));
+            let parts_ended = ["a", "b"]
+                .iter()
+                .all(|node| part(&session, node)["status"] != "running");
+            (session["status"] == "finished" && parts_ended).then_some(session)
+        },
+    );
+    assert_eq!(finished["finished_reason"], "max_events", "{finished}");
+    assert_eq!(finished["counters"]["delivered"], 250, "{finished}");
+    assert_eq!(finished["counters"]["matched"], 400, "{finished}");
+    assert_eq!(
+        part(&finished, "b")["counters"]["delivered"],
+        50,
+        "{finished}"
+    );
+
     // Node B dies: its part is lost within 15 s on A's view. Meanwhile a session is stopped
     // (through PUT) and another deleted; back, B reconciles: its part of the first stops,
     // of the second goes, and the running one resumes with no event lost or counted twice.
@@ -286,7 +316,7 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
     assert_eq!(finished["counters"]["delivered"], lines, "{finished}");
 
     // Deleting through one node removes every part, on every node.
-    for session in [&id, &id2, &id4, &timed, &launch] {
+    for session in [&id, &id2, &id4, &budgeted, &timed, &launch] {
         let (status, body) =
             b.daemon
                 .call("DELETE", &format!("/v1/sessions/{session}"), None, None);

@@ -220,7 +220,12 @@ impl Cluster {
             }
             tokio::time::sleep(ACK_POLL).await;
         }
-        for leftover in [format!("parts/{id}/"), format!("launches/{id}/")] {
+        let leftovers = [
+            format!("parts/{id}/"),
+            format!("launches/{id}/"),
+            format!("budget/{id}"),
+        ];
+        for leftover in leftovers {
             self.shared.etcd.delete(&leftover, true).await?;
         }
         tracing::info!(session = %id, name = %stored.value.name, "cluster session deleted");

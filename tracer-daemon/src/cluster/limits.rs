@@ -2,12 +2,11 @@
 //! start) and `max_events` (the sum of its parts). Any node's agent may end it; the change
 //! is a compare-and-swap, so one does, and every node then stops its part.
 //!
-//! Each part also carries the event limit itself (see [`super::part::part_request`]): it
-//! stops at `max_events_per_node` exactly, and at the whole session's `max_events` on its
-//! own; the sum over parts is checked at every agent pass (once a second), so parts
-//! recording on several nodes at once may together pass `max_events` by what they record
-//! meanwhile. The deadline is the session's alone, checked at every pass too: parts end
-//! within about a second of it (while etcd is unreachable, when it answers again).
+//! The parts themselves keep the event limits: each stops at `max_events_per_node` (see
+//! [`super::part::part_request`]) and takes its events from the session's shared budget
+//! ([`super::budget`]); the sum checked here ends the session, and every part with it, once
+//! the budget is spent. The deadline is the session's alone, checked at every pass: parts
+//! end within about a second of it (while etcd is unreachable, when it answers again).
 use time::OffsetDateTime;
 
 use super::{

@@ -8,6 +8,7 @@
 //! Without `--etcd` none of this exists and the daemon is a single node.
 mod agent;
 mod api;
+mod budget;
 mod error;
 pub mod etcd;
 mod limits;
@@ -73,8 +74,9 @@ impl Cluster {
     }
 
     /// Before the sessions that were running resume: parts of cluster sessions that were
-    /// stopped, ended or deleted while this node was away are not resumed. If etcd does not
-    /// answer (within 3 s), they all resume and the agent settles them once it does.
+    /// stopped, ended or deleted while this node was away are not resumed, and the others
+    /// take from their session's event budget. If etcd does not answer (within 3 s), they
+    /// all resume as they were and the agent settles them once it does.
     pub async fn settle_parts_before_recovery(&self) {
         let sessions = match self
             .shared
@@ -93,6 +95,13 @@ impl Cluster {
             .filter(|session| session.desired == crate::session::model::Status::Running)
             .map(|session| session.id)
             .collect();
+        // Parts that resume take from their session's shared event budget from the start.
+        for session in &sessions {
+            if let Some(max) = session.request.limits.max_events {
+                let budget = budget::EtcdBudget::new(self.shared.clone(), session.id, max);
+                self.manager.set_budget(session.id, budget);
+            }
+        }
         match self
             .manager
             .stop_parts_before_recovery(|id| running.contains(&id))

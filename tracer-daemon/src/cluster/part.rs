@@ -46,7 +46,7 @@ struct Unstarted {
 /// What the part acts with: the session as seen (with its revision, for a launch's claim),
 /// the ready nodes, and the container changes seen so far.
 pub struct Acting<'a> {
-    pub shared: &'a Shared,
+    pub shared: &'a std::sync::Arc<Shared>,
     pub seen: &'a Versioned<ClusterSessionRecord>,
     pub ready: &'a [NodeRecord],
     pub container_changes: u64,
@@ -164,6 +164,10 @@ impl Parts {
             return Ok(None);
         }
         let request = part_request(session);
+        if let Some(max) = session.request.limits.max_events {
+            let budget = super::budget::EtcdBudget::new(acting.shared.clone(), session.id, max);
+            self.manager.set_budget(session.id, budget);
+        }
         let part = NewSession {
             id: session.id,
             tenant: session.tenant.clone(),
@@ -263,16 +267,14 @@ async fn placement_allows(acting: &Acting<'_>) -> Result<bool, ClusterError> {
     placement::claim(acting.shared, acting.seen).await
 }
 
-/// The request of this node's part of `session`: it stops at `max_events_per_node` (or the
-/// whole session's `max_events`, if lower). Its TTL is not its own: the session's one
-/// deadline ends every part (see [`super::limits`]).
+/// The request of this node's part of `session`: it stops at `max_events_per_node`; the
+/// whole session's `max_events` is a budget its parts share (see [`super::budget`]). Its TTL
+/// is not its own either: the session's one deadline ends every part (see
+/// [`super::limits`]).
 pub fn part_request(session: &ClusterSessionRecord) -> CreateSession {
     let mut request = session.request.clone();
     let limits = &mut request.limits;
-    limits.max_events = match (limits.max_events, limits.max_events_per_node) {
-        (Some(whole), Some(per_node)) => Some(whole.min(per_node)),
-        (whole, per_node) => whole.or(per_node),
-    };
+    limits.max_events = limits.max_events_per_node;
     limits.ttl = None;
     if let Some(launch) = &mut request.target.launch {
         launch.ttl = None;
@@ -293,7 +295,11 @@ mod tests {
             None,
         );
         let part = part_request(&session);
-        assert_eq!(part.limits.max_events, Some(30));
+        assert_eq!(
+            part.limits.max_events,
+            Some(30),
+            "the session's 100 is a shared budget"
+        );
         assert_eq!(part.limits.ttl, None);
         assert_eq!(part.tenant.as_deref(), Some("t"));
         assert!(part.validate().is_ok());

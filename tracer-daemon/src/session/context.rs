@@ -72,6 +72,8 @@ pub struct Context {
     pub resuming: std::sync::Mutex<std::collections::HashSet<Uuid>>,
     /// Followers of the sessions' events (live streams).
     pub followers: Arc<crate::sink::follow::Followers>,
+    /// Event budgets shared with other runs (a cluster session's parts), by session.
+    pub budgets: std::sync::Mutex<HashMap<Uuid, Arc<dyn crate::sink::writer::EventBudget>>>,
 }
 
 impl Context {

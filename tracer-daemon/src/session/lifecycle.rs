@@ -58,6 +58,7 @@ impl SessionManager {
                 reported: std::sync::Mutex::new(HashMap::new()),
                 resuming: std::sync::Mutex::new(std::collections::HashSet::new()),
                 followers: Arc::new(Followers::default()),
+                budgets: std::sync::Mutex::new(HashMap::new()),
             }),
             actors: std::sync::Mutex::new(HashMap::new()),
             container_changes: tokio::sync::watch::Sender::new(0),
@@ -293,6 +294,7 @@ impl SessionManager {
             .ok_or(SessionError::NotFound(id))?;
         if deleted.is_ok() {
             lock(&self.actors).remove(&id);
+            lock(&self.ctx.budgets).remove(&id);
         }
         deleted
     }
@@ -374,6 +376,12 @@ impl SessionManager {
         }
         self.container_changes
             .send_modify(|changes| *changes = changes.wrapping_add(1));
+    }
+
+    /// Session `id`'s runs take their events from `budget` too (a cluster session's
+    /// `max_events`, shared by its parts on every node); from their next start on.
+    pub fn set_budget(&self, id: Uuid, budget: Arc<dyn crate::sink::writer::EventBudget>) {
+        lock(&self.ctx.budgets).insert(id, budget);
     }
 
     /// Changes when a container starts, stops or the runtime resyncs.

@@ -55,6 +55,25 @@ pub struct WriteFailure {
     pub since: String,
 }
 
+/// Where a run's events beyond its own limit come from when several runs share one: a
+/// cluster session's `max_events` is one budget for all its parts, on all nodes.
+pub trait EventBudget: Send + Sync {
+    /// Takes up to `wanted` more events this run may record. Blocking (the writer runs on
+    /// the blocking pool).
+    fn grant(&self, wanted: u64) -> Grant;
+    /// Gives back what was granted and not used (the run ended).
+    fn release(&self, unused: u64);
+}
+
+/// What a budget grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// This many events (at least one).
+    Events(u64),
+    /// None: the budget is spent, the run has reached its limit.
+    Spent,
+}
+
 /// A container that joined the run: events of its cgroup say they come from it.
 pub type ContainerJoin = (u64, Arc<ContainerMeta>);
 
@@ -70,8 +89,10 @@ pub struct RunWriter {
     pub progress: Arc<RunProgress>,
     /// Events this run may still record (`limits.max_events` less earlier runs' events).
     pub max_events: Option<u64>,
-    /// Told once the run has recorded `max_events`.
+    /// Told once the run has recorded `max_events`, or its budget is spent.
     pub limit_reached: Option<oneshot::Sender<()>>,
+    /// A limit shared with other runs (a cluster session's parts), beside `max_events`.
+    pub budget: Option<Arc<dyn EventBudget>>,
     /// Where written events go to become spans.
     pub export: Option<ExportSink>,
     /// The run's wall-clock conversion, shared with its spans.
@@ -88,6 +109,8 @@ impl RunWriter {
     /// closes the event log. Blocking: run it on the blocking pool.
     pub fn run(mut self, mut events: EventReceiver) -> std::io::Result<()> {
         let mut written = 0u64;
+        // Events the budget has granted this run.
+        let mut granted = 0u64;
         // While writes fail: when the next one is tried.
         let mut retry_at: Option<Instant> = None;
         // Cgroups whose container (or none) the log knows, and whether they are in one.
@@ -99,11 +122,24 @@ impl RunWriter {
                 placed.retain(|_, in_container| *in_container);
                 placed.remove(&cgroup_id);
             }
+            let mut room = self
+                .max_events
+                .map_or(u64::MAX, |max| max.saturating_sub(written));
+            let mut spent = false;
+            if let Some(budget) = &self.budget {
+                let wanted = (batch.len() as u64).min(room);
+                if granted - written < wanted {
+                    match budget.grant(wanted - (granted - written)) {
+                        Grant::Events(events) => granted += events,
+                        Grant::Spent => spent = true,
+                    }
+                }
+                room = room.min(granted - written);
+            }
             let mut over_limit = 0u64;
-            if let Some(max) = self.max_events {
-                let room = max.saturating_sub(written) as usize;
-                over_limit = batch.len().saturating_sub(room) as u64;
-                batch = batch.split_to(room);
+            if room < batch.len() as u64 {
+                over_limit = batch.len() as u64 - room;
+                batch = batch.split_to(room as usize);
             }
             self.place_containers(&batch, &mut placed);
             let count = batch.len() as u64;
@@ -137,11 +173,14 @@ impl RunWriter {
                 .over_limit
                 .fetch_add(over_limit, Ordering::Relaxed);
             self.progress.evicted.fetch_add(evicted, Ordering::Relaxed);
-            if self.max_events.is_some_and(|max| written >= max) {
+            if spent || self.max_events.is_some_and(|max| written >= max) {
                 if let Some(limit_reached) = self.limit_reached.take() {
                     let _ = limit_reached.send(());
                 }
             }
+        }
+        if let Some(budget) = &self.budget {
+            budget.release(granted - written);
         }
         self.log.finish()
     }
@@ -231,6 +270,7 @@ mod tests {
             progress: Arc::default(),
             max_events,
             limit_reached: Some(limit_tx),
+            budget: None,
             export: None,
             clock,
             feed: crate::sink::follow::Feed::default(),
@@ -277,6 +317,64 @@ mod tests {
             .map(|e| e["tid"].clone())
             .collect();
         assert_eq!(tids, [0, 1, 2]);
+    }
+
+    /// Grants up to `chunk` events at a time out of `left`; counts what is given back.
+    struct Budget {
+        left: Mutex<u64>,
+        chunk: u64,
+        released: AtomicU64,
+    }
+
+    impl EventBudget for Budget {
+        fn grant(&self, wanted: u64) -> Grant {
+            let mut left = lock(&self.left);
+            let given = wanted.max(self.chunk).min(*left);
+            *left -= given;
+            if given == 0 {
+                Grant::Spent
+            } else {
+                Grant::Events(given)
+            }
+        }
+
+        fn release(&self, unused: u64) {
+            self.released.fetch_add(unused, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_shared_budget_bounds_the_run_and_gets_back_what_it_did_not_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut run, _joins, mut limit) = writer(dir.path(), None);
+        let budget = Arc::new(Budget {
+            left: Mutex::new(4),
+            chunk: 1,
+            released: AtomicU64::new(0),
+        });
+        run.budget = Some(budget.clone());
+        let progress = run.progress.clone();
+        let events = delivered(&[&[(0, 7), (1, 7)], &[(2, 7), (3, 7), (4, 7)], &[(5, 7)]]);
+        run.run(events).unwrap();
+        assert_eq!(progress.written.load(Ordering::Relaxed), 4);
+        assert_eq!(progress.over_limit.load(Ordering::Relaxed), 2);
+        assert!(limit.try_recv().is_ok(), "a spent budget ends the run");
+        assert_eq!(budget.released.load(Ordering::Relaxed), 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (mut second, _joins, _limit) = writer(dir.path(), None);
+        let budget = Arc::new(Budget {
+            left: Mutex::new(100),
+            chunk: 5,
+            released: AtomicU64::new(0),
+        });
+        second.budget = Some(budget.clone());
+        second.run(delivered(&[&[(0, 7), (1, 7)]])).unwrap();
+        assert_eq!(
+            budget.released.load(Ordering::Relaxed),
+            3,
+            "5 granted, 2 used"
+        );
     }
 
     #[test]

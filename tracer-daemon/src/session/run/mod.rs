@@ -310,6 +310,7 @@ fn assemble(
             .max_events
             .map(|max| max.saturating_sub(row.counters.delivered)),
         limit_reached: Some(limit_reached),
+        budget: crate::sync::lock(&ctx.budgets).get(&row.id).cloned(),
         export: started.export.as_ref().map(Export::sink),
         clock: started.clock,
         feed: feed.clone(),
