@@ -16,9 +16,9 @@ use super::{
 use crate::{
     record::clock::{now_rfc3339, rfc3339},
     session::{
-        model::{default_name, Session, Status},
+        model::{Session, Status},
         spec::CreateSession,
-        Principal, SessionError,
+        NewSession, Principal, SessionError,
     },
 };
 
@@ -67,20 +67,15 @@ impl Cluster {
         request: CreateSession,
         request_text: String,
     ) -> Result<Session, ClusterError> {
-        let spec = request.validate().map_err(SessionError::from)?;
-        request.check_new().map_err(SessionError::from)?;
-        let (tenant, restricted) = principal.owner_of(&request, &spec.target)?;
+        let (new, _) = NewSession::from_request(principal, request, request_text)?;
         let now = time::OffsetDateTime::now_utc();
         let record = ClusterSessionRecord {
-            id: Uuid::new_v4(),
-            tenant,
-            restricted,
-            name: spec
-                .name
-                .clone()
-                .unwrap_or_else(|| default_name(&request.target, now)),
-            request,
-            request_text,
+            id: new.id,
+            tenant: new.tenant,
+            restricted: new.restricted,
+            name: new.name,
+            request: new.request,
+            request_text: new.request_text,
             desired: Status::Created,
             generation: 1,
             runs: 0,

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
+    GetResponse, Identity, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -105,17 +105,23 @@ impl Etcd {
         self.client.clone()
     }
 
+    /// One read: the key at `path`, or every key under it with `prefix`.
+    async fn range(&self, path: &str, prefix: bool) -> Result<GetResponse, ClusterError> {
+        let key = self.key(path);
+        bounded(|| {
+            let mut client = self.client();
+            let key = key.clone();
+            let options = prefix.then(|| GetOptions::new().with_prefix());
+            async move { client.get(key, options).await }
+        })
+        .await
+    }
+
     pub async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
     ) -> Result<Option<Versioned<T>>, ClusterError> {
-        let key = self.key(path);
-        let response = bounded(|| {
-            let mut client = self.client();
-            let key = key.clone();
-            async move { client.get(key, None).await }
-        })
-        .await?;
+        let response = self.range(path, false).await?;
         response
             .kvs()
             .first()
@@ -130,15 +136,7 @@ impl Etcd {
 
     /// Every value under `path` (a prefix), in key order.
     pub async fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClusterError> {
-        let key = self.key(path);
-        let options = || Some(GetOptions::new().with_prefix());
-        let response = bounded(|| {
-            let mut client = self.client();
-            let key = key.clone();
-            let options = options();
-            async move { client.get(key, options).await }
-        })
-        .await?;
+        let response = self.range(path, true).await?;
         response
             .kvs()
             .iter()
@@ -151,15 +149,7 @@ impl Etcd {
         &self,
         path: &str,
     ) -> Result<Vec<(String, T)>, ClusterError> {
-        let key = self.key(path);
-        let options = || Some(GetOptions::new().with_prefix());
-        let response = bounded(|| {
-            let mut client = self.client();
-            let key = key.clone();
-            let options = options();
-            async move { client.get(key, options).await }
-        })
-        .await?;
+        let response = self.range(path, true).await?;
         response
             .kvs()
             .iter()
@@ -232,7 +222,7 @@ impl Etcd {
         if self.put_if(absent, key.clone(), value.clone()).await? {
             return Ok(true);
         }
-        Ok(self.raw(&key).await?.is_some_and(|stored| stored == value))
+        Ok(self.raw(path).await?.is_some_and(|stored| stored == value))
     }
 
     /// Writes `value` only if the key is still at `revision`; false if it changed (a retried
@@ -249,29 +239,18 @@ impl Etcd {
         if self.put_if(unchanged, key.clone(), value.clone()).await? {
             return Ok(true);
         }
-        Ok(self.raw(&key).await?.is_some_and(|stored| stored == value))
+        Ok(self.raw(path).await?.is_some_and(|stored| stored == value))
     }
 
     /// The lease `path` is held under (0: none), if it exists.
     pub async fn lease_of(&self, path: &str) -> Result<Option<i64>, ClusterError> {
-        let key = self.key(path);
-        let response = bounded(|| {
-            let mut client = self.client();
-            let key = key.clone();
-            async move { client.get(key, None).await }
-        })
-        .await?;
+        let response = self.range(path, false).await?;
         Ok(response.kvs().first().map(etcd_client::KeyValue::lease))
     }
 
-    /// The key's value as stored.
-    async fn raw(&self, key: &str) -> Result<Option<Vec<u8>>, ClusterError> {
-        let response = bounded(|| {
-            let mut client = self.client();
-            let key = key.to_owned();
-            async move { client.get(key, None).await }
-        })
-        .await?;
+    /// The value at `path` as stored.
+    async fn raw(&self, path: &str) -> Result<Option<Vec<u8>>, ClusterError> {
+        let response = self.range(path, false).await?;
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -300,7 +279,7 @@ impl Etcd {
         {
             return Ok(true);
         }
-        Ok(self.raw(&key).await?.is_some_and(|stored| stored == value))
+        Ok(self.raw(path).await?.is_some_and(|stored| stored == value))
     }
 
     /// The condition that `path` is still at `revision`.
@@ -368,15 +347,7 @@ impl Etcd {
         &self,
         path: &str,
     ) -> Result<(Vec<Versioned<T>>, i64), ClusterError> {
-        let key = self.key(path);
-        let options = || Some(GetOptions::new().with_prefix());
-        let response = bounded(|| {
-            let mut client = self.client();
-            let key = key.clone();
-            let options = options();
-            async move { client.get(key, options).await }
-        })
-        .await?;
+        let response = self.range(path, true).await?;
         let revision = response
             .header()
             .map_or(0, etcd_client::ResponseHeader::revision);

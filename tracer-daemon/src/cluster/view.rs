@@ -104,28 +104,13 @@ mod tests {
     use crate::session::model::Counters;
 
     fn record(desired: Status) -> ClusterSessionRecord {
-        ClusterSessionRecord {
-            id: uuid::Uuid::nil(),
-            tenant: "t".into(),
-            name: "n".into(),
-            restricted: false,
-            request: serde_json::from_value(
-                serde_json::json!({"scope": "cluster", "target": {"container": "web"}}),
-            )
-            .unwrap(),
-            request_text: String::new(),
-            desired,
-            generation: 2,
-            runs: 1,
-            placement: None,
-            lacking_image: Vec::new(),
-            error: None,
-            finished_reason: None,
-            created_at: String::new(),
-            updated_at: String::new(),
-            started_at: None,
-            stopped_at: None,
-        }
+        let mut record = super::super::records::tests::session(
+            serde_json::json!({"scope": "cluster", "target": {"container": "web"}}),
+            None,
+        );
+        record.desired = desired;
+        record.generation = 2;
+        record
     }
 
     fn part(node: &str, status: PartStatus, delivered: u64) -> PartRecord {

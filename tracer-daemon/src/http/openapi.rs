@@ -37,6 +37,9 @@ pub fn document(cluster: bool) -> Value {
     constrain_queries(&mut doc["paths"]);
     add_error_responses(&mut doc["paths"]);
     add_links(&mut doc["paths"]);
+    if !cluster {
+        single_node_paths(&mut doc["paths"]);
+    }
     doc
 }
 
@@ -140,6 +143,18 @@ fn constrain_scope(schemas: &mut Value, cluster: bool) {
     }));
     schemas["Limits"]["properties"]["max_events_per_node"] =
         nullable(json!({"type": "integer", "minimum": 1, "maximum": u64::MAX}));
+}
+
+/// A single node has no nodes: no `/v1/nodes`, and no `node` to ask events of.
+fn single_node_paths(paths: &mut Value) {
+    if let Some(paths) = paths.as_object_mut() {
+        paths.remove("/v1/nodes");
+    }
+    for path in ["/v1/sessions/{id}/events", "/v1/sessions/{id}/stream"] {
+        if let Some(list) = paths[path]["get"]["parameters"].as_array_mut() {
+            list.retain(|parameter| parameter["name"] != "node");
+        }
+    }
 }
 
 /// A target is exactly one kind: a cgroup, pids, a launch, or containers (a name and/or
@@ -321,5 +336,36 @@ fn add_links(paths: &mut Value) {
         .collect();
     if let Some(created) = paths["/v1/sessions"]["post"]["responses"]["201"].as_object_mut() {
         created.insert("links".into(), Value::Object(links));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_node_offers_no_cluster_and_a_cluster_node_does() {
+        let single = document(false);
+        assert!(single["paths"].get("/v1/nodes").is_none());
+        let params = &single["paths"]["/v1/sessions/{id}/events"]["get"]["parameters"];
+        assert!(!params
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "node"));
+        let create = &single["components"]["schemas"]["CreateSession"]["properties"];
+        assert_eq!(create["scope"]["enum"], json!(["local"]));
+        assert!(create.get("nodes").is_none());
+
+        let cluster = document(true);
+        assert!(cluster["paths"]["/v1/nodes"]["get"]["responses"]["503"].is_object());
+        let params = &cluster["paths"]["/v1/sessions/{id}/events"]["get"]["parameters"];
+        assert!(params
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "node"));
+        let create = &cluster["components"]["schemas"]["CreateSession"]["properties"];
+        assert!(create["nodes"].is_object());
     }
 }

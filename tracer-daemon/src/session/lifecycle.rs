@@ -100,21 +100,7 @@ impl SessionManager {
         request: CreateSession,
         request_text: String,
     ) -> Result<Session, SessionError> {
-        let spec = request.validate()?;
-        request.check_new()?;
-        let (tenant, restricted) = principal.owner_of(&request, &spec.target)?;
-        let now = time::OffsetDateTime::now_utc();
-        let new = NewSession {
-            id: Uuid::new_v4(),
-            tenant,
-            restricted,
-            name: spec
-                .name
-                .clone()
-                .unwrap_or_else(|| default_name(&request.target, now)),
-            request,
-            request_text,
-        };
+        let (new, spec) = NewSession::from_request(principal, request, request_text)?;
         self.insert_new(new, &spec).await
     }
 
@@ -542,6 +528,33 @@ pub struct NewSession {
     pub request: CreateSession,
     /// The request as received, kept verbatim.
     pub request_text: String,
+}
+
+impl NewSession {
+    /// A new session (a new id) from a create request, owned as `principal` may own it,
+    /// named as asked or `<target>.<minute>`; with the request validated.
+    pub fn from_request(
+        principal: &Principal,
+        request: CreateSession,
+        request_text: String,
+    ) -> Result<(Self, SessionSpec), SessionError> {
+        let spec = request.validate()?;
+        request.check_new()?;
+        let (tenant, restricted) = principal.owner_of(&request, &spec.target)?;
+        let now = time::OffsetDateTime::now_utc();
+        let new = NewSession {
+            id: Uuid::new_v4(),
+            tenant,
+            restricted,
+            name: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(&request.target, now)),
+            request,
+            request_text,
+        };
+        Ok((new, spec))
+    }
 }
 
 /// A running container and the sessions tracing it, as `GET /v1/containers` shows it.
