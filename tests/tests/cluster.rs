@@ -58,6 +58,16 @@ fn count(events: &[(String, u64)], node: &str) -> usize {
     events.iter().filter(|(name, _)| name == node).count()
 }
 
+/// Waits (15 s at most) until the session is `finished` and none of its parts runs.
+fn wait_finished(daemon: &Daemon, id: &str, what: &str) -> Value {
+    wait_until(what, Duration::from_secs(15), || {
+        let session = daemon.get(&format!("/v1/sessions/{id}"));
+        let parts = session["parts"].as_array()?;
+        let running = parts.iter().any(|part| part["status"] == "running");
+        (session["status"] == "finished" && !running).then_some(session)
+    })
+}
+
 fn wait_delivered(daemon: &Daemon, id: &str, delivered: u64) -> Value {
     wait_until(
         &format!("{delivered} events delivered"),
@@ -151,10 +161,7 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
     act(&a.daemon, &id3, "start");
     a.exec_getppid(&both, 200);
     b.exec_getppid(&both, 200);
-    let finished = wait_until("both parts at their limit", Duration::from_secs(15), || {
-        let session = b.daemon.get(&format!("/v1/sessions/{id3}"));
-        (session["status"] == "finished").then_some(session)
-    });
+    let finished = wait_finished(&b.daemon, &id3, "both parts at their limit");
     assert_eq!(finished["finished_reason"], "max_events", "{finished}");
     assert_eq!(finished["counters"]["delivered"], 300, "{finished}");
     assert_eq!(finished["counters"]["matched"], 400, "{finished}");
@@ -175,17 +182,7 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
     a.exec_getppid(&both, 200);
     wait_delivered(&b.daemon, &budgeted, 200);
     b.exec_getppid(&both, 200);
-    let finished = wait_until(
-        "the session's budget spent",
-        Duration::from_secs(15),
-        || {
-            let session = b.daemon.get(&format!("/v1/sessions/{budgeted}"));
-            let parts_ended = ["a", "b"]
-                .iter()
-                .all(|node| part(&session, node)["status"] != "running");
-            (session["status"] == "finished" && parts_ended).then_some(session)
-        },
-    );
+    let finished = wait_finished(&b.daemon, &budgeted, "the session's budget spent");
     assert_eq!(finished["finished_reason"], "max_events", "{finished}");
     assert_eq!(finished["counters"]["delivered"], 250, "{finished}");
     assert_eq!(finished["counters"]["matched"], 400, "{finished}");
@@ -274,13 +271,7 @@ fn cluster_sessions_run_where_their_containers_are_and_add_up_exactly() {
     );
     let started = Instant::now();
     act(&b.daemon, &timed, "start");
-    let ended = wait_until("the TTL", Duration::from_secs(10), || {
-        let session = a.daemon.get(&format!("/v1/sessions/{timed}"));
-        let parts_ended = ["a", "b"]
-            .iter()
-            .all(|node| part(&session, node)["status"] != "running");
-        (session["status"] == "finished" && parts_ended).then_some(session)
-    });
+    let ended = wait_finished(&a.daemon, &timed, "the TTL");
     assert_eq!(ended["finished_reason"], "ttl", "{ended}");
     assert!(started.elapsed() >= Duration::from_secs(2), "{ended}");
 

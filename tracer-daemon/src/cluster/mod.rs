@@ -1,11 +1,13 @@
 //! Cluster mode (`tracerd --etcd …`): many nodes, one API, coordinated through etcd.
 //!
 //! Every node registers itself under a lease ([`node`]). A session created with
-//! `"scope": "cluster"` is stored in etcd ([`api`]); each node's agent ([`agent`]) runs the
-//! node's part of it — an ordinary local session with the same id — when the target matches
-//! there, and reports the part back; reads sum the parts ([`view`]); events are merged
-//! from every node's API ([`peers`]). A launch runs on one node ([`placement`]).
-//! Without `--etcd` none of this exists and the daemon is a single node.
+//! `"scope": "cluster"` is stored in etcd ([`api`]); each node's agent ([`agent`]), which
+//! keeps the sessions from a watch ([`watched`]), runs the node's part of it ([`part`]) — an
+//! ordinary local session with the same id — when the target matches there, and reports the
+//! part back; reads sum the parts ([`view`]); events are merged from every node's API
+//! ([`peers`]). A launch runs on one node ([`placement`]); `max_events` is one budget for
+//! all parts ([`budget`]) and the TTL one deadline ([`limits`]). Without `--etcd` none of
+//! this exists and the daemon is a single node.
 mod agent;
 mod api;
 mod budget;
