@@ -36,10 +36,8 @@ struct Queued {
 /// syscall loop, for a writer that stalls (page-cache writeback, a busy core).
 pub const QUEUE_BYTES: usize = 64 << 20;
 
-/// A session's batch is delivered once it holds this many bytes of records, even in the
-/// middle of a drain pass: its writer starts on it sooner, no batch comes near a session's
-/// queue capacity, and batch buffers stay small enough for the pool to keep and reuse.
-pub const BATCH_BYTES: usize = 256 << 10;
+/// A session's batch is delivered once it holds this many bytes of records.
+pub use crate::record::batch::BATCH_BYTES;
 
 impl EventReceiver {
     pub async fn recv(&mut self) -> Option<RecordBatch> {

@@ -132,7 +132,7 @@ impl BatchBuilder {
         }
         if self.buffer.capacity() == 0 {
             // Idle builders (a slot with no session) hold no buffer.
-            self.buffer = POOL.take(FIRST_CAPACITY);
+            self.buffer = POOL.take(BUILDER_CAPACITY);
         }
         self.buffer.extend_from_slice(record_bytes(&record));
         self.buffer
@@ -163,9 +163,17 @@ impl BatchBuilder {
         }
         let count = std::mem::take(&mut self.count);
         if self.buffer.len() * 2 < self.buffer.capacity() {
-            // A few records in a big buffer (a quiet moment): copied out, so what waits in
-            // a queue never holds much more memory than its records take.
-            let bytes = Bytes::copy_from_slice(&self.buffer);
+            // A few records in a big buffer (the end of a drain pass, a quiet moment):
+            // copied out, so what waits in a queue never holds much more memory than its
+            // records take. Into a pooled buffer of their size unless they are only a few:
+            // fresh memory of that size would come zeroed from the kernel every time.
+            let bytes = if self.buffer.len() < SMALLEST_POOLED {
+                Bytes::copy_from_slice(&self.buffer)
+            } else {
+                let mut small = POOL.take(self.buffer.len());
+                small.extend_from_slice(&self.buffer);
+                Bytes::from_owner(Pooled(small))
+            };
             self.buffer.clear();
             return RecordBatch { bytes, count };
         }
@@ -177,48 +185,69 @@ impl BatchBuilder {
     }
 }
 
-/// Batch buffers that every holder let go of, for the next batches. Why not fresh memory:
-/// memory new to the process is zeroed by the kernel on its first touch (with transparent
-/// huge pages, 2 MiB at a time), and the allocator hands freed memory back to the kernel
-/// soon after; measured on the ftrace path, that zeroing took 14% of the daemon's CPU, more
-/// than copying the records.
+/// Batch buffers that every holder let go of, for the next batches, by size class. Why not
+/// fresh memory: memory new to the process is zeroed by the kernel on its first touch (with
+/// transparent huge pages, 2 MiB at a time), and the allocator hands freed memory back to
+/// the kernel soon after; measured, that zeroing took 14% of the daemon's CPU on the ftrace
+/// path and 11% on the eBPF path (where most passes end with a part-filled batch that is
+/// copied out), more than copying the records.
 struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    /// Class `c` holds buffers of at least `SMALLEST_POOLED << c` bytes and less than twice
+    /// that.
+    free: Mutex<[Vec<Vec<u8>>; CLASSES]>,
 }
 
-/// A fresh buffer's room: it grows to what batches need, and is reused at that size.
-const FIRST_CAPACITY: usize = 64 << 10;
-/// Buffers kept, at most; a batch buffer is a few hundred KiB (bigger ones are not kept).
-const POOL_BUFFERS: usize = 64;
-const POOL_BUFFER_MAX: usize = 1 << 20;
+/// A batch is delivered once it holds this many bytes of records (even in the middle of a
+/// drain pass): its writer starts on it sooner, no batch comes near a session's queue
+/// capacity, and batch buffers stay small enough for the pool to keep and reuse.
+pub const BATCH_BYTES: usize = 256 << 10;
+/// A builder's buffer: room for a full batch and one more record with the most data, so
+/// it never grows.
+const BUILDER_CAPACITY: usize = 2 * BATCH_BYTES;
+/// Size classes from 4 KiB to 1 MiB; a smaller batch is copied into memory of its own.
+const SMALLEST_POOLED: usize = 4 << 10;
+const CLASSES: usize = 9;
+/// Buffers kept per class, at most: the pool holds less than 16 × 2 × (4 KiB + … + 1 MiB),
+/// 64 MiB, for the whole daemon.
+const BUFFERS_PER_CLASS: usize = 16;
 
-static POOL: BufferPool = BufferPool {
-    free: Mutex::new(Vec::new()),
-};
+static POOL: BufferPool = BufferPool::new();
 
 impl BufferPool {
-    /// An empty buffer, with room for `capacity` bytes if a fresh one is needed.
+    const fn new() -> Self {
+        Self {
+            free: Mutex::new([const { Vec::new() }; CLASSES]),
+        }
+    }
+
+    /// An empty buffer with room for at least `capacity` bytes (and less than twice that,
+    /// from 4 KiB up to 1 MiB): a reused one if the pool has one.
     fn take(&self, capacity: usize) -> Vec<u8> {
-        let reused = self
-            .free
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        reused.unwrap_or_else(|| Vec::with_capacity(capacity))
+        let Some(class) = (0..CLASSES).find(|&class| SMALLEST_POOLED << class >= capacity) else {
+            return Vec::with_capacity(capacity);
+        };
+        let reused = self.classes()[class].pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(SMALLEST_POOLED << class))
     }
 
     fn give_back(&self, mut buffer: Vec<u8>) {
-        if buffer.capacity() > POOL_BUFFER_MAX {
+        let capacity = buffer.capacity();
+        if !(SMALLEST_POOLED..SMALLEST_POOLED << CLASSES).contains(&capacity) {
             return;
         }
+        // The largest class it has room for.
+        let class = (capacity / SMALLEST_POOLED).ilog2() as usize;
         buffer.clear();
-        let mut free = self
-            .free
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if free.len() < POOL_BUFFERS {
-            free.push(buffer);
+        let mut classes = self.classes();
+        if classes[class].len() < BUFFERS_PER_CLASS {
+            classes[class].push(buffer);
         }
+    }
+
+    fn classes(&self) -> std::sync::MutexGuard<'_, [Vec<Vec<u8>>; CLASSES]> {
+        self.free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -343,9 +372,48 @@ mod tests {
         let mut builder = BatchBuilder::default();
         builder.push(&samples::record(39, 1, 1, 7), &[]);
         let small = builder.take();
-        // The builder's buffer (64 KiB) stays with it; the batch has its own copy.
+        // The builder's buffer (512 KiB) stays with it; the batch has its own copy.
         assert_eq!(small.packed().len(), SyscallRecord::SIZE);
-        assert!(builder.buffer.capacity() >= 64 << 10);
+        assert!(builder.buffer.capacity() >= BUILDER_CAPACITY);
         assert_eq!(small.iter().next().unwrap().0.tid, 1);
+    }
+
+    #[test]
+    fn the_pool_hands_out_buffers_by_size_class() {
+        let pool = BufferPool::new();
+        // Fresh: the class's size, at least what was asked and less than twice it.
+        assert_eq!(pool.take(5_000).capacity(), 8 << 10);
+        assert_eq!(pool.take(1).capacity(), 4 << 10);
+        // Kept in the largest class it has room for.
+        let mut kept = Vec::with_capacity(12 << 10);
+        kept.push(1u8);
+        let at = kept.as_ptr();
+        pool.give_back(kept);
+        assert_eq!(pool.take(9_000).capacity(), 16 << 10);
+        let reused = pool.take(8 << 10);
+        assert_eq!((reused.as_ptr(), reused.len()), (at, 0));
+        // Bigger than the largest class: neither pooled nor rounded.
+        assert_eq!(pool.take(3 << 20).capacity(), 3 << 20);
+        pool.give_back(Vec::with_capacity(3 << 20));
+        assert!(pool.classes().iter().all(Vec::is_empty));
+        // At most BUFFERS_PER_CLASS per class.
+        for _ in 0..BUFFERS_PER_CLASS + 3 {
+            pool.give_back(Vec::with_capacity(4 << 10));
+        }
+        assert_eq!(pool.classes()[0].len(), BUFFERS_PER_CLASS);
+    }
+
+    #[test]
+    fn a_part_filled_batch_is_copied_into_a_buffer_of_its_size() {
+        let mut builder = BatchBuilder::default();
+        let records = 100;
+        for tid in 0..records {
+            builder.push(&samples::record(39, 1, tid, 7), &[]);
+        }
+        let batch = builder.take();
+        let len = records as usize * SyscallRecord::SIZE;
+        assert_eq!(batch.packed().len(), len);
+        assert_eq!(batch.len(), records as usize);
+        assert!(builder.buffer.capacity() >= BUILDER_CAPACITY);
     }
 }

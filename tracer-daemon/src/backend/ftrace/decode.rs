@@ -76,6 +76,87 @@ pub struct Decoder {
     common_type: Field,
     common_pid: Field,
     layouts: Vec<(Layout, Kind)>,
+    /// The syscall events at fixed offsets, when their fields are the usual ones.
+    syscalls: Option<SyscallLayout>,
+}
+
+/// Where the syscall events' fields are, when every one is the 8-byte integer of a 64-bit
+/// kernel (and the common fields the usual u16 type and i32 pid): nearly every record is one
+/// of them, and reading them at fixed offsets halved the decoder's time (the generic reads
+/// check each field's size and bounds).
+#[derive(Clone, Copy)]
+struct SyscallLayout {
+    type_at: usize,
+    pid_at: usize,
+    enter: u64,
+    exit: u64,
+    enter_nr_at: usize,
+    args_at: usize,
+    exit_nr_at: usize,
+    ret_at: usize,
+}
+
+impl SyscallLayout {
+    fn of(decoder: &Decoder) -> Option<Self> {
+        let layout = |wanted: fn(&Kind) -> bool| {
+            decoder
+                .layouts
+                .iter()
+                .find(|(_, kind)| wanted(kind))
+                .map(|(layout, _)| layout)
+        };
+        let enter = layout(|kind| matches!(kind, Kind::Enter))?;
+        let exit = layout(|kind| matches!(kind, Kind::Exit))?;
+        let words = |field: &Field, count: usize| field.size == 8 * count && !field.is_data_loc();
+        let usual = decoder.common_type.size == 2
+            && decoder.common_pid.size == 4
+            && words(&enter.fields[0], 1)
+            && words(&enter.fields[1], 6)
+            && words(&exit.fields[0], 1)
+            && words(&exit.fields[1], 1);
+        usual.then(|| Self {
+            type_at: decoder.common_type.offset,
+            pid_at: decoder.common_pid.offset,
+            enter: enter.id,
+            exit: exit.id,
+            enter_nr_at: enter.fields[0].offset,
+            args_at: enter.fields[1].offset,
+            exit_nr_at: exit.fields[0].offset,
+            ret_at: exit.fields[1].offset,
+        })
+    }
+
+    /// A syscall event; `None` for another event or a record too short.
+    fn decode(&self, record: &[u8]) -> Option<Raw> {
+        let common_type = u16::from_ne_bytes(array(record, self.type_at)?) as u64;
+        let tid = i32::from_ne_bytes(array(record, self.pid_at)?) as u32;
+        let word = |at: usize| array(record, at).map(i64::from_ne_bytes);
+        if common_type == self.enter {
+            let words: [u8; 48] = array(record, self.args_at)?;
+            let mut args = [0u64; 6];
+            for (arg, bytes) in args.iter_mut().zip(words.chunks_exact(8)) {
+                *arg = u64::from_ne_bytes(bytes.try_into().expect("8 bytes"));
+            }
+            Some(Raw::Enter {
+                tid,
+                nr: word(self.enter_nr_at)?,
+                args,
+            })
+        } else if common_type == self.exit {
+            Some(Raw::Exit {
+                tid,
+                nr: word(self.exit_nr_at)?,
+                ret: word(self.ret_at)?,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// The `N` bytes of `record` at `at`, if it has them.
+fn array<const N: usize>(record: &[u8], at: usize) -> Option<[u8; N]> {
+    record.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
 #[derive(Clone, Copy)]
@@ -146,6 +227,7 @@ impl Decoder {
                     common_type: field("common_type")?,
                     common_pid: field("common_pid")?,
                     layouts: Vec::new(),
+                    syscalls: None,
                 }),
             };
             let fields = names
@@ -160,7 +242,9 @@ impl Decoder {
                 kind,
             ));
         }
-        decoder.ok_or(TracefsError::NotMounted)
+        let mut decoder = decoder.ok_or(TracefsError::NotMounted)?;
+        decoder.syscalls = SyscallLayout::of(&decoder);
+        Ok(decoder)
     }
 
     /// Whether the kernel has the task events (so names and processes come from the stream).
@@ -180,6 +264,16 @@ impl Decoder {
     /// Decodes one record, or `None` for a record of another event or one too short for its
     /// layout.
     pub fn decode(&self, record: &[u8]) -> Option<Raw> {
+        match &self.syscalls {
+            Some(syscalls) => syscalls
+                .decode(record)
+                .or_else(|| self.decode_by_format(record)),
+            None => self.decode_by_format(record),
+        }
+    }
+
+    /// Decodes one record by the fields of its event's format.
+    fn decode_by_format(&self, record: &[u8]) -> Option<Raw> {
         let common_type = self.common_type.read_u64(record)?;
         let (layout, kind) = self
             .layouts
@@ -351,6 +445,34 @@ mod tests {
         );
         record[..2].copy_from_slice(&u16::MAX.to_ne_bytes());
         assert_eq!(decoder.decode(&record), None);
+    }
+
+    #[test]
+    fn syscall_events_decode_at_fixed_offsets_as_by_their_format() {
+        let root = captured_tracefs();
+        let decoder = Decoder::load(root.path()).unwrap();
+        assert!(decoder.syscalls.is_some(), "the usual layout");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (layout, _) in &decoder.layouts {
+            for len in [0, 7, 15, 16, 23, 24, 63, 64, 72, 80] {
+                let mut record: Vec<u8> = (0..len).map(|_| random() as u8).collect();
+                if len >= 2 {
+                    record[..2].copy_from_slice(&(layout.id as u16).to_ne_bytes());
+                }
+                assert_eq!(
+                    decoder.decode(&record),
+                    decoder.decode_by_format(&record),
+                    "event {} in {len} bytes",
+                    layout.id
+                );
+            }
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! [`SyscallRecord`]: tracer_common::SyscallRecord
 mod decode;
 mod joins;
+mod order;
+mod pages;
 mod reader;
 mod tracefs;
 mod tracker;

@@ -2,7 +2,6 @@
 //! them, orders each pass's events by time, and hands completed syscalls to the session.
 use std::{
     fs::File,
-    io::Read as _,
     sync::{
         atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, RecvTimeoutError, Sender},
@@ -14,8 +13,10 @@ use std::{
 use tracefs_parse::PageHeaderLayout;
 
 use super::{
-    decode::{decode_page, Decoder, Raw},
+    decode::{decode_page, Decoder},
     joins::PidSync,
+    order::PassEvents,
+    pages::PageSource,
     tracefs::Instance,
     tracker::Tracker,
 };
@@ -67,8 +68,8 @@ pub(super) struct Reader {
 
 impl Reader {
     pub fn run(mut self, control: Receiver<Control>) {
-        let mut page = vec![0u8; self.layout.page_size()];
-        let mut batch = Vec::new();
+        let mut page = PageSource::new(self.layout.page_size(), PAGES_PER_CPU_PASS);
+        let mut batch = PassEvents::default();
         let mut last_sync = Instant::now();
         loop {
             let pass = self.pass(&mut page, &mut batch);
@@ -112,7 +113,7 @@ impl Reader {
     }
 
     /// Passes until the buffers are empty, or `max_passes` were made.
-    fn drain(&mut self, page: &mut [u8], batch: &mut Vec<(u64, Raw)>, max_passes: usize) {
+    fn drain(&mut self, page: &mut PageSource, batch: &mut PassEvents, max_passes: usize) {
         for _ in 0..max_passes {
             if self.pass(page, batch).pages == 0 {
                 return;
@@ -122,35 +123,26 @@ impl Reader {
 
     /// Reads up to [`PAGES_PER_CPU_PASS`] pages from each CPU, then handles their events in
     /// time order.
-    fn pass(&mut self, page: &mut [u8], batch: &mut Vec<(u64, Raw)>) -> Pass {
+    fn pass(&mut self, source: &mut PageSource, batch: &mut PassEvents) -> Pass {
         let mut pages = 0;
         let mut backlog = false;
-        let mut first_read = None;
+        // From before the first read: a splice moves many pages at once.
+        let started = Instant::now();
         // A CPU whose buffer was an eighth full, or that had more than a pass takes, is
         // read again at once.
         let busy = (self.ring_pages / 8).clamp(1, PAGES_PER_CPU_PASS);
         for cpu in &mut self.cpus {
-            let mut read = 0;
-            while read < PAGES_PER_CPU_PASS {
-                let len = match cpu.read(page) {
-                    Ok(0) => break,
-                    Ok(len) => len,
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(err) => {
-                        tracing::error!(%err, "reading trace_pipe_raw failed");
-                        break;
-                    }
-                };
-                read += 1;
-                first_read.get_or_insert_with(Instant::now);
-                decode_page(&self.layout, &self.decoder, &page[..len], batch);
-            }
+            let read = source.read(cpu, PAGES_PER_CPU_PASS, |page| {
+                decode_page(&self.layout, &self.decoder, page, batch.events());
+            });
+            let read = read.unwrap_or_else(|err| {
+                tracing::error!(%err, "reading trace_pipe_raw failed");
+                0
+            });
+            batch.end_cpu();
             pages += read;
             backlog |= read >= busy;
         }
-        // Stable: events of one CPU keep their order when timestamps tie.
-        batch.sort_by_key(|(ts, _)| *ts);
         let mut records = 0;
         let mut out = Output {
             builder: &mut self.records,
@@ -158,17 +150,15 @@ impl Reader {
             produced: &self.produced,
             delivered: &mut records,
         };
-        for (ts, raw) in batch.drain(..) {
-            self.tracker
-                .handle(ts, raw, &mut |record| out.push(&record));
-        }
+        let tracker = &mut self.tracker;
+        batch.take_in_order(|ts, raw| tracker.handle(ts, raw, &mut |record| out.push(&record)));
         out.deliver();
-        if let (Some(first_read), 1..) = (first_read, records) {
+        if records > 0 {
             self.stats.records.fetch_add(records, Ordering::Relaxed);
             self.stats.passes.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .busy_ns
-                .fetch_add(first_read.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         Pass { pages, backlog }
     }

@@ -69,26 +69,56 @@ pub struct RecordFilter {
     pub failed_only: bool,
 }
 
-/// Maps by thread id, touched several times per syscall: hashed with rustc-hash (thread
-/// ids are not chosen by an attacker who could flood one bucket; with SipHash, hash-map
-/// work was about a fifth of the daemon's CPU samples on the ftrace path, by perf).
+/// Threads by id, looked up once per event: hashed with rustc-hash (thread ids are not chosen
+/// by an attacker who could flood one bucket; with SipHash, hash-map work was about a fifth
+/// of the daemon's CPU samples on the ftrace path, by perf).
 type ByThread<V> = rustc_hash::FxHashMap<u32, V>;
 
-pub struct Tracker {
-    tasks: ByThread<TaskInfo>,
-    entered: ByThread<Entered>,
-    exited: ByThread<Exited>,
-    filter: RecordFilter,
-    /// Syscalls that take a path (ftrace records cannot carry the string).
-    /// Looked up for every record: a fast hash (the set is ours, not an attacker's).
-    data_syscalls: Arc<rustc_hash::FxHashSet<u32>>,
-    /// Looks a thread up when the stream has not introduced it (it predates the session, or
-    /// joined a target cgroup).
-    lookup: Box<dyn Fn(u32) -> Option<TaskInfo> + Send>,
-    /// Threads with a syscall event in this session: a thread's first event may be the exit
-    /// of a call it entered before the session (or of the fork that made it), which is not a
+/// What the tracker knows of one thread, in one map entry (one lookup per event: four maps
+/// by thread, looked up three to five times per syscall, were a sixth of the reader's time).
+#[derive(Default)]
+struct Thread {
+    /// Its process, name and cgroup: from the stream's task events, else looked up once.
+    info: Option<TaskInfo>,
+    /// A syscall it entered whose exit was not read yet.
+    entered: Option<Entered>,
+    /// An exit read before its entry (the thread changed CPUs), or with no entry at all.
+    exited: Option<Exited>,
+    /// It had a syscall event in this session: a thread's first event may be the exit of a
+    /// call it entered before the session (or of the fork that made it), which is not a
     /// loss; any later exit without its entry is.
-    seen: rustc_hash::FxHashSet<u32>,
+    seen: bool,
+}
+
+impl Thread {
+    fn info(&mut self, tid: u32, lookup: &Lookup) -> TaskInfo {
+        // Gone already: a single-threaded process is its own tgid, the common case.
+        *self.info.get_or_insert_with(|| {
+            lookup(tid).unwrap_or(TaskInfo {
+                tgid: tid,
+                comm: [0; 16],
+                cgroup_id: 0,
+            })
+        })
+    }
+}
+
+/// Tells what is known of a thread the stream has not introduced (it predates the session,
+/// or joined a target cgroup).
+type Lookup = dyn Fn(u32) -> Option<TaskInfo> + Send;
+
+pub struct Tracker {
+    threads: ByThread<Thread>,
+    rules: Rules,
+}
+
+/// What turns a thread's events into records, apart from the threads themselves.
+struct Rules {
+    filter: RecordFilter,
+    /// Syscalls that take a path (ftrace records cannot carry the string), by number: a bit
+    /// each, looked up for every record.
+    data_syscalls: Vec<u64>,
+    lookup: Box<Lookup>,
     /// Syscalls of which one event was read and the other lost (the ring buffer was full).
     halves: Arc<AtomicU64>,
 }
@@ -105,30 +135,150 @@ impl Tracker {
     pub fn new(
         filter: RecordFilter,
         data_syscalls: Arc<rustc_hash::FxHashSet<u32>>,
-        lookup: Box<dyn Fn(u32) -> Option<TaskInfo> + Send>,
+        lookup: Box<Lookup>,
     ) -> Self {
+        let mut bits = vec![0u64; data_syscalls.iter().max().map_or(0, |&nr| nr / 64 + 1) as usize];
+        for &nr in data_syscalls.iter() {
+            bits[(nr / 64) as usize] |= 1 << (nr % 64);
+        }
         Self {
-            tasks: ByThread::default(),
-            entered: ByThread::default(),
-            exited: ByThread::default(),
-            filter,
-            data_syscalls,
-            lookup,
-            seen: Default::default(),
-            halves: Arc::new(AtomicU64::new(0)),
+            threads: ByThread::default(),
+            rules: Rules {
+                filter,
+                data_syscalls: bits,
+                lookup,
+                halves: Arc::new(AtomicU64::new(0)),
+            },
         }
     }
 
     /// Syscalls of which only the entry or only the exit was read: the other event was lost.
     /// Shared with the session, which turns lost events into lost syscalls with it.
     pub fn halves(&self) -> Arc<AtomicU64> {
-        self.halves.clone()
+        self.rules.halves.clone()
     }
 
+    /// Introduces a thread (tests; the session looks threads up in /proc on first sight).
+    #[cfg(test)]
+    pub fn know(&mut self, tid: u32, info: TaskInfo) {
+        self.threads.entry(tid).or_default().info = Some(info);
+    }
+
+    /// Handles one event (in timestamp order within what was read), emitting completed
+    /// syscalls.
+    pub fn handle(&mut self, ts: u64, raw: Raw, emit: &mut impl FnMut(SyscallRecord)) {
+        let rules = &self.rules;
+        match raw {
+            Raw::Enter { tid, nr, args } => {
+                let thread = self.threads.entry(tid).or_default();
+                let entered = Entered { ts, nr, args };
+                if NO_RETURN_SYSCALLS.contains(&nr) {
+                    thread.exited = None;
+                    if !rules.filter.failed_only {
+                        rules.complete(thread, tid, entered, ts, 0, emit);
+                    }
+                    return;
+                }
+                thread.seen = true;
+                match thread.exited.take() {
+                    // The exit was read first (the thread changed CPUs).
+                    Some(exited) if exited.ts >= ts => {
+                        rules.complete(thread, tid, entered, exited.ts, exited.ret, emit);
+                        return;
+                    }
+                    // An older exit whose entry never came: lost, unless it was the thread's
+                    // first event (a call entered before the session).
+                    Some(exited) if !exited.first => rules.lost_half(thread, tid),
+                    _ => {}
+                }
+                // A thread is in one syscall at a time: an older entry whose exit never
+                // came is replaced. Lost, unless failed-only sessions filter exits out.
+                if thread.entered.replace(entered).is_some() && !rules.filter.failed_only {
+                    rules.lost_half(thread, tid);
+                }
+            }
+            Raw::Exit { tid, ret, .. } => {
+                let thread = self.threads.entry(tid).or_default();
+                let first = !std::mem::replace(&mut thread.seen, true);
+                match thread.entered {
+                    Some(entered) if entered.ts <= ts => {
+                        thread.entered = None;
+                        rules.complete(thread, tid, entered, ts, ret, emit);
+                    }
+                    // Its entry may still be unread on another CPU's buffer (or predates the
+                    // session, and then a later entry of the thread replaces it).
+                    _ => {
+                        let older = thread.exited.replace(Exited { ts, ret, first });
+                        if older.is_some_and(|older| !older.first) {
+                            rules.lost_half(thread, tid);
+                        }
+                    }
+                }
+            }
+            raw => self.handle_task_event(raw),
+        }
+    }
+
+    /// Keeps threads' process and name current.
+    fn handle_task_event(&mut self, raw: Raw) {
+        let lookup = &self.rules.lookup;
+        match raw {
+            Raw::NewTask {
+                tid,
+                child,
+                clone_flags,
+            } => {
+                let parent = self.threads.entry(tid).or_default().info(tid, lookup);
+                let tgid = if Raw::is_thread(clone_flags) {
+                    parent.tgid
+                } else {
+                    child
+                };
+                self.threads.entry(child).or_default().info = Some(TaskInfo { tgid, ..parent });
+            }
+            Raw::Exec { tid, old_tid, comm } => {
+                let old = self
+                    .threads
+                    .get_mut(&old_tid)
+                    .and_then(|thread| thread.info.take());
+                let thread = self.threads.entry(tid).or_default();
+                let mut info = match old {
+                    Some(info) => info,
+                    None => thread.info(tid, lookup),
+                };
+                // A non-leader thread that calls exec takes over the leader's tid.
+                info.tgid = tid;
+                info.comm = comm;
+                thread.info = Some(info);
+            }
+            Raw::Rename { tid, comm } => {
+                let thread = self.threads.entry(tid).or_default();
+                let mut info = thread.info(tid, lookup);
+                info.comm = comm;
+                thread.info = Some(info);
+            }
+            Raw::ProcessExit { tid } => {
+                self.threads.remove(&tid);
+            }
+            Raw::Enter { .. } | Raw::Exit { .. } | Raw::Attach { .. } => {}
+        }
+    }
+
+    /// Threads with an entry and no exit yet, and exits waiting for their entry.
+    #[cfg(test)]
+    pub fn pending(&self) -> (usize, usize) {
+        let threads = self.threads.values();
+        let entered = threads.clone().filter(|thread| thread.entered.is_some());
+        let exited = threads.filter(|thread| thread.exited.is_some());
+        (entered.count(), exited.count())
+    }
+}
+
+impl Rules {
     /// Counts a syscall half of which was lost, if it is the session's (its process passes
     /// the session's filter).
-    fn lost_half(&mut self, tid: u32) {
-        let tgid = self.task(tid).tgid;
+    fn lost_half(&self, thread: &mut Thread, tid: u32) {
+        let tgid = thread.info(tid, &self.lookup).tgid;
         if self
             .filter
             .tgids
@@ -139,115 +289,9 @@ impl Tracker {
         }
     }
 
-    /// Introduces a thread (tests; the session looks threads up in /proc on first sight).
-    #[cfg(test)]
-    pub fn know(&mut self, tid: u32, info: TaskInfo) {
-        self.tasks.insert(tid, info);
-    }
-
-    fn task(&mut self, tid: u32) -> TaskInfo {
-        if let Some(info) = self.tasks.get(&tid) {
-            return *info;
-        }
-        // Gone already: a single-threaded process is its own tgid, the common case.
-        let info = (self.lookup)(tid).unwrap_or(TaskInfo {
-            tgid: tid,
-            comm: [0; 16],
-            cgroup_id: 0,
-        });
-        self.tasks.insert(tid, info);
-        info
-    }
-
-    /// Handles one event (in timestamp order within what was read), emitting completed
-    /// syscalls.
-    pub fn handle(&mut self, ts: u64, raw: Raw, emit: &mut impl FnMut(SyscallRecord)) {
-        match raw {
-            Raw::Enter { tid, nr, args } => {
-                let entered = Entered { ts, nr, args };
-                if NO_RETURN_SYSCALLS.contains(&nr) {
-                    self.exited.remove(&tid);
-                    if !self.filter.failed_only {
-                        self.complete(tid, entered, ts, 0, emit);
-                    }
-                    return;
-                }
-                self.seen.insert(tid);
-                match self.exited.remove(&tid) {
-                    // The exit was read first (the thread changed CPUs).
-                    Some(exited) if exited.ts >= ts => {
-                        self.complete(tid, entered, exited.ts, exited.ret, emit);
-                        return;
-                    }
-                    // An older exit whose entry never came: lost, unless it was the thread's
-                    // first event (a call entered before the session).
-                    Some(exited) if !exited.first => self.lost_half(tid),
-                    _ => {}
-                }
-                // A thread is in one syscall at a time: an older entry whose exit never
-                // came is replaced. Lost, unless failed-only sessions filter exits out.
-                if self.entered.insert(tid, entered).is_some() && !self.filter.failed_only {
-                    self.lost_half(tid);
-                }
-            }
-            Raw::Exit { tid, ret, .. } => {
-                let first = self.seen.insert(tid);
-                match self.entered.get(&tid) {
-                    Some(entered) if entered.ts <= ts => {
-                        let entered = *entered;
-                        self.entered.remove(&tid);
-                        self.complete(tid, entered, ts, ret, emit);
-                    }
-                    // Its entry may still be unread on another CPU's buffer (or predates the
-                    // session, and then a later entry of the thread replaces it).
-                    _ => {
-                        let older = self.exited.insert(tid, Exited { ts, ret, first });
-                        if older.is_some_and(|older| !older.first) {
-                            self.lost_half(tid);
-                        }
-                    }
-                }
-            }
-            Raw::NewTask {
-                tid,
-                child,
-                clone_flags,
-            } => {
-                let parent = self.task(tid);
-                let tgid = if Raw::is_thread(clone_flags) {
-                    parent.tgid
-                } else {
-                    child
-                };
-                self.tasks.insert(child, TaskInfo { tgid, ..parent });
-            }
-            Raw::Exec { tid, old_tid, comm } => {
-                let mut info = match self.tasks.remove(&old_tid) {
-                    Some(info) => info,
-                    None => self.task(tid),
-                };
-                // A non-leader thread that calls exec takes over the leader's tid.
-                info.tgid = tid;
-                info.comm = comm;
-                self.tasks.insert(tid, info);
-            }
-            Raw::Rename { tid, comm } => {
-                let mut info = self.task(tid);
-                info.comm = comm;
-                self.tasks.insert(tid, info);
-            }
-            Raw::ProcessExit { tid } => {
-                self.seen.remove(&tid);
-                self.tasks.remove(&tid);
-                self.entered.remove(&tid);
-                self.exited.remove(&tid);
-            }
-            Raw::Attach { .. } => {}
-        }
-    }
-
     fn complete(
-        &mut self,
+        &self,
+        thread: &mut Thread,
         tid: u32,
         entered: Entered,
         exit_ts: u64,
@@ -257,7 +301,7 @@ impl Tracker {
         if self.filter.failed_only && ret >= 0 {
             return;
         }
-        let info = self.task(tid);
+        let info = thread.info(tid, &self.lookup);
         if let Some(tgids) = &self.filter.tgids {
             if !tgids.contains(&info.tgid) {
                 return;
@@ -265,7 +309,11 @@ impl Tracker {
         }
         let nr = entered.nr as u32;
         // The kernel hands ftrace a pointer argument's address, not the data behind it.
-        let flags = if self.data_syscalls.contains(&nr) {
+        let takes_data = self
+            .data_syscalls
+            .get(nr as usize / 64)
+            .is_some_and(|bits| bits >> (nr % 64) & 1 != 0);
+        let flags = if takes_data {
             record_flags::DATA_UNAVAILABLE
         } else {
             0
@@ -284,12 +332,6 @@ impl Tracker {
             flags,
             comm: info.comm,
         });
-    }
-
-    /// Threads with an entry and no exit yet, and exits waiting for their entry.
-    #[cfg(test)]
-    pub fn pending(&self) -> (usize, usize) {
-        (self.entered.len(), self.exited.len())
     }
 }
 
