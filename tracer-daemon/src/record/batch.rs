@@ -123,20 +123,26 @@ pub struct BatchBuilder {
 impl BatchBuilder {
     /// Appends a record and its data. The stored record says how much data follows it.
     pub fn push(&mut self, record: &SyscallRecord, data: &[u8]) {
-        let mut record = *record;
-        record.data_len = data.len().min(u16::MAX as usize) as u16;
-        if record.data_len > 0 {
-            record.flags |= record_flags::HAS_DATA;
-        } else {
-            record.flags &= !record_flags::HAS_DATA;
-        }
+        let data_len = data.len().min(u16::MAX as usize) as u16;
+        let has_data = data_len > 0;
         if self.buffer.capacity() == 0 {
             // Idle builders (a slot with no session) hold no buffer.
             self.buffer = POOL.take(BUILDER_CAPACITY);
         }
-        self.buffer.extend_from_slice(record_bytes(&record));
-        self.buffer
-            .extend_from_slice(&data[..record.data_len as usize]);
+        if record.data_len == data_len && (record.flags & record_flags::HAS_DATA != 0) == has_data {
+            // As the kernel wrote it (the common case): copied once.
+            self.buffer.extend_from_slice(record_bytes(record));
+        } else {
+            let mut record = *record;
+            record.data_len = data_len;
+            if has_data {
+                record.flags |= record_flags::HAS_DATA;
+            } else {
+                record.flags &= !record_flags::HAS_DATA;
+            }
+            self.buffer.extend_from_slice(record_bytes(&record));
+        }
+        self.buffer.extend_from_slice(&data[..data_len as usize]);
         self.count += 1;
     }
 
@@ -192,9 +198,15 @@ impl BatchBuilder {
 /// path and 11% on the eBPF path (where most passes end with a part-filled batch that is
 /// copied out), more than copying the records.
 struct BufferPool {
+    free: Mutex<Free>,
+}
+
+struct Free {
     /// Class `c` holds buffers of at least `SMALLEST_POOLED << c` bytes and less than twice
     /// that.
-    free: Mutex<[Vec<Vec<u8>>; CLASSES]>,
+    classes: [Vec<Vec<u8>>; CLASSES],
+    /// Their capacity, in all.
+    bytes: usize,
 }
 
 /// A batch is delivered once it holds this many bytes of records (even in the middle of a
@@ -207,16 +219,20 @@ const BUILDER_CAPACITY: usize = 2 * BATCH_BYTES;
 /// Size classes from 4 KiB to 1 MiB; a smaller batch is copied into memory of its own.
 const SMALLEST_POOLED: usize = 4 << 10;
 const CLASSES: usize = 9;
-/// Buffers kept per class, at most: the pool holds less than 16 × 2 × (4 KiB + … + 1 MiB),
-/// 64 MiB, for the whole daemon.
-const BUFFERS_PER_CLASS: usize = 16;
+/// The most the pool keeps, for the whole daemon: enough for the batches a session's queue
+/// holds while its writer catches up after a burst (a bound per class kept too few: every
+/// burst made fresh buffers again).
+const POOL_BYTES: usize = 64 << 20;
 
 static POOL: BufferPool = BufferPool::new();
 
 impl BufferPool {
     const fn new() -> Self {
         Self {
-            free: Mutex::new([const { Vec::new() }; CLASSES]),
+            free: Mutex::new(Free {
+                classes: [const { Vec::new() }; CLASSES],
+                bytes: 0,
+            }),
         }
     }
 
@@ -226,7 +242,12 @@ impl BufferPool {
         let Some(class) = (0..CLASSES).find(|&class| SMALLEST_POOLED << class >= capacity) else {
             return Vec::with_capacity(capacity);
         };
-        let reused = self.classes()[class].pop();
+        let mut free = self.free();
+        let reused = free.classes[class].pop();
+        if let Some(buffer) = &reused {
+            free.bytes -= buffer.capacity();
+        }
+        drop(free);
         reused.unwrap_or_else(|| Vec::with_capacity(SMALLEST_POOLED << class))
     }
 
@@ -238,13 +259,14 @@ impl BufferPool {
         // The largest class it has room for.
         let class = (capacity / SMALLEST_POOLED).ilog2() as usize;
         buffer.clear();
-        let mut classes = self.classes();
-        if classes[class].len() < BUFFERS_PER_CLASS {
-            classes[class].push(buffer);
+        let mut free = self.free();
+        if free.bytes + capacity <= POOL_BYTES {
+            free.bytes += capacity;
+            free.classes[class].push(buffer);
         }
     }
 
-    fn classes(&self) -> std::sync::MutexGuard<'_, [Vec<Vec<u8>>; CLASSES]> {
+    fn free(&self) -> std::sync::MutexGuard<'_, Free> {
         self.free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -395,12 +417,18 @@ mod tests {
         // Bigger than the largest class: neither pooled nor rounded.
         assert_eq!(pool.take(3 << 20).capacity(), 3 << 20);
         pool.give_back(Vec::with_capacity(3 << 20));
-        assert!(pool.classes().iter().all(Vec::is_empty));
-        // At most BUFFERS_PER_CLASS per class.
-        for _ in 0..BUFFERS_PER_CLASS + 3 {
-            pool.give_back(Vec::with_capacity(4 << 10));
+        assert!(pool.free().classes.iter().all(Vec::is_empty));
+        assert_eq!(pool.free().bytes, 0);
+        // At most POOL_BYTES in all.
+        for _ in 0..POOL_BYTES / (1 << 20) + 3 {
+            pool.give_back(Vec::with_capacity(1 << 20));
         }
-        assert_eq!(pool.classes()[0].len(), BUFFERS_PER_CLASS);
+        pool.give_back(Vec::with_capacity(4 << 10));
+        assert_eq!(pool.free().classes[8].len(), POOL_BYTES / (1 << 20));
+        assert!(pool.free().classes[0].is_empty());
+        assert_eq!(pool.free().bytes, POOL_BYTES);
+        pool.take(1 << 20);
+        assert_eq!(pool.free().bytes, POOL_BYTES - (1 << 20));
     }
 
     #[test]

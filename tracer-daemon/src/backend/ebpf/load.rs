@@ -1,7 +1,7 @@
 //! Loading the kernel object: its programs (verified at start-up, attached later), the
 //! options that shape its maps, and the helpers that take maps and programs out of it.
 use aya::{
-    maps::{Array, ArrayOfMaps, Map, MapData, RingBuf},
+    maps::{Array, ArrayOfMaps, Map, MapData},
     programs::{raw_trace_point::RawTracePointLink, RawTracePoint, TracePoint},
     Ebpf,
 };
@@ -183,7 +183,7 @@ pub(super) fn per_cpu_rings(
     ebpf: &mut Ebpf,
     cpu_count: usize,
     ring_bytes: u32,
-) -> Result<Vec<RingBuf<MapData>>, LoadError> {
+) -> Result<Vec<MapData>, LoadError> {
     let mut outer: ArrayOfMaps<MapData> = take_map(ebpf, "RECORDS_BY_CPU")?;
     (0..cpu_count as u32)
         .map(|cpu| {
@@ -200,7 +200,7 @@ pub(super) fn per_cpu_rings(
             );
             let ring = MapData::create(definition, "tracerd_cpu_ring", None).map_err(map_error)?;
             outer.set(cpu, &ring, 0).map_err(map_error)?;
-            RingBuf::try_from(Map::RingBuf(ring)).map_err(map_error)
+            Ok(ring)
         })
         .collect()
 }
@@ -208,6 +208,18 @@ pub(super) fn per_cpu_rings(
 pub(super) fn page_size() -> u32 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as u32
+}
+
+/// The ring buffer map `name` (read by [`super::ring::RecordRing`], not aya's `RingBuf`).
+pub(super) fn take_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, LoadError> {
+    match ebpf.take_map(name) {
+        Some(Map::RingBuf(ring)) => Ok(ring),
+        Some(_) => Err(LoadError::Map {
+            map: name,
+            source: aya::maps::MapError::InvalidMapType { map_type: 0 },
+        }),
+        None => Err(LoadError::Missing(name)),
+    }
 }
 
 pub(super) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>

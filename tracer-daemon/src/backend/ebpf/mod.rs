@@ -24,13 +24,12 @@ mod slots;
 use std::{collections::HashMap as StdHashMap, io};
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{
         raw_trace_point::RawTracePointLink, trace_point::TracePointLink, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
-use tokio::io::{unix::AsyncFd, Interest};
 use tracer_common::{
     cgroup_config, counter, mask, CgroupSessions, SessionMask, SlotState, MAX_SESSIONS,
     MAX_SYSCALLS,
@@ -40,7 +39,7 @@ use self::capture::CaptureMaps;
 use self::{
     load::{
         attach_raw, configure_rings, load_programs, page_size, per_cpu_rings, program_mut,
-        rmdir_layout_matches, take_map, ENTER, EXIT, RMDIR, TRACER_OBJECT,
+        rmdir_layout_matches, take_map, take_ring, ENTER, EXIT, RMDIR, TRACER_OBJECT,
     },
     load_error::{check_kernel_release, classify},
 };
@@ -100,7 +99,8 @@ pub struct EbpfBackend {
     slots: PerCpuArray<MapData, SlotState>,
     counters: PerCpuArray<MapData, u64>,
     capture: CaptureMaps,
-    rings: Vec<RingBuf<MapData>>,
+    /// The record rings and their size in bytes, until the drains take them.
+    rings: Vec<(MapData, u32)>,
     cpu_count: usize,
     mirror: FilterMirror,
 }
@@ -155,8 +155,11 @@ impl EbpfBackend {
         }
         let rings = if options.per_cpu_rings {
             per_cpu_rings(&mut ebpf, cpu_count, options.ring_bytes)?
+                .into_iter()
+                .map(|ring| (ring, options.ring_bytes))
+                .collect()
         } else {
-            vec![take_map(&mut ebpf, "RECORDS")?]
+            vec![(take_ring(&mut ebpf, "RECORDS")?, shared_ring_bytes)]
         };
 
         // The output is switched only once the rings it selects exist.
@@ -473,14 +476,7 @@ impl EbpfBackend {
     pub fn take_rings(&mut self) -> io::Result<Vec<RecordRing>> {
         std::mem::take(&mut self.rings)
             .into_iter()
-            .map(|ring| {
-                // SAFETY: the RingBuf owns its map's file descriptor, which stays open and the
-                // same for as long as the RingBuf lives, and the AsyncFd owns the RingBuf.
-                let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
-                Ok(RecordRing {
-                    ring: ring.map_err(io::Error::from)?,
-                })
-            })
+            .map(|(ring, bytes)| RecordRing::new(ring, bytes, page_size() as usize))
             .collect()
     }
 
