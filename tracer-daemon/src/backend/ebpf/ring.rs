@@ -109,24 +109,48 @@ impl RecordRing {
         loop {
             let written = self.producer_pos().load(Ordering::Acquire);
             while self.position < written {
-                let Some(record) = self.committed_record() else {
-                    // Reserved, not committed yet: read in the next pass.
-                    self.publish();
-                    return handled;
-                };
-                if let Some(bytes) = record {
-                    match SyscallRecord::view(bytes) {
-                        Some((record, data)) => {
-                            handle(record, data);
-                            handled += 1;
+                let len = match self.record() {
+                    Record::Busy => {
+                        // Reserved, not committed yet. The kernel wakes a reader whose
+                        // published position is the record it commits (when the programs
+                        // leave wake-ups to it): published first, then looked at again, so
+                        // a commit in between is either seen here or wakes the next drain.
+                        self.publish();
+                        fence(Ordering::SeqCst);
+                        if matches!(self.record(), Record::Busy) {
+                            return handled;
                         }
-                        None => tracing::warn!(
-                            len = bytes.len(),
-                            "ignoring a ring buffer item of unknown size"
-                        ),
+                        continue;
                     }
-                }
-                self.advance(record.map_or(0, <[u8]>::len));
+                    Record::Discarded { len } => len,
+                    Record::Data(bytes) => {
+                        match SyscallRecord::view(bytes) {
+                            Some((record, data)) => {
+                                handle(record, data);
+                                handled += 1;
+                            }
+                            None => tracing::warn!(
+                                len = bytes.len(),
+                                "ignoring a ring buffer item of unknown size"
+                            ),
+                        }
+                        bytes.len()
+                    }
+                    Record::Corrupt { header } => {
+                        // Not a length the kernel writes: where the next record starts is
+                        // unknown, so what is there now is skipped (and said so).
+                        tracing::error!(
+                            header,
+                            skipped_bytes = written - self.position,
+                            "a record ring holds a record header it cannot hold; skipping to \
+                             the kernel's position"
+                        );
+                        self.position = written;
+                        self.publish();
+                        continue;
+                    }
+                };
+                self.advance(len);
             }
             // Caught up: the kernel learns where the reader is, and anything written
             // meanwhile is read too.
@@ -138,9 +162,8 @@ impl RecordRing {
         }
     }
 
-    /// The record at the reader's position: `None` while the kernel is still writing it,
-    /// `Some(None)` for one its writer discarded.
-    fn committed_record(&self) -> Option<Option<&[u8]>> {
+    /// The record at the reader's position.
+    fn record(&self) -> Record<'_> {
         let offset = self.position & self.mask;
         let data = self.page_size;
         // SAFETY: the offset is inside the first copy of the data pages, and headers are
@@ -148,19 +171,20 @@ impl RecordRing {
         let header = unsafe { &*self.producer.at(data + offset).cast::<AtomicU32>() }
             .load(Ordering::Acquire);
         if header & BUSY_BIT != 0 {
-            return None;
+            return Record::Busy;
         }
         let len = (header & !(BUSY_BIT | DISCARD_BIT)) as usize;
-        if header & DISCARD_BIT != 0 || len > self.mask {
-            return Some(None);
+        if len + HEADER_BYTES > self.mask + 1 {
+            return Record::Corrupt { header };
+        }
+        if header & DISCARD_BIT != 0 {
+            return Record::Discarded { len };
         }
         let start = data + offset + HEADER_BYTES;
-        // SAFETY: the record lies in the data pages' two copies (a record is shorter than
+        // SAFETY: the record lies in the data pages' two copies (a record is no longer than
         // the ring), committed (the acquire load above), and the kernel does not reuse it
         // before the reader's position passes it.
-        Some(Some(unsafe {
-            std::slice::from_raw_parts(self.producer.at(start), len)
-        }))
+        Record::Data(unsafe { std::slice::from_raw_parts(self.producer.at(start), len) })
     }
 
     /// Moves past a record of `len` bytes, telling the kernel every so often.
@@ -188,6 +212,21 @@ impl RecordRing {
         // SAFETY: the producer page starts with the kernel's `unsigned long producer_pos`.
         unsafe { &*self.producer.at(0).cast::<AtomicUsize>() }
     }
+}
+
+/// What is at the reader's position.
+enum Record<'a> {
+    /// Reserved by a program that has not committed it yet.
+    Busy,
+    /// Given up by its program: `len` bytes to move past.
+    Discarded {
+        len: usize,
+    },
+    Data(&'a [u8]),
+    /// A header with a length no record can have.
+    Corrupt {
+        header: u32,
+    },
 }
 
 /// A shared mapping of part of the ring's map.

@@ -6,8 +6,11 @@
 //! CPU: `read()` made 148,000 page reads, 83,000 of them partial, for 170 ns of kernel time
 //! per syscall; splicing moved the 71,429 whole pages for 81 ns.
 //!
-//! The page being written is still read, with `read()`, when no whole page came: a quiet
-//! CPU's events, and the end of a burst, do not wait for their page to fill.
+//! The page being written is read with `read()` once no whole page is left, so a pass reads
+//! each CPU up to the same moment: the tracker pairs a thread's entry and exit across CPUs,
+//! and an exit read long before its entry (still waiting in a page being written) would be
+//! taken for half of a lost syscall once the thread's next call came. That is at most one
+//! partial read per CPU and pass.
 use std::{
     fs::File,
     io::{self, Read as _},
@@ -52,7 +55,7 @@ impl PageSource {
     }
 
     /// Reads up to `max_pages` pages from `cpu`, handing each to `page`; returns how many.
-    /// Whole pages only, unless none was there: then what there is.
+    /// The whole pages, then (if they were fewer) what there is of the page being written.
     pub fn read(
         &mut self,
         cpu: &mut File,
@@ -73,10 +76,11 @@ impl PageSource {
             }
             None => 0,
         };
-        if whole > 0 {
+        if whole == max_pages {
+            // More than a pass takes: the page being written waits for the next pass.
             return Ok(whole);
         }
-        self.page_by_read(cpu, max_pages, page)
+        Ok(whole + self.page_by_read(cpu, max_pages - whole, page)?)
     }
 
     /// Reads pages with `read()`, the one being written included.
