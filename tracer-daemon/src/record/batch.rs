@@ -202,8 +202,7 @@ struct BufferPool {
 }
 
 struct Free {
-    /// Class `c` holds buffers of at least `SMALLEST_POOLED << c` bytes and less than twice
-    /// that.
+    /// Class `c` holds buffers of `SMALLEST_POOLED << c` bytes.
     classes: [Vec<Vec<u8>>; CLASSES],
     /// Their capacity, in all.
     bytes: usize,
@@ -253,10 +252,13 @@ impl BufferPool {
 
     fn give_back(&self, mut buffer: Vec<u8>) {
         let capacity = buffer.capacity();
-        if !(SMALLEST_POOLED..SMALLEST_POOLED << CLASSES).contains(&capacity) {
+        // Only a class's own size: a batch copied into a pooled buffer then never holds more
+        // than twice its bytes (a builder's buffer that grew past its class is let go).
+        if !capacity.is_power_of_two()
+            || !(SMALLEST_POOLED..SMALLEST_POOLED << CLASSES).contains(&capacity)
+        {
             return;
         }
-        // The largest class it has room for.
         let class = (capacity / SMALLEST_POOLED).ilog2() as usize;
         buffer.clear();
         let mut free = self.free();
@@ -406,14 +408,18 @@ mod tests {
         // Fresh: the class's size, at least what was asked and less than twice it.
         assert_eq!(pool.take(5_000).capacity(), 8 << 10);
         assert_eq!(pool.take(1).capacity(), 4 << 10);
-        // Kept in the largest class it has room for.
-        let mut kept = Vec::with_capacity(12 << 10);
+        // Kept in its class, and handed out again empty.
+        let mut kept = Vec::with_capacity(8 << 10);
         kept.push(1u8);
         let at = kept.as_ptr();
         pool.give_back(kept);
         assert_eq!(pool.take(9_000).capacity(), 16 << 10);
-        let reused = pool.take(8 << 10);
+        let reused = pool.take(5_000);
         assert_eq!((reused.as_ptr(), reused.len()), (at, 0));
+        // A buffer that is not a class's size is let go: a reused buffer is always less
+        // than twice what was asked.
+        pool.give_back(Vec::with_capacity(12 << 10));
+        assert!(pool.free().classes.iter().all(Vec::is_empty));
         // Bigger than the largest class: neither pooled nor rounded.
         assert_eq!(pool.take(3 << 20).capacity(), 3 << 20);
         pool.give_back(Vec::with_capacity(3 << 20));
