@@ -95,8 +95,8 @@ impl RecordRing {
         handle: impl FnMut(&SyscallRecord, &[u8]),
     ) -> io::Result<usize> {
         let mut guard = self.ring.readable().await?;
-        // tokio clears readiness only if no new edge arrived since it was observed, so a
-        // record committed after the drain below still wakes the next call.
+        // Cleared before the drain: a wake-up that comes during it makes the next call
+        // drain again at once.
         guard.clear_ready();
         drop(guard);
         Ok(self.drain_now(handle))
