@@ -126,7 +126,7 @@ impl BatchBuilder {
         let data_len = data.len().min(u16::MAX as usize) as u16;
         let has_data = data_len > 0;
         if self.buffer.capacity() == 0 {
-            // Idle builders (a slot with no session) hold no buffer.
+            // Idle builders (a slot with no session, or released) hold no buffer.
             self.buffer = POOL.take(BUILDER_CAPACITY);
         }
         if record.data_len == data_len && (record.flags & record_flags::HAS_DATA != 0) == has_data {
@@ -144,6 +144,20 @@ impl BatchBuilder {
         }
         self.buffer.extend_from_slice(&data[..data_len as usize]);
         self.count += 1;
+    }
+
+    /// Gives an empty builder's buffer back to the pool (a builder that sees no records for
+    /// a while holds none; it takes one again with its next record).
+    pub fn release(&mut self) {
+        if self.count == 0 && self.buffer.capacity() > 0 {
+            POOL.give_back(std::mem::take(&mut self.buffer));
+        }
+    }
+
+    /// Whether it holds a buffer (tests).
+    #[cfg(test)]
+    pub fn holds_buffer(&self) -> bool {
+        self.buffer.capacity() > 0
     }
 
     /// Records pushed since the last [`Self::take`].
@@ -435,6 +449,21 @@ mod tests {
         assert_eq!(pool.free().bytes, POOL_BYTES);
         pool.take(1 << 20);
         assert_eq!(pool.free().bytes, POOL_BYTES - (1 << 20));
+    }
+
+    #[test]
+    fn a_released_builder_holds_no_buffer_until_its_next_record() {
+        let mut builder = BatchBuilder::default();
+        builder.push(&samples::record(39, 1, 1, 7), &[]);
+        // Records waiting: the buffer stays.
+        builder.release();
+        assert_eq!(builder.len(), 1);
+        let _ = builder.take();
+        builder.release();
+        assert_eq!(builder.buffer.capacity(), 0);
+        builder.push(&samples::record(39, 1, 2, 7), &[]);
+        assert!(builder.buffer.capacity() >= BUILDER_CAPACITY);
+        assert_eq!(builder.take().iter().next().unwrap().0.tid, 2);
     }
 
     #[test]

@@ -287,6 +287,11 @@ impl FanOut {
             return (0, 0);
         };
         self.deliver(SessionMask::MAX, routes);
+        // Between passes no slot holds a buffer (a stopped session's would be kept for
+        // good): the next pass takes them from the pool again, the same ones.
+        for batch in &mut self.batches {
+            batch.release();
+        }
         let read = std::mem::take(&mut self.read);
         (read, first_read.elapsed().as_nanos() as u64)
     }
@@ -321,7 +326,10 @@ mod tests {
         // Slots 0, 1 (no route: stopped) and 2.
         record.sessions = 0b111;
         fan_out.take(&record, &[], &routes);
+        assert!(fan_out.batches[0].holds_buffer());
         assert_eq!(fan_out.finish_pass(&routes).0, 1);
+        // Between passes no slot holds a buffer, a stopped session's included.
+        assert!(!fan_out.batches.iter().any(BatchBuilder::holds_buffer));
         for receiver in &mut receivers {
             assert_eq!(receiver.try_recv().unwrap().len(), 1);
         }
